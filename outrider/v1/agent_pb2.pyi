@@ -1,0 +1,178 @@
+from outrider.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("capabilities", "clock", "leases", "client_time")
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    capabilities: _common_pb2.Capabilities
+    clock: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClockSample]
+    leases: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
+    client_time: float
+    def __init__(self, capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., client_time: _Optional[float] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("agent_id", "server_time", "heartbeat_interval_s", "lease_ttl_s", "lost")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    server_time: float
+    heartbeat_interval_s: float
+    lease_ttl_s: float
+    lost: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
+    def __init__(self, agent_id: _Optional[str] = ..., server_time: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_ttl_s: _Optional[float] = ..., lost: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("leases", "clock", "client_time", "free_slots")
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    leases: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
+    clock: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClockSample]
+    client_time: float
+    free_slots: int
+    def __init__(self, leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., client_time: _Optional[float] = ..., free_slots: _Optional[int] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("server_time", "lost", "lease_ttl_s", "client_time")
+    SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    server_time: float
+    lost: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
+    lease_ttl_s: float
+    client_time: float
+    def __init__(self, server_time: _Optional[float] = ..., lost: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., lease_ttl_s: _Optional[float] = ..., client_time: _Optional[float] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("lease", "spec", "inputs", "code_digest", "pipeline", "traceparent", "lease_ttl_s")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    CODE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    lease: _common_pb2.LeaseRef
+    spec: _common_pb2.TaskSpec
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
+    code_digest: str
+    pipeline: str
+    traceparent: str
+    lease_ttl_s: float
+    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., code_digest: _Optional[str] = ..., pipeline: _Optional[str] = ..., traceparent: _Optional[str] = ..., lease_ttl_s: _Optional[float] = ...) -> None: ...
+
+class Completion(_message.Message):
+    __slots__ = ("lease", "outcome", "exit_code", "error", "outputs", "started_at", "finished_at")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    lease: _common_pb2.LeaseRef
+    outcome: str
+    exit_code: int
+    error: str
+    outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
+    started_at: float
+    finished_at: float
+    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
+
+class CompletionAck(_message.Message):
+    __slots__ = ("lease", "code", "message")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    lease: _common_pb2.LeaseRef
+    code: int
+    message: str
+    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("lease", "stream", "data", "ts")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    lease: _common_pb2.LeaseRef
+    stream: str
+    data: bytes
+    ts: float
+    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ..., ts: _Optional[float] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("credits", "completions", "logs", "heartbeat")
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    credits: int
+    completions: _containers.RepeatedCompositeFieldContainer[Completion]
+    logs: _containers.RepeatedCompositeFieldContainer[LogChunk]
+    heartbeat: HeartbeatRequest
+    def __init__(self, credits: _Optional[int] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogChunk, _Mapping]]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ...) -> None: ...
+
+class SchedulerMessage(_message.Message):
+    __slots__ = ("assignments", "acks", "cancel", "heartbeat")
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    acks: _containers.RepeatedCompositeFieldContainer[CompletionAck]
+    cancel: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
+    heartbeat: HeartbeatResponse
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[CompletionAck, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ...) -> None: ...
+
+class PollRequest(_message.Message):
+    __slots__ = ("free_slots", "wait_s", "completions")
+    FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    free_slots: int
+    wait_s: float
+    completions: _containers.RepeatedCompositeFieldContainer[Completion]
+    def __init__(self, free_slots: _Optional[int] = ..., wait_s: _Optional[float] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ...) -> None: ...
+
+class PollResponse(_message.Message):
+    __slots__ = ("assignments", "acks")
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    acks: _containers.RepeatedCompositeFieldContainer[CompletionAck]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[CompletionAck, _Mapping]]] = ...) -> None: ...
+
+class ReportLogsRequest(_message.Message):
+    __slots__ = ("logs",)
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    logs: _containers.RepeatedCompositeFieldContainer[LogChunk]
+    def __init__(self, logs: _Optional[_Iterable[_Union[LogChunk, _Mapping]]] = ...) -> None: ...
+
+class ReportLogsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CompleteRequest(_message.Message):
+    __slots__ = ("completion",)
+    COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    completion: Completion
+    def __init__(self, completion: _Optional[_Union[Completion, _Mapping]] = ...) -> None: ...
+
+class CompleteResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

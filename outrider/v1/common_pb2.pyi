@@ -1,0 +1,171 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Requirements(_message.Message):
+    __slots__ = ("cpus", "memory_bytes", "disk_bytes", "gpus", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    cpus: float
+    memory_bytes: int
+    disk_bytes: int
+    gpus: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, cpus: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., gpus: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("name", "argv", "shell", "inputs", "outputs", "after", "requires", "max_attempts", "backoff_s", "timeout_s", "env")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    SHELL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_S_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    shell: bool
+    inputs: _containers.ScalarMap[str, str]
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    after: _containers.RepeatedScalarFieldContainer[str]
+    requires: Requirements
+    max_attempts: int
+    backoff_s: float
+    timeout_s: float
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., shell: _Optional[bool] = ..., inputs: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Iterable[str]] = ..., after: _Optional[_Iterable[str]] = ..., requires: _Optional[_Union[Requirements, _Mapping]] = ..., max_attempts: _Optional[int] = ..., backoff_s: _Optional[float] = ..., timeout_s: _Optional[float] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PipelineSpec(_message.Message):
+    __slots__ = ("name", "code_digest", "tasks")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CODE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    code_digest: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    def __init__(self, name: _Optional[str] = ..., code_digest: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ...) -> None: ...
+
+class LeaseRef(_message.Message):
+    __slots__ = ("run_id", "task", "epoch")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    epoch: int
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class ArtifactRef(_message.Message):
+    __slots__ = ("name", "digest", "size", "kind")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: str
+    size: int
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class Gpu(_message.Message):
+    __slots__ = ("index", "model", "memory_bytes", "memory_free_bytes", "driver", "uuid", "compute_capability")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    model: str
+    memory_bytes: int
+    memory_free_bytes: int
+    driver: str
+    uuid: str
+    compute_capability: str
+    def __init__(self, index: _Optional[int] = ..., model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., driver: _Optional[str] = ..., uuid: _Optional[str] = ..., compute_capability: _Optional[str] = ...) -> None: ...
+
+class ClockSample(_message.Message):
+    __slots__ = ("offset_s", "uncertainty_s", "source", "measured_at")
+    OFFSET_S_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_S_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_AT_FIELD_NUMBER: _ClassVar[int]
+    offset_s: float
+    uncertainty_s: float
+    source: str
+    measured_at: float
+    def __init__(self, offset_s: _Optional[float] = ..., uncertainty_s: _Optional[float] = ..., source: _Optional[str] = ..., measured_at: _Optional[float] = ...) -> None: ...
+
+class Capabilities(_message.Message):
+    __slots__ = ("cpu_cores", "arch", "cpu_model", "memory_bytes", "disk_bytes", "disk_free_bytes", "gpus", "os", "os_release", "python_version", "hostname", "labels", "slots", "agent_version", "gpu_probe")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    CPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    OS_RELEASE_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GPU_PROBE_FIELD_NUMBER: _ClassVar[int]
+    cpu_cores: int
+    arch: str
+    cpu_model: str
+    memory_bytes: int
+    disk_bytes: int
+    disk_free_bytes: int
+    gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
+    os: str
+    os_release: str
+    python_version: str
+    hostname: str
+    labels: _containers.ScalarMap[str, str]
+    slots: int
+    agent_version: str
+    gpu_probe: str
+    def __init__(self, cpu_cores: _Optional[int] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., os: _Optional[str] = ..., os_release: _Optional[str] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., agent_version: _Optional[str] = ..., gpu_probe: _Optional[str] = ...) -> None: ...
