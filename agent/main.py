@@ -1,0 +1,98 @@
+"""``outrider-agent``: the agent daemon.
+
+Every flag has a key of the same name (dashes become underscores) in the TOML
+file given with ``--config``; flags win over the file.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from outrider.config import load_toml, merge_config, parse_duration, parse_labels
+from outrider.errors import ConfigError, OutriderError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="outrider-agent", description="Run an Outrider agent: pull work, run stages.")
+    p.add_argument("--config", help="TOML file with the same keys as the flags")
+    p.add_argument("--scheduler", help="scheduler HOST:PORT")
+    p.add_argument("--ca", help="CA certificate (PEM)")
+    p.add_argument("--cert", help="this agent's certificate (PEM)")
+    p.add_argument("--key", help="this agent's private key (PEM)")
+    p.add_argument("--pki-dir", help="directory holding ca.crt, NAME.crt, NAME.key (with --name)")
+    p.add_argument("--name", help="agent name: the certificate files' stem in --pki-dir")
+    p.add_argument("--labels", help="k=v,k=v labels the matcher selects on")
+    p.add_argument("--slots", type=int, help="tasks to run at once (default: one per CPU core)")
+    p.add_argument("--state-dir", help="directory for the artifact cache and work dirs")
+    p.add_argument("--ntp-servers", help="comma-separated NTP servers (host or host:port) to measure clock offset")
+    p.add_argument("--kill-grace", help="time between SIGTERM and SIGKILL when stopping a stage, e.g. 5s")
+    p.add_argument("--log-level", help="debug, info, warning or error")
+    return p
+
+
+def load_config(argv: list[str] | None = None) -> Any:
+    from agent.daemon import AgentConfig
+
+    args = build_parser().parse_args(argv)
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+                for f in dataclasses.fields(AgentConfig)}
+    file_values = load_toml(args.config) if args.config else {}
+    source = args.config or "flags"
+    flags = vars(args)
+    try:
+        if flags.get("labels") is not None:
+            flags["labels"] = parse_labels(flags["labels"])
+        if flags.get("ntp_servers") is not None:
+            flags["ntp_servers"] = [s.strip() for s in flags["ntp_servers"].split(",") if s.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"flags: {exc}") from None
+    cfg = merge_config(file_values, flags, defaults, source)
+    if isinstance(cfg["labels"], str):
+        cfg["labels"] = parse_labels(cfg["labels"])
+    if not isinstance(cfg["labels"], dict) or not all(isinstance(v, str) for v in cfg["labels"].values()):
+        raise ConfigError(f"{source}: labels must be a table of strings")
+    try:
+        cfg["kill_grace"] = parse_duration(cfg["kill_grace"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: kill_grace: {exc}") from None
+    if cfg["pki_dir"] and cfg["name"]:
+        pki = Path(cfg["pki_dir"])
+        cfg["ca"] = cfg["ca"] or str(pki / "ca.crt")
+        cfg["cert"] = cfg["cert"] or str(pki / f"{cfg['name']}.crt")
+        cfg["key"] = cfg["key"] or str(pki / f"{cfg['name']}.key")
+    missing = [k for k in ("scheduler", "ca", "cert", "key") if not cfg[k]]
+    if missing:
+        raise ConfigError(f"{source}: missing {', '.join(missing)} (give --ca/--cert/--key or --pki-dir and --name)")
+    if ":" not in cfg["scheduler"]:
+        raise ConfigError(f"{source}: scheduler must be HOST:PORT, got {cfg['scheduler']!r}")
+    if not isinstance(cfg["slots"], int) or cfg["slots"] < 0:
+        raise ConfigError(f"{source}: slots must be a non-negative integer, got {cfg['slots']!r}")
+    from outrider.tls import read_pem_files
+
+    read_pem_files(cfg["ca"], cfg["cert"], cfg["key"])  # fail now, naming the file, not at connect time
+    return AgentConfig(**cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = load_config(argv)
+    except OutriderError as exc:
+        print(f"outrider-agent: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from agent.daemon import Agent
+
+    asyncio.run(Agent(cfg).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

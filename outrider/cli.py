@@ -1,0 +1,374 @@
+"""``outrider``: the client and admin command line.
+
+A person reads the default output; a script reads ``--json``, whose shape is a
+stable contract. Errors print ``outrider: error: …`` and exit 2; ``watch`` exits
+0 only when the run succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from outrider.errors import OutriderError
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+# ---------------------------------------------------------------------------- output helpers
+
+def _json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _ts(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _dur(start: float, end: float) -> str:
+    if not start:
+        return "-"
+    secs = (end or time.time()) - start
+    return f"{secs * 1000:.0f}ms" if secs < 1 else f"{secs:.1f}s" if secs < 120 else f"{secs / 60:.1f}m"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def run_json(run: Any) -> dict[str, Any]:
+    """The stable ``--json`` shape of a run (``status``, ``watch`` end, ``cancel``, ``retry``)."""
+    return {
+        "run_id": run.run_id,
+        "pipeline": run.pipeline,
+        "state": run.state,
+        "submitter": run.submitter,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "code_digest": run.code_digest,
+        "tasks": {
+            t.name: {
+                "state": t.state,
+                "attempts": t.attempts,
+                "agent": t.agent,
+                "outputs": {o.name: o.digest for o in t.outputs},
+                "output_sizes": {o.name: o.size for o in t.outputs},
+                "error": t.error,
+                "exit_code": t.exit_code,
+                "started_at": t.started_at,
+                "finished_at": t.finished_at,
+            }
+            for t in run.tasks
+        },
+    }
+
+
+def print_run(run: Any) -> None:
+    print(f"run {run.run_id}  pipeline {run.pipeline}  {run.state.upper()}  "
+          f"submitted {_ts(run.created_at)}  took {_dur(run.created_at, run.finished_at)}")
+    rows = []
+    for t in run.tasks:
+        detail = t.error or ", ".join(f"{o.name}={o.digest[:12]}" for o in t.outputs)
+        rows.append((t.name, t.state, str(t.attempts), t.agent or "-", _dur(t.started_at, t.finished_at), detail))
+    _table(rows, ("TASK", "STATE", "ATTEMPTS", "AGENT", "TIME", "OUTPUTS / ERROR"))
+
+
+# ---------------------------------------------------------------------------- verbs
+
+def _client(args: argparse.Namespace) -> Any:
+    from outrider.client import Client
+
+    return Client.from_env(scheduler=args.scheduler, ca=args.ca, cert=args.cert, key=args.key, config=args.config)
+
+
+def _load(path: str) -> Any:
+    from outrider.pipeline import load_pipeline
+
+    return load_pipeline(path)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    pipeline = _load(args.file)
+    with _client(args) as client:
+        resp = client.plan(pipeline)
+    if args.json:
+        _json({"pipeline": pipeline.name, "tasks": {
+            tp.task: {"agents_considered": tp.agents_considered, "feasible": list(tp.feasible_agents),
+                      "rejections": dict(tp.rejections)} for tp in resp.tasks}})
+        return 0
+    print(f"pipeline {pipeline.name}: {len(resp.tasks)} tasks, valid")
+    for tp in resp.tasks:
+        ok = len(tp.feasible_agents)
+        mark = "ok " if ok else "!! "
+        print(f"{mark}{tp.task}: {ok} of {tp.agents_considered} agents fit"
+              + (f" ({', '.join(tp.feasible_agents)})" if ok else ""))
+        for agent, why in sorted(tp.rejections.items()):
+            print(f"      {agent}: {why}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    pipeline = _load(args.file)
+    with _client(args) as client:
+        res = client.submit(pipeline)
+        for w in res.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if args.json:
+            _json({"run_id": res.run_id, "warnings": res.warnings})
+        else:
+            print(res.run_id)
+        if args.watch:
+            return _watch(client, res.run_id, args.json, quiet=args.json)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        runs = client.list_runs(limit=args.limit, state=args.state or "")
+    if args.json:
+        _json([{"run_id": r.run_id, "pipeline": r.pipeline, "state": r.state, "created_at": r.created_at,
+                "finished_at": r.finished_at, "submitter": r.submitter} for r in runs])
+        return 0
+    _table([(r.run_id, r.pipeline, r.state, _ts(r.created_at), _dur(r.created_at, r.finished_at)) for r in runs],
+           ("RUN", "PIPELINE", "STATE", "SUBMITTED", "TOOK"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        run = client.get_run(args.run)
+    if args.json:
+        _json(run_json(run))
+    else:
+        print_run(run)
+    return 0
+
+
+def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False) -> int:
+    final = None
+    for ev in client.watch(run_id):
+        if ev.HasField("snapshot"):
+            final = ev.snapshot
+        if as_json:
+            if not quiet or (not ev.task and ev.state in TERMINAL):
+                print(json.dumps({"run_id": ev.run_id, "task": ev.task, "state": ev.state, "attempt": ev.attempt,
+                                  "agent": ev.agent, "message": ev.message, "ts": ev.ts}), flush=True)
+        elif ev.task:
+            where = f" attempt {ev.attempt} on {ev.agent}" if ev.agent and ev.state != "ready" else ""
+            msg = f": {ev.message}" if ev.message else ""
+            print(f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.task:<16} {ev.state}{where}{msg}",
+                  flush=True)
+        elif ev.state in TERMINAL:
+            print(f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  run {ev.state}", flush=True)
+    if final is None:
+        final = client.get_run(run_id)
+    if as_json:
+        _json(run_json(final))
+    else:
+        print()
+        print_run(final)
+    return 0 if final.state == "succeeded" else 1
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _watch(client, args.run, args.json)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        multi = args.attempt == 0
+        last = None
+        for line in client.logs(args.run, args.task, attempt=args.attempt, follow=args.follow):
+            if args.json:
+                print(json.dumps({"attempt": line.attempt, "stream": line.stream, "ts": line.ts,
+                                  "data": line.data.decode("utf-8", "replace")}), flush=True)
+                continue
+            if multi and line.attempt != last:
+                print(f"--- attempt {line.attempt} ---", file=sys.stderr, flush=True)
+                last = line.attempt
+            out = sys.stderr if line.stream == "stderr" else sys.stdout
+            out.buffer.write(line.data)
+            out.flush()
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        run = client.cancel(args.run)
+    if args.json:
+        _json(run_json(run))
+    else:
+        print(f"run {run.run_id} {run.state}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        run = client.retry(args.run)
+        if args.json and not args.watch:
+            _json(run_json(run))
+        elif not args.json:
+            again = [t.name for t in run.tasks if t.state not in ("succeeded",)]
+            print(f"run {run.run_id} {run.state}: rerunning {', '.join(again) or 'nothing'}")
+        if args.watch:
+            return _watch(client, run.run_id, args.json)
+    return 0
+
+
+def agent_json(a: Any) -> dict[str, Any]:
+    c = a.capabilities
+    return {
+        "name": a.name, "identity": a.identity, "state": a.state, "running": a.running,
+        "free_slots": a.free_slots, "last_seen": a.last_seen, "registered_at": a.registered_at,
+        "capabilities": {
+            "cpu_cores": c.cpu_cores, "arch": c.arch, "cpu_model": c.cpu_model, "memory_bytes": c.memory_bytes,
+            "disk_bytes": c.disk_bytes, "disk_free_bytes": c.disk_free_bytes, "os": c.os,
+            "os_release": c.os_release, "python_version": c.python_version, "hostname": c.hostname,
+            "slots": c.slots, "labels": dict(c.labels), "agent_version": c.agent_version, "gpu_probe": c.gpu_probe,
+            "gpus": [{"index": g.index, "model": g.model, "memory_bytes": g.memory_bytes, "driver": g.driver,
+                      "uuid": g.uuid, "compute_capability": g.compute_capability} for g in c.gpus],
+        },
+        "clock": [{"source": s.source, "offset_s": s.offset_s, "uncertainty_s": s.uncertainty_s}
+                  for s in a.clock],
+    }
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        agents = client.list_agents()
+    if args.json:
+        _json([agent_json(a) for a in agents])
+        return 0
+    rows = []
+    for a in agents:
+        c = a.capabilities
+        best = min(a.clock, key=lambda s: s.uncertainty_s, default=None)
+        clock = f"{best.offset_s * 1000:+.1f}ms ±{best.uncertainty_s * 1000:.1f}" if best else "-"
+        gpus = f"{len(c.gpus)}x {c.gpus[0].model}" if c.gpus else "0"
+        rows.append((a.name, a.state, f"{a.running}/{c.slots}", str(c.cpu_cores), _bytes(c.memory_bytes), gpus,
+                     ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-", clock))
+    _table(rows, ("AGENT", "STATE", "RUNNING", "CPUS", "MEMORY", "GPUS", "LABELS", "CLOCK"))
+    return 0
+
+
+def cmd_artifact_get(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    dest = Path(args.output)
+    show = sys.stderr.isatty() and not args.json
+
+    def progress(done: int, total: int) -> None:
+        if show:
+            pct = f" {done * 100 // total}%" if total else ""
+            print(f"\r{_bytes(done)} of {_bytes(total)}{pct}", end="", file=sys.stderr, flush=True)
+
+    with _client(args) as client:
+        if args.extract:
+            import tempfile
+
+            from outrider.artifacts import unpack_dir
+
+            with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
+                blob = client.download(args.digest, Path(tmp) / "blob", progress)
+                unpack_dir(blob, dest)
+                size = blob.stat().st_size
+        else:
+            size = client.download(args.digest, dest, progress).stat().st_size
+    if show:
+        print(file=sys.stderr)
+    if args.json:
+        _json({"digest": args.digest, "path": str(dest), "size": size, "verified": True})
+    else:
+        print(f"{dest}: {_bytes(size)}, sha256 {args.digest} verified")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+def _connection_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection (else OUTRIDER_SCHEDULER/_CA/_CERT/_KEY, else the config file)")
+    g.add_argument("--scheduler", help="scheduler HOST:PORT")
+    g.add_argument("--ca", help="CA certificate")
+    g.add_argument("--cert", help="your certificate")
+    g.add_argument("--key", help="your private key")
+    g.add_argument("--config", help="client config file (TOML)")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    conn = _connection_flags()
+    p = argparse.ArgumentParser(prog="outrider", description="Outrider: run ML pipelines across GPU, HPC and edge.")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[conn], help=help, description=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = verb("plan", cmd_plan, "validate a pipeline and show which agents can run each task")
+    sp.add_argument("file")
+    sp = verb("submit", cmd_submit, "submit a pipeline; prints the run id")
+    sp.add_argument("file")
+    sp.add_argument("--watch", action="store_true", help="then watch it to the end (exit 0 on success)")
+    sp = verb("runs", cmd_runs, "list recent runs")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--state", choices=("running", *TERMINAL))
+    sp = verb("status", cmd_status, "show a run and its tasks")
+    sp.add_argument("run")
+    sp = verb("watch", cmd_watch, "follow a run live; exit 0 if it succeeds, 1 otherwise")
+    sp.add_argument("run")
+    sp = verb("logs", cmd_logs, "print a task's logs")
+    sp.add_argument("run")
+    sp.add_argument("task")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep following until the task ends")
+    sp.add_argument("--attempt", type=int, default=0, help="one attempt (default: all)")
+    sp = verb("cancel", cmd_cancel, "cancel a run; running stages are stopped")
+    sp.add_argument("run")
+    sp = verb("retry", cmd_retry, "rerun a run's failed, upstream_failed and cancelled tasks")
+    sp.add_argument("run")
+    sp.add_argument("--watch", action="store_true")
+    verb("agents", cmd_agents, "list agents, their capabilities and clocks")
+    art = sub.add_parser("artifact", help="artifact commands")
+    art_sub = art.add_subparsers(dest="artifact_verb", required=True, metavar="VERB")
+    sp = art_sub.add_parser("get", parents=[conn], help="download an artifact, verified against its digest")
+    sp.add_argument("digest")
+    sp.add_argument("-o", "--output", required=True, help="where to write it")
+    sp.add_argument("--extract", action="store_true", help="unpack a directory artifact into OUTPUT")
+    sp.set_defaults(func=cmd_artifact_get)
+
+    from outrider import cli_pki
+
+    cli_pki.add_parser(sub)
+    return p
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        return int(args.func(args) or 0)
+    except OutriderError as exc:
+        print(f"outrider: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

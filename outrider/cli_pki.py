@@ -1,0 +1,96 @@
+"""``outrider pki``: create the private CA and issue identity certificates.
+
+Wired in by ``outrider.cli``: it calls ``add_parser(sub)``, then ``args.func(args)``,
+which returns the exit code. Errors are raised as OutriderError subclasses;
+``outrider.cli.main`` prints ``error: <message>`` and exits 2.
+
+    outrider pki init DIR --trust-domain DOMAIN [--san HOST ...] [--force] [--json]
+    outrider pki issue DIR {agent|submitter|admin} NAME [--force] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from outrider import pki
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the ``pki`` command (with ``init`` and ``issue``) to ``subparsers``."""
+    parser = subparsers.add_parser(
+        "pki",
+        help="create a private CA and issue certificates",
+        description="Manage Outrider's private CA: every party authenticates with a certificate "
+        "naming one SPIFFE ID, spiffe://<trust-domain>/<role>/<name>.",
+    )
+    verbs = parser.add_subparsers(dest="pki_command", metavar="{init,issue}")
+    verbs.required = True
+
+    init = verbs.add_parser(
+        "init",
+        help="create a CA and the scheduler's certificate",
+        description="Create DIR (mode 0700) with ca.crt, ca.key, scheduler.crt, scheduler.key and "
+        "trust_domain. The scheduler certificate is valid for localhost, 127.0.0.1, ::1 and every --san.",
+    )
+    init.add_argument("dir", metavar="DIR", help="directory to create the CA in")
+    init.add_argument("--trust-domain", required=True, metavar="DOMAIN",
+                      help="SPIFFE trust domain, e.g. acme.ml (lowercase letters, digits, dots, dashes)")
+    init.add_argument("--san", action="append", default=[], metavar="HOST",
+                      help="extra DNS name or IP address the scheduler is reached at (repeatable)")
+    init.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS,
+                      help=f"CA validity in days (default {pki.DEFAULT_CA_DAYS})")
+    init.add_argument("--force", action="store_true", help="overwrite an existing CA (invalidates every issued cert)")
+    init.add_argument("--json", action="store_true", help="print the written paths as a JSON object")
+    init.set_defaults(func=cmd_init)
+
+    issue = verbs.add_parser(
+        "issue",
+        help="issue a certificate for an agent, submitter or admin",
+        description="Write DIR/NAME.crt and DIR/NAME.key (mode 0600) for spiffe://<domain>/<role>/<name>, "
+        "signed by the CA in DIR.",
+    )
+    issue.add_argument("dir", metavar="DIR", help="the CA directory made by `outrider pki init`")
+    issue.add_argument("role", choices=pki.ROLES, help="what the identity may do")
+    issue.add_argument("name", metavar="NAME", help="identity name: letters, digits, '.', '_', '-' (max 63)")
+    issue.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS,
+                       help=f"certificate validity in days (default {pki.DEFAULT_CERT_DAYS})")
+    issue.add_argument("--force", action="store_true", help="overwrite an existing NAME.crt/NAME.key")
+    issue.add_argument("--json", action="store_true", help="print the written paths as a JSON object")
+    issue.set_defaults(func=cmd_issue)
+    return parser
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
+    if args.json:
+        print(json.dumps(payload, sort_keys=True))
+    else:
+        print(human)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """``outrider pki init``: returns 0, raises InvalidArgument on bad input."""
+    pki.init_ca(args.dir, args.trust_domain, sans=args.san, days=args.days, force=args.force)
+    files = {k: str(v) for k, v in pki.ca_files(args.dir).items()}
+    spiffe_id = pki.Identity(args.trust_domain, pki.SCHEDULER_ROLE, "scheduler").spiffe_id
+    _emit(
+        args,
+        {**files, "trust_domain": args.trust_domain, "trust_domain_file": files["trust_domain"],
+         "spiffe_id": spiffe_id},
+        f"created CA for {args.trust_domain} in {args.dir} (ca.crt, ca.key, scheduler.crt, scheduler.key); "
+        f"keep ca.key private",
+    )
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    """``outrider pki issue``: returns 0, raises InvalidArgument on bad input."""
+    crt, key = pki.issue(args.dir, args.role, args.name, days=args.days, force=args.force)
+    identity = pki.identity_from_pem(crt.read_bytes())
+    ca = pki.ca_files(args.dir)["ca_crt"]
+    _emit(
+        args,
+        {"cert": str(crt), "key": str(key), "ca": str(ca), "spiffe_id": identity.spiffe_id},
+        f"issued {identity.spiffe_id}: {crt} {key} (copy these with {ca} to the machine)",
+    )
+    return 0

@@ -1,0 +1,249 @@
+"""The Python SDK: talk to a scheduler over mutually-authenticated gRPC.
+
+    from outrider.client import Client
+    from outrider.pipeline import load_pipeline
+
+    with Client.from_env() as client:           # OUTRIDER_SCHEDULER, _CA, _CERT, _KEY
+        run_id = client.submit(load_pipeline("pipeline.yaml")).run_id
+        status = client.wait(run_id)
+        print(status.state)
+
+Connection settings come from explicit arguments, then the environment
+(``OUTRIDER_SCHEDULER``, ``OUTRIDER_CA``, ``OUTRIDER_CERT``, ``OUTRIDER_KEY``),
+then a TOML config file (``OUTRIDER_CONFIG``, else ``~/.config/outrider/client.toml``)
+with keys ``scheduler``, ``ca``, ``cert``, ``key`` or ``pki_dir`` + ``name``.
+gRPC errors become :mod:`outrider.errors` exceptions, mapped here in one place.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import grpc
+
+from outrider import errors
+from outrider.artifacts import Receiver, pack_dir, upload_chunks
+from outrider.config import load_toml
+from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
+from outrider.v1 import (
+    artifact_pb2,
+    artifact_pb2_grpc,
+    common_pb2,
+    control_pb2,
+    control_pb2_grpc,
+)
+
+ENV_KEYS = {"scheduler": "OUTRIDER_SCHEDULER", "ca": "OUTRIDER_CA", "cert": "OUTRIDER_CERT", "key": "OUTRIDER_KEY"}
+TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+_CODE_TO_ERROR: dict[grpc.StatusCode, type[errors.OutriderError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ABORTED: errors.StaleEpoch,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.DATA_LOSS: errors.DataLoss,
+}
+
+
+class ConnectionFailed(errors.OutriderError):
+    """Raised when the scheduler cannot be reached or refuses our certificate."""
+
+    code = "UNAVAILABLE"
+
+
+def _translate(exc: grpc.RpcError) -> errors.OutriderError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    cls = _CODE_TO_ERROR.get(code)
+    if cls is not None:
+        return cls(details)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ConnectionFailed(f"{code.name}: {details}")
+    err = errors.OutriderError(f"{code.name}: {details}")
+    return err
+
+
+@dataclass(frozen=True)
+class Connection:
+    scheduler: str
+    ca: str
+    cert: str
+    key: str
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("OUTRIDER_CONFIG")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "outrider" / "client.toml"
+
+
+def resolve_connection(
+    scheduler: str | None = None, ca: str | None = None, cert: str | None = None, key: str | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> Connection:
+    """Resolve connection settings: arguments, then environment, then config file."""
+    given = {"scheduler": scheduler, "ca": ca, "cert": cert, "key": key}
+    values = {k: v or os.environ.get(ENV_KEYS[k]) for k, v in given.items()}
+    path = Path(config) if config else default_config_path()
+    if not all(values.values()) and (config or path.exists()):
+        file_values = load_toml(path)
+        unknown = set(file_values) - {"scheduler", "ca", "cert", "key", "pki_dir", "name"}
+        if unknown:
+            raise errors.ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+        if file_values.get("pki_dir") and file_values.get("name"):
+            pki, name = Path(file_values["pki_dir"]), file_values["name"]
+            file_values.setdefault("ca", str(pki / "ca.crt"))
+            file_values.setdefault("cert", str(pki / f"{name}.crt"))
+            file_values.setdefault("key", str(pki / f"{name}.key"))
+        for k in values:
+            values[k] = values[k] or file_values.get(k)
+    missing = [k for k, v in values.items() if not v]
+    if missing:
+        raise errors.ConfigError(
+            "no " + ", ".join(missing) + " given: use --scheduler/--ca/--cert/--key, the environment ("
+            + ", ".join(ENV_KEYS[k] for k in missing) + f") or a config file ({path})"
+        )
+    return Connection(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class SubmitResult:
+    run_id: str
+    warnings: list[str]
+
+
+class Client:
+    """A connection to one scheduler. Thread-safe; close it (or use ``with``) when done."""
+
+    def __init__(self, scheduler: str, ca: str, cert: str, key: str, *, timeout: float = 60.0) -> None:
+        self.target = scheduler
+        self.timeout = timeout
+        self._channel = grpc.secure_channel(scheduler, channel_credentials(ca, cert, key),
+                                            options=DEFAULT_CHANNEL_OPTIONS)
+        self.control = control_pb2_grpc.ControlServiceStub(self._channel)
+        self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> "Client":
+        conn = resolve_connection(**{k: kwargs.pop(k, None) for k in ("scheduler", "ca", "cert", "key", "config")})
+        return cls(conn.scheduler, conn.ca, conn.cert, conn.key, **kwargs)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+
+    def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Iterator[Any]:
+        try:
+            yield from method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+
+    # -- pipelines and runs --
+
+    def _spec(self, pipeline: Any) -> common_pb2.PipelineSpec:
+        """Turn a Pipeline (uploading its code bundle) or a PipelineSpec into a spec."""
+        if isinstance(pipeline, common_pb2.PipelineSpec):
+            return pipeline
+        pipeline.validate()
+        code_digest = ""
+        if pipeline.code_dir is not None:
+            code_digest = self.upload_dir(pipeline.code_dir).digest
+        return pipeline.to_proto(code_digest=code_digest)
+
+    def plan(self, pipeline: Any) -> control_pb2.PlanResponse:
+        return self._call(self.control.Plan, control_pb2.PlanRequest(pipeline=self._spec(pipeline)))
+
+    def submit(self, pipeline: Any) -> SubmitResult:
+        resp = self._call(self.control.Submit, control_pb2.SubmitRequest(pipeline=self._spec(pipeline)))
+        return SubmitResult(resp.run_id, list(resp.warnings))
+
+    def get_run(self, run_id: str) -> control_pb2.RunStatus:
+        return self._call(self.control.GetRun, control_pb2.GetRunRequest(run_id=run_id))
+
+    def list_runs(self, limit: int = 50, state: str = "") -> list[control_pb2.RunStatus]:
+        return list(self._call(self.control.ListRuns, control_pb2.ListRunsRequest(limit=limit, state=state)).runs)
+
+    def watch(self, run_id: str, run_only: bool = False, timeout: float | None = None) -> Iterator[control_pb2.RunEvent]:
+        """The run's snapshot, then its events as they happen, until it ends."""
+        return self._stream(self.control.WatchRun, control_pb2.WatchRunRequest(run_id=run_id, run_only=run_only),
+                            timeout)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> control_pb2.RunStatus:
+        """Block until the run ends; return its final status."""
+        last = None
+        for ev in self.watch(run_id, run_only=True, timeout=timeout):
+            if ev.HasField("snapshot"):
+                last = ev.snapshot
+            if not ev.task and ev.state in TERMINAL_RUN_STATES:
+                return ev.snapshot if ev.HasField("snapshot") else self.get_run(run_id)
+        return last if last is not None else self.get_run(run_id)
+
+    def cancel(self, run_id: str) -> control_pb2.RunStatus:
+        return self._call(self.control.CancelRun, control_pb2.CancelRunRequest(run_id=run_id))
+
+    def retry(self, run_id: str) -> control_pb2.RunStatus:
+        return self._call(self.control.RetryRun, control_pb2.RetryRunRequest(run_id=run_id))
+
+    def list_agents(self) -> list[control_pb2.AgentInfo]:
+        return list(self._call(self.control.ListAgents, control_pb2.ListAgentsRequest()).agents)
+
+    def logs(self, run_id: str, task: str, attempt: int = 0, follow: bool = False) -> Iterator[control_pb2.LogLine]:
+        req = control_pb2.GetLogsRequest(run_id=run_id, task=task, attempt=attempt, follow=follow)
+        return self._stream(self.control.GetLogs, req)
+
+    # -- artifacts --
+
+    def upload_file(self, path: str | os.PathLike[str], kind: str = "file",
+                    digest: str | None = None, size: int | None = None) -> common_pb2.ArtifactRef:
+        from outrider.artifacts import hash_file
+
+        if digest is None or size is None:
+            digest, size = hash_file(path)
+        info = self._call(self.artifacts.Stat, artifact_pb2.StatRequest(digest=digest))
+        if not info.exists:
+            try:
+                self.artifacts.Upload(upload_chunks(path, digest, size, kind), timeout=None)
+            except grpc.RpcError as exc:
+                raise _translate(exc) from None
+        return common_pb2.ArtifactRef(digest=digest, size=size, kind=kind)
+
+    def upload_dir(self, path: str | os.PathLike[str]) -> common_pb2.ArtifactRef:
+        """Upload a directory as a deterministic tar (a content-addressed bundle)."""
+        with tempfile.TemporaryDirectory(prefix="outrider-") as tmp:
+            archive = Path(tmp) / "bundle.tar"
+            digest, size = pack_dir(path, archive)
+            return self.upload_file(archive, kind="dir", digest=digest, size=size)
+
+    def download(self, digest: str, dest: str | os.PathLike[str],
+                 progress: Callable[[int, int], None] | None = None) -> Path:
+        """Download an artifact to ``dest``, verified against its digest."""
+        recv = Receiver(digest, dest)
+        total = 0
+        try:
+            for chunk in self._stream(self.artifacts.Download, artifact_pb2.DownloadRequest(digest=digest)):
+                if chunk.HasField("info"):
+                    total = chunk.info.size
+                recv.write(chunk.data)
+                if progress is not None:
+                    progress(recv.size, total)
+            return recv.finish()
+        except BaseException:
+            recv.abort()
+            raise

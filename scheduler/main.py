@@ -1,0 +1,69 @@
+"""``outrider-scheduler``: the scheduler daemon.
+
+Every flag has a key of the same name (dashes become underscores) in the TOML
+file given with ``--config``; flags win over the file.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+
+from outrider.config import load_toml, merge_config, parse_duration
+from outrider.errors import OutriderError
+from scheduler.server import Scheduler, SchedulerConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="outrider-scheduler", description="Run the Outrider scheduler daemon.")
+    p.add_argument("--config", help="TOML file with the same keys as the flags")
+    p.add_argument("--listen", help="HOST:PORT to serve on (port 0 picks a free port); default 0.0.0.0:7443")
+    p.add_argument("--state-dir", help="directory for the database, artifacts and logs")
+    p.add_argument("--pki-dir", help="directory holding ca.crt, scheduler.crt, scheduler.key")
+    p.add_argument("--ready-file", help="write HOST:PORT here once serving")
+    p.add_argument("--lease-ttl", help="lease time-to-live, e.g. 15s")
+    p.add_argument("--heartbeat-interval", help="how often agents renew leases, e.g. 3s")
+    p.add_argument("--log-level", help="debug, info, warning or error")
+    return p
+
+
+def load_config(argv: list[str] | None = None) -> SchedulerConfig:
+    args = build_parser().parse_args(argv)
+    defaults = {f.name: f.default for f in dataclasses.fields(SchedulerConfig)}
+    file_values = load_toml(args.config) if args.config else {}
+    source = args.config or "flags"
+    merged = merge_config(file_values, vars(args), defaults, source)
+    for key in ("lease_ttl", "heartbeat_interval"):
+        try:
+            merged[key] = parse_duration(merged[key])
+        except ValueError as exc:
+            raise OutriderError(f"{source}: {key}: {exc}") from None
+    if merged["heartbeat_interval"] <= 0 or merged["lease_ttl"] <= merged["heartbeat_interval"]:
+        raise OutriderError(f"{source}: lease_ttl must be longer than heartbeat_interval (and both positive)")
+    if ":" not in str(merged["listen"]):
+        raise OutriderError(f"{source}: listen must be HOST:PORT, got {merged['listen']!r}")
+    return SchedulerConfig(**merged)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = load_config(argv)
+    except OutriderError as exc:
+        print(f"outrider-scheduler: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(Scheduler(cfg).run())
+    except OutriderError as exc:
+        print(f"outrider-scheduler: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Wires the scheduler together: storage, engine, gRPC (mTLS), health, reflection.
+
+``Scheduler.run()`` owns the lifecycle and signals; ``Engine.tick()`` does the
+time-driven work and is what tests drive with a fixed clock.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from outrider.errors import ConfigError
+from outrider.tls import SERVER_OPTIONS, server_credentials
+from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, control_pb2, control_pb2_grpc
+from scheduler.artifacts import ArtifactStore
+from scheduler.auth import AuthInterceptor
+from scheduler.engine import Engine
+from scheduler.logs import LogStore
+from scheduler.servicers import AgentServicer, ArtifactServicer, ControlServicer
+from scheduler.store import Store
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
+    artifact_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+)
+TICK_S = 0.05
+
+
+@dataclass
+class SchedulerConfig:
+    listen: str = "0.0.0.0:7443"
+    state_dir: str = "/var/lib/outrider-scheduler"
+    pki_dir: str = "/etc/outrider/pki"
+    ready_file: str = ""
+    lease_ttl: float = 15.0
+    heartbeat_interval: float = 3.0
+    log_level: str = "info"
+
+
+def trust_domain_of(pki_dir: Path) -> str:
+    """The trust domain: from ``trust_domain`` beside the CA, else the scheduler cert."""
+    marker = pki_dir / "trust_domain"
+    if marker.exists():
+        return marker.read_text().strip()
+    from outrider.pki import identity_from_pem
+
+    return identity_from_pem((pki_dir / "scheduler.crt").read_bytes()).trust_domain
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerConfig) -> None:
+        self.cfg = cfg
+        self.state_dir = Path(cfg.state_dir)
+        self.pki_dir = Path(cfg.pki_dir)
+        for name in ("ca.crt", "scheduler.crt", "scheduler.key"):
+            if not (self.pki_dir / name).is_file():
+                raise ConfigError(f"pki_dir {self.pki_dir}: missing {name} (make it with `outrider pki init`)")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.state_dir / "outrider.db")
+        self.artifacts = ArtifactStore(self.state_dir / "artifacts")
+        self.logs = LogStore(self.state_dir / "logs")
+        self.engine = Engine(
+            self.store, lease_ttl=cfg.lease_ttl, heartbeat_interval=cfg.heartbeat_interval,
+            artifact_exists=self.artifacts.exists, log_sink=self.logs,
+        )
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self.address = ""
+
+    async def start(self) -> str:
+        loop = asyncio.get_running_loop()
+        self.engine.load()
+        self.store.start(loop)
+        self.engine.start(loop)
+        domain = trust_domain_of(self.pki_dir)
+        server = grpc.aio.server(interceptors=[AuthInterceptor(domain)], options=SERVER_OPTIONS)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.engine), server)
+        control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(self.engine, self.logs), server)
+        artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(self.engine, self.artifacts), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        creds = server_credentials(self.pki_dir / "ca.crt", self.pki_dir / "scheduler.crt", self.pki_dir / "scheduler.key")
+        try:
+            port = server.add_secure_port(self.cfg.listen, creds)
+        except RuntimeError as exc:
+            raise ConfigError(f"listen {self.cfg.listen}: cannot bind: {exc}") from None
+        if port == 0:
+            raise ConfigError(f"listen {self.cfg.listen}: cannot bind (address in use or invalid)")
+        await server.start()
+        self.server = server
+        host = self.cfg.listen.rpartition(":")[0] or "0.0.0.0"
+        self.address = f"{host}:{port}"
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.cfg.ready_file:
+            tmp = f"{self.cfg.ready_file}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(self.address + "\n")
+            os.replace(tmp, self.cfg.ready_file)  # atomic: readers never see half a line
+        log.info("scheduler serving on %s (trust domain %s, state %s)", self.address, domain, self.state_dir)
+        return self.address
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        ticker = asyncio.ensure_future(self._tick(stop))
+        await stop.wait()
+        log.info("stopping")
+        ticker.cancel()
+        await self.stop()
+
+    async def _tick(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.engine.tick()
+            except Exception:
+                log.exception("tick failed")
+            await asyncio.sleep(TICK_S)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace=2.0)
+        self.store.close()
