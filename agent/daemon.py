@@ -9,6 +9,7 @@ Connection lifecycle::
           │                         └──── re-register, re-send undelivered ◀─────┘
           │                               completions, claim held leases
     SIGTERM: stop asking for work, let running stages finish (drain); a second SIGTERM kills them.
+    SIGINT: stop now, killing running stages (their leases expire and they run elsewhere).
 
 The agent only dials out (edge boxes sit behind NAT): one ``Connect`` stream
 carries credits (free slots), completions, logs and heartbeats up, and
@@ -25,7 +26,6 @@ import os
 import random
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import grpc
 
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, common_pb2
+from agent.config import AgentConfig
 from agent.runner import Runner, Stage
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,6 @@ log = logging.getLogger(__name__)
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 MAX_PENDING_LOG_BYTES = 8 << 20  # logs buffered while disconnected; the oldest go first
-
-
-@dataclass
-class AgentConfig:
-    scheduler: str = ""
-    ca: str = ""
-    cert: str = ""
-    key: str = ""
-    pki_dir: str = ""
-    name: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    slots: int = 0  # 0: one per CPU core
-    state_dir: str = "/var/lib/outrider-agent"
-    ntp_servers: list[str] = field(default_factory=list)
-    kill_grace: float = 5.0
-    log_level: str = "info"
 
 
 class Agent:
@@ -93,23 +78,26 @@ class Agent:
         self._channel: grpc.aio.Channel | None = None
         self._artifacts: artifact_pb2_grpc.ArtifactServiceStub | None = None
         self._fetching: dict[str, asyncio.Future[Path]] = {}
+        self._session_task: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
-        loop.add_signal_handler(signal.SIGINT, self._on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, self._stop_now)
         watchdog = asyncio.ensure_future(self._watchdog())
         ntp = asyncio.ensure_future(self._ntp_loop()) if self.cfg.ntp_servers else None
         delay = BACKOFF_MIN_S
         try:
             while not self._stop.is_set():
                 try:
-                    await self._session()
+                    self._session_task = asyncio.ensure_future(self._session())
+                    await self._session_task
                     delay = BACKOFF_MIN_S
                 except asyncio.CancelledError:
-                    raise
+                    if not self._stop.is_set():
+                        raise
                 except grpc.aio.AioRpcError as exc:
                     log.warning("scheduler %s unreachable: %s: %s", self.cfg.scheduler, exc.code().name,
                                 exc.details())
@@ -137,15 +125,18 @@ class Agent:
                 await self.runner.kill(stage)
             await self._close_channel()
 
+    def _stop_now(self) -> None:
+        log.info("stopping now")
+        for stage in self.stages.values():
+            stage.stop_reason = stage.stop_reason or "agent stopped"
+        self._stop.set()
+        self._wake.set()
+        if self._session_task is not None:
+            self._session_task.cancel()
+
     def _on_sigterm(self) -> None:
         if self.draining or not self.stages:
-            log.info("stopping now")
-            for stage in self.stages.values():
-                stage.stop_reason = "agent stopped"
-                if stage.task is not None:
-                    stage.task.cancel()
-            self._stop.set()
-            self._wake.set()
+            self._stop_now()
             return
         log.info("draining: no new work; %d running stages finish first (SIGTERM again to kill them)",
                  len(self.stages))
@@ -284,8 +275,15 @@ class Agent:
             self._credits += 1
         self._wake.set()
         if self.draining and not self.stages:
-            log.info("drained; stopping")
-            self._stop.set()
+            asyncio.ensure_future(self._finish_drain())
+
+    async def _finish_drain(self, timeout: float = 30.0) -> None:
+        """Drained: wait (bounded) for the last results to be acknowledged, then stop."""
+        deadline = time.monotonic() + timeout
+        while self.outbox and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        log.info("drained (%d results undelivered); stopping", len(self.outbox))
+        self._stop_now()
 
     async def _watchdog(self) -> None:
         """Stop any stage whose lease we could not renew within the TTL (invariant 3)."""

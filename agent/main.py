@@ -6,7 +6,6 @@ file given with ``--config``; flags win over the file.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import sys
@@ -36,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(argv: list[str] | None = None) -> Any:
-    from agent.daemon import AgentConfig
+    from agent.config import AgentConfig
 
     args = build_parser().parse_args(argv)
     defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
@@ -79,6 +78,12 @@ def load_config(argv: list[str] | None = None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The agent talks only gRPC, which brings its own TLS (BoringSSL). Python's ssl
+    # module, which asyncio (imported by grpc) loads just in case, would add ~4 MB
+    # (libssl, libcrypto) to every idle agent on every edge box: keep it out. Done
+    # here, in the program's entry point, so importing this module changes nothing.
+    if "ssl" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
     try:
         cfg = load_config(argv)
     except OutriderError as exc:
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, cfg.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    import asyncio
+
     from agent.daemon import Agent
 
     asyncio.run(Agent(cfg).run())

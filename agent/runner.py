@@ -13,10 +13,15 @@ the group, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import logging
 import os
+import queue
 import shutil
 import signal
+import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +41,9 @@ class Stage:
     assignment: agent_pb2.Assignment
     started_mono: float = field(default_factory=time.monotonic)
     last_renewed: float = field(default_factory=time.monotonic)
-    proc: asyncio.subprocess.Process | None = None
-    stop_reason: str = ""          # "timeout", "cancelled" or "lost" once we decided to stop it
+    proc: subprocess.Popen[bytes] | None = None
+    exited: asyncio.Future[int] | None = None  # resolves to the exit code (negative: signal)
+    stop_reason: str = ""          # why we stopped it: "timeout", "cancelled by the scheduler", ...
     task: asyncio.Task[Any] | None = None
 
     @property
@@ -55,12 +61,67 @@ Fetch = Callable[[common_pb2.ArtifactRef, Path], Awaitable[None]]
 Publish = Callable[[str, Path], Awaitable[common_pb2.ArtifactRef]]
 
 
+class WorkdirPool:
+    """Fresh, empty work dirs made ahead of time; used ones removed in the background.
+
+    On a journaling filesystem, making and deleting a work dir (three directories)
+    costs about a millisecond of kernel time; done inline it was most of the
+    agent's own cost for a short stage (measured with py-spy). A thread keeps a
+    few ready and deletes used ones, so the event loop never waits on either.
+    """
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        self.size = max(2, size)
+        self._ready: collections.deque[Path] = collections.deque()
+        self._jobs: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._names = itertools.count()
+        self._prefix = f"w{os.getpid()}-{int(time.time())}-"
+        leftovers = list(root.iterdir()) if root.exists() else []
+        root.mkdir(parents=True, exist_ok=True)
+        for old in leftovers:  # work dirs of a previous agent process
+            self._jobs.put(old)
+        for _ in range(self.size):
+            self._jobs.put(None)
+        self._thread = threading.Thread(target=self._work, name="workdirs", daemon=True)
+        self._thread.start()
+
+    def _make(self) -> Path:
+        path = self.root / f"{self._prefix}{next(self._names)}"
+        (path / ".outrider" / "inputs").mkdir(parents=True)
+        (path / ".outrider" / "outputs").mkdir()
+        return path
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    self._ready.append(self._make())
+                else:
+                    shutil.rmtree(job, ignore_errors=True)
+            except OSError:
+                log.warning("work dir housekeeping failed", exc_info=True)
+
+    def take(self) -> Path:
+        """A fresh work dir with .outrider/inputs and .outrider/outputs."""
+        self._jobs.put(None)  # replace the one taken
+        try:
+            return self._ready.popleft()
+        except IndexError:
+            return self._make()
+
+    def release(self, path: Path) -> None:
+        self._jobs.put(path)
+
+
 class Runner:
     """Turns an Assignment into a Completion."""
 
     def __init__(self, work_root: Path, fetch: Fetch, publish: Publish, log_sink: LogSink,
                  kill_grace: float = 5.0) -> None:
         self.work_root = work_root
+        self.workdirs = WorkdirPool(work_root, 4)
         self.fetch = fetch
         self.publish = publish
         self.log_sink = log_sink
@@ -71,7 +132,7 @@ class Runner:
         a = stage.assignment
         ref = a.lease
         started = time.time()
-        workdir = self.work_root / f"{ref.run_id}.{ref.task}.{ref.epoch}"
+        workdir = self.workdirs.take()
         completion = agent_pb2.Completion(lease=ref, started_at=started)
         try:
             inputs, outputs = await self._prepare(a, workdir)
@@ -108,7 +169,7 @@ class Runner:
             return completion
         finally:
             completion.finished_at = time.time()
-            shutil.rmtree(workdir, ignore_errors=True)
+            self.workdirs.release(workdir)
 
     @staticmethod
     def _stopped(c: agent_pb2.Completion, stage: Stage) -> agent_pb2.Completion:
@@ -123,11 +184,8 @@ class Runner:
         if a.code_digest:
             bundle = common_pb2.ArtifactRef(name="code", digest=a.code_digest, kind="dir")
             await self.fetch(bundle, workdir)  # the work dir starts as a copy of the code
-        workdir.mkdir(parents=True, exist_ok=True)
         inputs = workdir / ".outrider" / "inputs"
         outputs = workdir / ".outrider" / "outputs"
-        inputs.mkdir(parents=True)
-        outputs.mkdir()
         for ref in a.inputs:
             await self.fetch(ref, inputs / ref.name)
         return inputs, outputs
@@ -149,51 +207,103 @@ class Runner:
     async def _execute(self, stage: Stage, workdir: Path, inputs: Path, outputs: Path) -> int:
         a = stage.assignment
         argv = ["/bin/sh", "-c", a.spec.argv[0]] if a.spec.shell else list(a.spec.argv)
+        loop = asyncio.get_running_loop()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=workdir, env=self._env(a, inputs, outputs),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            proc = subprocess.Popen(
+                argv, cwd=workdir, env=self._env(a, inputs, outputs),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True,  # own process group: kill the stage and all its children together
             )
         except OSError as exc:
             self.log_sink(a.lease, "stderr", f"outrider: cannot start {argv[0]!r}: {exc}\n".encode())
             return 127
         stage.proc = proc
-        pumps = [
-            asyncio.ensure_future(self._pump(a.lease, "stdout", proc.stdout)),
-            asyncio.ensure_future(self._pump(a.lease, "stderr", proc.stderr)),
-        ]
+        stage.exited = self._watch_exit(loop, proc)
+        eofs = [self._pump(loop, a.lease, "stdout", proc.stdout), self._pump(loop, a.lease, "stderr", proc.stderr)]
         timeout = a.spec.timeout_s or None
         try:
-            rc = await asyncio.wait_for(proc.wait(), timeout)
+            rc = await asyncio.wait_for(asyncio.shield(stage.exited), timeout)
         except asyncio.TimeoutError:
             stage.stop_reason = "timeout"
             self.log_sink(a.lease, "stderr", f"outrider: timed out after {timeout:g}s; killing\n".encode())
             rc = await self.kill(stage)
         # Children the stage left behind die with it, and cannot hold our pipes open.
         _killpg(proc.pid, signal.SIGKILL)
-        await asyncio.gather(*pumps, return_exceptions=True)
+        done, pending = await asyncio.wait(eofs, timeout=2.0)
+        for fut in pending:  # a grandchild that left the group still holds a pipe: stop reading
+            fut.cancel()
         return rc
 
-    async def _pump(self, lease: common_pb2.LeaseRef, stream: str, reader: asyncio.StreamReader | None) -> None:
-        if reader is None:
-            return
-        while data := await reader.read(READ_CHUNK):
-            self.log_sink(lease, stream, data)
+    @staticmethod
+    def _watch_exit(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
+        """A future for the exit code, without a thread per child.
+
+        Linux: a pidfd becomes readable when the child exits, so the event loop
+        itself notices (asyncio's default child watcher starts a thread per child).
+        Elsewhere, a thread waits.
+        """
+        fut: asyncio.Future[int] = loop.create_future()
+        pidfd_open = getattr(os, "pidfd_open", None)
+        try:
+            pidfd = pidfd_open(proc.pid) if pidfd_open else -1
+        except OSError:
+            pidfd = -1
+        if pidfd < 0:
+            thread_fut = asyncio.ensure_future(asyncio.to_thread(proc.wait))
+            thread_fut.add_done_callback(lambda f: fut.done() or fut.set_result(f.result()))
+            return fut
+
+        def on_exit() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            if not fut.done():
+                fut.set_result(proc.wait())
+
+        loop.add_reader(pidfd, on_exit)
+        return fut
+
+    def _pump(self, loop: asyncio.AbstractEventLoop, lease: common_pb2.LeaseRef, stream: str,
+              pipe: Any) -> asyncio.Future[None]:
+        """Forward a pipe to the log sink as data arrives; the future resolves at EOF."""
+        eof: asyncio.Future[None] = loop.create_future()
+        fd = pipe.fileno()
+        os.set_blocking(fd, False)
+
+        def close() -> None:
+            loop.remove_reader(fd)
+            pipe.close()
+
+        def on_readable() -> None:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                self.log_sink(lease, stream, data)
+                return
+            close()
+            if not eof.done():
+                eof.set_result(None)
+
+        loop.add_reader(fd, on_readable)
+        eof.add_done_callback(lambda f: close() if f.cancelled() else None)
+        return eof
 
     async def kill(self, stage: Stage) -> int:
         """SIGTERM the stage's process group, SIGKILL it after the grace period."""
-        proc = stage.proc
-        if proc is None:
+        proc, exited = stage.proc, stage.exited
+        if proc is None or exited is None:
             return -signal.SIGKILL
-        if proc.returncode is not None:
-            return proc.returncode
+        if exited.done():
+            return exited.result()
         _killpg(proc.pid, signal.SIGTERM)
         try:
-            return await asyncio.wait_for(proc.wait(), self.kill_grace)
+            return await asyncio.wait_for(asyncio.shield(exited), self.kill_grace)
         except asyncio.TimeoutError:
             _killpg(proc.pid, signal.SIGKILL)
-            return await proc.wait()
+            return await exited
 
 
 def _killpg(pgid: int, sig: int) -> None:

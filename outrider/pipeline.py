@@ -515,16 +515,16 @@ def _upstream_names(task: _GraphTask) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
+def _suggest(word: str, choices: Iterable[str], known: str = "known") -> str:
     """A "did you mean" hint, or a list of what exists when nothing is close."""
-    options = sorted(c for c in choices if c)
+    options = sorted({c for c in choices if c})
     close = difflib.get_close_matches(word, options, n=1)
     if close:
         return f"; did you mean {close[0]!r}?"
     if not options:
         return ""
     shown = ", ".join(options[:10]) + (", ..." if len(options) > 10 else "")
-    return f" (known: {shown})"
+    return f" ({known}: {shown})"
 
 
 def _find_cycles(names: Sequence[str], deps: Mapping[str, Sequence[str]]) -> list[list[str]]:
@@ -613,7 +613,7 @@ def _graph_problems(entries: Sequence[tuple[str | int, _GraphTask]]) -> list[tup
                 continue
             declared = first[up][1].outputs
             if out not in declared:
-                hint = _suggest(out, declared) if declared else " (it declares no outputs)"
+                hint = _suggest(out, declared, "declared") if declared else " (it declares no outputs)"
                 problems.append((path, f"task {up!r} has no output {out!r}{hint}"))
             ups.append(up)  # still an edge: the dependency is meant even if the output is misnamed
             edge_paths.setdefault((task.name, up), path)

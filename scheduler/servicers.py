@@ -226,9 +226,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         watcher, run = self.engine.watch(request.run_id, request.run_only)
         try:
             await self._barrier()
+            ended = run.terminal  # decided now: the run may end while the snapshot is being sent
             yield control_pb2.RunEvent(run_id=run.run_id, state=run.state.value, ts=time.time(),
                                        snapshot=convert.run_status(run))
-            if run.terminal:
+            if ended:
                 return
             while True:
                 ev = await watcher.queue.get()

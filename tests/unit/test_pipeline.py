@@ -236,7 +236,7 @@ def test_document_problems(text: str, expected: str) -> None:
         ("run: x\ninputs: {i: c.o}\n", "p.yaml:5: tasks.a.inputs.i: no task named 'c'"),
         ("run: x\ninputs: {i: bb.o}\n", "p.yaml:5: tasks.a.inputs.i: no task named 'bb'; did you mean 'b'?"),
         ("run: x\ninputs: {i: b.oo}\n", "p.yaml:5: tasks.a.inputs.i: task 'b' has no output 'oo'; did you mean 'o'?"),
-        ("run: x\ninputs: {i: b.model}\n", "p.yaml:5: tasks.a.inputs.i: task 'b' has no output 'model' (known: o)"),
+        ("run: x\ninputs: {i: b.model}\n", "p.yaml:5: tasks.a.inputs.i: task 'b' has no output 'model' (declared: o)"),
         ("run: x\ninputs: [b.o]\n", "p.yaml:5: tasks.a.inputs: expected a mapping of input name to 'task.output'"),
         ("run: x\nafter: [c]\n", "p.yaml:5: tasks.a.after[0]: no task named 'c'"),
         ("run: x\nafter: [b, b]\n", "p.yaml:5: tasks.a.after[1]: 'b' is listed twice (also after[0])"),
@@ -610,5 +610,5 @@ def test_from_proto_refuses_a_bad_spec_unless_told_not_to_check() -> None:
     spec.tasks[1].inputs["i"] = "a.nope"
     with pytest.raises(SpecError) as info:
         Pipeline.from_proto(spec)
-    assert str(info.value) == "<proto>: tasks[b].inputs.i: task 'a' has no output 'nope' (known: o)"
+    assert str(info.value) == "<proto>: tasks[b].inputs.i: task 'a' has no output 'nope' (declared: o)"
     assert Pipeline.from_proto(spec, validate=False).tasks["b"].inputs == {"i": "a.nope"}

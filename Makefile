@@ -1,0 +1,45 @@
+# Outrider: `make demo` runs the example pipeline end to end; `make test` runs the whole suite.
+# Both create the virtual environment and install everything they need first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench protos check-protos sysdeps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,examples]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# System packages the tests use: systemd-analyze (unit-file checks).
+sysdeps:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "installing systemd (for systemd-analyze)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+
+demo: install
+	$(PY) examples/demo.py
+
+test: install sysdeps
+	$(PY) scripts/gen_protos.py --check
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) bench/core.py
+
+protos: install
+	$(PY) scripts/gen_protos.py
+
+check-protos: install
+	$(PY) scripts/gen_protos.py --check
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,23 @@
+"""The agent's settings: the same keys as flags and in its TOML file.
+
+Kept apart from the daemon so that reading a config imports nothing heavy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AgentConfig:
+    scheduler: str = ""
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    pki_dir: str = ""
+    name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    slots: int = 0  # 0: one per CPU core
+    state_dir: str = "/var/lib/outrider-agent"
+    ntp_servers: list[str] = field(default_factory=list)
+    kill_grace: float = 5.0
+    log_level: str = "info"

@@ -1,0 +1,1 @@
+"""Integration tests: real scheduler and agent processes, real mTLS, port 0."""

@@ -1,0 +1,311 @@
+"""Tests for scheduler.matcher: feasibility checkers, rejections, rank and select.
+
+The matcher is pure logic over AgentView snapshots, so these tests build views
+and Needs by hand: no store, no engine, no clocks.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from scheduler import matcher
+from scheduler.matcher import (
+    REASON_CPUS,
+    REASON_DISCONNECTED,
+    REASON_DISK,
+    REASON_FREE_CPUS,
+    REASON_FREE_GPUS,
+    REASON_FREE_MEMORY,
+    REASON_GPUS,
+    REASON_LABEL_MISMATCH,
+    REASON_LABEL_MISSING,
+    REASON_MEMORY,
+    REASON_NO_SLOTS,
+    AgentView,
+    check_capacity,
+    check_free,
+    check_labels,
+    fits,
+    rank,
+    rejections,
+    select_for_agent,
+)
+from scheduler.model import Needs
+
+GiB = 2**30
+
+
+def agent(name: str = "a1", *, cpus: float = 8, memory: int = 16 * GiB, disk: int = 100 * GiB, gpus: int = 0,
+          labels: dict[str, str] | None = None, free_slots: int = 4, connected: bool = True,
+          running: int = 0, used_cpus: float = 0.0, used_memory: int = 0, used_gpus: int = 0) -> AgentView:
+    return AgentView(name=name, cpus=cpus, memory=memory, disk=disk, gpus=gpus, labels=dict(labels or {}),
+                     connected=connected, free_slots=free_slots, used_cpus=used_cpus, used_memory=used_memory,
+                     used_gpus=used_gpus, running=running)
+
+
+def needs(cpus: float = 1.0, memory: int = 0, disk: int = 0, gpus: int = 0, **labels: str) -> Needs:
+    return Needs(cpus=cpus, memory=memory, disk=disk, gpus=gpus, labels=tuple(sorted(labels.items())))
+
+
+# --------------------------------------------------------------------------- check_capacity
+
+
+def test_capacity_accepts_exact_fit() -> None:
+    assert check_capacity(needs(cpus=8, memory=16 * GiB, disk=100 * GiB, gpus=2), agent(gpus=2)) is None
+
+
+def test_capacity_accepts_zero_request() -> None:
+    assert check_capacity(needs(cpus=0), agent(cpus=0, memory=0, disk=0)) is None
+
+
+@pytest.mark.parametrize(
+    ("req", "reason", "numbers"),
+    [
+        (needs(cpus=16), REASON_CPUS, ("16", "8")),
+        (needs(cpus=8.5), REASON_CPUS, ("8.5", "8")),
+        (needs(memory=32 * GiB), REASON_MEMORY, ("32.0GiB", "16.0GiB")),
+        (needs(disk=200 * GiB), REASON_DISK, ("200.0GiB", "100.0GiB")),
+        (needs(gpus=1), REASON_GPUS, ("1", "0")),
+    ],
+)
+def test_capacity_rejects_with_named_reason_and_numbers(req: Needs, reason: str, numbers: tuple[str, str]) -> None:
+    rej = check_capacity(req, agent())
+    assert rej is not None
+    assert rej.reason == reason
+    want, have = numbers
+    assert f"needs {want}" in rej.detail
+    assert f"agent has {have}" in rej.detail
+
+
+def test_capacity_memory_detail_uses_human_units() -> None:
+    rej = check_capacity(needs(memory=3 * 2**20), agent(memory=512 * 2**10))
+    assert rej is not None and rej.reason == REASON_MEMORY
+    assert "3.0MiB" in rej.detail and "512.0KiB" in rej.detail
+
+
+def test_reason_constants_are_distinct() -> None:
+    names = [v for k, v in vars(matcher).items() if k.startswith("REASON_")]
+    assert len(names) == len(set(names)) >= 11
+
+
+# --------------------------------------------------------------------------- check_labels
+
+
+def test_labels_accept_matching_and_extra_labels() -> None:
+    a = agent(labels={"site": "plant-7", "tier": "edge", "extra": "x"})
+    assert check_labels(needs(site="plant-7", tier="edge"), a) is None
+    assert check_labels(needs(), a) is None
+
+
+def test_labels_reject_missing_key() -> None:
+    rej = check_labels(needs(tier="gpu"), agent(labels={"site": "a"}))
+    assert rej is not None
+    assert rej.reason == REASON_LABEL_MISSING
+    assert "tier=gpu" in rej.detail and "no tier" in rej.detail
+
+
+def test_labels_reject_wrong_value() -> None:
+    rej = check_labels(needs(tier="gpu"), agent(labels={"tier": "edge"}))
+    assert rej is not None
+    assert rej.reason == REASON_LABEL_MISMATCH
+    assert "tier=gpu" in rej.detail and "tier=edge" in rej.detail
+
+
+def test_labels_empty_value_is_still_required() -> None:
+    # An agent label with an empty value matches an empty requirement, a missing key does not.
+    assert check_labels(needs(zone=""), agent(labels={"zone": ""})) is None
+    rej = check_labels(needs(zone=""), agent(labels={}))
+    assert rej is not None and rej.reason == REASON_LABEL_MISSING
+
+
+# --------------------------------------------------------------------------- check_free
+
+
+def test_free_accepts_when_resources_free() -> None:
+    a = agent(cpus=4, memory=8 * GiB, gpus=2, used_cpus=2, used_memory=4 * GiB, used_gpus=1, free_slots=1)
+    assert check_free(needs(cpus=2, memory=4 * GiB, gpus=1), a) is None
+
+
+def test_free_rejects_disconnected_first() -> None:
+    rej = check_free(needs(), agent(connected=False, free_slots=0))
+    assert rej is not None and rej.reason == REASON_DISCONNECTED
+
+
+def test_free_rejects_without_slots() -> None:
+    rej = check_free(needs(), agent(free_slots=0))
+    assert rej is not None and rej.reason == REASON_NO_SLOTS
+
+
+def test_free_rejects_busy_cpus_naming_numbers() -> None:
+    rej = check_free(needs(cpus=2), agent(cpus=4, used_cpus=3))
+    assert rej is not None and rej.reason == REASON_FREE_CPUS
+    assert "1 of 4 cpus free" in rej.detail
+
+
+def test_free_rejects_busy_memory_naming_numbers() -> None:
+    rej = check_free(needs(memory=4 * GiB), agent(memory=8 * GiB, used_memory=6 * GiB))
+    assert rej is not None and rej.reason == REASON_FREE_MEMORY
+    assert "2.0GiB" in rej.detail
+
+
+def test_free_rejects_busy_gpus_naming_numbers() -> None:
+    rej = check_free(needs(gpus=2), agent(gpus=2, used_gpus=1))
+    assert rej is not None and rej.reason == REASON_FREE_GPUS
+    assert "1 gpus free" in rej.detail
+
+
+def test_free_tolerates_float_rounding_of_cpus() -> None:
+    # 0.1 + 0.2 reserved of 0.3 + 0.4 leaves 0.4 (give or take a rounding error).
+    a = agent(cpus=0.7, used_cpus=0.1 + 0.2)
+    assert check_free(needs(cpus=0.4), a) is None
+
+
+# --------------------------------------------------------------------------- rejections / fits
+
+
+def test_rejections_returns_every_failing_clause() -> None:
+    rej = rejections(needs(cpus=64, tier="gpu"), agent(labels={"tier": "edge"}))
+    assert [r.reason for r in rej] == [REASON_CPUS, REASON_LABEL_MISMATCH]
+
+
+def test_rejections_with_dynamic_checks() -> None:
+    checks = matcher.STATIC_CHECKS + matcher.DYNAMIC_CHECKS
+    rej = rejections(needs(cpus=64, site="x"), agent(free_slots=0), checks)
+    assert [r.reason for r in rej] == [REASON_CPUS, REASON_LABEL_MISSING, REASON_NO_SLOTS]
+
+
+def test_rejections_empty_when_feasible() -> None:
+    assert rejections(needs(cpus=2, tier="gpu"), agent(labels={"tier": "gpu"})) == []
+
+
+def test_fits_needs_static_and_dynamic() -> None:
+    assert fits(needs(), agent())
+    assert not fits(needs(cpus=64), agent())          # static
+    assert not fits(needs(tier="gpu"), agent())       # static, labels
+    assert not fits(needs(), agent(free_slots=0))     # dynamic
+
+
+# --------------------------------------------------------------------------- rank
+
+
+def test_rank_orders_by_score_then_name() -> None:
+    busy = agent("busy", running=3, free_slots=1)    # load score 0.25
+    idle_b = agent("b-idle", running=0, free_slots=4)  # 1.0
+    idle_a = agent("a-idle", running=0, free_slots=4)  # 1.0
+    half = agent("half", running=2, free_slots=2)    # 0.5
+    out = rank(needs(), [busy, idle_b, half, idle_a])
+    assert [c.agent for c in out] == ["a-idle", "b-idle", "half", "busy"]
+    assert out[0].score == pytest.approx(1.0)
+    assert out[-1].score == pytest.approx(0.25)
+    assert out[0].breakdown == {"load": pytest.approx(1.0)}
+
+
+def test_rank_leaves_out_infeasible_agents() -> None:
+    small = agent("small", cpus=1)
+    wrong = agent("wrong", labels={"tier": "edge"})
+    right = agent("right", labels={"tier": "gpu"})
+    out = rank(needs(cpus=2, tier="gpu"), [small, wrong, right])
+    assert [c.agent for c in out] == ["right"]
+
+
+# --------------------------------------------------------------------------- select_for_agent
+
+
+def queue(*items: tuple[str, Needs]) -> list[tuple[Needs, object]]:
+    return [(n, name) for name, n in items]
+
+
+def test_select_respects_limit() -> None:
+    a = agent(cpus=64, free_slots=10)
+    ready = queue(*[(f"t{i}", needs()) for i in range(5)])
+    assert list(select_for_agent(a, ready, limit=2)) == ["t0", "t1"]
+    assert a.free_slots == 8 and a.running == 2 and a.used_cpus == 2
+
+
+def test_select_limit_zero_takes_nothing() -> None:
+    a = agent()
+    assert list(select_for_agent(a, queue(("t0", needs())), limit=0)) == []
+    assert a.free_slots == 4 and a.running == 0
+
+
+def test_select_reserves_cpus_across_batch() -> None:
+    a = agent(cpus=4, free_slots=10)
+    ready = queue(("a", needs(cpus=3)), ("b", needs(cpus=2)), ("c", needs(cpus=1)), ("d", needs(cpus=1)))
+    assert list(select_for_agent(a, ready, limit=10)) == ["a", "c"]
+    assert a.used_cpus == 4
+
+
+def test_select_reserves_memory_across_batch() -> None:
+    a = agent(memory=8 * GiB, free_slots=10)
+    ready = queue(("a", needs(cpus=0, memory=5 * GiB)), ("b", needs(cpus=0, memory=4 * GiB)),
+                  ("c", needs(cpus=0, memory=3 * GiB)))
+    assert list(select_for_agent(a, ready, limit=10)) == ["a", "c"]
+    assert a.used_memory == 8 * GiB
+
+
+def test_select_reserves_gpus_across_batch() -> None:
+    a = agent(gpus=2, free_slots=10)
+    ready = queue(("a", needs(gpus=1)), ("b", needs(gpus=2)), ("c", needs(gpus=1)), ("d", needs(gpus=1)))
+    assert list(select_for_agent(a, ready, limit=10)) == ["a", "c"]
+    assert a.used_gpus == 2
+
+
+def test_select_reserves_slots_across_batch() -> None:
+    a = agent(cpus=64, free_slots=2)
+    ready = queue(*[(f"t{i}", needs()) for i in range(5)])
+    assert list(select_for_agent(a, ready, limit=10)) == ["t0", "t1"]
+    assert a.free_slots == 0
+
+
+def test_select_never_overcommits() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        a = agent(cpus=rng.choice([1, 2, 4, 8]), memory=rng.choice([1, 4, 8]) * GiB, gpus=rng.choice([0, 1, 2]),
+                  free_slots=rng.randint(0, 6))
+        slots = a.free_slots
+        ready = queue(*[
+            (f"t{i}", needs(cpus=rng.choice([0, 0.5, 1, 2, 3]), memory=rng.choice([0, 1, 2, 3]) * GiB,
+                            gpus=rng.choice([0, 0, 1, 2])))
+            for i in range(rng.randint(0, 12))
+        ])
+        by_name = {name: n for n, name in ready}
+        chosen = list(select_for_agent(a, ready, limit=rng.randint(0, 8)))
+        assert len(chosen) <= slots
+        assert sum(by_name[c].cpus for c in chosen) <= a.cpus + 1e-9
+        assert sum(by_name[c].memory for c in chosen) <= a.memory
+        assert sum(by_name[c].gpus for c in chosen) <= a.gpus
+
+
+def test_select_skips_unfit_and_takes_later_fitting() -> None:
+    a = agent(cpus=4, labels={"tier": "edge"}, free_slots=4)
+    ready = queue(("big", needs(cpus=16)), ("gpu", needs(tier="gpu")), ("ok", needs()), ("ok2", needs(tier="edge")))
+    assert list(select_for_agent(a, ready, limit=4)) == ["ok", "ok2"]
+
+
+def test_select_honours_scan_limit() -> None:
+    a = agent(cpus=2, free_slots=4)
+    ready = queue(("big1", needs(cpus=8)), ("big2", needs(cpus=8)), ("small", needs()))
+    assert list(select_for_agent(a, ready, limit=4, scan_limit=2)) == []
+    a = agent(cpus=2, free_slots=4)
+    assert list(select_for_agent(a, ready, limit=4, scan_limit=3)) == ["small"]
+
+
+def test_select_scan_limit_examines_at_most_that_many() -> None:
+    examined: list[int] = []
+
+    def gen() -> Iterator[tuple[Needs, object]]:
+        for i in range(100):
+            examined.append(i)
+            yield needs(cpus=99), i
+
+    assert list(select_for_agent(agent(), gen(), limit=4, scan_limit=10)) == []
+    # The generator may be advanced one past the limit (to notice the limit), no further.
+    assert len(examined) <= 11
+
+
+def test_select_disconnected_agent_takes_nothing() -> None:
+    a = agent(connected=False)
+    assert list(select_for_agent(a, queue(("t", needs())), limit=4)) == []

@@ -1,0 +1,287 @@
+"""Tests for scheduler.store: migrations, durable group commit, FIFO, load and events.
+
+Every test uses a real SQLite file under tmp_path (WAL needs a file) and checks
+durability with a second, independent sqlite3 connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+from outrider.v1 import common_pb2
+from scheduler.model import Output, Run, RunState, Task, TaskState, needs_of
+from scheduler.store import MIGRATIONS, Batch, Store
+
+TABLES = {"runs", "tasks", "attempts", "outputs", "artifacts", "agents", "events"}
+
+
+def read(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read through a fresh connection: sees only what was committed."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def with_store(path: Path, body: Callable[[Store], Awaitable[None]]) -> None:
+    """Run ``body(store)`` with a started store in a fresh event loop; always close it."""
+    async def main() -> None:
+        store = Store(path)
+        store.start(asyncio.get_running_loop())
+        try:
+            await body(store)
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
+def artifact_batch(i: int) -> Batch:
+    b = Batch()
+    b.insert_artifact(f"{i:064x}", i, "file", float(i))
+    return b
+
+
+def make_run(run_id: str = "run-1") -> Run:
+    spec = common_pb2.PipelineSpec(name="p", tasks=[
+        common_pb2.TaskSpec(name="a", argv=["true"], outputs=["out"]),
+        common_pb2.TaskSpec(name="b", argv=["true"], inputs={"x": "a.out"}),
+    ])
+    run = Run(run_id=run_id, pipeline="p", spec=spec, submitter="alice", created_at=100.0, trace_id="ab" * 16, seq=1)
+    for order, ts in enumerate(spec.tasks):
+        run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=needs_of(ts), order=order)
+    return run
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def test_migrations_create_schema_and_set_user_version(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "sched.db"  # the parent directory is created too
+    store = Store(db)
+    store.close()
+    tables = {r[0] for r in read(db, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert TABLES <= tables
+    assert read(db, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert read(db, "PRAGMA journal_mode") == [("wal",)]
+    indexes = {r[0] for r in read(db, "SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "events_by_run" in indexes
+
+
+def test_connection_is_durable_and_autocommit(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store._conn.isolation_level is None
+    finally:
+        store.close()
+
+
+def test_reopen_is_a_noop_and_keeps_data(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+
+    async def write(store: Store) -> None:
+        await store.commit(artifact_batch(1))
+
+    with_store(db, write)
+    schema_before = read(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name")
+    Store(db).close()
+    Store(db).close()
+    assert read(db, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert read(db, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema_before
+    assert read(db, "SELECT size FROM artifacts") == [(1,)]
+
+
+def test_newer_schema_is_refused_with_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    Store(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(RuntimeError) as exc:
+        Store(db)
+    msg = str(exc.value)
+    assert str(db) in msg
+    assert "99" in msg and str(len(MIGRATIONS)) in msg
+    assert "newer" in msg and "upgrade" in msg
+    # Refusing changed nothing.
+    assert read(db, "PRAGMA user_version") == [(99,)]
+
+
+def test_partial_database_is_migrated_from_its_version(tmp_path: Path) -> None:
+    # A fresh (version 0) file that already exists, empty, is migrated normally.
+    db = tmp_path / "s.db"
+    sqlite3.connect(db).close()
+    Store(db).close()
+    assert read(db, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+
+
+# --------------------------------------------------------------------------- commit
+
+
+def test_commit_resolves_only_after_durable(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+
+    async def body(store: Store) -> None:
+        fut = store.commit(artifact_batch(7))
+        assert not fut.done()  # resolution needs the writer thread and a loop turn
+        await fut
+        assert read(db, "SELECT digest, size, kind FROM artifacts") == [(f"{7:064x}", 7, "file")]
+
+    with_store(db, body)
+
+
+def test_commit_accepts_plain_ops_and_empty_batches(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+
+    async def body(store: Store) -> None:
+        await store.commit(Batch())
+        await store.commit([("INSERT INTO artifacts(digest, size, kind, created_at) VALUES (?,?,?,?)",
+                             ("d" * 64, 3, "dir", 1.0))])
+        await store.commit([("many:INSERT INTO artifacts(digest, size, kind, created_at) VALUES (?,?,?,?)",
+                             [("e" * 64, 1, "file", 1.0), ("f" * 64, 2, "file", 1.0)])])
+        assert read(db, "SELECT count(*) FROM artifacts") == [(3,)]
+
+    with_store(db, body)
+
+
+def test_commit_before_start_is_an_error(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        with pytest.raises(AssertionError, match="start"):
+            store.commit(Batch())
+    finally:
+        store.close()
+
+
+def test_group_commit_merges_batches_and_resolves_all(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    n = 200
+
+    async def body(store: Store) -> None:
+        futs = [store.commit(artifact_batch(i)) for i in range(n)]  # one loop turn
+        await asyncio.wait_for(asyncio.gather(*futs), 30)
+        assert all(f.done() and f.exception() is None for f in futs)
+        assert store.grouped == n
+        assert 1 <= store.commits < n, store.commits
+        assert read(db, "SELECT count(*) FROM artifacts") == [(n,)]
+
+    with_store(db, body)
+
+
+def test_fifo_later_future_implies_earlier_batches_visible(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    n = 60
+    seen: list[tuple[int, int]] = []
+
+    async def body(store: Store) -> None:
+        futs = []
+        for i in range(n):
+            fut = store.commit(artifact_batch(i + 1))
+            # Each callback reads through its own connection what is durable at that moment.
+            fut.add_done_callback(lambda _f, i=i: seen.append((i, read(db, "SELECT count(*) FROM artifacts")[0][0])))
+            futs.append(fut)
+            if i % 7 == 0:
+                await asyncio.sleep(0)  # spread over several transactions
+        await asyncio.wait_for(asyncio.gather(*futs), 30)
+
+    with_store(db, body)
+    assert [i for i, _ in seen] == list(range(n))  # resolved in queue order
+    for i, count in seen:
+        assert count >= i + 1, (i, count)
+
+
+def test_close_drains_queued_commits(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+
+    async def main() -> None:
+        store = Store(db)
+        store.start(asyncio.get_running_loop())
+        for i in range(10):
+            store.commit(artifact_batch(i))
+        store.close()
+
+    asyncio.run(main())
+    assert read(db, "SELECT count(*) FROM artifacts") == [(10,)]
+
+
+# --------------------------------------------------------------------------- load / events
+
+
+def test_load_returns_what_was_written(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    run = make_run()
+
+    async def body(store: Store) -> None:
+        b = Batch()
+        b.insert_run(run)
+        b.upsert_agent("gpu-1", "spiffe://acme.ml/agent/gpu-1", b"caps-v1", 5.0)
+        await store.commit(b)
+        a = run.tasks["a"]
+        a.state, a.attempts, a.agent, a.started_at = TaskState.RUNNING, 1, "gpu-1", 10.0
+        b = Batch()
+        b.update_task(a)
+        b.insert_attempt(a, 10.0)
+        await store.commit(b)
+        a.state, a.finished_at, a.exit_code = TaskState.SUCCEEDED, 11.0, 0
+        a.outputs = {"out": Output("out", "c" * 64, 42, "file")}
+        run.state, run.finished_at = RunState.SUCCEEDED, 12.0
+        b = Batch()
+        b.update_task(a)
+        b.finish_attempt(a, "succeeded", 11.0, 0, "")
+        b.insert_outputs(a, 11.0)
+        b.update_run(run)
+        b.upsert_agent("gpu-1", "spiffe://acme.ml/agent/gpu-1", b"caps-v2", 20.0)
+        await store.commit(b)
+
+    with_store(db, body)
+
+    store = Store(db)
+    try:
+        loaded = store.load()
+    finally:
+        store.close()
+    assert [r["run_id"] for r in loaded.runs] == ["run-1"]
+    r = loaded.runs[0]
+    assert (r["state"], r["finished_at"], r["submitter"], r["seq"]) == ("succeeded", 12.0, "alice", 1)
+    assert common_pb2.PipelineSpec.FromString(r["spec"]) == run.spec
+    tasks = {t["name"]: t for t in loaded.tasks}
+    assert set(tasks) == {"a", "b"}
+    assert (tasks["a"]["state"], tasks["a"]["attempts"], tasks["a"]["agent"]) == ("succeeded", 1, "gpu-1")
+    assert tasks["b"]["state"] == "pending"
+    assert [(o["task"], o["name"], o["digest"], o["size"], o["kind"]) for o in loaded.outputs] == [
+        ("a", "out", "c" * 64, 42, "file")]
+    agents = {a["name"]: a for a in loaded.agents}
+    assert agents["gpu-1"]["capabilities"] == b"caps-v2"
+    assert agents["gpu-1"]["registered_at"] == 5.0  # kept on re-register
+    assert agents["gpu-1"]["last_seen"] == 20.0
+    assert read(db, "SELECT state, finished_at FROM attempts") == [("succeeded", 11.0)]
+    assert read(db, "SELECT count(*) FROM artifacts") == [(1,)]
+
+
+def test_events_readable_while_writer_runs(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+
+    async def body(store: Store) -> None:
+        futs = []
+        for i in range(50):
+            b = Batch()
+            b.event(float(i), "run-1", f"t{i}", "ready", 0, "", "")
+            b.event(float(i), "run-2", "x", "ready", 0, "", "")
+            futs.append(store.commit(b))
+        # Read while commits are still queued / in flight: never blocks, never errors.
+        partial = store.events("run-1")
+        assert len(partial) <= 50
+        await asyncio.gather(*futs)
+        rows = store.events("run-1")
+        assert [r["task"] for r in rows] == [f"t{i}" for i in range(50)]
+        assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+        assert len(store.events("run-2")) == 50
+        assert store.events("nope") == []
+
+    with_store(db, body)
