@@ -97,7 +97,8 @@ class WorkdirPool:
             job = self._jobs.get()
             try:
                 if job is None:
-                    self._ready.append(self._make())
+                    if len(self._ready) < self.size:
+                        self._ready.append(self._make())
                 else:
                     shutil.rmtree(job, ignore_errors=True)
             except OSError:
@@ -112,7 +113,28 @@ class WorkdirPool:
             return self._make()
 
     def release(self, path: Path) -> None:
-        self._jobs.put(path)
+        """Give back a used work dir: recycled when the stage left nothing in it
+        (then it is indistinguishable from a fresh one), else removed in the background."""
+        if _pristine(path):
+            self._ready.append(path)  # the refill take() queued then finds the pool full
+        else:
+            self._jobs.put(path)
+
+
+def _pristine(path: Path) -> bool:
+    """True when ``path`` holds only empty .outrider/inputs and .outrider/outputs."""
+    try:
+        with os.scandir(path) as it:
+            top = [e.name for e in it]
+        if top != [".outrider"]:
+            return False
+        with os.scandir(path / ".outrider") as it:
+            if sorted(e.name for e in it) != ["inputs", "outputs"]:
+                return False
+        return not any(os.scandir(path / ".outrider" / "inputs")) and not any(
+            os.scandir(path / ".outrider" / "outputs"))
+    except OSError:
+        return False
 
 
 class Runner:
@@ -127,6 +149,7 @@ class Runner:
         self.log_sink = log_sink
         self.kill_grace = kill_grace
         self._base_env = dict(os.environ)
+        self._devnull = os.open(os.devnull, os.O_RDONLY)  # shared stdin for every stage
 
     async def run(self, stage: Stage) -> agent_pb2.Completion:
         a = stage.assignment
@@ -211,7 +234,7 @@ class Runner:
         try:
             proc = subprocess.Popen(
                 argv, cwd=workdir, env=self._env(a, inputs, outputs),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=self._devnull, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True,  # own process group: kill the stage and all its children together
             )
         except OSError as exc:

@@ -329,7 +329,9 @@ class Engine:
     ) -> None:
         ts = self.wall()
         batch.event(ts, run.run_id, task, state, attempt, agent, message)
-        if run.run_id in self._watchers:
+        watchers = self._watchers.get(run.run_id)
+        # Build the message only if someone will get it (run-only watchers skip task events).
+        if watchers and (not task or any(not w.run_only for w in watchers)):
             ev = control_pb2.RunEvent(run_id=run.run_id, task=task, state=state, attempt=attempt,
                                       agent=agent, message=message, ts=ts)
             after.append(lambda: self._publish(run, ev))

@@ -160,6 +160,8 @@ class Batch:
 
     def insert_outputs(self, t: Any, created_at: float) -> None:
         outs = list(t.outputs.values())
+        if not outs:
+            return
         self.ops.append((
             "many:INSERT OR REPLACE INTO outputs(run_id, task, name, digest, size, kind) VALUES (?,?,?,?,?,?)",
             [(t.run_id, t.name, o.name, o.digest, o.size, o.kind) for o in outs],
@@ -216,6 +218,9 @@ class Store:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
+        self._turn_ops: list[Op] = []
+        self._turn_waiters: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
         #: Commits done and changes grouped into them, for metrics and the benchmark.
         self.commits = 0
         self.grouped = 0
@@ -275,15 +280,29 @@ class Store:
         self._thread.start()
 
     def commit(self, batch: Batch | Iterable[Op]) -> asyncio.Future[None]:
-        """Queue a change; the future resolves once it (and all before it) is durable."""
+        """Queue a change; the future resolves once it (and all before it) is durable.
+
+        Called from the event loop thread only. Changes queued during one turn of
+        the loop are handed to the writer together at the end of that turn, so a
+        completion and the assignment it frees a slot for share one fsync.
+        """
         assert self._loop is not None, "Store.start() first"
         fut: asyncio.Future[None] = self._loop.create_future()
-        ops = batch.ops if isinstance(batch, Batch) else list(batch)
+        self._turn_ops.extend(batch.ops if isinstance(batch, Batch) else batch)
+        self._turn_waiters.append(fut)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        ops, self._turn_ops = self._turn_ops, []
+        waiters, self._turn_waiters = self._turn_waiters, []
         with self._lock:
             self._queue.extend(ops)
-            self._waiters.append(fut)
+            self._waiters.extend(waiters)
             self._wake.notify()
-        return fut
 
     def _writer(self) -> None:
         conn = self._conn
@@ -318,6 +337,8 @@ class Store:
                 return
 
     def close(self) -> None:
+        if self._turn_ops or self._turn_waiters:
+            self._flush()
         with self._lock:
             self._closing = True
             self._wake.notify()

@@ -663,7 +663,7 @@ def test_cancel_records_no_failed_run_state(h: Harness) -> None:
         while not watcher.queue.empty():
             seen.append(watcher.queue.get_nowait().state)
         assert h.engine.runs[run_id].state is RunState.CANCELLED
-        assert (recorded, seen) == (["running", "cancelled"], ["cancelled"])
+        assert (recorded, seen) == (["running", "cancelled"], ["cancelled"]), f"recorded={recorded} watched={seen}"
 
     h.run(body())
 

@@ -1,0 +1,349 @@
+"""Tests for content-addressed artifacts: outrider.artifacts (pack, unpack, receive)
+and scheduler.artifacts.ArtifactStore (verified uploads).
+
+Invariant 6: every artifact's bytes match its digest wherever it is read, so a
+mismatch anywhere is DataLoss and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from outrider.artifacts import Receiver, describe, hash_file, pack_dir, place, unpack_dir
+from outrider.errors import DataLoss, InvalidArgument, NotFound
+from scheduler.artifacts import ArtifactStore
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_tree(root: Path, order: tuple[str, ...] = ("b", "a", "sub")) -> Path:
+    """A small tree, created in the given order (creation order must not matter)."""
+    root.mkdir(parents=True)
+    for name in order:
+        if name == "sub":
+            (root / "sub" / "deeper").mkdir(parents=True)
+            (root / "sub" / "z.txt").write_text("zzz")
+            (root / "sub" / "deeper" / "w.bin").write_bytes(bytes(range(256)))
+        else:
+            (root / f"{name}.txt").write_text(f"content of {name}\n")
+    run = root / "run.sh"
+    run.write_text("#!/bin/sh\necho hi\n")
+    run.chmod(0o755)
+    (root / "empty").mkdir()
+    return root
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, bytes | None, bool]]:
+    out: dict[str, tuple[str, bytes | None, bool]] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            out[rel] = ("dir", None, False)
+        else:
+            out[rel] = ("file", p.read_bytes(), bool(p.stat().st_mode & 0o100))
+    return out
+
+
+# --------------------------------------------------------------------------- pack_dir
+
+
+def test_pack_dir_is_deterministic_across_mtimes_and_creation_order(tmp_path: Path) -> None:
+    one = make_tree(tmp_path / "one")
+    d1, s1 = pack_dir(one, tmp_path / "one.tar")
+    assert (d1, s1) == hash_file(tmp_path / "one.tar")
+
+    # Same tree again, later: different mtimes.
+    for p in one.rglob("*"):
+        os.utime(p, (1_000_000, 1_000_000))
+    os.utime(one, (2_000_000, 2_000_000))
+    d2, s2 = pack_dir(one, tmp_path / "again.tar")
+    assert (d2, s2) == (d1, s1)
+
+    # The same content built elsewhere, in another order, with another mode on a plain file.
+    two = make_tree(tmp_path / "two", order=("sub", "a", "b"))
+    (two / "a.txt").chmod(0o600)
+    assert pack_dir(two, tmp_path / "two.tar") == (d1, s1)
+
+
+def test_pack_dir_digest_changes_with_content_names_and_exec_bit(tmp_path: Path) -> None:
+    base = pack_dir(make_tree(tmp_path / "t0"), tmp_path / "t0.tar")[0]
+
+    t1 = make_tree(tmp_path / "t1")
+    (t1 / "a.txt").write_text("content of A\n")
+    assert pack_dir(t1, tmp_path / "t1.tar")[0] != base
+
+    t2 = make_tree(tmp_path / "t2")
+    (t2 / "a.txt").rename(t2 / "c.txt")
+    assert pack_dir(t2, tmp_path / "t2.tar")[0] != base
+
+    t3 = make_tree(tmp_path / "t3")
+    (t3 / "run.sh").chmod(0o644)
+    assert pack_dir(t3, tmp_path / "t3.tar")[0] != base
+
+
+def test_pack_dir_entries_are_sorted_and_anonymous(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "t")
+    pack_dir(root, tmp_path / "t.tar")
+    with tarfile.open(tmp_path / "t.tar") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names[:4] == ["empty", "sub", "a.txt", "b.txt"]  # per directory: dirs, then files, sorted
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.gname == "" for m in members)
+
+
+def test_pack_dir_refuses_symlinks_and_non_directories(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "t")
+    (root / "link").symlink_to(root / "a.txt")
+    with pytest.raises(InvalidArgument, match="link"):
+        pack_dir(root, tmp_path / "t.tar")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        pack_dir(root / "a.txt", tmp_path / "x.tar")
+
+
+def test_describe_file_and_dir(tmp_path: Path) -> None:
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"hello")
+    assert describe(f, tmp_path) == (sha(b"hello"), 5, "file", f)
+    root = make_tree(tmp_path / "t")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    digest, size, kind, blob = describe(root, scratch)
+    assert kind == "dir" and blob.parent == scratch
+    assert (digest, size) == pack_dir(root, tmp_path / "ref.tar")
+    with pytest.raises(InvalidArgument):
+        describe(tmp_path / "missing", tmp_path)
+
+
+# --------------------------------------------------------------------------- unpack_dir
+
+
+def test_unpack_dir_round_trips(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "src")
+    digest, _ = pack_dir(root, tmp_path / "t.tar")
+    out = tmp_path / "out"
+    unpack_dir(tmp_path / "t.tar", out)
+    assert snapshot(out) == snapshot(root)
+    assert os.access(out / "run.sh", os.X_OK)
+    # And repacking what came out gives the same digest.
+    assert pack_dir(out, tmp_path / "again.tar")[0] == digest
+
+
+def test_place_copies_files_and_unpacks_dirs(tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"data")
+    place(blob, "file", tmp_path / "copy")
+    (tmp_path / "copy").write_bytes(b"changed")  # a stage writing to its input...
+    assert blob.read_bytes() == b"data"           # ...never changes the cached blob
+    root = make_tree(tmp_path / "src")
+    pack_dir(root, tmp_path / "t.tar")
+    place(tmp_path / "t.tar", "dir", tmp_path / "dir")
+    assert snapshot(tmp_path / "dir") == snapshot(root)
+
+
+def evil_tar(path: Path, *members: tarfile.TarInfo, data: bytes = b"pwned") -> Path:
+    with tarfile.open(path, "w") as tar:
+        ok = tarfile.TarInfo("fine.txt")
+        ok.size = 2
+        tar.addfile(ok, io.BytesIO(b"ok"))  # a harmless entry first: nothing may be extracted at all
+        for m in members:
+            if m.isfile():
+                m.size = len(data)
+                tar.addfile(m, io.BytesIO(data))
+            else:
+                tar.addfile(m)
+    return path
+
+
+def file_entry(name: str) -> tarfile.TarInfo:
+    return tarfile.TarInfo(name)
+
+
+def link_entry(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        file_entry("../escape.txt"),
+        file_entry("sub/../../escape.txt"),
+        file_entry("/tmp/outrider-test-absolute-escape.txt"),
+        link_entry("link", "/etc/passwd"),
+        link_entry("link", "../escape.txt"),
+        link_entry("hard", "fine.txt", tarfile.LNKTYPE),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink-abs", "symlink-rel", "hardlink"],
+)
+def test_unpack_dir_refuses_unsafe_entries(tmp_path: Path, member: tarfile.TarInfo) -> None:
+    archive = evil_tar(tmp_path / "evil.tar", member)
+    dest = tmp_path / "work" / "out"
+    with pytest.raises(DataLoss, match="unsafe entry"):
+        unpack_dir(archive, dest)
+    assert not (tmp_path / "work" / "escape.txt").exists()
+    assert not (tmp_path / "escape.txt").exists()
+    assert not Path("/tmp/outrider-test-absolute-escape.txt").exists()
+    assert list(dest.iterdir()) == []  # refused before anything was extracted
+
+
+def test_unpack_dir_refuses_sibling_prefix_escape(tmp_path: Path) -> None:
+    """``../out-evil/x`` resolves to a sibling whose path *starts with* the
+    destination's path string; it is still outside the destination."""
+    dest = tmp_path / "out"
+    archive = evil_tar(tmp_path / "evil.tar", file_entry("../out-evil/x.txt"))
+    with pytest.raises(DataLoss, match="unsafe entry"):
+        unpack_dir(archive, dest)
+    assert not (tmp_path / "out-evil").exists()
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- Receiver
+
+
+def test_receiver_publishes_verified_bytes(tmp_path: Path) -> None:
+    data = os.urandom(3000)
+    dest = tmp_path / "cache" / "blob"
+    r = Receiver(sha(data), dest)
+    for i in range(0, len(data), 1000):
+        r.write(data[i:i + 1000])
+    assert not dest.exists()  # nothing visible before it is verified
+    assert r.finish() == dest
+    assert dest.read_bytes() == data and r.size == len(data)
+    assert [p.name for p in dest.parent.iterdir()] == ["blob"]  # no temporary left
+
+
+def test_receiver_refuses_digest_mismatch_and_leaves_no_file(tmp_path: Path) -> None:
+    dest = tmp_path / "cache" / "blob"
+    r = Receiver(sha(b"expected"), dest)
+    r.write(b"something else")
+    with pytest.raises(DataLoss) as exc:
+        r.finish()
+    assert sha(b"expected") in str(exc.value) and sha(b"something else") in str(exc.value)
+    assert not dest.exists()
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_receiver_mismatch_keeps_an_older_good_copy(tmp_path: Path) -> None:
+    dest = tmp_path / "blob"
+    dest.write_bytes(b"good")
+    r = Receiver(sha(b"good"), dest)
+    r.write(b"bad")
+    with pytest.raises(DataLoss):
+        r.finish()
+    assert dest.read_bytes() == b"good"
+
+
+def test_receiver_abort_leaves_no_file(tmp_path: Path) -> None:
+    r = Receiver(sha(b"x"), tmp_path / "blob")
+    r.write(b"x")
+    r.abort()
+    r.abort()  # twice is fine
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- ArtifactStore
+
+
+def stored_files(store: ArtifactStore) -> list[Path]:
+    return sorted(p for p in store.root.rglob("*") if p.is_file())
+
+
+def test_store_upload_with_right_digest_is_stored_and_readable(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    data = os.urandom((1 << 20) * 2 + 12345)  # more than two read chunks
+    digest = sha(data)
+    up = store.writer(digest, len(data))
+    for i in range(0, len(data), 65536):
+        up.write(data[i:i + 65536])
+    assert not store.exists(digest)  # not before commit
+    up.commit()
+    assert store.exists(digest)
+    assert store.path(digest) == tmp_path / "artifacts" / "sha256" / digest[:2] / digest
+    assert store.size(digest) == len(data)
+    assert b"".join(store.read_chunks(digest)) == data
+    assert b"".join(store.read_chunks(digest, offset=1000)) == data[1000:]
+    assert list((tmp_path / "artifacts" / "tmp").iterdir()) == []
+
+
+def test_store_empty_artifact(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    store.writer(sha(b""), 0).commit()
+    assert store.exists(sha(b"")) and b"".join(store.read_chunks(sha(b""))) == b""
+
+
+@pytest.mark.parametrize(
+    ("declared_digest", "declared_size", "sent"),
+    [
+        (sha(b"the real thing"), len(b"the real thing"), b"the fake thing"),  # wrong digest, same size
+        (sha(b"the real thing"), 99, b"the real thing"),                       # right digest, wrong size
+        (sha(b"the real thing"), len(b"the real thing"), b"the real"),         # truncated
+    ],
+    ids=["digest", "size", "truncated"],
+)
+def test_store_upload_mismatch_is_data_loss_and_stores_nothing(
+    tmp_path: Path, declared_digest: str, declared_size: int, sent: bytes
+) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    up = store.writer(declared_digest, declared_size)
+    up.write(sent)
+    with pytest.raises(DataLoss, match="nothing was stored"):
+        up.commit()
+    assert not store.exists(declared_digest)
+    assert not store.exists(sha(sent))
+    assert stored_files(store) == []
+
+
+def test_store_upload_longer_than_declared_is_refused_at_once(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    up = store.writer(sha(b"abc"), 3)
+    up.write(b"ab")
+    with pytest.raises(DataLoss, match="declared size"):
+        up.write(b"cd")
+    assert stored_files(store) == []
+
+
+def test_store_reupload_is_harmless(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    for _ in range(2):
+        up = store.writer(sha(b"x"), 1)
+        up.write(b"x")
+        up.commit()
+    assert b"".join(store.read_chunks(sha(b"x"))) == b"x"
+    assert len(stored_files(store)) == 1
+
+
+def test_store_abort_leaves_nothing(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    up = store.writer(sha(b"x"), 1)
+    up.write(b"x")
+    up.abort()
+    assert stored_files(store) == []
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "A" * 64, "g" * 64, "a" * 63, "../" + "a" * 61])
+def test_store_refuses_malformed_digests(tmp_path: Path, bad: str) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(InvalidArgument, match="digest"):
+        store.writer(bad, 1)
+    with pytest.raises(InvalidArgument):
+        store.path(bad)
+    assert store.exists(bad) is False
+
+
+def test_store_refuses_negative_size_and_reports_missing(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(InvalidArgument, match="negative"):
+        store.writer(sha(b"x"), -1)
+    with pytest.raises(NotFound):
+        store.size(sha(b"nope"))
+    with pytest.raises(NotFound):
+        list(store.read_chunks(sha(b"nope")))
