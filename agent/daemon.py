@@ -34,7 +34,7 @@ import grpc
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, common_pb2
 from agent.config import AgentConfig
-from agent.runner import Runner, Stage
+from agent.runner import Runner, Stage, reap_orphans
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class Agent:
         self.scratch = self.state_dir / "scratch"
         for d in (self.cache_dir, self.work_root, self.scratch):
             d.mkdir(parents=True, exist_ok=True)
+        reap_orphans(self.work_root)
         self.runner = Runner(self.work_root, self._fetch, self._publish, self._log, kill_grace=cfg.kill_grace)
         self.stages: dict[tuple[str, str, int], Stage] = {}
         self.outbox: dict[tuple[str, str, int], agent_pb2.Completion] = {}

@@ -329,6 +329,30 @@ class Runner:
             return await exited
 
 
+def reap_orphans(work_root: Path) -> int:
+    """Kill stages a previous agent process left running (it was SIGKILLed or crashed).
+
+    Their leases are gone with that process, so they must not run on beside the
+    new attempts the scheduler starts elsewhere (invariant 3). A stage is known by
+    its working directory, which is always inside ``work_root``.
+    """
+    import psutil
+
+    root = str(work_root.resolve()) + os.sep
+    killed = 0
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        try:
+            cwd = proc.info["cwd"]
+            if cwd and (cwd + os.sep).startswith(root) and proc.pid != os.getpid():
+                _killpg(os.getpgid(proc.pid), signal.SIGKILL)
+                killed += 1
+        except (psutil.Error, OSError):
+            continue
+    if killed:
+        log.warning("killed %d stage process(es) left running by a previous agent", killed)
+    return killed
+
+
 def _killpg(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)

@@ -79,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 lat = []
                 for i in range(args.latency_runs + 10):
                     t0 = time.perf_counter()
-                    run_id = client.submit(one_task()).run_id
-                    st = client.wait(run_id)
+                    st = client.run(one_task())  # submit and wait, one call
                     dt = (time.perf_counter() - t0) * 1000
                     assert st.state == "succeeded", st
                     if i >= 10:  # warm-up: connections, code paths

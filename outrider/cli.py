@@ -121,16 +121,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     pipeline = _load(args.file)
     with _client(args) as client:
-        res = client.submit(pipeline)
-        for w in res.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        if args.json:
-            _json({"run_id": res.run_id, "warnings": res.warnings})
-        else:
-            print(res.run_id)
         if args.watch:
-            return _watch(client, res.run_id, args.json, quiet=args.json)
+            events = client.submit_and_watch(pipeline)
+            first = next(events)
+            _announce(first.run_id, list(first.warnings), args.json)
+            return _watch(client, first.run_id, args.json, quiet=args.json, events=events, first=first)
+        res = client.submit(pipeline)
+        _announce(res.run_id, res.warnings, args.json)
     return 0
+
+
+def _announce(run_id: str, warnings: list[str], as_json: bool) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"run_id": run_id, "warnings": warnings}), flush=True)
+    else:
+        print(run_id, flush=True)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -155,9 +162,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False) -> int:
+def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False,
+           events: Any = None, first: Any = None) -> int:
+    import itertools
+
     final = None
-    for ev in client.watch(run_id):
+    stream = client.watch(run_id) if events is None else itertools.chain([first], events)
+    for ev in stream:
         if ev.HasField("snapshot"):
             final = ev.snapshot
         if as_json:

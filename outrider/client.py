@@ -174,6 +174,28 @@ class Client:
         resp = self._call(self.control.Submit, control_pb2.SubmitRequest(pipeline=self._spec(pipeline)))
         return SubmitResult(resp.run_id, list(resp.warnings))
 
+    def submit_and_watch(self, pipeline: Any, run_only: bool = False,
+                         timeout: float | None = None) -> Iterator[control_pb2.RunEvent]:
+        """Submit and follow in one call: the first event (the run's snapshot, with
+        ``warnings``) is the durable acknowledgement; events follow until the run ends."""
+        req = control_pb2.SubmitAndWatchRequest(pipeline=self._spec(pipeline), run_only=run_only)
+        return self._stream(self.control.SubmitAndWatch, req, timeout)
+
+    def run(self, pipeline: Any, timeout: float | None = None) -> control_pb2.RunStatus:
+        """Submit a pipeline and block until its run ends; return the final status."""
+        return self._final(self.submit_and_watch(pipeline, run_only=True, timeout=timeout))
+
+    def _final(self, events: Iterator[control_pb2.RunEvent]) -> control_pb2.RunStatus:
+        last = None
+        run_id = ""
+        for ev in events:
+            run_id = ev.run_id
+            if ev.HasField("snapshot"):
+                last = ev.snapshot
+            if not ev.task and ev.state in TERMINAL_RUN_STATES:
+                return ev.snapshot if ev.HasField("snapshot") else self.get_run(run_id)
+        return last if last is not None else self.get_run(run_id)
+
     def get_run(self, run_id: str) -> control_pb2.RunStatus:
         return self._call(self.control.GetRun, control_pb2.GetRunRequest(run_id=run_id))
 
@@ -187,13 +209,7 @@ class Client:
 
     def wait(self, run_id: str, timeout: float | None = None) -> control_pb2.RunStatus:
         """Block until the run ends; return its final status."""
-        last = None
-        for ev in self.watch(run_id, run_only=True, timeout=timeout):
-            if ev.HasField("snapshot"):
-                last = ev.snapshot
-            if not ev.task and ev.state in TERMINAL_RUN_STATES:
-                return ev.snapshot if ev.HasField("snapshot") else self.get_run(run_id)
-        return last if last is not None else self.get_run(run_id)
+        return self._final(self.watch(run_id, run_only=True, timeout=timeout))
 
     def cancel(self, run_id: str) -> control_pb2.RunStatus:
         return self._call(self.control.CancelRun, control_pb2.CancelRunRequest(run_id=run_id))

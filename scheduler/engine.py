@@ -394,10 +394,28 @@ class Engine:
 
     async def submit(self, spec: common_pb2.PipelineSpec, submitter: str) -> tuple[str, list[str]]:
         """Record a run durably and queue its root tasks; returns (run id, warnings)."""
+        run, warnings, _ = await self._submit(spec, submitter, None)
+        return run.run_id, warnings
+
+    async def submit_and_watch(
+        self, spec: common_pb2.PipelineSpec, submitter: str, run_only: bool
+    ) -> tuple[Run, list[str], Watcher]:
+        """Submit, with a watcher registered before any of the run's events exist."""
+        run, warnings, watcher = await self._submit(spec, submitter, run_only)
+        assert watcher is not None
+        return run, warnings, watcher
+
+    async def _submit(
+        self, spec: common_pb2.PipelineSpec, submitter: str, watch: bool | None
+    ) -> tuple[Run, list[str], Watcher | None]:
         self.check_spec(spec)
         self._seq += 1
         run = self._build_run(self.new_run_id(), spec, submitter, self.wall(), os.urandom(16).hex(), self._seq)
         self.runs[run.run_id] = run
+        watcher = None
+        if watch is not None:
+            watcher = Watcher(run.run_id, watch)
+            self._watchers.setdefault(run.run_id, set()).add(watcher)
         batch, after = Batch(), []
         batch.insert_run(run)
         self._event(batch, after, run, "", RunState.RUNNING.value, message=f"submitted by {submitter}")
@@ -406,8 +424,13 @@ class Engine:
         warnings = [f"task {p.task!r}: no registered agent can run it" + (
             f" ({'; '.join(sorted(set(p.rejections.values())))})" if p.rejections else "")
             for p in self.plan(spec) if self.agents and not p.feasible_agents]
-        await self._commit(batch, after)
-        return run.run_id, warnings
+        try:
+            await self._commit(batch, after)
+        except BaseException:
+            if watcher is not None:
+                self.unwatch(watcher)
+            raise
+        return run, warnings, watcher
 
     def plan(self, spec: common_pb2.PipelineSpec) -> list[control_pb2.TaskPlan]:
         """Which registered agents could run each task, and why the others cannot."""

@@ -205,6 +205,33 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         run_id, warnings = await self.engine.submit(request.pipeline, current_identity().spiffe_id)
         return control_pb2.SubmitResponse(run_id=run_id, warnings=warnings)
 
+    @streaming
+    async def SubmitAndWatch(
+        self, request: control_pb2.SubmitAndWatchRequest, context: Any
+    ) -> AsyncIterator[control_pb2.RunEvent]:
+        run, warnings, watcher = await self.engine.submit_and_watch(
+            request.pipeline, current_identity().spiffe_id, request.run_only)
+        try:
+            # The submission is durable (submit awaited its commit): this is the ack.
+            first = control_pb2.RunEvent(run_id=run.run_id, state=run.state.value, ts=time.time(),
+                                         snapshot=convert.run_status(run), warnings=warnings)
+            async for ev in self._follow(run, watcher, first):
+                yield ev
+        finally:
+            self.engine.unwatch(watcher)
+
+    async def _follow(self, run: Any, watcher: Any, first: control_pb2.RunEvent) -> AsyncIterator[control_pb2.RunEvent]:
+        """Yield ``first``, then the watcher's events until the run ends."""
+        ended = run.terminal  # decided now: the run may end while ``first`` is being sent
+        yield first
+        if ended:
+            return
+        while True:
+            ev = await watcher.queue.get()
+            yield ev
+            if not ev.task and ev.state in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED):
+                return
+
     @unary
     async def GetRun(self, request: control_pb2.GetRunRequest, context: Any) -> control_pb2.RunStatus:
         await self._barrier()
@@ -226,16 +253,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         watcher, run = self.engine.watch(request.run_id, request.run_only)
         try:
             await self._barrier()
-            ended = run.terminal  # decided now: the run may end while the snapshot is being sent
-            yield control_pb2.RunEvent(run_id=run.run_id, state=run.state.value, ts=time.time(),
-                                       snapshot=convert.run_status(run))
-            if ended:
-                return
-            while True:
-                ev = await watcher.queue.get()
+            first = control_pb2.RunEvent(run_id=run.run_id, state=run.state.value, ts=time.time(),
+                                         snapshot=convert.run_status(run))
+            async for ev in self._follow(run, watcher, first):
                 yield ev
-                if not ev.task and ev.state in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED):
-                    return
         finally:
             self.engine.unwatch(watcher)
 

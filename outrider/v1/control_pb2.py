@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from outrider.v1 import common_pb2 as outrider_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19outrider/v1/control.proto\x12\x0boutrider.v1\x1a\x18outrider/v1/common.proto\":\n\x0bPlanRequest\x12+\n\x08pipeline\x18\x01 \x01(\x0b\x32\x19.outrider.v1.PipelineSpec\"4\n\x0cPlanResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.outrider.v1.TaskPlan\"\xba\x01\n\x08TaskPlan\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x19\n\x11\x61gents_considered\x18\x02 \x01(\x05\x12\x17\n\x0f\x66\x65\x61sible_agents\x18\x03 \x03(\t\x12\x39\n\nrejections\x18\x04 \x03(\x0b\x32%.outrider.v1.TaskPlan.RejectionsEntry\x1a\x31\n\x0fRejectionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\rSubmitRequest\x12+\n\x08pipeline\x18\x01 \x01(\x0b\x32\x19.outrider.v1.PipelineSpec\"2\n\x0eSubmitResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08warnings\x18\x02 \x03(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xd4\x01\n\nTaskStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12)\n\x07outputs\x18\x05 \x03(\x0b\x32\x18.outrider.v1.ArtifactRef\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\x12\n\nnot_before\x18\n \x01(\x01\"\xb5\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12&\n\x05tasks\x18\x06 \x03(\x0b\x32\x17.outrider.v1.TaskStatus\x12\x11\n\tsubmitter\x18\x07 \x01(\t\x12\x13\n\x0b\x63ode_digest\x18\x08 \x01(\t\"/\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\r\n\x05state\x18\x02 \x01(\t\"8\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.outrider.v1.RunStatus\"3\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08run_only\x18\x02 \x01(\x08\"\x9e\x01\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\r\n\x05\x61gent\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\n\n\x02ts\x18\x07 \x01(\x01\x12(\n\x08snapshot\x18\x08 \x01(\x0b\x32\x16.outrider.v1.RunStatus\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"!\n\x0fRetryRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11ListAgentsRequest\"\xe3\x01\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12/\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x19.outrider.v1.Capabilities\x12\'\n\x05\x63lock\x18\x05 \x03(\x0b\x32\x18.outrider.v1.ClockSample\x12\x11\n\tlast_seen\x18\x06 \x01(\x01\x12\x0f\n\x07running\x18\x07 \x01(\x05\x12\x12\n\nfree_slots\x18\x08 \x01(\x05\x12\x15\n\rregistered_at\x18\t \x01(\x01\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.outrider.v1.AgentInfo\"O\n\x0eGetLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"D\n\x07LogLine\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\n\n\x02ts\x18\x04 \x01(\x01\x32\xef\x04\n\x0e\x43ontrolService\x12;\n\x04Plan\x12\x18.outrider.v1.PlanRequest\x1a\x19.outrider.v1.PlanResponse\x12\x41\n\x06Submit\x12\x1a.outrider.v1.SubmitRequest\x1a\x1b.outrider.v1.SubmitResponse\x12<\n\x06GetRun\x12\x1a.outrider.v1.GetRunRequest\x1a\x16.outrider.v1.RunStatus\x12G\n\x08ListRuns\x12\x1c.outrider.v1.ListRunsRequest\x1a\x1d.outrider.v1.ListRunsResponse\x12\x41\n\x08WatchRun\x12\x1c.outrider.v1.WatchRunRequest\x1a\x15.outrider.v1.RunEvent0\x01\x12\x42\n\tCancelRun\x12\x1d.outrider.v1.CancelRunRequest\x1a\x16.outrider.v1.RunStatus\x12@\n\x08RetryRun\x12\x1c.outrider.v1.RetryRunRequest\x1a\x16.outrider.v1.RunStatus\x12M\n\nListAgents\x12\x1e.outrider.v1.ListAgentsRequest\x1a\x1f.outrider.v1.ListAgentsResponse\x12>\n\x07GetLogs\x12\x1b.outrider.v1.GetLogsRequest\x1a\x14.outrider.v1.LogLine0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19outrider/v1/control.proto\x12\x0boutrider.v1\x1a\x18outrider/v1/common.proto\":\n\x0bPlanRequest\x12+\n\x08pipeline\x18\x01 \x01(\x0b\x32\x19.outrider.v1.PipelineSpec\"4\n\x0cPlanResponse\x12$\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.outrider.v1.TaskPlan\"\xba\x01\n\x08TaskPlan\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x19\n\x11\x61gents_considered\x18\x02 \x01(\x05\x12\x17\n\x0f\x66\x65\x61sible_agents\x18\x03 \x03(\t\x12\x39\n\nrejections\x18\x04 \x03(\x0b\x32%.outrider.v1.TaskPlan.RejectionsEntry\x1a\x31\n\x0fRejectionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\rSubmitRequest\x12+\n\x08pipeline\x18\x01 \x01(\x0b\x32\x19.outrider.v1.PipelineSpec\"2\n\x0eSubmitResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08warnings\x18\x02 \x03(\t\"V\n\x15SubmitAndWatchRequest\x12+\n\x08pipeline\x18\x01 \x01(\x0b\x32\x19.outrider.v1.PipelineSpec\x12\x10\n\x08run_only\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xd4\x01\n\nTaskStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12)\n\x07outputs\x18\x05 \x03(\x0b\x32\x18.outrider.v1.ArtifactRef\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x11\n\texit_code\x18\x07 \x01(\x05\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\x12\n\nnot_before\x18\n \x01(\x01\"\xb5\x01\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12&\n\x05tasks\x18\x06 \x03(\x0b\x32\x17.outrider.v1.TaskStatus\x12\x11\n\tsubmitter\x18\x07 \x01(\t\x12\x13\n\x0b\x63ode_digest\x18\x08 \x01(\t\"/\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\r\n\x05state\x18\x02 \x01(\t\"8\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.outrider.v1.RunStatus\"3\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08run_only\x18\x02 \x01(\x08\"\xb0\x01\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\r\n\x05\x61gent\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\n\n\x02ts\x18\x07 \x01(\x01\x12(\n\x08snapshot\x18\x08 \x01(\x0b\x32\x16.outrider.v1.RunStatus\x12\x10\n\x08warnings\x18\t \x03(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"!\n\x0fRetryRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11ListAgentsRequest\"\xe3\x01\n\tAgentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12/\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x19.outrider.v1.Capabilities\x12\'\n\x05\x63lock\x18\x05 \x03(\x0b\x32\x18.outrider.v1.ClockSample\x12\x11\n\tlast_seen\x18\x06 \x01(\x01\x12\x0f\n\x07running\x18\x07 \x01(\x05\x12\x12\n\nfree_slots\x18\x08 \x01(\x05\x12\x15\n\rregistered_at\x18\t \x01(\x01\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.outrider.v1.AgentInfo\"O\n\x0eGetLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"D\n\x07LogLine\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\n\n\x02ts\x18\x04 \x01(\x01\x32\xbe\x05\n\x0e\x43ontrolService\x12;\n\x04Plan\x12\x18.outrider.v1.PlanRequest\x1a\x19.outrider.v1.PlanResponse\x12\x41\n\x06Submit\x12\x1a.outrider.v1.SubmitRequest\x1a\x1b.outrider.v1.SubmitResponse\x12M\n\x0eSubmitAndWatch\x12\".outrider.v1.SubmitAndWatchRequest\x1a\x15.outrider.v1.RunEvent0\x01\x12<\n\x06GetRun\x12\x1a.outrider.v1.GetRunRequest\x1a\x16.outrider.v1.RunStatus\x12G\n\x08ListRuns\x12\x1c.outrider.v1.ListRunsRequest\x1a\x1d.outrider.v1.ListRunsResponse\x12\x41\n\x08WatchRun\x12\x1c.outrider.v1.WatchRunRequest\x1a\x15.outrider.v1.RunEvent0\x01\x12\x42\n\tCancelRun\x12\x1d.outrider.v1.CancelRunRequest\x1a\x16.outrider.v1.RunStatus\x12@\n\x08RetryRun\x12\x1c.outrider.v1.RetryRunRequest\x1a\x16.outrider.v1.RunStatus\x12M\n\nListAgents\x12\x1e.outrider.v1.ListAgentsRequest\x1a\x1f.outrider.v1.ListAgentsResponse\x12>\n\x07GetLogs\x12\x1b.outrider.v1.GetLogsRequest\x1a\x14.outrider.v1.LogLine0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,34 +46,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITREQUEST']._serialized_end=431
   _globals['_SUBMITRESPONSE']._serialized_start=433
   _globals['_SUBMITRESPONSE']._serialized_end=483
-  _globals['_GETRUNREQUEST']._serialized_start=485
-  _globals['_GETRUNREQUEST']._serialized_end=516
-  _globals['_TASKSTATUS']._serialized_start=519
-  _globals['_TASKSTATUS']._serialized_end=731
-  _globals['_RUNSTATUS']._serialized_start=734
-  _globals['_RUNSTATUS']._serialized_end=915
-  _globals['_LISTRUNSREQUEST']._serialized_start=917
-  _globals['_LISTRUNSREQUEST']._serialized_end=964
-  _globals['_LISTRUNSRESPONSE']._serialized_start=966
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1022
-  _globals['_WATCHRUNREQUEST']._serialized_start=1024
-  _globals['_WATCHRUNREQUEST']._serialized_end=1075
-  _globals['_RUNEVENT']._serialized_start=1078
-  _globals['_RUNEVENT']._serialized_end=1236
-  _globals['_CANCELRUNREQUEST']._serialized_start=1238
-  _globals['_CANCELRUNREQUEST']._serialized_end=1272
-  _globals['_RETRYRUNREQUEST']._serialized_start=1274
-  _globals['_RETRYRUNREQUEST']._serialized_end=1307
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1309
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1328
-  _globals['_AGENTINFO']._serialized_start=1331
-  _globals['_AGENTINFO']._serialized_end=1558
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1560
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1620
-  _globals['_GETLOGSREQUEST']._serialized_start=1622
-  _globals['_GETLOGSREQUEST']._serialized_end=1701
-  _globals['_LOGLINE']._serialized_start=1703
-  _globals['_LOGLINE']._serialized_end=1771
-  _globals['_CONTROLSERVICE']._serialized_start=1774
-  _globals['_CONTROLSERVICE']._serialized_end=2397
+  _globals['_SUBMITANDWATCHREQUEST']._serialized_start=485
+  _globals['_SUBMITANDWATCHREQUEST']._serialized_end=571
+  _globals['_GETRUNREQUEST']._serialized_start=573
+  _globals['_GETRUNREQUEST']._serialized_end=604
+  _globals['_TASKSTATUS']._serialized_start=607
+  _globals['_TASKSTATUS']._serialized_end=819
+  _globals['_RUNSTATUS']._serialized_start=822
+  _globals['_RUNSTATUS']._serialized_end=1003
+  _globals['_LISTRUNSREQUEST']._serialized_start=1005
+  _globals['_LISTRUNSREQUEST']._serialized_end=1052
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1054
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1110
+  _globals['_WATCHRUNREQUEST']._serialized_start=1112
+  _globals['_WATCHRUNREQUEST']._serialized_end=1163
+  _globals['_RUNEVENT']._serialized_start=1166
+  _globals['_RUNEVENT']._serialized_end=1342
+  _globals['_CANCELRUNREQUEST']._serialized_start=1344
+  _globals['_CANCELRUNREQUEST']._serialized_end=1378
+  _globals['_RETRYRUNREQUEST']._serialized_start=1380
+  _globals['_RETRYRUNREQUEST']._serialized_end=1413
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1415
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1434
+  _globals['_AGENTINFO']._serialized_start=1437
+  _globals['_AGENTINFO']._serialized_end=1664
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1666
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1726
+  _globals['_GETLOGSREQUEST']._serialized_start=1728
+  _globals['_GETLOGSREQUEST']._serialized_end=1807
+  _globals['_LOGLINE']._serialized_start=1809
+  _globals['_LOGLINE']._serialized_end=1877
+  _globals['_CONTROLSERVICE']._serialized_start=1880
+  _globals['_CONTROLSERVICE']._serialized_end=2582
 # @@protoc_insertion_point(module_scope)

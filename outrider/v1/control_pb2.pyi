@@ -52,6 +52,14 @@ class SubmitResponse(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, run_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class SubmitAndWatchRequest(_message.Message):
+    __slots__ = ("pipeline", "run_only")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ONLY_FIELD_NUMBER: _ClassVar[int]
+    pipeline: _common_pb2.PipelineSpec
+    run_only: bool
+    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., run_only: _Optional[bool] = ...) -> None: ...
+
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -125,7 +133,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., run_only: _Optional[bool] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "task", "state", "attempt", "agent", "message", "ts", "snapshot")
+    __slots__ = ("run_id", "task", "state", "attempt", "agent", "message", "ts", "snapshot", "warnings")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +142,7 @@ class RunEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     task: str
     state: str
@@ -142,7 +151,8 @@ class RunEvent(_message.Message):
     message: str
     ts: float
     snapshot: RunStatus
-    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., message: _Optional[str] = ..., ts: _Optional[float] = ..., snapshot: _Optional[_Union[RunStatus, _Mapping]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., message: _Optional[str] = ..., ts: _Optional[float] = ..., snapshot: _Optional[_Union[RunStatus, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -44,6 +44,11 @@ class ControlServiceStub:
                 request_serializer=outrider_dot_v1_dot_control__pb2.SubmitRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_control__pb2.SubmitResponse.FromString,
                 _registered_method=True)
+        self.SubmitAndWatch = channel.unary_stream(
+                '/outrider.v1.ControlService/SubmitAndWatch',
+                request_serializer=outrider_dot_v1_dot_control__pb2.SubmitAndWatchRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.RunEvent.FromString,
+                _registered_method=True)
         self.GetRun = channel.unary_unary(
                 '/outrider.v1.ControlService/GetRun',
                 request_serializer=outrider_dot_v1_dot_control__pb2.GetRunRequest.SerializeToString,
@@ -93,6 +98,15 @@ class ControlServiceServicer:
 
     def Submit(self, request, context):
         """Durably records a run; the answer means it will not be lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitAndWatch(self, request, context):
+        """Submit, then watch: the first event (the run's snapshot) is the durable
+        acknowledgement; events follow until the run ends. One round trip fewer
+        than Submit + WatchRun.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +168,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=outrider_dot_v1_dot_control__pb2.SubmitRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_control__pb2.SubmitResponse.SerializeToString,
+            ),
+            'SubmitAndWatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubmitAndWatch,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.SubmitAndWatchRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.RunEvent.SerializeToString,
             ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
@@ -245,6 +264,33 @@ class ControlService:
             '/outrider.v1.ControlService/Submit',
             outrider_dot_v1_dot_control__pb2.SubmitRequest.SerializeToString,
             outrider_dot_v1_dot_control__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitAndWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/outrider.v1.ControlService/SubmitAndWatch',
+            outrider_dot_v1_dot_control__pb2.SubmitAndWatchRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.RunEvent.FromString,
             options,
             channel_credentials,
             insecure,
