@@ -27,7 +27,7 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 
@@ -37,6 +37,8 @@ from agent.config import AgentConfig
 from agent.runner import Runner, Stage, reap_orphans
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 #: Nomad's rule: reconnect no faster than once a second, plus random stagger.
 BACKOFF_MIN_S = 1.0
@@ -210,7 +212,8 @@ class Agent:
         while True:
             await asyncio.sleep(self.heartbeat_interval * random.uniform(0.9, 1.0))
             self._heartbeat = agent_pb2.HeartbeatRequest(
-                leases=[s.lease for s in self.stages.values() if not s.stop_reason],
+                # A stage stopping for its timeout still holds its lease: its result is coming.
+                leases=[s.lease for s in self.stages.values() if s.stop_reason in ("", "timeout")],
                 clock=self.clock.samples(), client_time=time.time(),
                 free_slots=max(0, self.slots - len(self.stages)),
             )
@@ -333,31 +336,55 @@ class Agent:
             pending.add_done_callback(lambda _: self._fetching.pop(digest, None))
         return await asyncio.shield(pending)
 
+    async def _with_scheduler(self, what: str, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run an artifact call, riding out a broken link for up to one lease TTL.
+
+        A stage that finished while the scheduler was unreachable must not fail for
+        that: its lease is claimed again on reconnect, so wait and retry. Past the
+        TTL the lease is gone anyway and the attempt will run elsewhere.
+        """
+        deadline = time.monotonic() + self.lease_ttl
+        while True:
+            stub = self._artifacts
+            if stub is not None and self.connected.is_set():
+                try:
+                    return await op(stub)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in _TRANSIENT:
+                        raise
+                    log.info("%s: scheduler unreachable (%s); retrying", what, exc.code().name)
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"{what}: scheduler unreachable for {self.lease_ttl:g}s")
+            await asyncio.sleep(0.2)
+
     async def _download(self, digest: str, blob: Path) -> Path:
         from outrider.artifacts import Receiver
 
-        if self._artifacts is None:
-            raise ConnectionError("not connected to the scheduler")
-        recv = Receiver(digest, blob)
-        try:
-            async for chunk in self._artifacts.Download(artifact_pb2.DownloadRequest(digest=digest)):
-                recv.write(chunk.data)
-            return await asyncio.to_thread(recv.finish)
-        except BaseException:
-            recv.abort()
-            raise
+        async def fetch(stub: Any) -> Path:
+            recv = Receiver(digest, blob)
+            try:
+                async for chunk in stub.Download(artifact_pb2.DownloadRequest(digest=digest)):
+                    recv.write(chunk.data)
+                return await asyncio.to_thread(recv.finish)
+            except BaseException:
+                recv.abort()
+                raise
+
+        return await self._with_scheduler(f"download {digest[:12]}", fetch)
 
     async def _publish(self, name: str, path: Path) -> common_pb2.ArtifactRef:
         """Hash an output and upload it unless the scheduler already has those bytes."""
         from outrider.artifacts import describe, upload_chunks
 
         digest, size, kind, source = await asyncio.to_thread(describe, path, self.scratch)
-        try:
-            if self._artifacts is None:
-                raise ConnectionError("not connected to the scheduler")
-            info = await self._artifacts.Stat(artifact_pb2.StatRequest(digest=digest))
+
+        async def push(stub: Any) -> None:
+            info = await stub.Stat(artifact_pb2.StatRequest(digest=digest))
             if not info.exists:
-                await self._artifacts.Upload(_aiter(upload_chunks(source, digest, size, kind)))
+                await stub.Upload(_aiter(upload_chunks(source, digest, size, kind)))
+
+        try:
+            await self._with_scheduler(f"upload of output {name!r}", push)
         finally:
             if kind == "dir":
                 source.unlink(missing_ok=True)

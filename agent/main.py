@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from outrider.config import load_toml, merge_config, parse_duration, parse_labels
+from outrider.config import load_toml, merge_config, parse_address, parse_duration, parse_labels
 from outrider.errors import ConfigError, OutriderError
 
 
@@ -67,8 +67,10 @@ def load_config(argv: list[str] | None = None) -> Any:
     missing = [k for k in ("scheduler", "ca", "cert", "key") if not cfg[k]]
     if missing:
         raise ConfigError(f"{source}: missing {', '.join(missing)} (give --ca/--cert/--key or --pki-dir and --name)")
-    if ":" not in cfg["scheduler"]:
-        raise ConfigError(f"{source}: scheduler must be HOST:PORT, got {cfg['scheduler']!r}")
+    try:
+        parse_address(cfg["scheduler"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: scheduler: {exc}") from None
     if not isinstance(cfg["slots"], int) or cfg["slots"] < 0:
         raise ConfigError(f"{source}: slots must be a non-negative integer, got {cfg['slots']!r}")
     from outrider.tls import read_pem_files

@@ -64,10 +64,12 @@ def unpack_dir(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) ->
     """Extract a packed directory, refusing anything outside ``dest`` or not a plain file/dir."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
     with tarfile.open(archive, "r") as tar:
+        # Check every entry before extracting any: nothing lands outside ``dest``.
         for member in tar.getmembers():
-            target = (dest / member.name).resolve()
-            if not (member.isfile() or member.isdir()) or not str(target).startswith(str(dest.resolve())):
+            target = (root / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
                 raise DataLoss(f"artifact archive has an unsafe entry {member.name!r}")
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dest, filter="data")

@@ -73,6 +73,18 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+def parse_address(value: Any) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6]:PORT`` too); port 0..65535. Raise ValueError naming the problem."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host, _, port = value.rpartition(":")
+    if not host:
+        raise ValueError(f"expected HOST:PORT, the host is missing in {value!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port!r} in {value!r}")
+    return host, int(port)
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file; raise ConfigError naming the file and the problem."""
     p = Path(path)

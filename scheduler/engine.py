@@ -381,7 +381,11 @@ class Engine:
     # ------------------------------------------------------------------ submissions
 
     def new_run_id(self) -> str:
-        return f"run-{int(self.wall() * 1000):x}-{self.rng.getrandbits(24):06x}"
+        """Time-sortable and unique: milliseconds, then random bits, redrawn on a clash."""
+        while True:
+            run_id = f"run-{int(self.wall() * 1000):x}-{self.rng.getrandbits(24):06x}"
+            if run_id not in self.runs:
+                return run_id
 
     def check_spec(self, spec: common_pb2.PipelineSpec) -> None:
         from outrider.pipeline import validate_proto  # the one validator, shared with the client
@@ -456,6 +460,10 @@ class Engine:
         batch, after = Batch(), []
         by_agent: dict[str, list[common_pb2.LeaseRef]] = {}
         now = self.wall()
+        # The run is cancelled before its tasks: the last task ending must not end it as failed.
+        run.state = RunState.CANCELLED
+        run.finished_at = now
+        batch.update_run(run)
         for t in run.tasks.values():
             if t.terminal:
                 continue
@@ -466,11 +474,7 @@ class Engine:
             self.ready.pop(t.key, None)
             t.error = "cancelled"
             self._set_terminal(run, t, TaskState.CANCELLED, batch, after)
-        if run.state is RunState.RUNNING or run.state is RunState.FAILED:
-            run.state = RunState.CANCELLED
-            run.finished_at = now
-            batch.update_run(run)
-            self._event(batch, after, run, "", run.state.value, message="cancelled")
+        self._event(batch, after, run, "", run.state.value, message="cancelled")
         await self._commit(batch, after)
         for name, leases in by_agent.items():
             for ch in self.agents[name].channels if name in self.agents else ():

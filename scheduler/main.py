@@ -11,8 +11,8 @@ import dataclasses
 import logging
 import sys
 
-from outrider.config import load_toml, merge_config, parse_duration
-from outrider.errors import OutriderError
+from outrider.config import load_toml, merge_config, parse_address, parse_duration
+from outrider.errors import ConfigError, OutriderError
 from scheduler.server import Scheduler, SchedulerConfig
 
 
@@ -39,11 +39,13 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
         try:
             merged[key] = parse_duration(merged[key])
         except ValueError as exc:
-            raise OutriderError(f"{source}: {key}: {exc}") from None
+            raise ConfigError(f"{source}: {key}: {exc}") from None
     if merged["heartbeat_interval"] <= 0 or merged["lease_ttl"] <= merged["heartbeat_interval"]:
-        raise OutriderError(f"{source}: lease_ttl must be longer than heartbeat_interval (and both positive)")
-    if ":" not in str(merged["listen"]):
-        raise OutriderError(f"{source}: listen must be HOST:PORT, got {merged['listen']!r}")
+        raise ConfigError(f"{source}: lease_ttl must be longer than heartbeat_interval (and both positive)")
+    try:
+        parse_address(merged["listen"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: listen: {exc}") from None
     return SchedulerConfig(**merged)
 
 

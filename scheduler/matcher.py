@@ -70,18 +70,39 @@ def _fmt_bytes(n: int) -> str:
     return f"{n}B"
 
 
-def check_capacity(needs: Needs, agent: AgentView) -> Rejection | None:
-    """Static: the agent's total resources cover the task's request."""
+def check_cpus(needs: Needs, agent: AgentView) -> Rejection | None:
+    """Static: the agent has as many cores as the task asks for."""
     if needs.cpus > agent.cpus:
         return Rejection(REASON_CPUS, f"needs {needs.cpus:g} cpus, agent has {agent.cpus:g}")
+    return None
+
+
+def check_memory(needs: Needs, agent: AgentView) -> Rejection | None:
     if needs.memory > agent.memory:
         return Rejection(
             REASON_MEMORY, f"needs {_fmt_bytes(needs.memory)} memory, agent has {_fmt_bytes(agent.memory)}"
         )
+    return None
+
+
+def check_disk(needs: Needs, agent: AgentView) -> Rejection | None:
     if needs.disk > agent.disk:
         return Rejection(REASON_DISK, f"needs {_fmt_bytes(needs.disk)} disk, agent has {_fmt_bytes(agent.disk)}")
+    return None
+
+
+def check_gpus(needs: Needs, agent: AgentView) -> Rejection | None:
     if needs.gpus > agent.gpus:
         return Rejection(REASON_GPUS, f"needs {needs.gpus} gpus, agent has {agent.gpus}")
+    return None
+
+
+def check_capacity(needs: Needs, agent: AgentView) -> Rejection | None:
+    """Static: the agent's total resources cover the task's request (the first shortfall)."""
+    for check in (check_cpus, check_memory, check_disk, check_gpus):
+        rejection = check(needs, agent)
+        if rejection is not None:
+            return rejection
     return None
 
 
@@ -113,7 +134,10 @@ def check_free(needs: Needs, agent: AgentView) -> Rejection | None:
 
 # The stack, in order. Static clauses first: they are what `plan` reports.
 STATIC_CHECKS: tuple[Check, ...] = (
-    check_capacity,  # total cpus/memory/disk/gpus cover the request
+    check_cpus,      # total cores cover the request
+    check_memory,    # total memory covers it
+    check_disk,      # free disk covers it
+    check_gpus,      # enough GPUs
     check_labels,    # label selector matches
 )
 DYNAMIC_CHECKS: tuple[Check, ...] = (
@@ -137,7 +161,7 @@ def fits(needs: Needs, agent: AgentView) -> bool:
 def score_load(needs: Needs, agent: AgentView) -> float:
     """Prefer the least loaded agent: 1.0 when idle, towards 0.0 when full."""
     total = agent.running + agent.free_slots
-    return 1.0 - (agent.running / total if total else 1.0)
+    return 1.0 - agent.running / total if total else 1.0
 
 
 Scorer = Callable[[Needs, AgentView], float]

@@ -209,7 +209,11 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = self._connect()
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: list[Op] = []

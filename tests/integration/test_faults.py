@@ -257,8 +257,9 @@ def test_scheduler_sigkill_and_restart_mid_run(two_agents: LocalCluster, tmp_pat
         assert {r.run_id for r in client.list_runs()} >= {run_id, late_id}
         status = client.wait(run_id, timeout=60)
         tasks = _tasks(status)
-        assert status.state == "succeeded", status
-        assert {n: t.state for n, t in tasks.items()} == dict.fromkeys("abcd", "succeeded")
+        summary = {n: f"{t.state} after {t.attempts} attempt(s): {t.error}" for n, t in tasks.items()}
+        assert status.state == "succeeded", summary
+        assert {n: t.state for n, t in tasks.items()} == dict.fromkeys("abcd", "succeeded"), summary
         # a's completion was acknowledged before the crash: it never ran again.
         assert tasks["a"].attempts == 1
         assert _attempt_marks(marks, "a") == [1]

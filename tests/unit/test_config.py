@@ -305,7 +305,7 @@ def test_agent_labels_must_be_strings(pki_dir: Path, tmp_path: Path) -> None:
 
 
 def test_agent_scheduler_without_port_names_key(pki_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="scheduler must be HOST:PORT"):
+    with pytest.raises(ConfigError, match="scheduler: expected HOST:PORT"):
         agent_config("--scheduler", "sched", "--pki-dir", str(pki_dir), "--name", "edge-1")
 
 
