@@ -55,6 +55,7 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.slots = cfg.slots or (os.cpu_count() or 1)
         self.caps = probe_capabilities(cfg.labels, self.slots, str(self.state_dir))
+        _shed("pynvml")  # only the start-up probe needs NVML's bindings; an idle agent stays small
         self.clock = ClockTracker(cfg.ntp_servers)
         self.cache_dir = self.state_dir / "cache"
         self.work_root = self.state_dir / "work"
@@ -389,6 +390,16 @@ class Agent:
             if kind == "dir":
                 source.unlink(missing_ok=True)
         return common_pb2.ArtifactRef(name=name, digest=digest, size=size, kind=kind)
+
+
+def _shed(*modules: str) -> None:
+    """Forget modules that only start-up used, so their memory can be reclaimed."""
+    import gc
+    import sys
+
+    for name in [m for m in sys.modules if m.split(".")[0] in modules]:
+        del sys.modules[name]
+    gc.collect()
 
 
 async def _aiter(it: Any) -> Any:
