@@ -34,16 +34,18 @@ class RegisterResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., server_time: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_ttl_s: _Optional[float] = ..., lost: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("leases", "clock", "client_time", "free_slots")
+    __slots__ = ("leases", "clock", "client_time", "free_slots", "capabilities")
     LEASES_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
     clock: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClockSample]
     client_time: float
     free_slots: int
-    def __init__(self, leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., client_time: _Optional[float] = ..., free_slots: _Optional[int] = ...) -> None: ...
+    capabilities: _common_pb2.Capabilities
+    def __init__(self, leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., client_time: _Optional[float] = ..., free_slots: _Optional[int] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("server_time", "lost", "lease_ttl_s", "client_time")

@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aoutrider/v1/artifact.proto\x12\x0boutrider.v1\"<\n\x0e\x41rtifactHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\"H\n\x0bUploadChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.outrider.v1.ArtifactHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"J\n\x0c\x41rtifactInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x65xists\x18\x04 \x01(\x08\"1\n\x0f\x44ownloadRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"V\n\rDownloadChunk\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.outrider.v1.ArtifactInfo\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x1d\n\x0bStatRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t2\xd7\x01\n\x0f\x41rtifactService\x12?\n\x06Upload\x12\x18.outrider.v1.UploadChunk\x1a\x19.outrider.v1.ArtifactInfo(\x01\x12\x46\n\x08\x44ownload\x12\x1c.outrider.v1.DownloadRequest\x1a\x1a.outrider.v1.DownloadChunk0\x01\x12;\n\x04Stat\x12\x18.outrider.v1.StatRequest\x1a\x19.outrider.v1.ArtifactInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aoutrider/v1/artifact.proto\x12\x0boutrider.v1\"\x1c\n\x0cProbeRequest\x12\x0c\n\x04size\x18\x01 \x01(\x03\"<\n\x0e\x41rtifactHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\"H\n\x0bUploadChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.outrider.v1.ArtifactHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"]\n\x0c\x41rtifactInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x65xists\x18\x04 \x01(\x08\x12\x11\n\tresidency\x18\x05 \x03(\t\"1\n\x0f\x44ownloadRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"V\n\rDownloadChunk\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x19.outrider.v1.ArtifactInfo\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"\x1d\n\x0bStatRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t2\x99\x02\n\x0f\x41rtifactService\x12?\n\x06Upload\x12\x18.outrider.v1.UploadChunk\x1a\x19.outrider.v1.ArtifactInfo(\x01\x12\x46\n\x08\x44ownload\x12\x1c.outrider.v1.DownloadRequest\x1a\x1a.outrider.v1.DownloadChunk0\x01\x12;\n\x04Stat\x12\x18.outrider.v1.StatRequest\x1a\x19.outrider.v1.ArtifactInfo\x12@\n\x05Probe\x12\x19.outrider.v1.ProbeRequest\x1a\x1a.outrider.v1.DownloadChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outrider.v1.artifact_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ARTIFACTHEADER']._serialized_start=43
-  _globals['_ARTIFACTHEADER']._serialized_end=103
-  _globals['_UPLOADCHUNK']._serialized_start=105
-  _globals['_UPLOADCHUNK']._serialized_end=177
-  _globals['_ARTIFACTINFO']._serialized_start=179
-  _globals['_ARTIFACTINFO']._serialized_end=253
-  _globals['_DOWNLOADREQUEST']._serialized_start=255
-  _globals['_DOWNLOADREQUEST']._serialized_end=304
-  _globals['_DOWNLOADCHUNK']._serialized_start=306
-  _globals['_DOWNLOADCHUNK']._serialized_end=392
-  _globals['_STATREQUEST']._serialized_start=394
-  _globals['_STATREQUEST']._serialized_end=423
-  _globals['_ARTIFACTSERVICE']._serialized_start=426
-  _globals['_ARTIFACTSERVICE']._serialized_end=641
+  _globals['_PROBEREQUEST']._serialized_start=43
+  _globals['_PROBEREQUEST']._serialized_end=71
+  _globals['_ARTIFACTHEADER']._serialized_start=73
+  _globals['_ARTIFACTHEADER']._serialized_end=133
+  _globals['_UPLOADCHUNK']._serialized_start=135
+  _globals['_UPLOADCHUNK']._serialized_end=207
+  _globals['_ARTIFACTINFO']._serialized_start=209
+  _globals['_ARTIFACTINFO']._serialized_end=302
+  _globals['_DOWNLOADREQUEST']._serialized_start=304
+  _globals['_DOWNLOADREQUEST']._serialized_end=353
+  _globals['_DOWNLOADCHUNK']._serialized_start=355
+  _globals['_DOWNLOADCHUNK']._serialized_end=441
+  _globals['_STATREQUEST']._serialized_start=443
+  _globals['_STATREQUEST']._serialized_end=472
+  _globals['_ARTIFACTSERVICE']._serialized_start=475
+  _globals['_ARTIFACTSERVICE']._serialized_end=756
 # @@protoc_insertion_point(module_scope)

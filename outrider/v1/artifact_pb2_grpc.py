@@ -49,6 +49,11 @@ class ArtifactServiceStub:
                 request_serializer=outrider_dot_v1_dot_artifact__pb2.StatRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_artifact__pb2.ArtifactInfo.FromString,
                 _registered_method=True)
+        self.Probe = channel.unary_stream(
+                '/outrider.v1.ArtifactService/Probe',
+                request_serializer=outrider_dot_v1_dot_artifact__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_artifact__pb2.DownloadChunk.FromString,
+                _registered_method=True)
 
 
 class ArtifactServiceServicer:
@@ -74,6 +79,13 @@ class ArtifactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Probe(self, request, context):
+        """Streams `size` bytes of filler, so an agent can measure its bandwidth.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ArtifactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +103,11 @@ def add_ArtifactServiceServicer_to_server(servicer, server):
                     servicer.Stat,
                     request_deserializer=outrider_dot_v1_dot_artifact__pb2.StatRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_artifact__pb2.ArtifactInfo.SerializeToString,
+            ),
+            'Probe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Probe,
+                    request_deserializer=outrider_dot_v1_dot_artifact__pb2.ProbeRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_artifact__pb2.DownloadChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +191,33 @@ class ArtifactService:
             '/outrider.v1.ArtifactService/Stat',
             outrider_dot_v1_dot_artifact__pb2.StatRequest.SerializeToString,
             outrider_dot_v1_dot_artifact__pb2.ArtifactInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Probe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/outrider.v1.ArtifactService/Probe',
+            outrider_dot_v1_dot_artifact__pb2.ProbeRequest.SerializeToString,
+            outrider_dot_v1_dot_artifact__pb2.DownloadChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18outrider/v1/common.proto\x12\x0boutrider.v1\"\xba\x01\n\x0cRequirements\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04gpus\x18\x04 \x01(\x05\x12\x35\n\x06labels\x18\x05 \x03(\x0b\x32%.outrider.v1.Requirements.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf9\x02\n\x08TaskSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\r\n\x05shell\x18\x03 \x01(\x08\x12\x31\n\x06inputs\x18\x04 \x03(\x0b\x32!.outrider.v1.TaskSpec.InputsEntry\x12\x0f\n\x07outputs\x18\x05 \x03(\t\x12\r\n\x05\x61\x66ter\x18\x06 \x03(\t\x12+\n\x08requires\x18\x07 \x01(\x0b\x32\x19.outrider.v1.Requirements\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x11\n\tbackoff_s\x18\t \x01(\x01\x12\x11\n\ttimeout_s\x18\n \x01(\x01\x12+\n\x03\x65nv\x18\x0b \x03(\x0b\x32\x1e.outrider.v1.TaskSpec.EnvEntry\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x0cPipelineSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_digest\x18\x02 \x01(\t\x12$\n\x05tasks\x18\x03 \x03(\x0b\x32\x15.outrider.v1.TaskSpec\"7\n\x08LeaseRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\"G\n\x0b\x41rtifactRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\"\x8e\x01\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\x0c\n\x04uuid\x18\x06 \x01(\t\x12\x1a\n\x12\x63ompute_capability\x18\x07 \x01(\t\"[\n\x0b\x43lockSample\x12\x10\n\x08offset_s\x18\x01 \x01(\x01\x12\x15\n\runcertainty_s\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x13\n\x0bmeasured_at\x18\x04 \x01(\x01\"\x8e\x03\n\x0c\x43\x61pabilities\x12\x11\n\tcpu_cores\x18\x01 \x01(\x05\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x11\n\tcpu_model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x64isk_free_bytes\x18\x06 \x01(\x03\x12\x1e\n\x04gpus\x18\x07 \x03(\x0b\x32\x10.outrider.v1.Gpu\x12\n\n\x02os\x18\x08 \x01(\t\x12\x12\n\nos_release\x18\t \x01(\t\x12\x16\n\x0epython_version\x18\n \x01(\t\x12\x10\n\x08hostname\x18\x0b \x01(\t\x12\x35\n\x06labels\x18\x0c \x03(\x0b\x32%.outrider.v1.Capabilities.LabelsEntry\x12\r\n\x05slots\x18\r \x01(\x05\x12\x15\n\ragent_version\x18\x0e \x01(\t\x12\x11\n\tgpu_probe\x18\x0f \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18outrider/v1/common.proto\x12\x0boutrider.v1\"4\n\tLabelExpr\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0e\n\x06values\x18\x03 \x03(\t\"\xc1\x02\n\x0cRequirements\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04gpus\x18\x04 \x01(\x05\x12\x35\n\x06labels\x18\x05 \x03(\x0b\x32%.outrider.v1.Requirements.LabelsEntry\x12\x18\n\x10gpu_memory_bytes\x18\x06 \x01(\x03\x12\x11\n\tgpu_model\x18\x07 \x01(\t\x12+\n\x0b\x65xpressions\x18\x08 \x03(\x0b\x32\x16.outrider.v1.LabelExpr\x12\x11\n\tresidency\x18\t \x03(\t\x12\x18\n\x10max_clock_skew_s\x18\n \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x08\x41\x66\x66inity\x12$\n\x04\x65xpr\x18\x01 \x01(\x0b\x32\x16.outrider.v1.LabelExpr\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"\xa4\x03\n\x08TaskSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x02 \x03(\t\x12\r\n\x05shell\x18\x03 \x01(\x08\x12\x31\n\x06inputs\x18\x04 \x03(\x0b\x32!.outrider.v1.TaskSpec.InputsEntry\x12\x0f\n\x07outputs\x18\x05 \x03(\t\x12\r\n\x05\x61\x66ter\x18\x06 \x03(\t\x12+\n\x08requires\x18\x07 \x01(\x0b\x32\x19.outrider.v1.Requirements\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x11\n\tbackoff_s\x18\t \x01(\x01\x12\x11\n\ttimeout_s\x18\n \x01(\x01\x12+\n\x03\x65nv\x18\x0b \x03(\x0b\x32\x1e.outrider.v1.TaskSpec.EnvEntry\x12)\n\naffinities\x18\x0c \x03(\x0b\x32\x15.outrider.v1.Affinity\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8e\x01\n\x0cPipelineSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63ode_digest\x18\x02 \x01(\t\x12$\n\x05tasks\x18\x03 \x03(\x0b\x32\x15.outrider.v1.TaskSpec\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\x05\x12\x0e\n\x06tenant\x18\x06 \x01(\t\"7\n\x08LeaseRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x05\"Z\n\x0b\x41rtifactRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x11\n\tresidency\x18\x05 \x03(\t\"\x8e\x01\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\x0c\n\x04uuid\x18\x06 \x01(\t\x12\x1a\n\x12\x63ompute_capability\x18\x07 \x01(\t\"[\n\x0b\x43lockSample\x12\x10\n\x08offset_s\x18\x01 \x01(\x01\x12\x15\n\runcertainty_s\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x13\n\x0bmeasured_at\x18\x04 \x01(\x01\"\x90\x04\n\x0c\x43\x61pabilities\x12\x11\n\tcpu_cores\x18\x01 \x01(\x05\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x11\n\tcpu_model\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x05 \x01(\x03\x12\x17\n\x0f\x64isk_free_bytes\x18\x06 \x01(\x03\x12\x1e\n\x04gpus\x18\x07 \x03(\x0b\x32\x10.outrider.v1.Gpu\x12\n\n\x02os\x18\x08 \x01(\t\x12\x12\n\nos_release\x18\t \x01(\t\x12\x16\n\x0epython_version\x18\n \x01(\t\x12\x10\n\x08hostname\x18\x0b \x01(\t\x12\x35\n\x06labels\x18\x0c \x03(\x0b\x32%.outrider.v1.Capabilities.LabelsEntry\x12\r\n\x05slots\x18\r \x01(\x05\x12\x15\n\ragent_version\x18\x0e \x01(\t\x12\x11\n\tgpu_probe\x18\x0f \x01(\t\x12\r\n\x05zones\x18\x10 \x03(\t\x12\x15\n\rbandwidth_bps\x18\x11 \x01(\x01\x12\r\n\x05rtt_s\x18\x12 \x01(\x01\x12(\n\x06\x63\x61\x63hed\x18\x13 \x03(\x0b\x32\x18.outrider.v1.ArtifactRef\x12!\n\x05power\x18\x14 \x01(\x0b\x32\x12.outrider.v1.Power\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x05Power\x12\x13\n\x0bhas_battery\x18\x01 \x01(\x08\x12\x12\n\non_battery\x18\x02 \x01(\x08\x12\x17\n\x0f\x62\x61ttery_percent\x18\x03 \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,28 +39,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_CAPABILITIES_LABELSENTRY']._loaded_options = None
   _globals['_CAPABILITIES_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_REQUIREMENTS']._serialized_start=42
-  _globals['_REQUIREMENTS']._serialized_end=228
-  _globals['_REQUIREMENTS_LABELSENTRY']._serialized_start=183
-  _globals['_REQUIREMENTS_LABELSENTRY']._serialized_end=228
-  _globals['_TASKSPEC']._serialized_start=231
-  _globals['_TASKSPEC']._serialized_end=608
-  _globals['_TASKSPEC_INPUTSENTRY']._serialized_start=519
-  _globals['_TASKSPEC_INPUTSENTRY']._serialized_end=564
-  _globals['_TASKSPEC_ENVENTRY']._serialized_start=566
-  _globals['_TASKSPEC_ENVENTRY']._serialized_end=608
-  _globals['_PIPELINESPEC']._serialized_start=610
-  _globals['_PIPELINESPEC']._serialized_end=697
-  _globals['_LEASEREF']._serialized_start=699
-  _globals['_LEASEREF']._serialized_end=754
-  _globals['_ARTIFACTREF']._serialized_start=756
-  _globals['_ARTIFACTREF']._serialized_end=827
-  _globals['_GPU']._serialized_start=830
-  _globals['_GPU']._serialized_end=972
-  _globals['_CLOCKSAMPLE']._serialized_start=974
-  _globals['_CLOCKSAMPLE']._serialized_end=1065
-  _globals['_CAPABILITIES']._serialized_start=1068
-  _globals['_CAPABILITIES']._serialized_end=1466
-  _globals['_CAPABILITIES_LABELSENTRY']._serialized_start=183
-  _globals['_CAPABILITIES_LABELSENTRY']._serialized_end=228
+  _globals['_LABELEXPR']._serialized_start=41
+  _globals['_LABELEXPR']._serialized_end=93
+  _globals['_REQUIREMENTS']._serialized_start=96
+  _globals['_REQUIREMENTS']._serialized_end=417
+  _globals['_REQUIREMENTS_LABELSENTRY']._serialized_start=372
+  _globals['_REQUIREMENTS_LABELSENTRY']._serialized_end=417
+  _globals['_AFFINITY']._serialized_start=419
+  _globals['_AFFINITY']._serialized_end=483
+  _globals['_TASKSPEC']._serialized_start=486
+  _globals['_TASKSPEC']._serialized_end=906
+  _globals['_TASKSPEC_INPUTSENTRY']._serialized_start=817
+  _globals['_TASKSPEC_INPUTSENTRY']._serialized_end=862
+  _globals['_TASKSPEC_ENVENTRY']._serialized_start=864
+  _globals['_TASKSPEC_ENVENTRY']._serialized_end=906
+  _globals['_PIPELINESPEC']._serialized_start=909
+  _globals['_PIPELINESPEC']._serialized_end=1051
+  _globals['_LEASEREF']._serialized_start=1053
+  _globals['_LEASEREF']._serialized_end=1108
+  _globals['_ARTIFACTREF']._serialized_start=1110
+  _globals['_ARTIFACTREF']._serialized_end=1200
+  _globals['_GPU']._serialized_start=1203
+  _globals['_GPU']._serialized_end=1345
+  _globals['_CLOCKSAMPLE']._serialized_start=1347
+  _globals['_CLOCKSAMPLE']._serialized_end=1438
+  _globals['_CAPABILITIES']._serialized_start=1441
+  _globals['_CAPABILITIES']._serialized_end=1969
+  _globals['_CAPABILITIES_LABELSENTRY']._serialized_start=372
+  _globals['_CAPABILITIES_LABELSENTRY']._serialized_end=417
+  _globals['_POWER']._serialized_start=1971
+  _globals['_POWER']._serialized_end=2044
 # @@protoc_insertion_point(module_scope)

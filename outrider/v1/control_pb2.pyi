@@ -20,7 +20,7 @@ class PlanResponse(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskPlan, _Mapping]]] = ...) -> None: ...
 
 class TaskPlan(_message.Message):
-    __slots__ = ("task", "agents_considered", "feasible_agents", "rejections")
+    __slots__ = ("task", "agents_considered", "feasible_agents", "rejections", "rejection_counts", "candidates", "suggestions", "residency", "residency_conflicts", "passing")
     class RejectionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,21 +28,66 @@ class TaskPlan(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RejectionCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class PassingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     TASK_FIELD_NUMBER: _ClassVar[int]
     AGENTS_CONSIDERED_FIELD_NUMBER: _ClassVar[int]
     FEASIBLE_AGENTS_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_CONFLICTS_FIELD_NUMBER: _ClassVar[int]
+    PASSING_FIELD_NUMBER: _ClassVar[int]
     task: str
     agents_considered: int
     feasible_agents: _containers.RepeatedScalarFieldContainer[str]
     rejections: _containers.ScalarMap[str, str]
-    def __init__(self, task: _Optional[str] = ..., agents_considered: _Optional[int] = ..., feasible_agents: _Optional[_Iterable[str]] = ..., rejections: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    rejection_counts: _containers.ScalarMap[str, int]
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    suggestions: _containers.RepeatedScalarFieldContainer[str]
+    residency: _containers.RepeatedScalarFieldContainer[str]
+    residency_conflicts: _containers.RepeatedScalarFieldContainer[str]
+    passing: _containers.ScalarMap[str, int]
+    def __init__(self, task: _Optional[str] = ..., agents_considered: _Optional[int] = ..., feasible_agents: _Optional[_Iterable[str]] = ..., rejections: _Optional[_Mapping[str, str]] = ..., rejection_counts: _Optional[_Mapping[str, int]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., suggestions: _Optional[_Iterable[str]] = ..., residency: _Optional[_Iterable[str]] = ..., residency_conflicts: _Optional[_Iterable[str]] = ..., passing: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("agent", "score", "breakdown")
+    class BreakdownEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BREAKDOWN_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    score: float
+    breakdown: _containers.ScalarMap[str, float]
+    def __init__(self, agent: _Optional[str] = ..., score: _Optional[float] = ..., breakdown: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("pipeline",)
+    __slots__ = ("pipeline", "strict")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
     pipeline: _common_pb2.PipelineSpec
-    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ...) -> None: ...
+    strict: bool
+    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("run_id", "warnings")
@@ -171,7 +216,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "identity", "state", "capabilities", "clock", "last_seen", "running", "free_slots", "registered_at")
+    __slots__ = ("name", "identity", "state", "capabilities", "clock", "last_seen", "running", "free_slots", "registered_at", "clock_suspect", "clock_skew_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +226,8 @@ class AgentInfo(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_SUSPECT_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_SKEW_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     identity: str
     state: str
@@ -190,13 +237,43 @@ class AgentInfo(_message.Message):
     running: int
     free_slots: int
     registered_at: float
-    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., state: _Optional[str] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., last_seen: _Optional[float] = ..., running: _Optional[int] = ..., free_slots: _Optional[int] = ..., registered_at: _Optional[float] = ...) -> None: ...
+    clock_suspect: bool
+    clock_skew_s: float
+    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., state: _Optional[str] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., last_seen: _Optional[float] = ..., running: _Optional[int] = ..., free_slots: _Optional[int] = ..., registered_at: _Optional[float] = ..., clock_suspect: _Optional[bool] = ..., clock_skew_s: _Optional[float] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("run_id", "task")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("run_id", "task", "state", "reason", "message", "until", "agent", "plan")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    state: str
+    reason: str
+    message: str
+    until: float
+    agent: str
+    plan: TaskPlan
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., until: _Optional[float] = ..., agent: _Optional[str] = ..., plan: _Optional[_Union[TaskPlan, _Mapping]] = ...) -> None: ...
 
 class GetLogsRequest(_message.Message):
     __slots__ = ("run_id", "task", "attempt", "follow")

@@ -84,6 +84,11 @@ class ControlServiceStub:
                 request_serializer=outrider_dot_v1_dot_control__pb2.GetLogsRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_control__pb2.LogLine.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/outrider.v1.ControlService/Explain',
+                request_serializer=outrider_dot_v1_dot_control__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -156,6 +161,13 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """Why a task is where it is: pending (and until when), or placed (and why there).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +220,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetLogs,
                     request_deserializer=outrider_dot_v1_dot_control__pb2.GetLogsRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_control__pb2.LogLine.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.ExplainRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +497,33 @@ class ControlService:
             '/outrider.v1.ControlService/GetLogs',
             outrider_dot_v1_dot_control__pb2.GetLogsRequest.SerializeToString,
             outrider_dot_v1_dot_control__pb2.LogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrider.v1.ControlService/Explain',
+            outrider_dot_v1_dot_control__pb2.ExplainRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,
