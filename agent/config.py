@@ -21,3 +21,9 @@ class AgentConfig:
     ntp_servers: list[str] = field(default_factory=list)
     kill_grace: float = 5.0
     log_level: str = "info"
+    # Data-residency zones this agent sits in (it may process data tagged with them).
+    zones: list[str] = field(default_factory=list)
+    # Bytes of the start-up bandwidth probe against the scheduler; 0: no probe.
+    bandwidth_probe_bytes: int = 4 << 20
+    # Bound on the artifact cache (state_dir/cache); least recently used blobs go first; 0: no bound.
+    cache_max_bytes: int = 10 << 30

@@ -17,6 +17,13 @@ assignments, acks and cancellations down. A stage whose lease the agent cannot
 renew within the lease TTL is killed by the agent itself, so an old holder never
 runs beside a new attempt elsewhere (invariant 3). A completion stays in the
 outbox until the scheduler acknowledged it.
+
+What the scheduler places work by is kept current: the agent measures its link
+(:class:`~agent.link.LinkMeter`, fed by every artifact transfer, every heartbeat's
+round trip and a start-up ``Probe``), keeps an index of its artifact cache
+(:class:`BlobCache`, which also keeps the outputs it published, for data
+locality), and sends its whole capabilities again in a heartbeat when any of
+that changed enough to matter (:func:`agent.probe.capabilities_changed`).
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import os
 import random
 import signal
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -34,6 +42,7 @@ import grpc
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, common_pb2
 from agent.config import AgentConfig
+from agent.link import LinkMeter, TransferTimer
 from agent.runner import Runner, Stage, reap_orphans
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,8 @@ _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, 
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 MAX_PENDING_LOG_BYTES = 8 << 20  # logs buffered while disconnected; the oldest go first
+#: The start-up bandwidth probe gives up after this long (what arrived still counts).
+PROBE_TIMEOUT_S = 60.0
 
 
 class Agent:
@@ -54,14 +65,21 @@ class Agent:
         self.state_dir = Path(cfg.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.slots = cfg.slots or (os.cpu_count() or 1)
-        self.caps = probe_capabilities(cfg.labels, self.slots, str(self.state_dir))
+        self.caps = probe_capabilities(cfg.labels, self.slots, str(self.state_dir), cfg.zones)
         _shed("pynvml")  # only the start-up probe needs NVML's bindings; an idle agent stays small
         self.clock = ClockTracker(cfg.ntp_servers)
+        self.link = LinkMeter()
         self.cache_dir = self.state_dir / "cache"
         self.work_root = self.state_dir / "work"
         self.scratch = self.state_dir / "scratch"
         for d in (self.cache_dir, self.work_root, self.scratch):
             d.mkdir(parents=True, exist_ok=True)
+        self.cache = BlobCache(self.cache_dir, cfg.cache_max_bytes)
+        self.cache.scan()
+        self._evict()
+        log.info("artifact cache: %d blobs, %d bytes", len(self.cache), self.cache.total)
+        self._caps_sent: common_pb2.Capabilities | None = None
+        self._probed = cfg.bandwidth_probe_bytes <= 0
         reap_orphans(self.work_root)
         self.runner = Runner(self.work_root, self._fetch, self._publish, self._log, kill_grace=cfg.kill_grace)
         self.stages: dict[tuple[str, str, int], Stage] = {}
@@ -163,10 +181,12 @@ class Agent:
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
         t0 = time.time()
+        caps = self.capabilities()
         resp = await stub.Register(agent_pb2.RegisterRequest(
-            capabilities=self.caps, clock=self.clock.samples(), client_time=t0,
+            capabilities=caps, clock=self.clock.samples(), client_time=t0,
             leases=[s.lease for s in self.stages.values()],
         ), timeout=30)
+        self._caps_sent = caps
         self.clock.observe_scheduler(t0, resp.server_time, time.time())
         self.heartbeat_interval = resp.heartbeat_interval_s or self.heartbeat_interval
         self.lease_ttl = resp.lease_ttl_s or self.lease_ttl
@@ -184,6 +204,7 @@ class Agent:
         self.connected.set()
         sender = asyncio.ensure_future(self._send(call))
         beats = asyncio.ensure_future(self._heartbeats())
+        probe = None if self._probed else asyncio.ensure_future(self._probe_link())
         try:
             async for msg in call:
                 self._on_message(msg)
@@ -192,6 +213,8 @@ class Agent:
         finally:
             sender.cancel()
             beats.cancel()
+            if probe is not None:
+                probe.cancel()
             call.cancel()
         if not self._stop.is_set():
             raise ConnectionError("the scheduler closed the work stream")
@@ -212,13 +235,71 @@ class Agent:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval * random.uniform(0.9, 1.0))
-            self._heartbeat = agent_pb2.HeartbeatRequest(
-                # A stage stopping for its timeout still holds its lease: its result is coming.
-                leases=[s.lease for s in self.stages.values() if s.stop_reason in ("", "timeout")],
-                clock=self.clock.samples(), client_time=time.time(),
-                free_slots=max(0, self.slots - len(self.stages)),
-            )
+            self._heartbeat = self._make_heartbeat(self._heartbeat)
             self._wake.set()
+
+    def _make_heartbeat(self, unsent: agent_pb2.HeartbeatRequest | None = None) -> agent_pb2.HeartbeatRequest:
+        """The next heartbeat; it carries the whole capabilities only when they changed
+        since the last ones sent (or when ``unsent``, the one it replaces, carried them)."""
+        from agent.probe import capabilities_changed
+
+        hb = agent_pb2.HeartbeatRequest(
+            # A stage stopping for its timeout still holds its lease: its result is coming.
+            leases=[s.lease for s in self.stages.values() if s.stop_reason in ("", "timeout")],
+            clock=self.clock.samples(), client_time=time.time(),
+            free_slots=max(0, self.slots - len(self.stages)),
+        )
+        caps = self.capabilities()
+        if capabilities_changed(self._caps_sent, caps) or (unsent is not None and unsent.HasField("capabilities")):
+            hb.capabilities.CopyFrom(caps)
+            self._caps_sent = caps
+        return hb
+
+    def capabilities(self) -> common_pb2.Capabilities:
+        """The capabilities probed at start, with what changes at run time brought up to date:
+        link measurements, power, and the cache inventory."""
+        from agent.probe import probe_power
+
+        caps = common_pb2.Capabilities()
+        caps.CopyFrom(self.caps)
+        caps.bandwidth_bps = self.link.bandwidth_bps
+        caps.rtt_s = self.link.rtt_s
+        caps.power.CopyFrom(probe_power())
+        caps.cached.extend(self.cache.refs())
+        return caps
+
+    async def _probe_link(self) -> None:
+        """Measure the link right after registering: time a ``Probe`` of N filler bytes.
+
+        A scheduler without ``Probe`` (UNIMPLEMENTED) is not an error: the link is then
+        measured by real transfers only. Other failures are retried at the next session.
+        """
+        n = self.cfg.bandwidth_probe_bytes
+        stub = self._artifacts
+        if stub is None or n <= 0:
+            return
+        timer = TransferTimer()
+        try:
+            async for chunk in stub.Probe(artifact_pb2.ProbeRequest(size=n), timeout=PROBE_TIMEOUT_S):
+                timer.chunk(len(chunk.data))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                log.debug("the scheduler has no bandwidth probe; measuring real transfers only")
+                self._probed = True
+                return
+            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or not timer.nbytes:
+                log.debug("bandwidth probe failed: %s: %s", exc.code().name, exc.details())
+                return
+            log.debug("bandwidth probe cut off after %gs with %d of %d bytes", PROBE_TIMEOUT_S, timer.nbytes, n)
+        except Exception as exc:  # noqa: BLE001 - a measurement must never break the session
+            log.debug("bandwidth probe failed: %s", exc)
+            return
+        self._probed = True
+        if timer.first_byte_s:
+            self.link.observe_rtt(timer.first_byte_s)
+        self.link.observe_transfer(*timer.result())
+        log.info("link to the scheduler: %.1f MB/s, rtt %.1f ms (probe of %d bytes)",
+                 self.link.bandwidth_bps / 1e6, self.link.rtt_s * 1e3, timer.nbytes)
 
     def _on_message(self, msg: agent_pb2.SchedulerMessage) -> None:
         for a in msg.assignments:
@@ -234,7 +315,9 @@ class Agent:
         if msg.HasField("heartbeat"):
             hb = msg.heartbeat
             if hb.client_time:
-                self.clock.observe_scheduler(hb.client_time, hb.server_time, time.time())
+                now_wall = time.time()
+                self.clock.observe_scheduler(hb.client_time, hb.server_time, now_wall)
+                self.link.observe_rtt(now_wall - hb.client_time)
             self.lease_ttl = hb.lease_ttl_s or self.lease_ttl
             lost = {(r.run_id, r.task, r.epoch) for r in hb.lost}
             now = time.monotonic()
@@ -317,22 +400,42 @@ class Agent:
     # ------------------------------------------------------------------ artifacts
 
     def _blob(self, digest: str) -> Path:
-        return self.cache_dir / "sha256" / digest[:2] / digest
+        return self.cache.path(digest)
+
+    def _evict(self) -> None:
+        evicted = self.cache.evict()
+        if evicted:
+            log.info("artifact cache over %d bytes: evicted %d least recently used blob(s); %d bytes left",
+                     self.cache.max_bytes, len(evicted), self.cache.total)
 
     async def _fetch(self, ref: common_pb2.ArtifactRef, dest: Path) -> None:
-        """Make an artifact appear at ``dest``, downloading it into the cache once."""
+        """Make an artifact appear at ``dest``, downloading it into the cache once.
+
+        The blob is marked in use from before the download until it is placed, so
+        eviction never removes it under a stage that is about to read it.
+        """
         from outrider.artifacts import place
 
-        blob = await self._cached(ref.digest)
-        await asyncio.to_thread(place, blob, ref.kind or "file", dest)
+        self.cache.acquire(ref.digest)
+        try:
+            blob = await self._cached(ref.digest, ref.kind)
+            await asyncio.to_thread(place, blob, ref.kind or "file", dest)
+        finally:
+            self.cache.release(ref.digest)
+            self._evict()
 
-    async def _cached(self, digest: str) -> Path:
+    async def _cached(self, digest: str, kind: str = "") -> Path:
         blob = self._blob(digest)
         if blob.exists():
+            if digest in self.cache:
+                self.cache.touch(digest, kind)
+            else:  # put there behind our back: adopt it
+                self.cache.add(digest, blob.stat().st_size, kind)
             return blob
+        self.cache.discard(digest)  # indexed but gone (removed by hand): fetch it again
         pending = self._fetching.get(digest)
         if pending is None:  # one download per digest, however many stages want it
-            pending = asyncio.ensure_future(self._download(digest, blob))
+            pending = asyncio.ensure_future(self._download(digest, blob, kind))
             self._fetching[digest] = pending
             pending.add_done_callback(lambda _: self._fetching.pop(digest, None))
         return await asyncio.shield(pending)
@@ -358,38 +461,305 @@ class Agent:
                 raise ConnectionError(f"{what}: scheduler unreachable for {self.lease_ttl:g}s")
             await asyncio.sleep(0.2)
 
-    async def _download(self, digest: str, blob: Path) -> Path:
+    async def _download(self, digest: str, blob: Path, kind: str = "") -> Path:
         from outrider.artifacts import Receiver
 
         async def fetch(stub: Any) -> Path:
+            nonlocal kind
             recv = Receiver(digest, blob)
+            timer = TransferTimer()
             try:
                 async for chunk in stub.Download(artifact_pb2.DownloadRequest(digest=digest)):
+                    if not kind and chunk.HasField("info"):
+                        kind = chunk.info.kind
+                    timer.chunk(len(chunk.data))
                     recv.write(chunk.data)
-                return await asyncio.to_thread(recv.finish)
+                path = await asyncio.to_thread(recv.finish)
             except BaseException:
                 recv.abort()
                 raise
+            self.link.observe_transfer(*timer.result())
+            self.cache.add(digest, recv.size, kind)
+            return path
 
-        return await self._with_scheduler(f"download {digest[:12]}", fetch)
+        path = await self._with_scheduler(f"download {digest[:12]}", fetch)
+        self._evict()
+        return path
 
     async def _publish(self, name: str, path: Path) -> common_pb2.ArtifactRef:
-        """Hash an output and upload it unless the scheduler already has those bytes."""
-        from outrider.artifacts import describe, upload_chunks
+        """Hash an output, keep it in the cache, and upload it unless the scheduler has it.
 
-        digest, size, kind, source = await asyncio.to_thread(describe, path, self.scratch)
+        Keeping it (a file is copied in while it is hashed, a dir's packed tar is
+        moved in) means a downstream stage placed here finds its input locally, and
+        the cache inventory tells the scheduler so (data locality).
+        """
+        from outrider.artifacts import upload_chunks
+
+        digest, size, kind, tmp, source = await asyncio.to_thread(self._stash_output, path)
+        upload_from, remove_after, kept = source, None, False
+        if tmp is not None:
+            # On the event loop with no await in between: eviction cannot interleave.
+            try:
+                upload_from = self.cache.adopt(digest, size, kind, tmp)
+                self.cache.acquire(digest)  # not evicted while it uploads
+                kept = True
+            except OSError as exc:
+                log.warning("output %r not kept in the artifact cache: %s", name, exc)
+                upload_from = remove_after = tmp
+        elif kind == "dir":
+            remove_after = source
 
         async def push(stub: Any) -> None:
             info = await stub.Stat(artifact_pb2.StatRequest(digest=digest))
             if not info.exists:
-                await stub.Upload(_aiter(upload_chunks(source, digest, size, kind)))
+                t0 = time.monotonic()
+                await stub.Upload(_aiter(upload_chunks(upload_from, digest, size, kind)))
+                self.link.observe_transfer(size, time.monotonic() - t0)
 
         try:
             await self._with_scheduler(f"upload of output {name!r}", push)
         finally:
-            if kind == "dir":
-                source.unlink(missing_ok=True)
+            if remove_after is not None:
+                remove_after.unlink(missing_ok=True)
+            if kept:
+                self.cache.release(digest)
+                self._evict()
         return common_pb2.ArtifactRef(name=name, digest=digest, size=size, kind=kind)
+
+    def _stash_output(self, path: Path) -> tuple[str, int, str, Path | None, Path]:
+        """(digest, size, kind, temporary copy inside the cache or None, original) of an output.
+
+        Runs in a worker thread. A file is hashed while it is copied into the cache's
+        staging area (one read); a dir is packed straight into it. If the copy fails
+        (disk full), the output is still hashed and uploaded, just not kept.
+        """
+        from outrider.artifacts import describe, hash_file
+
+        if path.is_file():
+            try:
+                digest, size, tmp = self.cache.ingest_file(path)
+                return digest, size, "file", tmp, path
+            except OSError as exc:
+                log.warning("cannot keep output %s in the artifact cache: %s", path, exc)
+                digest, size = hash_file(path)
+                return digest, size, "file", None, path
+        try:
+            staging = self.cache.staging()
+        except OSError:
+            staging = self.scratch
+        digest, size, kind, source = describe(path, staging)
+        if kind == "dir" and staging != self.scratch:
+            return digest, size, kind, source, source
+        return digest, size, kind, None, source
+
+
+class BlobCache:
+    """The agent's artifact cache: ``ROOT/sha256/ab/<digest>`` files, and an index of them.
+
+    The index maps digest → (size, kind), ordered from least to most recently used;
+    it is built by :meth:`scan` at start (order: file mtime, which :meth:`touch`
+    refreshes, so recency survives a restart) and kept up to date as downloads land
+    (:meth:`add`) and outputs are published (:meth:`adopt`). :meth:`refs` is what the
+    agent reports as ``Capabilities.cached``; :attr:`version` changes whenever the
+    inventory does.
+
+    Bounded by ``max_bytes`` (0: no bound): :meth:`evict` removes least recently used
+    blobs until the total fits, skipping those in use (:meth:`acquire` /
+    :meth:`release`: a stage is placing it, or it is being uploaded).
+
+    Temporaries live beside the blobs (same filesystem, so publishing one is an
+    atomic ``os.replace``): ``ROOT/sha256/<tmp>`` and ``ROOT/sha256/ab/.part-*``;
+    :meth:`scan` removes those a previous process left behind.
+
+    Not thread-safe: the index is touched only on the event loop; worker threads
+    only write temporaries (:meth:`ingest_file`).
+    """
+
+    def __init__(self, root: Path, max_bytes: int = 0) -> None:
+        self.root = Path(root) / "sha256"
+        self.max_bytes = max(0, int(max_bytes))
+        self._index: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._in_use: dict[str, int] = {}
+        self.total = 0
+        self.version = 0
+        self._refs: tuple[int, list[common_pb2.ArtifactRef]] = (-1, [])
+
+    # -- the index
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def size(self, digest: str) -> int | None:
+        entry = self._index.get(digest)
+        return None if entry is None else entry[0]
+
+    def digests(self) -> list[str]:
+        """Indexed digests, least recently used first."""
+        return list(self._index)
+
+    def scan(self) -> int:
+        """(Re)build the index from the files on disk; returns how many blobs there are."""
+        found: list[tuple[float, str, int]] = []
+        self.root.mkdir(parents=True, exist_ok=True)
+        with os.scandir(self.root) as top:
+            entries = list(top)
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                _unlink(entry.path)  # a staging temporary of a previous process
+            elif entry.is_dir(follow_symlinks=False) and len(entry.name) == 2:
+                with os.scandir(entry.path) as sub:
+                    for blob in sub:
+                        name = blob.name
+                        if name.startswith(".part-"):
+                            _unlink(blob.path)  # an interrupted download
+                        elif _is_digest(name) and name[:2] == entry.name and blob.is_file(follow_symlinks=False):
+                            st = blob.stat(follow_symlinks=False)
+                            found.append((st.st_mtime, name, st.st_size))
+        found.sort()
+        self._index = OrderedDict((digest, (size, "")) for _, digest, size in found)
+        self.total = sum(size for _, _, size in found)
+        self.version += 1
+        return len(self._index)
+
+    def add(self, digest: str, size: int, kind: str = "") -> None:
+        """Index a blob that is now at :meth:`path` (most recently used)."""
+        old = self._index.get(digest)
+        if old is not None:
+            self.total -= old[0]
+            kind = kind or old[1]
+        self._index[digest] = (size, kind)
+        self._index.move_to_end(digest)
+        self.total += size
+        if old is None or old[0] != size or old[1] != kind:
+            self.version += 1
+
+    def touch(self, digest: str, kind: str = "") -> None:
+        """Mark a blob used now (in the index, and its mtime for the next start)."""
+        entry = self._index.get(digest)
+        if entry is None:
+            return
+        self._index.move_to_end(digest)
+        if kind and not entry[1]:
+            self._index[digest] = (entry[0], kind)
+            self.version += 1
+        try:
+            os.utime(self.path(digest))
+        except OSError:
+            pass
+
+    def discard(self, digest: str) -> None:
+        """Forget a blob (its file is gone)."""
+        entry = self._index.pop(digest, None)
+        if entry is not None:
+            self.total -= entry[0]
+            self.version += 1
+
+    # -- use and eviction
+
+    def acquire(self, digest: str) -> None:
+        self._in_use[digest] = self._in_use.get(digest, 0) + 1
+
+    def release(self, digest: str) -> None:
+        n = self._in_use.get(digest, 0) - 1
+        if n > 0:
+            self._in_use[digest] = n
+        else:
+            self._in_use.pop(digest, None)
+
+    def in_use(self, digest: str) -> bool:
+        return digest in self._in_use
+
+    def evict(self) -> list[str]:
+        """Remove least recently used blobs not in use until the total fits; returns their digests."""
+        if not self.max_bytes or self.total <= self.max_bytes:
+            return []
+        evicted: list[str] = []
+        for digest in list(self._index):
+            if self.total <= self.max_bytes:
+                break
+            if digest in self._in_use:
+                continue
+            size, _ = self._index.pop(digest)
+            self.total -= size
+            _unlink(self.path(digest))
+            evicted.append(digest)
+        if evicted:
+            self.version += 1
+        return evicted
+
+    def refs(self) -> list[common_pb2.ArtifactRef]:
+        """The inventory as ArtifactRefs (digest, size, kind where known)."""
+        version, refs = self._refs
+        if version != self.version:
+            refs = [common_pb2.ArtifactRef(digest=d, size=size, kind=kind) for d, (size, kind) in self._index.items()]
+            self._refs = (self.version, refs)
+        return refs
+
+    # -- bringing bytes in
+
+    def staging(self) -> Path:
+        """Where temporaries that become blobs are written (same filesystem as the blobs)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root
+
+    def ingest_file(self, src: Path) -> tuple[str, int, Path]:
+        """Copy a file into a staging temporary while hashing it: (digest, size, temporary).
+
+        Blocking; for a worker thread. Hashing the copy (not the original a second
+        time) guarantees the cached bytes are those the digest names (invariant 6).
+        """
+        import hashlib
+        import tempfile
+
+        from outrider.artifacts import CHUNK
+
+        fd, tmp = tempfile.mkstemp(dir=self.staging(), prefix=".part-")
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        return h.hexdigest(), size, Path(tmp)
+
+    def adopt(self, digest: str, size: int, kind: str, tmp: Path) -> Path:
+        """Make a staged temporary the blob for ``digest`` (atomically); returns the blob.
+
+        If the blob is already there, the temporary is dropped and the blob marked used.
+        """
+        blob = self.path(digest)
+        if digest in self._index and blob.exists():
+            _unlink(tmp)
+            self.touch(digest, kind)
+            return blob
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, blob)
+        self.add(digest, size, kind)
+        return blob
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _unlink(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
 
 
 def _shed(*modules: str) -> None:

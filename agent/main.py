@@ -12,8 +12,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from outrider.config import load_toml, merge_config, parse_address, parse_duration, parse_labels
+from outrider.config import load_toml, merge_config, parse_address, parse_bytes, parse_duration, parse_labels
 from outrider.errors import ConfigError, OutriderError
+
+#: What a zone name may be made of (it is compared with residency tags as is).
+_ZONE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def parse_zones(value: Any) -> list[str]:
+    """Zones from a list of names or a comma-separated string; ValueError naming the bad one.
+
+    Each name is non-empty and made of letters, digits, '.', '_' and '-'.
+    Duplicates are dropped (first kept); an empty string or list means no zones.
+    """
+    if isinstance(value, str):
+        items = [p.strip() for p in value.split(",")] if value.strip() else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f"expected a list of zone names like [\"eu\", \"eu-west\"], got {value!r}")
+    zones: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"zone names must be strings, got {item!r}")
+        if not item or not set(item) <= _ZONE_CHARS:
+            raise ValueError(f"invalid zone name {item!r}: use letters, digits, '.', '_' and '-' (non-empty)")
+        if item not in zones:
+            zones.append(item)
+    return zones
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ntp-servers", help="comma-separated NTP servers (host or host:port) to measure clock offset")
     p.add_argument("--kill-grace", help="time between SIGTERM and SIGKILL when stopping a stage, e.g. 5s")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--zones", help="comma-separated data-residency zones this agent sits in, e.g. eu,eu-west")
+    p.add_argument("--bandwidth-probe-bytes",
+                   help="size of the start-up bandwidth probe against the scheduler, e.g. 4MiB (0: none)")
+    p.add_argument("--cache-max-bytes",
+                   help="bound on the artifact cache, e.g. 10GiB; least recently used go first (0: no bound)")
     return p
 
 
@@ -50,6 +81,11 @@ def load_config(argv: list[str] | None = None) -> Any:
             flags["ntp_servers"] = [s.strip() for s in flags["ntp_servers"].split(",") if s.strip()]
     except ValueError as exc:
         raise ConfigError(f"flags: {exc}") from None
+    if flags.get("zones") is not None:
+        try:
+            flags["zones"] = parse_zones(flags["zones"])
+        except ValueError as exc:
+            raise ConfigError(f"flags: --zones: {exc}") from None
     cfg = merge_config(file_values, flags, defaults, source)
     if isinstance(cfg["labels"], str):
         cfg["labels"] = parse_labels(cfg["labels"])
@@ -59,6 +95,15 @@ def load_config(argv: list[str] | None = None) -> Any:
         cfg["kill_grace"] = parse_duration(cfg["kill_grace"])
     except ValueError as exc:
         raise ConfigError(f"{source}: kill_grace: {exc}") from None
+    try:
+        cfg["zones"] = parse_zones(cfg["zones"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: zones: {exc}") from None
+    for key in ("bandwidth_probe_bytes", "cache_max_bytes"):
+        try:
+            cfg[key] = parse_bytes(cfg[key])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
     if cfg["pki_dir"] and cfg["name"]:
         pki = Path(cfg["pki_dir"])
         cfg["ca"] = cfg["ca"] or str(pki / "ca.crt")

@@ -1,7 +1,9 @@
 """What this machine offers, and how far its clock is off.
 
 The agent advertises :class:`~outrider.v1.common_pb2.Capabilities` when it registers
-(CPU, memory, disk, GPUs, OS, labels) and :class:`~outrider.v1.common_pb2.ClockSample`
+(CPU, memory, disk, GPUs, OS, labels, zones, power) and again in a heartbeat whenever
+the parts that change at run time changed enough to matter
+(:func:`capabilities_changed`), and :class:`~outrider.v1.common_pb2.ClockSample`
 values with every register/heartbeat, so that the scheduler can place work and pad
 lease expiry by the agent's clock uncertainty.
 
@@ -32,9 +34,11 @@ __all__ = [
     "ClockTracker",
     "NVIDIA_SMI_TIMEOUT_S",
     "best_offset",
+    "capabilities_changed",
     "ntp_samples",
     "probe_capabilities",
     "probe_gpus",
+    "probe_power",
     "scheduler_sample",
 ]
 
@@ -74,13 +78,14 @@ _MAX_GPU_PROBE = 256
 
 
 def probe_capabilities(
-    labels: Mapping[str, str], slots: int, state_dir: str
+    labels: Mapping[str, str], slots: int, state_dir: str, zones: Sequence[str] = ()
 ) -> common_pb2.Capabilities:
     """Describe this machine for the scheduler's matcher.
 
     Args:
         labels: free-form labels from the agent's config (site, zone, tier, ...).
         slots: how many tasks the agent runs at once.
+        zones: data-residency zones the agent sits in (from its config).
         state_dir: the agent's state directory; disk figures are those of the
             filesystem holding it (the nearest existing ancestor if it does not
             exist yet), because that is where artifacts and checkpoints land.
@@ -110,7 +115,77 @@ def probe_capabilities(
         slots=slots,
         agent_version=outrider.__version__,
         gpu_probe=gpu_probe,
+        zones=list(zones),
+        power=probe_power(),
     )
+
+
+def probe_power() -> common_pb2.Power:
+    """Battery state: whether there is one, whether the machine runs on it, its charge.
+
+    Cheap (a few reads under /sys/class/power_supply on Linux), so the agent calls
+    it every heartbeat. Never raises: no battery, no sensor support on this
+    platform, or a failing read all give ``has_battery=False``. When the battery
+    cannot tell whether mains power is connected, ``on_battery`` stays False: an
+    agent does not claim to be on battery without evidence.
+    """
+    try:
+        battery = psutil.sensors_battery()
+    except Exception as exc:  # noqa: BLE001 - AttributeError on platforms without it, OSError, ...
+        log.debug("battery probe failed: %s", _reason(exc))
+        return common_pb2.Power()
+    if battery is None:
+        return common_pb2.Power(has_battery=False)
+    try:
+        percent = float(battery.percent)
+        percent = min(100.0, percent) if percent >= 0.0 else 0.0  # NaN and negatives: 0
+    except (TypeError, ValueError):
+        percent = 0.0
+    plugged = getattr(battery, "power_plugged", None)
+    return common_pb2.Power(has_battery=True, on_battery=plugged is False, battery_percent=percent)
+
+
+#: Relative change of bandwidth or RTT worth telling the scheduler about.
+CAPS_RELATIVE_CHANGE = 0.10
+#: RTT changes below this are jitter, whatever their relative size (a LAN's 0.4 ms
+#: vs 0.6 ms would otherwise resend the capabilities every heartbeat).
+CAPS_RTT_FLOOR_S = 0.002
+#: Battery charge change (percentage points) worth telling the scheduler about.
+CAPS_BATTERY_POINTS = 5.0
+
+
+def capabilities_changed(last: common_pb2.Capabilities | None, new: common_pb2.Capabilities) -> bool:
+    """Whether ``new`` differs from ``last`` (the ones last sent) enough to send again.
+
+    Compares the parts that change at run time: the cache inventory (any blob in or
+    out, by digest and size), bandwidth and RTT (by more than 10 %; RTT also by more
+    than 2 ms), power (plugged in or out, battery appearing, charge moving by 5
+    points), plus zones and labels. A measurement appearing for the first time
+    (0 → something) is a change. Relative changes are against the value last sent. ``last=None`` (nothing sent yet) is a change.
+    """
+    if last is None:
+        return True
+    if _moved(last.bandwidth_bps, new.bandwidth_bps, 0.0):
+        return True
+    if _moved(last.rtt_s, new.rtt_s, CAPS_RTT_FLOOR_S):
+        return True
+    lp, np_ = last.power, new.power
+    if (lp.has_battery, lp.on_battery) != (np_.has_battery, np_.on_battery):
+        return True
+    if abs(lp.battery_percent - np_.battery_percent) >= CAPS_BATTERY_POINTS:
+        return True
+    if len(last.cached) != len(new.cached):
+        return True
+    if {(r.digest, r.size) for r in last.cached} != {(r.digest, r.size) for r in new.cached}:
+        return True
+    return list(last.zones) != list(new.zones) or dict(last.labels) != dict(new.labels)
+
+
+def _moved(old: float, new: float, floor: float) -> bool:
+    if (old > 0) != (new > 0):
+        return True  # measured for the first time (or lost)
+    delta = abs(new - old)
+    return delta > CAPS_RELATIVE_CHANGE * old and delta > floor
 
 
 def _safe(what: str, fn, default):  # type: ignore[no-untyped-def]

@@ -10,7 +10,11 @@ A pipeline reaches the scheduler by one of three roads, and all of them meet the
   ``PipelineSpec``, so the scheduler re-checks names, references and cycles there too.
 
 The graph checks (names of outputs and inputs, references, self dependencies, duplicate
-outputs, cycles) are written once, in ``_graph_problems``, and shared by all three roads.
+outputs, cycles) are written once, in ``_graph_problems``, and shared by all three roads;
+so is the label-expression check (``_label_expr_problem``). ``parse_label_expr`` and
+``format_label_expr`` turn the text form of a label expression (``"site in (a, b)"``,
+used by ``requires.match``, ``prefer`` and ``avoid``) into a ``LabelExpr`` and back; the
+scheduler and the CLI use them too.
 
 See docs/pipeline.md for the schema, every field, the defaults and the error format.
 """
@@ -33,12 +37,18 @@ from outrider.errors import InvalidArgument
 from outrider.v1 import common_pb2
 
 __all__ = [
+    "LABEL_KEY_PATTERN",
+    "LABEL_OPS",
     "NAME_PATTERN",
     "Pipeline",
     "Problem",
     "SpecError",
+    "TENANT_PATTERN",
     "Task",
+    "ZONE_PATTERN",
+    "format_label_expr",
     "load_pipeline",
+    "parse_label_expr",
     "parse_pipeline",
     "validate_proto",
 ]
@@ -49,20 +59,35 @@ _NAME_RE = re.compile(NAME_PATTERN)
 #: Environment variable names: what every shell accepts (no '-', no '=').
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+#: Label keys that label expressions can name (``requires.match``, ``prefer``, ``avoid``).
+LABEL_KEY_PATTERN = r"[A-Za-z0-9._/-]+"
+_LABEL_KEY_RE = re.compile(LABEL_KEY_PATTERN)
+#: Data-residency zone names (``requires.residency``).
+ZONE_PATTERN = r"[A-Za-z0-9._-]+"
+_ZONE_RE = re.compile(ZONE_PATTERN)
+#: Fair-share tenant names: plain names, ``user@host``, or a SPIFFE ID such as
+#: ``spiffe://acme.ml/submitter/alice`` (the default tenant is the submitter's identity).
+TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,252}"
+_TENANT_RE = re.compile(TENANT_PATTERN)
 
 # Proto field ranges, checked up front so that ``to_proto`` never fails on a valid spec.
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
+_INT32_MIN = -(2**31)
 
 # The keys allowed at each level, in the order the docs list them.
-_TOP_KEYS = ("name", "code", "tasks")
-_TASK_KEYS = ("run", "inputs", "outputs", "after", "requires", "retries", "timeout", "env")
-_REQUIRES_KEYS = ("cpus", "memory", "gpus", "disk", "labels")
+# New keys are appended, so that the start of each "allowed:" list never changes.
+_TOP_KEYS = ("name", "code", "tasks", "priority", "concurrency", "tenant")
+_TASK_KEYS = ("run", "inputs", "outputs", "after", "requires", "retries", "timeout", "env", "prefer", "avoid")
+_REQUIRES_KEYS = ("cpus", "memory", "gpus", "disk", "labels", "match", "gpu_memory", "gpu_model", "residency",
+                  "max_clock_skew")
 _RETRIES_KEYS = ("max", "backoff")
+_AFFINITY_KEYS = ("match", "weight")
 
 # Defaults of the optional task fields (also the defaults of ``Task``).
 DEFAULT_CPUS = 1.0
 DEFAULT_BACKOFF_S = 1.0
+DEFAULT_AFFINITY_WEIGHT = 1.0
 
 #: Pseudo file names used where a problem has no YAML file behind it.
 SDK_FILE = "<sdk>"
@@ -126,6 +151,236 @@ class SpecError(InvalidArgument):
         return (type(self), (self.problems,))
 
 
+# --------------------------------------------------------------------------- label expressions
+
+#: The operators of a label expression, as stored in ``LabelExpr.op``.
+LABEL_OPS = ("=", "!=", "in", "not in", "exists", "not exists", ">=", "<=")
+_ONE_VALUE_OPS = ("=", "!=", ">=", "<=")
+_LIST_OPS = ("in", "not in")
+_NO_VALUE_OPS = ("exists", "not exists")
+_NUMERIC_OPS = (">=", "<=")
+_OPS_TEXT = "=, !=, in, not in, exists, not exists, >=, <="
+# A plain (unquoted) word: a key, a keyword or a value. Anything else in a value is quoted.
+_WORD_RE = re.compile(r"""[^\s(),'"=!<>]+""")
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Likely slips, mapped to the operator meant.
+_OP_HINTS = {"==": "=", "<>": "!=", "=>": ">=", "=<": "<=", ">": ">=", "<": "<=", "!": "!=", "!==": "!="}
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str   # "word", "text" (a quoted value), "sym" (an operator run) or one of "(", ")", ","
+    value: str
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif ch in "(),":
+            tokens.append(_Token(ch, ch))
+            i += 1
+        elif ch in "=!<>":
+            j = i
+            while j < len(text) and text[j] in "=!<>":
+                j += 1
+            tokens.append(_Token("sym", text[i:j]))
+            i = j
+        elif ch in "'\"":
+            # A quoted value; a backslash takes the next character literally (\" and \\).
+            value: list[str] = []
+            j = i + 1
+            while j < len(text) and text[j] != ch:
+                if text[j] == "\\" and j + 1 < len(text):
+                    j += 1
+                value.append(text[j])
+                j += 1
+            if j >= len(text):
+                raise ValueError(f"unterminated quoted value starting at {text[i:i + 12]!r}")
+            tokens.append(_Token("text", "".join(value)))
+            i = j + 1
+        else:
+            match = _WORD_RE.match(text, i)
+            assert match is not None  # every other character starts a word
+            tokens.append(_Token("word", match.group()))
+            i = match.end()
+    return tokens
+
+
+def _shown(token: _Token) -> str:
+    return repr(token.value) if token.kind in ("word", "text", "sym") else f"'{token.value}'"
+
+
+def _parse_expr_tokens(tokens: list[_Token]) -> tuple[str, str, list[str]]:
+    """``(key, op, values)`` from the tokens of one expression; ValueError naming the slip."""
+    if not tokens:
+        raise ValueError("the expression is empty")
+    first = tokens[0]
+    if first.kind != "word":
+        raise ValueError(f"expected a label key first, got {_shown(first)}")
+    key, rest = first.value, tokens[1:]
+    if not rest:
+        raise ValueError(f"the key {key!r} needs an operator: one of {_OPS_TEXT}")
+    op_token = rest[0]
+    if op_token.kind == "sym":
+        op = op_token.value
+        if op not in _ONE_VALUE_OPS:
+            hint = f"; did you mean {_OP_HINTS[op]!r}?" if op in _OP_HINTS else ""
+            raise ValueError(f"unknown operator {op!r} (use {_OPS_TEXT}){hint}")
+        values = rest[1:]
+        if not values:
+            raise ValueError(f"{op!r} needs a value after it")
+        if values[0].kind not in ("word", "text"):
+            raise ValueError(f"expected a value after {op!r}, got {_shown(values[0])}")
+        if len(values) > 1:
+            spaced = op not in _NUMERIC_OPS and values[1].kind in ("word", "text")
+            hints = ["quote a value that has spaces"] if spaced else []
+            if op in ("=", "!="):
+                hints.append(f"for several values use 'KEY {'in' if op == '=' else 'not in'} (A, B)'")
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            raise ValueError(f"{op!r} takes one value, got more after {values[0].value!r}{hint}")
+        return key, op, [values[0].value]
+    if op_token.kind != "word":
+        raise ValueError(f"expected an operator after {key!r} (one of {_OPS_TEXT}), got {_shown(op_token)}")
+    word = op_token.value.lower()
+    rest = rest[1:]
+    if word == "not":
+        if not rest or rest[0].kind != "word" or rest[0].value.lower() not in ("in", "exists"):
+            got = _shown(rest[0]) if rest else "nothing"
+            raise ValueError(f"'not' must be followed by 'in' or 'exists', got {got}")
+        word = "not " + rest[0].value.lower()
+        rest = rest[1:]
+    if word in _NO_VALUE_OPS:
+        if rest:
+            raise ValueError(f"{word!r} takes no value, got {_shown(rest[0])}")
+        return key, word, []
+    if word in _LIST_OPS:
+        return key, word, _parse_value_list(word, rest)
+    spaced_key = bool(rest) and (rest[0].kind == "sym" or rest[0].value.lower() in ("in", "not", "exists"))
+    raise ValueError(f"unknown operator {op_token.value!r} (use {_OPS_TEXT})"
+                     + ("; label keys cannot contain spaces" if spaced_key else ""))
+
+
+def _parse_value_list(op: str, tokens: list[_Token]) -> list[str]:
+    if not tokens or tokens[0].kind != "(":
+        raise ValueError(f"{op!r} needs a list of values in parentheses, like 'KEY {op} (A, B)'")
+    values: list[str] = []
+    i = 1
+    while True:
+        if i >= len(tokens):
+            raise ValueError("missing ')' at the end of the list")
+        token = tokens[i]
+        if token.kind == ")" and not values:
+            raise ValueError(f"{op!r} needs at least one value in its list")
+        if token.kind not in ("word", "text"):
+            after = f"after {values[-1]!r}" if values else "after '('"
+            raise ValueError(f"expected a value {after}, got {_shown(token)}")
+        values.append(token.value)
+        i += 1
+        if i >= len(tokens):
+            raise ValueError("missing ')' at the end of the list")
+        if tokens[i].kind == ")":
+            i += 1
+            break
+        if tokens[i].kind != ",":
+            raise ValueError(f"expected ',' or ')' after {values[-1]!r}, got {_shown(tokens[i])}"
+                             + ("; quote a value that has spaces" if tokens[i].kind == "word" else ""))
+        i += 1
+    if i < len(tokens):
+        raise ValueError(f"unexpected {_shown(tokens[i])} after the list")
+    return values
+
+
+def _label_expr_problem(key: str, op: str, values: Sequence[str]) -> str | None:
+    """Why ``(key, op, values)`` is not a valid label expression, or None. Shared by
+    ``parse_label_expr`` and ``validate_proto``, so both roads accept exactly the same.
+    """
+    if not key:
+        return "the label key must not be empty"
+    if not _LABEL_KEY_RE.fullmatch(key):
+        return f"invalid label key {key!r}: use letters, digits, '.', '_', '/' and '-' (pattern {LABEL_KEY_PATTERN})"
+    if op not in LABEL_OPS:
+        hint = f"; did you mean {_OP_HINTS[op]!r}?" if op in _OP_HINTS else ""
+        return f"unknown operator {op!r} (use {_OPS_TEXT}){hint}"
+    if op in _NO_VALUE_OPS:
+        if values:
+            return f"{op!r} takes no value, got {len(values)}"
+        return None
+    if op in _LIST_OPS:
+        if not values:
+            return f"{op!r} needs at least one value"
+    elif len(values) != 1:
+        return f"{op!r} takes exactly one value, got {len(values)}"
+    for value in values:
+        if "\0" in value:
+            return "values must not contain NUL characters"
+    if op in _NUMERIC_OPS and not (_NUMBER_RE.fullmatch(values[0]) and math.isfinite(float(values[0]))):
+        return f"{op!r} compares numbers, got {values[0]!r} (write a number such as 12.1 or -3)"
+    return None
+
+
+def parse_label_expr(text: str) -> common_pb2.LabelExpr:
+    """Parse one label expression into a ``LabelExpr``; raise ``ValueError`` naming the text.
+
+    The syntax (keywords are case-insensitive; spaces around operators are optional)::
+
+        tier = edge              tier != edge
+        site in (plant-7, plant-9)    site not in (lab)
+        gpu exists               gpu not exists
+        cuda >= 12.1             mem_gb <= 64     (numbers only)
+
+    Keys match ``[A-Za-z0-9._/-]+``. A value is a word without spaces, quotes, commas,
+    parentheses or ``=!<>``, or a quoted string (``"NVIDIA H100"``, ``''``; inside quotes a
+    backslash takes the next character literally). ``format_label_expr`` is the inverse.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a label expression must be a string, got {_kind(text)}")
+    try:
+        if "\0" in text:
+            raise ValueError("must not contain NUL characters")
+        key, op, values = _parse_expr_tokens(_tokenize(text))
+        problem = _label_expr_problem(key, op, values)
+        if problem:
+            raise ValueError(problem)
+    except ValueError as exc:
+        raise ValueError(f"invalid label expression {text!r}: {exc}") from None
+    return common_pb2.LabelExpr(key=key, op=op, values=values)
+
+
+def _format_value(value: str) -> str:
+    if _WORD_RE.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_label_expr(expr: common_pb2.LabelExpr) -> str:
+    """The text of a ``LabelExpr``, as ``parse_label_expr`` reads it (for ``plan``/``explain``).
+
+    ``parse_label_expr(format_label_expr(e)) == e`` for every valid ``e``. Never raises: an
+    invalid expression (from the wire) is still printed as faithfully as possible.
+    """
+    key, op, values = expr.key, expr.op, [_format_value(v) for v in expr.values]
+    if op in _NO_VALUE_OPS and not values:
+        return f"{key} {op}"
+    if len(values) == 1 and op not in _LIST_OPS and op not in _NO_VALUE_OPS:
+        return f"{key} {op or '?'} {values[0]}"
+    return f"{key} {op or '?'} ({', '.join(values)})"
+
+
+def _copy_expr(expr: common_pb2.LabelExpr) -> common_pb2.LabelExpr:
+    return common_pb2.LabelExpr(key=expr.key, op=expr.op, values=list(expr.values))
+
+
+def _copy_affinity(affinity: common_pb2.Affinity) -> common_pb2.Affinity:
+    copy = common_pb2.Affinity()
+    copy.CopyFrom(affinity)
+    return copy
+
+
+
 # --------------------------------------------------------------------------- domain model
 
 
@@ -136,6 +391,11 @@ class Task:
     ``inputs`` maps an input name to ``"task.output"``; ``after`` lists ordering-only
     upstreams. ``shell`` means ``argv`` holds one string run under ``/bin/sh -c``.
     ``max_attempts`` is 1 + retries; ``timeout_s`` 0 means no timeout.
+
+    Placement: ``labels`` (equality) and ``expressions`` (``requires.match``) must all hold
+    on the agent; ``residency`` lists the zones the task may run in (empty: anywhere);
+    ``max_clock_skew_s`` 0 means no bound. ``affinities`` are soft: weight > 0 from
+    ``prefer``, < 0 from ``avoid``.
     """
 
     name: str
@@ -153,6 +413,12 @@ class Task:
     backoff_s: float = DEFAULT_BACKOFF_S
     timeout_s: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
+    gpu_memory_bytes: int = 0
+    gpu_model: str = ""
+    expressions: list[common_pb2.LabelExpr] = field(default_factory=list)
+    residency: list[str] = field(default_factory=list)
+    max_clock_skew_s: float = 0.0
+    affinities: list[common_pb2.Affinity] = field(default_factory=list)
 
     @property
     def retries(self) -> int:
@@ -199,6 +465,16 @@ class Task:
             requires["disk"] = self.disk_bytes
         if self.labels:
             requires["labels"] = dict(self.labels)
+        if self.expressions:
+            requires["match"] = [format_label_expr(expr) for expr in self.expressions]
+        if self.gpu_memory_bytes:
+            requires["gpu_memory"] = self.gpu_memory_bytes
+        if self.gpu_model:
+            requires["gpu_model"] = self.gpu_model
+        if self.residency:
+            requires["residency"] = list(self.residency)
+        if self.max_clock_skew_s:
+            requires["max_clock_skew"] = self.max_clock_skew_s
         if requires:
             spec["requires"] = requires
         if self.backoff_s != DEFAULT_BACKOFF_S:
@@ -209,6 +485,17 @@ class Task:
             spec["timeout"] = self.timeout_s
         if self.env:
             spec["env"] = dict(self.env)
+        prefer: list[Any] = []
+        avoid: list[Any] = []
+        for affinity in self.affinities:
+            # A weight that is neither > 0 nor < 0 (0, NaN) lands in prefer as is, for the checker to report.
+            side, weight = (avoid, -affinity.weight) if affinity.weight < 0 else (prefer, affinity.weight)
+            text = format_label_expr(affinity.expr)
+            side.append(text if weight == DEFAULT_AFFINITY_WEIGHT else {"match": text, "weight": weight})
+        if prefer:
+            spec["prefer"] = prefer
+        if avoid:
+            spec["avoid"] = avoid
         return spec
 
     def to_proto(self) -> common_pb2.TaskSpec:
@@ -226,11 +513,17 @@ class Task:
                 disk_bytes=self.disk_bytes,
                 gpus=self.gpus,
                 labels=dict(self.labels),
+                gpu_memory_bytes=self.gpu_memory_bytes,
+                gpu_model=self.gpu_model,
+                expressions=[_copy_expr(expr) for expr in self.expressions],
+                residency=list(self.residency),
+                max_clock_skew_s=self.max_clock_skew_s,
             ),
             max_attempts=self.max_attempts,
             backoff_s=self.backoff_s,
             timeout_s=self.timeout_s,
             env=dict(self.env),
+            affinities=[_copy_affinity(a) for a in self.affinities],
         )
 
     @classmethod
@@ -252,6 +545,7 @@ class Task:
             backoff_s=msg.backoff_s,
             timeout_s=msg.timeout_s,
             env=dict(msg.env),
+            affinities=[_copy_affinity(a) for a in msg.affinities],
         )
         if msg.HasField("requires"):
             req = msg.requires
@@ -260,6 +554,11 @@ class Task:
             task.disk_bytes = req.disk_bytes
             task.gpus = req.gpus
             task.labels = dict(req.labels)
+            task.gpu_memory_bytes = req.gpu_memory_bytes
+            task.gpu_model = req.gpu_model
+            task.expressions = [_copy_expr(expr) for expr in req.expressions]
+            task.residency = list(req.residency)
+            task.max_clock_skew_s = req.max_clock_skew_s
         return task
 
 
@@ -277,6 +576,10 @@ class Pipeline:
     ``code`` (constructor only) sets ``code_dir`` to its absolute path at construction
     time, so a later ``chdir`` changes nothing. ``code_digest`` is the digest of the code
     bundle once uploaded (kept by ``from_proto``; empty otherwise).
+
+    ``priority`` (higher runs first, may be negative), ``concurrency`` (at most this many of
+    the run's tasks at once; None: no limit) and ``tenant`` (fair-share name; empty: the
+    submitter's identity) are the YAML's top-level keys: ``Pipeline("p", priority=5)``.
     """
 
     name: str
@@ -284,6 +587,9 @@ class Pipeline:
     code_dir: Path | None = None
     code_digest: str = ""
     code: InitVar[str | os.PathLike[str] | None] = None
+    priority: int = 0
+    concurrency: int | None = None
+    tenant: str = ""
 
     def __post_init__(self, code: str | os.PathLike[str] | None) -> None:
         if code is not None:
@@ -305,6 +611,8 @@ class Pipeline:
         retries: int | Mapping[str, Any] | None = None,
         timeout: str | float | None = None,
         env: Mapping[str, Any] | None = None,
+        prefer: Sequence[str | Mapping[str, Any]] | None = None,
+        avoid: Sequence[str | Mapping[str, Any]] | None = None,
     ) -> Task:
         """Add a task; the keywords are the YAML keys and take the same values.
 
@@ -315,7 +623,7 @@ class Pipeline:
         """
         given: dict[str, Any] = {
             "run": run, "inputs": inputs, "outputs": outputs, "requires": requires,
-            "retries": retries, "timeout": timeout, "env": env,
+            "retries": retries, "timeout": timeout, "env": env, "prefer": prefer, "avoid": avoid,
             # Task objects are accepted in ``after`` for convenience; the spec holds names.
             "after": None if after is None else [a.name if isinstance(a, Task) else a for a in after],
         }
@@ -358,6 +666,12 @@ class Pipeline:
         doc: dict[str, Any] = {"name": self.name}
         if self.code_dir is not None:
             doc["code"] = str(self.code_dir)
+        if self.priority != 0 or not _is_int(self.priority):
+            doc["priority"] = self.priority
+        if self.concurrency is not None:
+            doc["concurrency"] = self.concurrency
+        if self.tenant != "":
+            doc["tenant"] = self.tenant
         doc["tasks"] = {key: task.to_dict() for key, task in self.tasks.items()}
         return doc
 
@@ -367,6 +681,9 @@ class Pipeline:
             name=self.name,
             code_digest=code_digest or self.code_digest,
             tasks=[task.to_proto() for task in self.tasks.values()],
+            priority=self.priority,
+            concurrency=self.concurrency or 0,
+            tenant=self.tenant,
         )
 
     @classmethod
@@ -381,7 +698,8 @@ class Pipeline:
         tasks: dict[str, Task] = {}
         for spec in msg.tasks:
             tasks.setdefault(spec.name, Task.from_proto(spec))
-        return cls(name=msg.name, tasks=tasks, code_dir=None, code_digest=msg.code_digest)
+        return cls(name=msg.name, tasks=tasks, code_dir=None, code_digest=msg.code_digest,
+                   priority=msg.priority, concurrency=msg.concurrency or None, tenant=msg.tenant)
 
     # ----------------------------------------------------------------- graph
 
@@ -670,8 +988,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_int(value: Any) -> bool:
+    """Whole numbers only (not booleans, not 2.0)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _plain(value: Any) -> Any:
-    """SDK arguments as YAML data: tuples become lists, Mappings dicts, paths strings."""
+    """SDK arguments as YAML data: tuples become lists, Mappings dicts, paths strings, and a
+    ``LabelExpr`` (from ``parse_label_expr``) its text.
+    """
+    if isinstance(value, common_pb2.LabelExpr):
+        return format_label_expr(value)
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -935,6 +1262,9 @@ class _Checker:
             if problem:  # silenced by ``add`` if ``text`` already reported this field
                 self.add(("name",), problem)
         code_dir = self.code(doc.get("code"))
+        priority = self.priority(doc.get("priority"))
+        concurrency = self.concurrency(doc.get("concurrency"))
+        tenant = self.tenant(doc.get("tenant"))
         tasks: dict[str, Task] = {}
         raw_tasks = doc.get("tasks")
         if "tasks" not in doc:
@@ -950,7 +1280,8 @@ class _Checker:
                 tasks[task_name] = self.task(task_name, spec, path)
             for path, message in _graph_problems(list(tasks.items())):
                 self.add(path, message)
-        return Pipeline(name=name, tasks=tasks, code_dir=code_dir)
+        return Pipeline(name=name, tasks=tasks, code_dir=code_dir, priority=priority, concurrency=concurrency,
+                        tenant=tenant)
 
     def code(self, value: Any) -> Path | None:
         if value is None:
@@ -969,6 +1300,42 @@ class _Checker:
         elif not resolved.is_dir():
             self.add(path, f"code directory {resolved} is not a directory")
         return resolved
+
+    def priority(self, value: Any) -> int:
+        if value is None:
+            return 0
+        path: _Path = ("priority",)
+        if not _is_int(value):
+            self.add(path, f"expected a whole number (higher runs first; may be negative), "
+                           f"got {self.kind(value, path)}")
+            return 0
+        if not _INT32_MIN <= value <= _INT32_MAX:
+            self.add(path, f"must be from {_INT32_MIN} to {_INT32_MAX}, got {value}")
+            return 0
+        return value
+
+    def concurrency(self, value: Any) -> int | None:
+        if value is None:
+            return None
+        path: _Path = ("concurrency",)
+        if not (_is_int(value) and 1 <= value <= _INT32_MAX):
+            self.add(path, f"expected a whole number of tasks at once, at least 1 (leave the key out for no limit), "
+                           f"got {self.kind(value, path)}")
+            return None
+        return value
+
+    def tenant(self, value: Any) -> str:
+        if value is None:
+            return ""
+        path: _Path = ("tenant",)
+        text = self.text(value, path)
+        if text is None:
+            return ""
+        problem = _tenant_problem(text)
+        if problem:
+            self.add(path, problem)
+            return ""
+        return text
 
     # ----------------------------------------------------------------- task
 
@@ -1000,6 +1367,9 @@ class _Checker:
         if spec.get("env") is not None:
             task.env = self.string_map(spec["env"], path + ("env",), "a mapping of variable name to value",
                                        _env_key_problem)
+        for key, sign in (("prefer", 1.0), ("avoid", -1.0)):
+            if spec.get(key) is not None:
+                task.affinities.extend(self.affinities(spec[key], path + (key,), sign))
         return task
 
     def run(self, value: Any, path: _Path) -> tuple[list[str], bool]:
@@ -1050,7 +1420,7 @@ class _Checker:
         return [self.text(item, path + (i,)) or "" for i, item in enumerate(value)]
 
     def requires(self, value: Any, path: _Path, task: Task) -> None:
-        spec = self.mapping(value, path, "a mapping with cpus, memory, gpus, disk, labels")
+        spec = self.mapping(value, path, f"a mapping with {', '.join(_REQUIRES_KEYS)}")
         if spec is None:
             return
         self.unknown_keys(spec, path, _REQUIRES_KEYS)
@@ -1071,8 +1441,109 @@ class _Checker:
         if spec.get("disk") is not None:
             task.disk_bytes = self.size(spec["disk"], path + ("disk",))
         if spec.get("labels") is not None:
-            task.labels = self.string_map(spec["labels"], path + ("labels",), "a mapping of label to value",
-                                          _label_key_problem)
+            labels = spec["labels"]
+            what = "a mapping of label to value"
+            if isinstance(labels, list):  # likely expressions: say where they go
+                what += " (label expressions such as 'site in (a, b)' go under requires.match)"
+            task.labels = self.string_map(labels, path + ("labels",), what, _label_key_problem)
+        if spec.get("match") is not None:
+            task.expressions = self.expressions(spec["match"], path + ("match",))
+        if spec.get("gpu_memory") is not None:
+            task.gpu_memory_bytes = self.size(spec["gpu_memory"], path + ("gpu_memory",))
+        if spec.get("gpu_model") is not None:
+            model_path = path + ("gpu_model",)
+            model = self.text(spec["gpu_model"], model_path)
+            if model is not None and not model.strip():
+                self.add(model_path, "must not be empty (leave the key out to accept any GPU model)")
+            elif model is not None and "\0" in model:
+                self.add(model_path, "must not contain NUL characters")
+            elif model is not None:
+                task.gpu_model = model
+        if spec.get("residency") is not None:
+            task.residency = self.zones(spec["residency"], path + ("residency",))
+        if spec.get("max_clock_skew") is not None:
+            task.max_clock_skew_s = self.duration(spec["max_clock_skew"], path + ("max_clock_skew",), 0.0)
+
+    def expressions(self, value: Any, path: _Path) -> list[common_pb2.LabelExpr]:
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list of label expressions such as ['tier = edge', 'gpu exists'], "
+                            f"got {self.kind(value, path)}")
+            return []
+        exprs = []
+        for i, item in enumerate(value):
+            expr = self.label_expr(item, path + (i,))
+            if expr is not None:
+                exprs.append(expr)
+        return exprs
+
+    def label_expr(self, value: Any, path: _Path) -> common_pb2.LabelExpr | None:
+        if value is None or isinstance(value, (list, dict)):
+            self.fail(path, f"expected a label expression such as 'tier = edge', got {self.kind(value, path)}")
+            return None
+        text = self.text(value, path)
+        if text is None:
+            return None
+        try:
+            return parse_label_expr(text)
+        except ValueError as exc:
+            self.add(path, str(exc))
+            return None
+
+    def zones(self, value: Any, path: _Path) -> list[str]:
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list of zone names such as [eu, eu-west], got {self.kind(value, path)}")
+            return []
+        if not value:
+            self.add(path, "must list at least one zone (leave the key out to allow any zone)")
+            return []
+        zones: list[str] = []
+        seen: dict[str, int] = {}
+        for i, item in enumerate(value):
+            zone = self.text(item, path + (i,))
+            if zone is None:
+                continue
+            problem = _zone_problem(zone)
+            if problem:
+                self.add(path + (i,), problem)
+            elif zone in seen:
+                self.add(path + (i,), f"zone {zone!r} is listed twice (also residency[{seen[zone]}])")
+            else:
+                seen[zone] = i
+                zones.append(zone)
+        return zones
+
+    def affinities(self, value: Any, path: _Path, sign: float) -> list[common_pb2.Affinity]:
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list of label expressions (or {{match: EXPR, weight: W}} mappings), "
+                            f"got {self.kind(value, path)}")
+            return []
+        result: list[common_pb2.Affinity] = []
+        for i, item in enumerate(value):
+            item_path = path + (i,)
+            weight = DEFAULT_AFFINITY_WEIGHT
+            if isinstance(item, dict):
+                self.unknown_keys(item, item_path, _AFFINITY_KEYS)
+                if item.get("weight") is not None:
+                    weight = self.weight(item["weight"], item_path + ("weight",))
+                if item.get("match") is None:
+                    self.add(item_path + ("match",), "required field is missing")
+                    continue
+                expr = self.label_expr(item["match"], item_path + ("match",))
+            elif item is None or isinstance(item, list):
+                self.fail(item_path, f"expected a label expression such as 'tier = edge' or a mapping "
+                                     f"{{match: EXPR, weight: W}}, got {self.kind(item, item_path)}")
+                continue
+            else:
+                expr = self.label_expr(item, item_path)
+            if expr is not None and weight is not None:
+                result.append(common_pb2.Affinity(expr=expr, weight=sign * weight))
+        return result
+
+    def weight(self, value: Any, path: _Path) -> float | None:
+        if _is_number(value) and math.isfinite(value) and value > 0:
+            return float(value)
+        self.add(path, f"expected a number greater than 0, got {self.kind(value, path)}")
+        return None
 
     def retries(self, value: Any, path: _Path, task: Task) -> None:
         # ``retries: N`` and ``retries: {max: N}`` both mean N retries after the first attempt.
@@ -1148,6 +1619,23 @@ def _label_key_problem(key: Any) -> str | None:
     return None
 
 
+def _zone_problem(zone: str) -> str | None:
+    if not zone:
+        return "zone names must not be empty"
+    if not _ZONE_RE.fullmatch(zone):
+        return f"invalid zone name {zone!r}: use letters, digits, '.', '_' and '-' (pattern {ZONE_PATTERN})"
+    return None
+
+
+def _tenant_problem(tenant: str) -> str | None:
+    if not tenant:
+        return "must not be empty (leave the key out to use the submitter's identity)"
+    if not _TENANT_RE.fullmatch(tenant):
+        return (f"invalid tenant {tenant!r}: use letters, digits, '.', '_', '-', ':', '/' and '@', "
+                f"starting with a letter or digit, at most 253 characters")
+    return None
+
+
 # --------------------------------------------------------------------------- proto checks
 
 
@@ -1161,6 +1649,12 @@ def _proto_problems(spec: common_pb2.PipelineSpec) -> list[tuple[str, str]]:
         problems.append((("code_digest",), "expected a lowercase sha256 hex digest (64 characters)"))
     if not spec.tasks:
         problems.append((("tasks",), "must declare at least one task"))
+    if spec.concurrency < 0:
+        problems.append((("concurrency",), f"must not be negative (0 means no limit), got {spec.concurrency}"))
+    if spec.tenant:
+        problem = _tenant_problem(spec.tenant)
+        if problem:
+            problems.append((("tenant",), problem))
     counts: dict[str, int] = {}
     for task in spec.tasks:
         counts[task.name] = counts.get(task.name, 0) + 1
@@ -1204,6 +1698,36 @@ def _proto_task_problems(task: common_pb2.TaskSpec, base: _Path) -> list[tuple[_
         problem = _label_key_problem(key)
         if problem:
             problems.append((base + ("requires", "labels"), problem))
+    if req.gpu_memory_bytes < 0:
+        problems.append((base + ("requires", "gpu_memory_bytes"), f"must not be negative, got {req.gpu_memory_bytes}"))
+    if "\0" in req.gpu_model:
+        problems.append((base + ("requires", "gpu_model"), "must not contain NUL characters"))
+    for i, expr in enumerate(req.expressions):
+        problem = _label_expr_problem(expr.key, expr.op, expr.values)
+        if problem:
+            problems.append((base + ("requires", "expressions", i),
+                             f"invalid label expression {format_label_expr(expr)!r}: {problem}"))
+    seen_zones: dict[str, int] = {}
+    for i, zone in enumerate(req.residency):
+        problem = _zone_problem(zone)
+        if problem:
+            problems.append((base + ("requires", "residency", i), problem))
+        elif zone in seen_zones:
+            problems.append((base + ("requires", "residency", i),
+                             f"zone {zone!r} is listed twice (also residency[{seen_zones[zone]}])"))
+        seen_zones.setdefault(zone, i)
+    if not (math.isfinite(req.max_clock_skew_s) and req.max_clock_skew_s >= 0):
+        problems.append((base + ("requires", "max_clock_skew_s"),
+                         f"must be a non-negative number of seconds (0 means no bound), got {req.max_clock_skew_s}"))
+    for i, affinity in enumerate(task.affinities):
+        expr = affinity.expr
+        problem = _label_expr_problem(expr.key, expr.op, expr.values)
+        if problem:
+            problems.append((base + ("affinities", i, "expr"),
+                             f"invalid label expression {format_label_expr(expr)!r}: {problem}"))
+        if not (math.isfinite(affinity.weight) and affinity.weight != 0):
+            problems.append((base + ("affinities", i, "weight"),
+                             f"must be a finite number other than 0 (> 0 prefers, < 0 avoids), got {affinity.weight}"))
     if task.max_attempts < 0:
         problems.append((base + ("max_attempts",), f"must not be negative, got {task.max_attempts}"))
     for name in ("backoff_s", "timeout_s"):

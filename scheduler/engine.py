@@ -22,7 +22,10 @@ committed and pushed down that agent's channel.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import heapq
+import itertools
 import logging
 import os
 import random
@@ -30,17 +33,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from outrider.errors import FailedPrecondition, InvalidArgument, NotFound, StaleEpoch
+from outrider.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StaleEpoch
 from outrider.v1 import agent_pb2, common_pb2, control_pb2
 from scheduler import convert, matcher
 from scheduler.model import (
+    NO_PLACEMENT,
     RETRYABLE_TASK_STATES,
+    Expr,
     Needs,
     Output,
+    Placement,
     Run,
     RunState,
     Task,
     TaskState,
+    intersect_residency,
     needs_of,
     upstream_of,
 )
@@ -52,6 +59,10 @@ OUTCOME_SUCCEEDED = "succeeded"
 OUTCOMES = frozenset({"succeeded", "failed", "timeout", "cancelled"})
 MAX_BACKOFF_S = 300.0
 _HEX = frozenset("0123456789abcdef")
+#: Tasks looked at per ready queue in one pick; a poll never scans everything.
+SCAN_PER_QUEUE = 64
+#: How often ready tasks are checked for having no feasible agent at all.
+INFEASIBLE_CHECK_S = 1.0
 
 
 def backoff_delay(base: float, failures: int, rng: random.Random) -> float:
@@ -135,6 +146,7 @@ class AgentState:
     clocks: list[common_pb2.ClockSample] = field(default_factory=list)
     channels: list[Channel] = field(default_factory=list)
     running: set[tuple[str, str]] = field(default_factory=set)
+    sched_offset: float = 0.0  # add to the agent's wall clock to get ours (from its "scheduler" sample)
 
     @property
     def connected(self) -> bool:
@@ -167,7 +179,25 @@ def view_from_caps(name: str, caps: common_pb2.Capabilities) -> matcher.AgentVie
         disk=caps.disk_free_bytes,
         gpus=len(caps.gpus),
         labels=dict(caps.labels),
+        gpu_models=tuple(g.model for g in caps.gpus),
+        gpu_free_memory=tuple(g.memory_free_bytes or g.memory_bytes for g in caps.gpus),
+        zones=frozenset(caps.zones),
+        bandwidth_bps=caps.bandwidth_bps,
+        cached={a.digest: a.size for a in caps.cached},
     )
+
+
+def clock_skew(samples: Iterable[common_pb2.ClockSample]) -> float:
+    """The worst |offset| + uncertainty over an agent's clock samples."""
+    return max((abs(s.offset_s) + s.uncertainty_s for s in samples), default=0.0)
+
+
+def _zones_text(zones: frozenset[str] | None) -> str | None:
+    return None if zones is None else ",".join(sorted(zones))
+
+
+def _zones_of(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(z for z in text.split(",") if z)
 
 
 class Engine:
@@ -179,6 +209,10 @@ class Engine:
         *,
         lease_ttl: float = 15.0,
         heartbeat_interval: float = 3.0,
+        placement_wait: float = 5.0,
+        max_queue_depth: int = 0,
+        infeasible_timeout: float = 600.0,
+        max_clock_offset: float = 1.0,
         artifact_exists: Callable[[str], bool] = lambda digest: True,
         log_sink: Any = None,
         clock: Callable[[], float] = time.monotonic,
@@ -188,6 +222,10 @@ class Engine:
         self.store = store
         self.lease_ttl = lease_ttl
         self.heartbeat_interval = heartbeat_interval
+        self.placement_wait = placement_wait          # delay scheduling bound
+        self.max_queue_depth = max_queue_depth        # admission control; 0: no limit
+        self.infeasible_timeout = infeasible_timeout  # fail tasks no agent can run after this long
+        self.max_clock_offset = max_clock_offset      # past this an agent is clock_suspect
         self.artifact_exists = artifact_exists
         self.log_sink = log_sink
         self.clock = clock
@@ -195,8 +233,19 @@ class Engine:
         self.rng = rng or random.Random()
         self.runs: dict[str, Run] = {}
         self.agents: dict[str, AgentState] = {}
-        # Ready queue: insertion-ordered, so FIFO by the time a task became ready.
-        self.ready: dict[tuple[str, str], Task] = {}
+        # Ready tasks live in their run's queues (Run.queues); these index them.
+        self.ready_count = 0
+        self._ready_runs: set[str] = set()
+        self._open_tasks = 0  # tasks not yet terminal, for admission control
+        # Fair share (dominant resource fairness): resources each tenant holds now.
+        self._tenant_usage: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+        # Data locality: which agents hold which artifact in their cache.
+        self._cache_index: dict[str, set[str]] = collections.defaultdict(set)
+        self.artifact_residency: dict[str, frozenset[str] | None] = {}
+        self._wakeups: list[float] = []  # monotonic times a delay-scheduling wait ends
+        self._last_infeasible_check = 0.0
+        self._agents_version = 0
+        self._feasible_memo: dict[Needs, tuple[int, bool]] = {}
         self._delayed: list[tuple[float, str, str]] = []  # (not_before wall, run, task)
         self._leases: list[tuple[float, str, str, int]] = []  # (expires mono, run, task, epoch)
         self._watchers: dict[str, set[Watcher]] = {}
@@ -236,11 +285,15 @@ class Engine:
             t.started_at, t.finished_at, t.not_before = row["started_at"], row["finished_at"], row["not_before"]
         for row in loaded.outputs:
             t = self.runs[row["run_id"]].tasks[row["task"]]
-            t.outputs[row["name"]] = Output(row["name"], row["digest"], row["size"], row["kind"])
+            o = Output(row["name"], row["digest"], row["size"], row["kind"], _zones_of(row["residency"]))
+            t.outputs[row["name"]] = o
+            self._note_artifact(o)
         for run in self.runs.values():
             run.unfinished = sum(1 for t in run.tasks.values() if not t.terminal)
+            self._open_tasks += run.unfinished
             for t in run.tasks.values():
                 if t.state is TaskState.RUNNING:
+                    self._hold(run, t)
                     # Give agents a full TTL plus grace to reconnect and claim their leases.
                     t.lease_expires = now + 2 * self.lease_ttl
                     t.leased_at = now
@@ -253,7 +306,7 @@ class Engine:
                     self._enqueue(t)
         log.info(
             "loaded %d runs, %d agents; %d tasks ready, %d leases awaiting their agents",
-            len(self.runs), len(self.agents), len(self.ready), len(self._leases),
+            len(self.runs), len(self.agents), self.ready_count + len(self._delayed), len(self._leases),
         )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -265,7 +318,8 @@ class Engine:
         self, run_id: str, spec: common_pb2.PipelineSpec, submitter: str, created_at: float, trace_id: str, seq: int
     ) -> Run:
         run = Run(run_id=run_id, pipeline=spec.name, spec=spec, submitter=submitter,
-                  created_at=created_at, trace_id=trace_id, seq=seq)
+                  created_at=created_at, trace_id=trace_id, seq=seq, priority=spec.priority,
+                  concurrency=spec.concurrency, tenant=spec.tenant or submitter)
         for order, ts in enumerate(spec.tasks):
             run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=needs_of(ts),
                                       order=order, upstream=upstream_of(ts))
@@ -297,12 +351,93 @@ class Engine:
             self._loop.call_soon(self._dispatch)
 
     def _enqueue(self, t: Task) -> None:
-        """Put a READY task where dispatch finds it: the queue, or the backoff heap."""
+        """Put a READY task where dispatch finds it: its run's queue, or the backoff heap."""
         if t.not_before > self.wall():
             heapq.heappush(self._delayed, (t.not_before, t.run_id, t.name))
         else:
-            self.ready[t.key] = t
-            self._kick()
+            self._queue(t)
+
+    def _queue(self, t: Task) -> None:
+        run = self.runs[t.run_id]
+        if t.queued:
+            return
+        # Now that the inputs exist, the effective residency and the data are known.
+        t.needs = self._effective_needs(run, t)
+        t.placement = self._placement_of(run, t)
+        t.ready_at = self.clock()
+        t.wait_for, t.wait_until = "", 0.0
+        dq = run.queues.get(t.needs)
+        if dq is None:
+            dq = run.queues[t.needs] = collections.deque()
+        dq.append(t)
+        t.queued = True
+        run.queued += 1
+        self.ready_count += 1
+        self._ready_runs.add(run.run_id)
+        self._kick()
+
+    def _unqueue(self, t: Task) -> None:
+        """Take a task out of the ready queues (its deque entry is dropped lazily)."""
+        if not t.queued:
+            return
+        t.queued = False
+        run = self.runs[t.run_id]
+        run.queued -= 1
+        self.ready_count -= 1
+        if run.queued == 0:
+            run.queues.clear()
+            self._ready_runs.discard(run.run_id)
+
+    def _effective_needs(self, run: Run, t: Task) -> Needs:
+        """The task's needs with its residency narrowed by its inputs' (outputs carry theirs)."""
+        base = needs_of(t.spec)
+        residency = base.residency
+        for ref in t.spec.inputs.values():
+            up, _, out = ref.partition(".")
+            o = run.tasks[up].outputs.get(out)
+            if o is not None:
+                residency = intersect_residency(residency, o.residency)
+        return base if residency == base.residency else dataclasses.replace(base, residency=residency)
+
+    def _placement_of(self, run: Run, t: Task) -> Placement:
+        inputs = []
+        for ref in t.spec.inputs.values():
+            up, _, out = ref.partition(".")
+            o = run.tasks[up].outputs.get(out)
+            if o is not None:
+                inputs.append((o.digest, o.size))
+        affinities = tuple((Expr(a.expr.key, a.expr.op, tuple(a.expr.values)), a.weight) for a in t.spec.affinities)
+        if not inputs and not affinities:
+            return NO_PLACEMENT
+        return Placement(tuple(inputs), affinities)
+
+    def _hold(self, run: Run, t: Task) -> None:
+        """Count a leased task against its run's concurrency and its tenant's share."""
+        run.running += 1
+        u = self._tenant_usage[run.tenant]
+        u[0] += t.needs.cpus
+        u[1] += t.needs.memory
+        u[2] += t.needs.gpus
+
+    def _unhold(self, run: Run, t: Task) -> None:
+        run.running = max(0, run.running - 1)
+        u = self._tenant_usage[run.tenant]
+        u[0] = max(0.0, u[0] - t.needs.cpus)
+        u[1] = max(0.0, u[1] - t.needs.memory)
+        u[2] = max(0.0, u[2] - t.needs.gpus)
+
+    def dominant_share(self, tenant: str) -> float:
+        """Dominant resource fairness: the tenant's largest share of any resource in use."""
+        u = self._tenant_usage.get(tenant)
+        if u is None:
+            return 0.0
+        cap = [0.0, 0.0, 0.0]
+        for a in self.agents.values():
+            if a.connected:
+                cap[0] += a.view.cpus
+                cap[1] += a.view.memory
+                cap[2] += a.view.gpus
+        return max((used / total for used, total in zip(u, cap) if total > 0), default=0.0)
 
     @staticmethod
     def _reserve(agent: AgentState, needs: Needs) -> None:
@@ -316,6 +451,7 @@ class Engine:
         agent = self.agents.get(t.agent)
         if agent is None or t.key not in agent.running:
             return
+        self._unhold(self.runs[t.run_id], t)
         agent.running.discard(t.key)
         v = agent.view
         v.used_cpus = max(0.0, v.used_cpus - t.needs.cpus)
@@ -350,6 +486,7 @@ class Engine:
         t.state = state
         t.finished_at = t.finished_at or self.wall()
         run.unfinished -= 1
+        self._open_tasks -= 1
         batch.update_task(t)
         self._event(batch, after, run, t.name, state.value, t.attempts, t.agent, message)
         if (run.run_id, t.name) in self._followers:
@@ -396,26 +533,44 @@ class Engine:
         if problems:
             raise InvalidArgument("invalid pipeline:\n  " + "\n  ".join(problems))
 
-    async def submit(self, spec: common_pb2.PipelineSpec, submitter: str) -> tuple[str, list[str]]:
+    async def submit(self, spec: common_pb2.PipelineSpec, submitter: str, strict: bool = False) -> tuple[str, list[str]]:
         """Record a run durably and queue its root tasks; returns (run id, warnings)."""
-        run, warnings, _ = await self._submit(spec, submitter, None)
+        run, warnings, _ = await self._submit(spec, submitter, None, strict)
         return run.run_id, warnings
 
     async def submit_and_watch(
-        self, spec: common_pb2.PipelineSpec, submitter: str, run_only: bool
+        self, spec: common_pb2.PipelineSpec, submitter: str, run_only: bool, strict: bool = False
     ) -> tuple[Run, list[str], Watcher]:
         """Submit, with a watcher registered before any of the run's events exist."""
-        run, warnings, watcher = await self._submit(spec, submitter, run_only)
+        run, warnings, watcher = await self._submit(spec, submitter, run_only, strict)
         assert watcher is not None
         return run, warnings, watcher
 
     async def _submit(
-        self, spec: common_pb2.PipelineSpec, submitter: str, watch: bool | None
+        self, spec: common_pb2.PipelineSpec, submitter: str, watch: bool | None, strict: bool = False
     ) -> tuple[Run, list[str], Watcher | None]:
         self.check_spec(spec)
+        if self.max_queue_depth and self._open_tasks + len(spec.tasks) > self.max_queue_depth:
+            raise ResourceExhausted(
+                f"queue full: {self._open_tasks} tasks are waiting or running and this pipeline adds "
+                f"{len(spec.tasks)}, over the limit of {self.max_queue_depth} (max_queue_depth); "
+                "retry once the queue drains"
+            )
+        static, conflicts = self.static_needs(spec)
+        warnings = []
+        for name, needs in static.items():
+            if name in conflicts:
+                warnings.append(f"task {name!r}: residency conflict: {'; '.join(conflicts[name])}")
+            elif self.agents and not self._feasible_somewhere(needs):
+                views = [a.view for a in self.agents.values()]
+                warnings.append(f"task {name!r}: no registered agent can run it: "
+                                + "; ".join(matcher.suggest(needs, views)[:3]))
+        if strict and warnings:
+            raise FailedPrecondition("refused (strict): " + " | ".join(warnings))
         self._seq += 1
         run = self._build_run(self.new_run_id(), spec, submitter, self.wall(), os.urandom(16).hex(), self._seq)
         self.runs[run.run_id] = run
+        self._open_tasks += len(run.tasks)
         watcher = None
         if watch is not None:
             watcher = Watcher(run.run_id, watch)
@@ -425,9 +580,6 @@ class Engine:
         self._event(batch, after, run, "", RunState.RUNNING.value, message=f"submitted by {submitter}")
         for t in run.tasks.values():
             self._mark_ready_if_unblocked(run, t, batch, after)
-        warnings = [f"task {p.task!r}: no registered agent can run it" + (
-            f" ({'; '.join(sorted(set(p.rejections.values())))})" if p.rejections else "")
-            for p in self.plan(spec) if self.agents and not p.feasible_agents]
         try:
             await self._commit(batch, after)
         except BaseException:
@@ -436,20 +588,192 @@ class Engine:
             raise
         return run, warnings, watcher
 
-    def plan(self, spec: common_pb2.PipelineSpec) -> list[control_pb2.TaskPlan]:
-        """Which registered agents could run each task, and why the others cannot."""
-        out = []
+    # ------------------------------------------------------------------ placement explanations
+
+    def static_needs(self, spec: common_pb2.PipelineSpec) -> tuple[dict[str, Needs], dict[str, list[str]]]:
+        """Each task's needs as far as they are known before it runs: its residency is
+        narrowed through the DAG by its inputs' producers'. Also returns, per task whose
+        residency ends up empty, the inputs that conflict."""
+        by_name = {ts.name: ts for ts in spec.tasks}
+        indegree = {name: 0 for name in by_name}
+        users: dict[str, list[str]] = collections.defaultdict(list)
         for ts in spec.tasks:
-            needs = needs_of(ts)
-            tp = control_pb2.TaskPlan(task=ts.name, agents_considered=len(self.agents))
-            for agent in sorted(self.agents.values(), key=lambda a: a.name):
-                rej = matcher.rejections(needs, agent.view)
-                if rej:
-                    tp.rejections[agent.name] = "; ".join(f"{r.reason}: {r.detail}" for r in rej)
+            for up in upstream_of(ts):
+                indegree[ts.name] += 1
+                users[up].append(ts.name)
+        order = [n for n, d in indegree.items() if d == 0]
+        for name in order:  # Kahn's algorithm; the spec was validated acyclic
+            for user in users[name]:
+                indegree[user] -= 1
+                if indegree[user] == 0:
+                    order.append(user)
+        out: dict[str, Needs] = {}
+        conflicts: dict[str, list[str]] = {}
+        for name in order:
+            ts = by_name[name]
+            base = needs_of(ts)
+            residency = base.residency
+            sources = [] if residency is None else [f"the task itself ({', '.join(sorted(residency))})"]
+            for inp, ref in ts.inputs.items():
+                up = ref.partition(".")[0]
+                up_res = out[up].residency if up in out else None
+                if up_res is not None:
+                    residency = intersect_residency(residency, up_res)
+                    sources.append(f"input {inp} from {up} ({', '.join(sorted(up_res)) or 'none'})")
+            if residency is not None and not residency:
+                conflicts[name] = [", ".join(sources) + " have no zone in common"]
+            out[name] = base if residency == base.residency else dataclasses.replace(base, residency=residency)
+        return out, conflicts
+
+    def _feasible_somewhere(self, needs: Needs) -> bool:
+        """Could any registered agent ever run tasks with these needs? (memoised per agent-set version)"""
+        memo = self._feasible_memo.get(needs)
+        if memo is not None and memo[0] == self._agents_version:
+            return memo[1]
+        ok = any(matcher.feasible(needs, a.view) for a in self.agents.values())
+        self._feasible_memo[needs] = (self._agents_version, ok)
+        return ok
+
+    def plan(self, spec: common_pb2.PipelineSpec) -> list[control_pb2.TaskPlan]:
+        """Per task: which registered agents could run it, why the others cannot, the best
+        candidates with their score breakdown, and what change would make it feasible."""
+        static, conflicts = self.static_needs(spec)
+        return [self._plan_task(ts.name, static[ts.name], NO_PLACEMENT, conflicts.get(ts.name, []))
+                for ts in spec.tasks]
+
+    MAX_REJECTIONS_LISTED = 100
+
+    def _plan_task(self, name: str, needs: Needs, placement: Placement, conflicts: list[str]) -> control_pb2.TaskPlan:
+        agents = sorted(self.agents.values(), key=lambda a: a.name)
+        tp = control_pb2.TaskPlan(task=name, agents_considered=len(agents), residency_conflicts=conflicts)
+        if needs.residency is not None:
+            tp.residency.extend(sorted(needs.residency))
+        passing = dict.fromkeys(matcher.CLAUSES, 0)
+        feasible_views = []
+        for agent in agents:
+            failed = []
+            for clause, check in zip(matcher.CLAUSES, matcher.STATIC_CHECKS):
+                r = check(needs, agent.view)
+                if r is None:
+                    passing[clause] += 1
                 else:
-                    tp.feasible_agents.append(agent.name)
-            out.append(tp)
-        return out
+                    failed.append(r)
+                    tp.rejection_counts[r.reason] = tp.rejection_counts.get(r.reason, 0) + 1
+            if failed:
+                if len(tp.rejections) < self.MAX_REJECTIONS_LISTED:
+                    tp.rejections[agent.name] = "; ".join(f"{r.reason}: {r.detail}" for r in failed)
+            else:
+                tp.feasible_agents.append(agent.name)
+                feasible_views.append(agent.view)
+        for clause, n in passing.items():
+            tp.passing[clause] = n
+        for c in matcher.rank(needs, feasible_views, placement)[:5]:
+            tp.candidates.append(control_pb2.Candidate(agent=c.agent, score=c.score, breakdown=c.breakdown))
+        if not feasible_views:
+            tp.suggestions.extend(matcher.suggest(needs, [a.view for a in agents]))
+        return tp
+
+    def explain(self, run_id: str, name: str) -> control_pb2.ExplainResponse:
+        """Why a task is where it is right now: pending (and until when) or placed (and why there)."""
+        run = self._run(run_id)
+        t = self.task(run_id, name)
+        wall, mono = self.wall(), self.clock()
+        if t.queued or t.state is TaskState.RUNNING:
+            needs, placement = t.needs, t.placement
+        else:
+            needs, placement = self.static_needs(run.spec)[0][name], NO_PLACEMENT
+        conflicts = self.static_needs(run.spec)[1].get(name, [])
+        plan = self._plan_task(name, needs, placement, conflicts)
+        resp = control_pb2.ExplainResponse(run_id=run_id, task=name, state=t.state.value, agent=t.agent, plan=plan)
+
+        def say(reason: str, message: str, until: float = 0.0) -> control_pb2.ExplainResponse:
+            resp.reason, resp.message, resp.until = reason, message, until
+            return resp
+
+        if t.terminal:
+            detail = f": {t.error}" if t.error else ""
+            where = f" on {t.agent}" if t.agent else ""
+            return say("finished", f"{t.state.value}{where} after {t.attempts} attempt(s){detail}")
+        if t.state is TaskState.RUNNING:
+            won = next((c for c in plan.candidates if c.agent == t.agent), None)
+            why = (f"; score {won.score:.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in sorted(won.breakdown.items()))
+                   + f"), best of {len(plan.feasible_agents)} feasible agent(s)") if won else ""
+            return say("placed", f"running on {t.agent} (attempt {t.attempts}): it had a free slot and passed "
+                                 f"every constraint{why}")
+        if t.state is TaskState.PENDING:
+            waiting = [f"{u} ({run.tasks[u].state.value})" for u in t.upstream
+                       if run.tasks[u].state is not TaskState.SUCCEEDED]
+            return say("upstream", "waiting for upstream task(s): " + ", ".join(waiting))
+        if not t.queued:
+            return say("backoff", f"retrying after a failed attempt ({t.error}); attempt {t.attempts + 1} of "
+                                  f"{t.max_attempts} not before {time.strftime('%H:%M:%S', time.localtime(t.not_before))}",
+                       t.not_before)
+        if not plan.feasible_agents:
+            deadline = wall + max(0.0, self.infeasible_timeout - (mono - t.ready_at))
+            return say("no_feasible_agent", "no registered agent can run it: " + "; ".join(plan.suggestions)
+                       + f"; it fails at {time.strftime('%H:%M:%S', time.localtime(deadline))} if none appears",
+                       deadline)
+        if run.concurrency and run.running >= run.concurrency:
+            return say("concurrency_limit", f"the run already has {run.running} of its {run.concurrency} "
+                                            "allowed tasks running")
+        if t.wait_for and t.wait_until > wall:
+            return say("waiting_for_better_agent",
+                       f"waiting for {t.wait_for}, which holds its input data or matches its preferences, until "
+                       f"{time.strftime('%H:%M:%S', time.localtime(t.wait_until))}; then any feasible agent",
+                       t.wait_until)
+        free = [a for a in plan.feasible_agents
+                if self.agents[a].connected and sum(ch.credits for ch in self.agents[a].channels) > 0]
+        if not free:
+            return say("no_free_slot", f"all {len(plan.feasible_agents)} feasible agent(s) are busy or disconnected")
+        ahead = [r for r in self._ready_runs if r != run_id and self._fair_key(self.runs[r]) < self._fair_key(run)]
+        if ahead:
+            return say("fair_share", f"{len(ahead)} run(s) go first (higher priority, or their tenant holds a "
+                                     f"smaller share than {run.tenant!r}'s {self.dominant_share(run.tenant):.0%})")
+        return say("queued", "ready; it goes to the next feasible agent that asks for work")
+
+    def _note_artifact(self, o: Output) -> None:
+        """Remember where an artifact's bytes may be processed (the most restrictive tag wins)."""
+        known = self.artifact_residency.get(o.digest, "unset")
+        if known == "unset":
+            self.artifact_residency[o.digest] = o.residency
+        elif known is None:
+            self.artifact_residency[o.digest] = o.residency
+        elif o.residency is not None:
+            self.artifact_residency[o.digest] = known & o.residency  # type: ignore[operator]
+
+    def may_download(self, agent_name: str, digest: str) -> str | None:
+        """None if the agent may receive these bytes; else why not (residency is a hard rule)."""
+        zones = self.artifact_residency.get(digest)
+        if zones is None:
+            return None
+        agent = self.agents.get(agent_name)
+        have = agent.view.zones if agent is not None else frozenset()
+        if have & zones:
+            return None
+        return (f"artifact {digest[:12]} may be processed only in zones {', '.join(sorted(zones)) or '(none)'}; "
+                f"agent {agent_name} sits in {', '.join(sorted(have)) or 'no zones'}")
+
+    def _fail_infeasible(self, mono: float) -> None:
+        """Fail ready tasks that no registered agent could run for ``infeasible_timeout``."""
+        for run_id in list(self._ready_runs):
+            run = self.runs[run_id]
+            for needs, dq in list(run.queues.items()):
+                if self._feasible_somewhere(needs):
+                    continue
+                for t in list(dq):
+                    if t.queued and mono - t.ready_at >= self.infeasible_timeout:
+                        self._fail_unplaceable(run, t)
+
+    def _fail_unplaceable(self, run: Run, t: Task) -> None:
+        views = [a.view for a in self.agents.values()]
+        why = "; ".join(matcher.suggest(t.needs, views)[:3])
+        batch, after = Batch(), []
+        self._unqueue(t)
+        t.error = f"no agent could run this task for {self.infeasible_timeout:g}s: {why}"
+        log.warning("%s/%s failed: %s", t.run_id, t.name, t.error)
+        self._set_terminal(run, t, TaskState.FAILED, batch, after, t.error)
+        self._fail_downstream(run, t, batch, after)
+        self._commit(batch, after)
 
     async def cancel(self, run_id: str) -> Run:
         run = self._run(run_id)
@@ -471,7 +795,7 @@ class Engine:
                 by_agent.setdefault(t.agent, []).append(convert.lease_ref(t))
                 self._release(t)
                 batch.finish_attempt(t, "cancelled", now, 0, "cancelled by user")
-            self.ready.pop(t.key, None)
+            self._unqueue(t)
             t.error = "cancelled"
             self._set_terminal(run, t, TaskState.CANCELLED, batch, after)
         self._event(batch, after, run, "", run.state.value, message="cancelled")
@@ -498,6 +822,7 @@ class Engine:
                 t.finished_at = 0.0
                 t.not_before = 0.0
                 run.unfinished += 1
+                self._open_tasks += 1
                 batch.update_task(t)
         run.state = RunState.RUNNING
         run.finished_at = 0.0
@@ -521,12 +846,12 @@ class Engine:
             agent = AgentState(name=name, identity=identity, caps=caps, view=view_from_caps(name, caps),
                                registered_at=now, last_seen=now)
             self.agents[name] = agent
+            self._index_cache(agent, {}, agent.view.cached)
+            self._agents_version += 1
         else:
-            fresh = view_from_caps(name, caps)
-            v = agent.view
-            v.cpus, v.memory, v.disk, v.gpus, v.labels = fresh.cpus, fresh.memory, fresh.disk, fresh.gpus, fresh.labels
-            agent.caps, agent.identity, agent.last_seen = caps, identity, now
-        agent.clocks = list(clocks)
+            self._apply_caps(agent, caps)
+            agent.identity, agent.last_seen = identity, now
+        self._observe_clocks(agent, list(clocks))
         batch = Batch()
         batch.upsert_agent(name, identity, caps.SerializeToString(), now)
         self.store.commit(batch)
@@ -553,16 +878,57 @@ class Engine:
             heapq.heappush(self._leases, (expires, t.run_id, t.name, t.attempts))
         return lost
 
+    def _apply_caps(self, agent: AgentState, caps: common_pb2.Capabilities) -> None:
+        """Take an agent's new capabilities (re-register, or a heartbeat that carries them)."""
+        fresh = view_from_caps(agent.name, caps)
+        v = agent.view
+        old_cached = v.cached
+        v.cpus, v.memory, v.disk, v.gpus, v.labels = fresh.cpus, fresh.memory, fresh.disk, fresh.gpus, fresh.labels
+        v.gpu_models, v.gpu_free_memory, v.zones = fresh.gpu_models, fresh.gpu_free_memory, fresh.zones
+        v.bandwidth_bps, v.cached = fresh.bandwidth_bps, fresh.cached
+        agent.caps = caps
+        self._index_cache(agent, old_cached, v.cached)
+        self._agents_version += 1
+        self._kick()
+
+    def _index_cache(self, agent: AgentState, old: dict[str, int], new: dict[str, int]) -> None:
+        for digest in old.keys() - new.keys():
+            holders = self._cache_index.get(digest)
+            if holders is not None:
+                holders.discard(agent.name)
+                if not holders:
+                    del self._cache_index[digest]
+        for digest in new.keys() - old.keys():
+            self._cache_index[digest].add(agent.name)
+
+    def _observe_clocks(self, agent: AgentState, clocks: list[common_pb2.ClockSample]) -> None:
+        """Record an agent's clock samples; mark it clock_suspect past the configured bound."""
+        if not clocks:
+            return
+        agent.clocks = clocks
+        for sample in clocks:
+            if sample.source == "scheduler":
+                agent.sched_offset = sample.offset_s  # our time = its time + offset
+        skew = clock_skew(clocks)
+        suspect = skew > self.max_clock_offset
+        if suspect and not agent.view.clock_suspect:
+            log.warning("agent %s clock is suspect: offset + uncertainty %.3fs > %.3fs",
+                        agent.name, skew, self.max_clock_offset)
+        if suspect != agent.view.clock_suspect:
+            self._agents_version += 1
+        agent.view.clock_skew, agent.view.clock_suspect = skew, suspect
+
     def heartbeat(
-        self, name: str, leases: Iterable[common_pb2.LeaseRef], clocks: Iterable[common_pb2.ClockSample]
+        self, name: str, leases: Iterable[common_pb2.LeaseRef], clocks: Iterable[common_pb2.ClockSample],
+        caps: common_pb2.Capabilities | None = None,
     ) -> list[common_pb2.LeaseRef]:
         agent = self.agents.get(name)
         if agent is None:
             raise FailedPrecondition(f"agent {name} is not registered; call Register first")
         leases = list(leases)
-        clocks = list(clocks)
-        if clocks:
-            agent.clocks = clocks
+        self._observe_clocks(agent, list(clocks))
+        if caps is not None:
+            self._apply_caps(agent, caps)
         agent.last_seen = self.wall()
         lost = self._renew(agent, leases)
         # Leases we granted that the agent does not list never reached it (the stream
@@ -604,8 +970,9 @@ class Engine:
     # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self) -> None:
+        """One pass of the pull path: give each agent with credit the tasks it should run."""
         self._kick_scheduled = False
-        if not self.ready:
+        if not self.ready_count:
             return
         channels = [ch for a in self.agents.values() for ch in a.channels if ch.credits > 0 and not ch.closed]
         if not channels:
@@ -617,20 +984,22 @@ class Engine:
         sends: list[tuple[Channel, list[agent_pb2.Assignment]]] = []
         wall, mono = self.wall(), self.clock()
         for ch in channels:
-            if not self.ready:
+            if not self.ready_count:
                 break
             agent = self.agents[ch.agent]
             agent.view.free_slots = ch.credits
-            chosen = list(matcher.select_for_agent(
-                agent.view, ((t.needs, t) for t in self.ready.values()), ch.credits))
-            if not chosen:
-                continue
-            ch.credits -= len(chosen)
             out = []
-            for t in chosen:
-                del self.ready[t.key]  # type: ignore[attr-defined]
-                out.append(self._grant(t, agent, batch, after, wall, mono))  # type: ignore[arg-type]
-            sends.append((ch, out))
+            memo: dict[Needs, bool] = {}
+            while ch.credits > 0 and self.ready_count:
+                t = self._pick(agent, memo, mono, wall)
+                if t is None:
+                    break
+                matcher.reserve(agent.view, t.needs)
+                self._unqueue(t)
+                ch.credits -= 1
+                out.append(self._grant(t, agent, batch, after, wall, mono))
+            if out:
+                sends.append((ch, out))
         if not sends:
             return
         for ch, out in sends:
@@ -643,6 +1012,79 @@ class Engine:
         after.append(deliver)
         self._commit(batch, after)
 
+    def _fair_key(self, run: Run) -> tuple[int, float, int]:
+        """Order runs: priority first, then the tenant with the smallest dominant share, then age."""
+        return (-run.priority, self.dominant_share(run.tenant), run.seq)
+
+    def _pick(self, agent: AgentState, memo: dict[Needs, bool], mono: float, wall: float) -> Task | None:
+        """The next task this agent should run now, or None.
+
+        Runs are visited in fairness order; within a run, each distinct Needs is
+        checked against the agent once (``memo``), and a queue is scanned only a
+        bounded way. A task that would run clearly better elsewhere (its data is
+        there, or a preferred agent exists) is skipped until its wait bound passes.
+        """
+        view = agent.view
+        for run in sorted((self.runs[r] for r in self._ready_runs), key=self._fair_key):
+            if run.concurrency and run.running >= run.concurrency:
+                continue
+            for needs, dq in list(run.queues.items()):
+                ok = memo.get(needs)
+                if ok is None:
+                    ok = memo[needs] = matcher.feasible(needs, view)
+                if not ok or matcher.check_free(needs, view) is not None:
+                    continue
+                while dq and not dq[0].queued:
+                    dq.popleft()
+                if not dq:
+                    del run.queues[needs]
+                    continue
+                for t in itertools.islice(dq, SCAN_PER_QUEUE):
+                    if t.queued and not self._should_wait(t, agent, mono, wall):
+                        return t
+        return None
+
+    def _should_wait(self, t: Task, agent: AgentState, mono: float, wall: float) -> bool:
+        """Delay scheduling (Zaharia et al., EuroSys 2010): hold a task back from an agent
+        that is clearly worse than another feasible one, for at most ``placement_wait``."""
+        p = t.placement
+        if p is NO_PLACEMENT:
+            return False
+        waited = mono - t.ready_at
+        if waited >= self.placement_wait:
+            return False
+        here = matcher.quality(p, agent.view)
+        best, best_agent = self._best_quality(t, here)
+        if best_agent == agent.name or here >= best - matcher.NEARLY_BEST:
+            return False
+        t.wait_for = best_agent
+        t.wait_until = wall + (self.placement_wait - waited)
+        heapq.heappush(self._wakeups, t.ready_at + self.placement_wait)
+        return True
+
+    def _best_quality(self, t: Task, floor: float) -> tuple[float, str]:
+        """The best placement quality any connected, feasible agent offers this task.
+
+        Candidates are the agents holding some of its input bytes (from the cache
+        index) and, for tasks with preferences, the agents those preferences match:
+        an agent with neither scores no better than any other.
+        """
+        names: set[str] = set()
+        for digest, _ in t.placement.inputs:
+            names |= self._cache_index.get(digest, set())
+        if any(w > 0 for _, w in t.placement.affinities):
+            names.update(a.name for a in self.agents.values() if a.connected and any(
+                w > 0 and matcher.expr_holds(e, a.view.labels) for e, w in t.placement.affinities))
+        best, best_agent = floor, ""
+        for name in names:
+            a = self.agents.get(name)
+            if a is None or not a.connected or not matcher.feasible(t.needs, a.view):
+                continue
+            q = matcher.quality(t.placement, a.view)
+            if q > best:
+                best, best_agent = q, name
+        return best, best_agent
+
     def _grant(self, t: Task, agent: AgentState, batch: Batch, after: list[Callable[[], None]],
                wall: float, mono: float) -> agent_pb2.Assignment:
         run = self.runs[t.run_id]
@@ -653,7 +1095,9 @@ class Engine:
         t.finished_at = 0.0
         t.leased_at = mono
         t.lease_expires = mono + self.lease_ttl + min(agent.clock_uncertainty, self.lease_ttl)
+        t.wait_for, t.wait_until = "", 0.0
         agent.running.add(t.key)  # resources were reserved on the view by the matcher
+        self._hold(run, t)
         heapq.heappush(self._leases, (t.lease_expires, t.run_id, t.name, t.attempts))
         batch.update_task(t)
         batch.insert_attempt(t, wall)
@@ -688,7 +1132,21 @@ class Engine:
         now = self.wall()
         self._release(t)
         t.exit_code = c.exit_code
+        agent = self.agents.get(agent_name)
+        if agent is not None and c.started_at and c.finished_at:
+            # The agent's wall clock, corrected by its measured offset to ours, so a
+            # run's timeline is consistent across machines.
+            t.started_at = c.started_at + agent.sched_offset
+            now = min(now, c.finished_at + agent.sched_offset)
         if c.outcome == OUTCOME_SUCCEEDED and problem is None:
+            for o in outputs.values():  # outputs carry the residency of the data they came from
+                o.residency = t.needs.residency
+                self._note_artifact(o)
+                if agent is not None and o.digest not in agent.view.cached:
+                    # The agent keeps what it produced: count it as cached there now, rather
+                    # than at its next heartbeat, so a downstream task can follow the data.
+                    agent.view.cached[o.digest] = o.size
+                    self._cache_index[o.digest].add(agent_name)
             t.outputs = outputs
             t.error = ""
             t.finished_at = now
@@ -769,9 +1227,14 @@ class Engine:
         while self._delayed and self._delayed[0][0] <= wall:
             _, run_id, name = heapq.heappop(self._delayed)
             t = self.runs[run_id].tasks[name]
-            if t.state is TaskState.READY and t.key not in self.ready and t.not_before <= wall:
-                self.ready[t.key] = t
-                self._kick()
+            if t.state is TaskState.READY and not t.queued and t.not_before <= wall:
+                self._queue(t)
+        while self._wakeups and self._wakeups[0] <= mono:
+            heapq.heappop(self._wakeups)  # a delay-scheduling wait ended: look again
+            self._kick()
+        if mono - self._last_infeasible_check >= INFEASIBLE_CHECK_S:
+            self._last_infeasible_check = mono
+            self._fail_infeasible(mono)
 
     # ------------------------------------------------------------------ watching and logs
 

@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help="write HOST:PORT here once serving")
     p.add_argument("--lease-ttl", help="lease time-to-live, e.g. 15s")
     p.add_argument("--heartbeat-interval", help="how often agents renew leases, e.g. 3s")
+    p.add_argument("--placement-wait", help="how long a task may wait for a clearly better agent, e.g. 5s")
+    p.add_argument("--max-queue-depth", type=int, help="refuse submissions past this many open tasks (0: no limit)")
+    p.add_argument("--infeasible-timeout", help="fail a task that no agent can run after this long, e.g. 10m")
+    p.add_argument("--max-clock-offset", help="mark agents whose clock offset + uncertainty exceeds this, e.g. 1s")
     p.add_argument("--log-level", help="debug, info, warning or error")
     return p
 
@@ -35,13 +39,15 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     file_values = load_toml(args.config) if args.config else {}
     source = args.config or "flags"
     merged = merge_config(file_values, vars(args), defaults, source)
-    for key in ("lease_ttl", "heartbeat_interval"):
+    for key in ("lease_ttl", "heartbeat_interval", "placement_wait", "infeasible_timeout", "max_clock_offset"):
         try:
             merged[key] = parse_duration(merged[key])
         except ValueError as exc:
             raise ConfigError(f"{source}: {key}: {exc}") from None
     if merged["heartbeat_interval"] <= 0 or merged["lease_ttl"] <= merged["heartbeat_interval"]:
         raise ConfigError(f"{source}: lease_ttl must be longer than heartbeat_interval (and both positive)")
+    if not isinstance(merged["max_queue_depth"], int) or merged["max_queue_depth"] < 0:
+        raise ConfigError(f"{source}: max_queue_depth must be a non-negative integer, got {merged['max_queue_depth']!r}")
     try:
         parse_address(merged["listen"])
     except ValueError as exc:

@@ -58,17 +58,55 @@ class Output:
     digest: str
     size: int
     kind: str
+    residency: frozenset[str] | None = None  # zones it may be processed in; None: anywhere
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Expr:
+    """A label expression (see proto LabelExpr): key, operator, values."""
+
+    key: str
+    op: str
+    values: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if self.op in ("exists", "not exists"):
+            return f"{self.key} {self.op}"
+        if self.op in ("in", "not in"):
+            return f"{self.key} {self.op} ({', '.join(self.values)})"
+        return f"{self.key} {self.op} {self.values[0] if self.values else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """What scoring needs to know of a task beyond its Needs: its data and preferences."""
+
+    inputs: tuple[tuple[str, int], ...] = ()          # (digest, size)
+    affinities: tuple[tuple[Expr, float], ...] = ()   # (clause, weight: + prefer, - avoid)
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(size for _, size in self.inputs)
+
+
+NO_PLACEMENT = Placement()
+
+
+@dataclass(frozen=True, slots=True)
 class Needs:
-    """What a task requires of an agent, extracted once from its spec."""
+    """What a task requires of an agent. Immutable and hashable: tasks with equal
+    needs share one ready queue, so a poll checks each distinct need once."""
 
     cpus: float = 1.0
     memory: int = 0
     disk: int = 0
     gpus: int = 0
     labels: tuple[tuple[str, str], ...] = ()
+    gpu_memory: int = 0
+    gpu_model: str = ""
+    exprs: tuple[Expr, ...] = ()
+    residency: frozenset[str] | None = None  # effective zones; None: anywhere; empty: conflict
+    max_clock_skew: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -93,6 +131,12 @@ class Task:
     # Lease bookkeeping, on the scheduler's monotonic clock; meaningful while RUNNING.
     lease_expires: float = 0.0
     leased_at: float = 0.0
+    # Placement bookkeeping, meaningful while READY.
+    placement: Placement = NO_PLACEMENT
+    queued: bool = False             # in its run's ready queue (entries are removed lazily)
+    ready_at: float = 0.0            # monotonic time it was queued: delay-scheduling and infeasibility clocks
+    wait_for: str = ""               # the better agent it is waiting for, if any
+    wait_until: float = 0.0          # wall time that wait ends
 
     @property
     def key(self) -> tuple[str, str]:
@@ -120,6 +164,13 @@ class Run:
     finished_at: float = 0.0
     tasks: dict[str, Task] = field(default_factory=dict)
     unfinished: int = 0               # tasks not terminal; kept so completion is O(1)
+    priority: int = 0
+    concurrency: int = 0              # 0: no limit
+    tenant: str = ""
+    running: int = 0                  # tasks holding a lease now
+    # Ready tasks, one FIFO per distinct Needs: a poll checks each Needs once.
+    queues: dict[Needs, Any] = field(default_factory=dict)
+    queued: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -139,7 +190,21 @@ def needs_of(spec: Any) -> Needs:
         disk=req.disk_bytes,
         gpus=req.gpus,
         labels=tuple(sorted(req.labels.items())),
+        gpu_memory=req.gpu_memory_bytes,
+        gpu_model=req.gpu_model,
+        exprs=tuple(Expr(e.key, e.op, tuple(e.values)) for e in req.expressions),
+        residency=frozenset(req.residency) if req.residency else None,
+        max_clock_skew=req.max_clock_skew_s,
     )
+
+
+def intersect_residency(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    """Zones allowed by both (None means anywhere)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a & b
 
 
 def upstream_of(spec: Any) -> tuple[str, ...]:

@@ -44,6 +44,10 @@ class SchedulerConfig:
     ready_file: str = ""
     lease_ttl: float = 15.0
     heartbeat_interval: float = 3.0
+    placement_wait: float = 5.0        # delay scheduling: how long a task may wait for a better agent
+    max_queue_depth: int = 0           # admission control: refuse submissions past this many open tasks
+    infeasible_timeout: float = 600.0  # fail a task no agent can run after this long
+    max_clock_offset: float = 1.0      # an agent whose |offset| + uncertainty exceeds this is clock_suspect
     log_level: str = "info"
 
 
@@ -71,6 +75,8 @@ class Scheduler:
         self.logs = LogStore(self.state_dir / "logs")
         self.engine = Engine(
             self.store, lease_ttl=cfg.lease_ttl, heartbeat_interval=cfg.heartbeat_interval,
+            placement_wait=cfg.placement_wait, max_queue_depth=cfg.max_queue_depth,
+            infeasible_timeout=cfg.infeasible_timeout, max_clock_offset=cfg.max_clock_offset,
             artifact_exists=self.artifacts.exists, log_sink=self.logs,
         )
         self.server: grpc.aio.Server | None = None

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 import grpc
 
-from outrider.errors import InvalidArgument, NotFound, OutriderError
+from outrider.errors import InvalidArgument, NotFound, OutriderError, PermissionDenied
 from outrider.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -32,6 +32,8 @@ from scheduler.store import Batch
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_POLL_WAIT_S = 60.0
+PROBE_MAX_BYTES = 64 << 20
+_FILLER = bytes(range(256)) * 4096  # 1 MiB; gRPC does not compress by default
 
 
 def _status(exc: OutriderError) -> grpc.StatusCode:
@@ -93,7 +95,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     @unary
     async def Heartbeat(self, request: agent_pb2.HeartbeatRequest, context: Any) -> agent_pb2.HeartbeatResponse:
-        lost = self.engine.heartbeat(current_identity().name, request.leases, request.clock)
+        lost = self.engine.heartbeat(current_identity().name, request.leases, request.clock,
+                                     request.capabilities if request.HasField("capabilities") else None)
         return self._heartbeat_response(lost, request.client_time)
 
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Any) -> None:
@@ -127,8 +130,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for c in msg.completions:
             self._complete(name, ch, c)
         if msg.HasField("heartbeat"):
+            hb = msg.heartbeat
             try:
-                lost = self.engine.heartbeat(name, msg.heartbeat.leases, msg.heartbeat.clock)
+                lost = self.engine.heartbeat(name, hb.leases, hb.clock,
+                                             hb.capabilities if hb.HasField("capabilities") else None)
             except OutriderError as exc:
                 log.warning("heartbeat from %s refused: %s", name, exc)
             else:
@@ -202,7 +207,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @unary
     async def Submit(self, request: control_pb2.SubmitRequest, context: Any) -> control_pb2.SubmitResponse:
-        run_id, warnings = await self.engine.submit(request.pipeline, current_identity().spiffe_id)
+        run_id, warnings = await self.engine.submit(request.pipeline, current_identity().spiffe_id, request.strict)
         return control_pb2.SubmitResponse(run_id=run_id, warnings=warnings)
 
     @streaming
@@ -210,7 +215,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, request: control_pb2.SubmitAndWatchRequest, context: Any
     ) -> AsyncIterator[control_pb2.RunEvent]:
         run, warnings, watcher = await self.engine.submit_and_watch(
-            request.pipeline, current_identity().spiffe_id, request.run_only)
+            request.pipeline, current_identity().spiffe_id, request.run_only, request.strict)
         try:
             # The submission is durable (submit awaited its commit): this is the ack.
             first = control_pb2.RunEvent(run_id=run.run_id, state=run.state.value, ts=time.time(),
@@ -269,6 +274,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return convert.run_status(await self.engine.retry(request.run_id))
 
     @unary
+    async def Explain(self, request: control_pb2.ExplainRequest, context: Any) -> control_pb2.ExplainResponse:
+        await self._barrier()
+        return self.engine.explain(request.run_id, request.task)
+
+    @unary
     async def ListAgents(self, request: control_pb2.ListAgentsRequest, context: Any) -> control_pb2.ListAgentsResponse:
         out = []
         for a in sorted(self.engine.agents.values(), key=lambda a: a.name):
@@ -276,6 +286,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 name=a.name, identity=a.identity, state="ready" if a.connected else "disconnected",
                 capabilities=a.caps, clock=a.clocks, last_seen=a.last_seen, running=len(a.running),
                 free_slots=sum(ch.credits for ch in a.channels), registered_at=a.registered_at,
+                clock_suspect=a.view.clock_suspect, clock_skew_s=a.view.clock_skew,
             ))
         return control_pb2.ListAgentsResponse(agents=out)
 
@@ -342,6 +353,11 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
 
     @streaming
     async def Download(self, request: artifact_pb2.DownloadRequest, context: Any) -> AsyncIterator[artifact_pb2.DownloadChunk]:
+        ident = current_identity()
+        if ident.role == "agent":
+            refusal = self.engine.may_download(ident.name, request.digest)
+            if refusal is not None:
+                raise PermissionDenied(refusal)
         size = self.store.size(request.digest)
         if request.offset < 0 or request.offset > size:
             raise InvalidArgument(f"offset {request.offset} is outside the artifact (size {size})")
@@ -357,6 +373,18 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
         if first:  # empty artifact: still say what it is
             yield artifact_pb2.DownloadChunk(
                 info=artifact_pb2.ArtifactInfo(digest=request.digest, size=size, exists=True), offset=offset)
+
+    @streaming
+    async def Probe(self, request: artifact_pb2.ProbeRequest, context: Any) -> AsyncIterator[artifact_pb2.DownloadChunk]:
+        """Filler bytes for an agent's bandwidth measurement (bounded: 64 MiB)."""
+        if request.size < 0 or request.size > PROBE_MAX_BYTES:
+            raise InvalidArgument(f"probe size must be 0..{PROBE_MAX_BYTES}, got {request.size}")
+        left, offset = request.size, 0
+        while left > 0:
+            n = min(left, len(_FILLER))
+            yield artifact_pb2.DownloadChunk(data=_FILLER[:n], offset=offset)
+            left -= n
+            offset += n
 
     @unary
     async def Stat(self, request: artifact_pb2.StatRequest, context: Any) -> artifact_pb2.ArtifactInfo:

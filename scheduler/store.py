@@ -104,6 +104,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_by_run ON events(run_id, seq);
     """,
+    # 2: residency of outputs (comma-separated zones; NULL: anywhere)
+    """
+    ALTER TABLE outputs ADD COLUMN residency TEXT;
+    """,
 )
 
 Op = tuple[str, Any]  # (sql, params) or ("many:" + sql, seq of params)
@@ -163,8 +167,10 @@ class Batch:
         if not outs:
             return
         self.ops.append((
-            "many:INSERT OR REPLACE INTO outputs(run_id, task, name, digest, size, kind) VALUES (?,?,?,?,?,?)",
-            [(t.run_id, t.name, o.name, o.digest, o.size, o.kind) for o in outs],
+            "many:INSERT OR REPLACE INTO outputs(run_id, task, name, digest, size, kind, residency)"
+            " VALUES (?,?,?,?,?,?,?)",
+            [(t.run_id, t.name, o.name, o.digest, o.size, o.kind,
+              None if o.residency is None else ",".join(sorted(o.residency))) for o in outs],
         ))
         self.ops.append((
             "many:INSERT OR IGNORE INTO artifacts(digest, size, kind, created_at) VALUES (?,?,?,?)",

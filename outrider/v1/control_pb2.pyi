@@ -98,12 +98,14 @@ class SubmitResponse(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitAndWatchRequest(_message.Message):
-    __slots__ = ("pipeline", "run_only")
+    __slots__ = ("pipeline", "run_only", "strict")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     RUN_ONLY_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
     pipeline: _common_pb2.PipelineSpec
     run_only: bool
-    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., run_only: _Optional[bool] = ...) -> None: ...
+    strict: bool
+    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., run_only: _Optional[bool] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -828,7 +828,7 @@ def test_submit_rejects_invalid_spec_and_stores_nothing(h: Harness, tasks: list[
         with pytest.raises(InvalidArgument) as exc:
             await h.engine.submit(spec, "alice")
         assert problem in str(exc.value)
-        assert h.engine.runs == {} and h.engine.ready == {}
+        assert h.engine.runs == {} and h.engine.ready_count == 0
         await h.settle()
         assert h.db_one("SELECT count(*) FROM runs") == [(0,)]
         assert h.db_one("SELECT count(*) FROM tasks") == [(0,)]
@@ -936,7 +936,7 @@ def test_restart_after_run_ended_keeps_it_ended(h: Harness) -> None:
         run = h.engine.runs[run_id]
         assert run.state is RunState.SUCCEEDED and run.unfinished == 0
         assert run.tasks["t"].outputs["out"].size == 3
-        assert h.engine.ready == {}
+        assert h.engine.ready_count == 0
 
     h.run(body())
 

@@ -196,9 +196,11 @@ def test_rank_orders_by_score_then_name() -> None:
     half = agent("half", running=2, free_slots=2)    # 0.5
     out = rank(needs(), [busy, idle_b, half, idle_a])
     assert [c.agent for c in out] == ["a-idle", "b-idle", "half", "busy"]
-    assert out[0].score == pytest.approx(1.0)
-    assert out[-1].score == pytest.approx(0.25)
-    assert out[0].breakdown == {"load": pytest.approx(1.0)}
+    # No inputs and no affinities: locality 2.0 and transfer 1.0 for everyone; load (weight 0.5) decides.
+    assert out[0].score == pytest.approx(3.5)
+    assert out[-1].score == pytest.approx(3.125)
+    assert out[0].breakdown == {"locality": pytest.approx(2.0), "transfer": pytest.approx(1.0),
+                                "affinity": pytest.approx(0.0), "load": pytest.approx(0.5)}
 
 
 def test_rank_leaves_out_infeasible_agents() -> None:

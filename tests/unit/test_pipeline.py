@@ -1,6 +1,7 @@
 """Tests for outrider.pipeline: the YAML parser/validator, the model, the SDK and the proto checks."""
 from __future__ import annotations
 
+import math
 import pickle
 import textwrap
 from pathlib import Path
@@ -14,7 +15,9 @@ from outrider.pipeline import (
     Problem,
     SpecError,
     Task,
+    format_label_expr,
     load_pipeline,
+    parse_label_expr,
     parse_pipeline,
     validate_proto,
 )
@@ -190,7 +193,7 @@ def test_null_optional_keys_mean_absent() -> None:
         ("- a\n- b\n", "p.yaml:1: the top level must be a mapping with 'name' and 'tasks', got a list"),
         ("", "p.yaml:1: the top level must be a mapping with 'name' and 'tasks', got an empty document"),
         ("name: p\ntasks:\n  a: {run: x}\nowner: me\n",
-         "p.yaml:4: owner: unknown key 'owner' (allowed: name, code, tasks)"),
+         "p.yaml:4: owner: unknown key 'owner' (allowed: name, code, tasks, priority, concurrency, tenant)"),
         ("tasks:\n  a: {run: x}\n", "p.yaml:1: name: required field is missing"),
         ("name: p\n", "p.yaml:1: tasks: required field is missing"),
         ("name: p\ntasks: {}\n", "p.yaml:2: tasks: must declare at least one task"),
@@ -211,9 +214,10 @@ def test_document_problems(text: str, expected: str) -> None:
         # unknown keys name the key and list the allowed ones
         ("run: x\nretry: 2\n",
          "p.yaml:5: tasks.a.retry: unknown key 'retry' (allowed: run, inputs, outputs, after, requires, "
-         "retries, timeout, env); did you mean 'retries'?"),
+         "retries, timeout, env, prefer, avoid); did you mean 'retries'?"),
         ("run: x\nrequires:\n  cpu: 2\n", "p.yaml:6: tasks.a.requires.cpu: unknown key 'cpu' "
-                                          "(allowed: cpus, memory, gpus, disk, labels); did you mean 'cpus'?"),
+                                          "(allowed: cpus, memory, gpus, disk, labels, match, gpu_memory, "
+                                          "gpu_model, residency, max_clock_skew); did you mean 'cpus'?"),
         ("run: x\nretries: {max: 1, delay: 5s}\n", "p.yaml:5: tasks.a.retries.delay: unknown key 'delay' "
                                                    "(allowed: max, backoff)"),
         # run
@@ -612,3 +616,600 @@ def test_from_proto_refuses_a_bad_spec_unless_told_not_to_check() -> None:
         Pipeline.from_proto(spec)
     assert str(info.value) == "<proto>: tasks[b].inputs.i: task 'a' has no output 'nope' (declared: o)"
     assert Pipeline.from_proto(spec, validate=False).tasks["b"].inputs == {"i": "a.nope"}
+
+
+# --------------------------------------------------------------------------- placement: label expressions
+
+
+def expr(key: str, op: str, *values: str) -> common_pb2.LabelExpr:
+    return common_pb2.LabelExpr(key=key, op=op, values=list(values))
+
+
+def affinity(text: str, weight: float) -> common_pb2.Affinity:
+    return common_pb2.Affinity(expr=parse_label_expr(text), weight=weight)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "op", "values", "canonical"),
+    [
+        ("tier = edge", "tier", "=", ["edge"], "tier = edge"),
+        ("tier=edge", "tier", "=", ["edge"], "tier = edge"),
+        ("tier != edge", "tier", "!=", ["edge"], "tier != edge"),
+        ("site in (plant-7, plant-9)", "site", "in", ["plant-7", "plant-9"], "site in (plant-7, plant-9)"),
+        ("site in(plant-7,plant-9)", "site", "in", ["plant-7", "plant-9"], "site in (plant-7, plant-9)"),
+        ("site not in (lab)", "site", "not in", ["lab"], "site not in (lab)"),
+        ("site NOT  In (lab)", "site", "not in", ["lab"], "site not in (lab)"),
+        ("gpu exists", "gpu", "exists", [], "gpu exists"),
+        ("gpu not exists", "gpu", "not exists", [], "gpu not exists"),
+        ("cuda >= 12.1", "cuda", ">=", ["12.1"], "cuda >= 12.1"),
+        ("mem_gb <= 64", "mem_gb", "<=", ["64"], "mem_gb <= 64"),
+        ("t <= -3.5e2", "t", "<=", ["-3.5e2"], "t <= -3.5e2"),
+        ("  example.com/zone-a_1 = x  ", "example.com/zone-a_1", "=", ["x"], "example.com/zone-a_1 = x"),
+        ('gpu_name = "NVIDIA H100"', "gpu_name", "=", ["NVIDIA H100"], 'gpu_name = "NVIDIA H100"'),
+        ("note = ''", "note", "=", [""], 'note = ""'),
+        ("v in ('a, b', \"c)\")", "v", "in", ["a, b", "c)"], 'v in ("a, b", "c)")'),
+        (r'v = "say \"hi\" \\ bye"', "v", "=", ['say "hi" \\ bye'], r'v = "say \"hi\" \\ bye"'),
+        ("v = in", "v", "=", ["in"], "v = in"),  # keywords are plain values after an operator
+        ("v = plant:7@x", "v", "=", ["plant:7@x"], "v = plant:7@x"),
+    ],
+)
+def test_parse_label_expr(text: str, key: str, op: str, values: list[str], canonical: str) -> None:
+    parsed = parse_label_expr(text)
+    assert isinstance(parsed, common_pb2.LabelExpr)
+    assert (parsed.key, parsed.op, list(parsed.values)) == (key, op, values)
+    assert format_label_expr(parsed) == canonical
+    assert parse_label_expr(format_label_expr(parsed)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "the expression is empty"),
+        ("   ", "the expression is empty"),
+        ("tier", "the key 'tier' needs an operator: one of =, !=, in, not in, exists, not exists, >=, <="),
+        ("tier == edge", "unknown operator '==' (use =, !=, in, not in, exists, not exists, >=, <=); did you mean '='?"),
+        ("cuda > 12", "unknown operator '>' (use =, !=, in, not in, exists, not exists, >=, <=); did you mean '>='?"),
+        ("cuda => 12", "unknown operator '=>'"),
+        ("tier is edge", "unknown operator 'is'"),
+        ("my key = x", "unknown operator 'key' (use =, !=, in, not in, exists, not exists, >=, <=); "
+                       "label keys cannot contain spaces"),
+        ("= edge", "expected a label key first, got '='"),
+        ("(a) exists", "expected a label key first, got '('"),
+        ("'tier' = edge", "expected a label key first, got 'tier'"),
+        ("ti~er = edge", "invalid label key 'ti~er': use letters, digits, '.', '_', '/' and '-'"),
+        ("tier =", "'=' needs a value after it"),
+        ("tier = (edge)", "expected a value after '=', got '('"),
+        ("tier = edge core", "'=' takes one value, got more after 'edge' (quote a value that has spaces; "
+                             "for several values use 'KEY in (A, B)')"),
+        ("cuda >= 12 13", "'>=' takes one value, got more after '12'"),
+        ("cuda >= new", "'>=' compares numbers, got 'new' (write a number such as 12.1 or -3)"),
+        ("mem_gb <= 64GB", "'<=' compares numbers, got '64GB'"),
+        ("cuda >= 12.1.3", "'>=' compares numbers, got '12.1.3'"),
+        ("cuda >= inf", "'>=' compares numbers, got 'inf'"),
+        ("cuda >= ''", "'>=' compares numbers, got ''"),
+        ("gpu exists yes", "'exists' takes no value, got 'yes'"),
+        ("gpu not exists (a)", "'not exists' takes no value, got '('"),
+        ("gpu not", "'not' must be followed by 'in' or 'exists', got nothing"),
+        ("gpu not = a", "'not' must be followed by 'in' or 'exists', got '='"),
+        ("site in plant-7", "'in' needs a list of values in parentheses, like 'KEY in (A, B)'"),
+        ("site not in", "'not in' needs a list of values in parentheses"),
+        ("site in ()", "'in' needs at least one value in its list"),
+        ("site in (a,)", "expected a value after 'a', got ')'"),
+        ("site in (, a)", "expected a value after '(', got ','"),
+        ("site in (a b)", "expected ',' or ')' after 'a', got 'b'; quote a value that has spaces"),
+        ("site in (a", "missing ')' at the end of the list"),
+        ("site in (a,", "missing ')' at the end of the list"),
+        ("site in (a) b", "unexpected 'b' after the list"),
+        ("site in ('it''s')", "expected ',' or ')' after 'it', got 's'"),  # no '' escape: use "it's"
+        ("tier = 'edge", "unterminated quoted value starting at \"'edge\""),
+        ("tier = a\0b", "must not contain NUL characters"),
+    ],
+)
+def test_parse_label_expr_errors_name_the_text(text: str, reason: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_label_expr(text)
+    assert str(info.value).startswith(f"invalid label expression {text!r}: {reason}")
+
+
+def test_parse_label_expr_refuses_non_strings() -> None:
+    with pytest.raises(ValueError, match="a label expression must be a string, got 3 \\(a number\\)"):
+        parse_label_expr(3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value", ["", " ", "a b", "a,b", "(x)", "it's", 'say "hi"', "back\\slash", "=", "<=x", "naïve", "tab\there"]
+)
+def test_format_label_expr_quotes_what_needs_it_and_round_trips(value: str) -> None:
+    for op in ("=", "!=", "in", "not in"):
+        e = expr("k", op, value, "plain") if op in ("in", "not in") else expr("k", op, value)
+        assert parse_label_expr(format_label_expr(e)) == e
+
+
+def test_format_label_expr_never_raises_on_bad_wire_values() -> None:
+    assert format_label_expr(expr("k", "~", "a", "b c")) == 'k ~ (a, "b c")'
+    assert format_label_expr(expr("k", "", "a")) == "k ? a"
+    assert format_label_expr(expr("k", "==", "a b")) == 'k == "a b"'
+    assert format_label_expr(expr("k", "exists", "a")) == "k exists (a)"
+    assert format_label_expr(expr("k", "=")) == "k = ()"
+    assert format_label_expr(common_pb2.LabelExpr()) == " ? ()"
+
+
+# --------------------------------------------------------------------------- placement: YAML
+
+
+PLACEMENT = """\
+name: p
+priority: -3
+concurrency: 2
+tenant: spiffe://acme.ml/submitter/alice
+tasks:
+  a:
+    run: x
+    outputs: [o]
+    requires:
+      gpus: 1
+      gpu_memory: 40GiB
+      gpu_model: H100
+      labels: {tier: edge}
+      match: ["site in (plant-7, plant-9)", "cuda >= 12.1", gpu exists]
+      residency: [eu, eu-west]
+      max_clock_skew: 500ms
+    prefer:
+      - tier = edge
+      - {match: "site = plant-7", weight: 2.5}
+    avoid: ["power = battery", {match: "tier = lab", weight: 3}]
+  b:
+    run: y
+    inputs: {i: a.o}
+"""
+
+
+def test_placement_fields_parse() -> None:
+    p = parse(PLACEMENT)
+    assert (p.priority, p.concurrency, p.tenant) == (-3, 2, "spiffe://acme.ml/submitter/alice")
+    a = p.tasks["a"]
+    assert a.gpu_memory_bytes == 40 * 2**30 and a.gpu_model == "H100"
+    assert a.labels == {"tier": "edge"}  # plain labels still mean equality, stored as before
+    assert a.expressions == [expr("site", "in", "plant-7", "plant-9"), expr("cuda", ">=", "12.1"),
+                             expr("gpu", "exists")]
+    assert a.residency == ["eu", "eu-west"]
+    assert a.max_clock_skew_s == 0.5
+    assert a.affinities == [affinity("tier = edge", 1.0), affinity("site = plant-7", 2.5),
+                            affinity("power = battery", -1.0), affinity("tier = lab", -3.0)]
+
+
+def test_placement_defaults() -> None:
+    p = parse("name: p\ntasks:\n  a: {run: x}\n")
+    assert (p.priority, p.concurrency, p.tenant) == (0, None, "")
+    a = p.tasks["a"]
+    assert (a.gpu_memory_bytes, a.gpu_model, a.expressions, a.residency, a.max_clock_skew_s, a.affinities) == (
+        0, "", [], [], 0.0, [])
+    msg = p.to_proto()
+    assert (msg.priority, msg.concurrency, msg.tenant) == (0, 0, "")
+    assert not msg.tasks[0].affinities and not msg.tasks[0].requires.expressions
+    assert "priority" not in p.to_dict() and "prefer" not in p.tasks["a"].to_dict()
+
+
+def test_placement_values_at_their_limits() -> None:
+    p = parse("""\
+        name: p
+        priority: -2147483648
+        concurrency: 2147483647
+        tenant: team-vision_2
+        tasks:
+          a:
+            run: x
+            requires:
+              gpu_memory: 0
+              gpu_model: 4090
+              residency: [07, eu.west_1]
+              max_clock_skew: 0
+              match: []
+            prefer:
+            avoid: []
+        """)
+    assert (p.priority, p.concurrency, p.tenant) == (-(2**31), 2**31 - 1, "team-vision_2")
+    a = p.tasks["a"]
+    assert a.gpu_model == "4090" and a.residency == ["07", "eu.west_1"]  # plain scalars are text as written
+    assert a.max_clock_skew_s == 0.0 and a.expressions == [] and a.affinities == []
+    assert parse("name: p\ntenant: alice@example.org\ntasks:\n  a: {run: x}\n").tenant == "alice@example.org"
+    assert parse("name: p\npriority: 7\ntasks:\n  a: {run: x}\n").priority == 7
+
+
+def test_placement_fields_merge_from_anchors() -> None:
+    p = parse("""\
+        x-edge: &edge {residency: [eu], match: [tier = edge], max_clock_skew: 2s}
+        x-prefs: &prefs [site = plant-7, {match: site = plant-9, weight: 0.5}]
+        name: p
+        tasks:
+          a:
+            run: x
+            requires: {<<: *edge, gpus: 1}
+            prefer: *prefs
+          b:
+            run: y
+            requires: *edge
+            avoid: *prefs
+        """)
+    assert p.tasks["a"].residency == p.tasks["b"].residency == ["eu"]
+    assert p.tasks["a"].expressions == [expr("tier", "=", "edge")]
+    assert [af.weight for af in p.tasks["a"].affinities] == [1.0, 0.5]
+    assert [af.weight for af in p.tasks["b"].affinities] == [-1.0, -0.5]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: p\npriority: high\ntasks:\n  a: {run: x}\n",
+         "p.yaml:2: priority: expected a whole number (higher runs first; may be negative), got 'high'"),
+        ("name: p\npriority: 1.5\ntasks:\n  a: {run: x}\n", "p.yaml:2: priority: expected a whole number"),
+        ("name: p\npriority: '5'\ntasks:\n  a: {run: x}\n", "p.yaml:2: priority: expected a whole number"),
+        ("name: p\npriority: yes\ntasks:\n  a: {run: x}\n",
+         "p.yaml:2: priority: expected a whole number (higher runs first; may be negative), got yes (a boolean)"),
+        ("name: p\npriority: 2147483648\ntasks:\n  a: {run: x}\n",
+         "p.yaml:2: priority: must be from -2147483648 to 2147483647, got 2147483648"),
+        ("name: p\nconcurrency: 0\ntasks:\n  a: {run: x}\n",
+         "p.yaml:2: concurrency: expected a whole number of tasks at once, at least 1 (leave the key out for no "
+         "limit), got 0 (a number)"),
+        ("name: p\nconcurrency: -1\ntasks:\n  a: {run: x}\n", "p.yaml:2: concurrency: expected a whole number"),
+        ("name: p\nconcurrency: 2.0\ntasks:\n  a: {run: x}\n", "p.yaml:2: concurrency: expected a whole number"),
+        ("name: p\nconcurrency: true\ntasks:\n  a: {run: x}\n", "p.yaml:2: concurrency: expected a whole number"),
+        ("name: p\nconcurrency: 2147483648\ntasks:\n  a: {run: x}\n", "p.yaml:2: concurrency: expected a whole"),
+        ("name: p\ntenant: ''\ntasks:\n  a: {run: x}\n",
+         "p.yaml:2: tenant: must not be empty (leave the key out to use the submitter's identity)"),
+        ("name: p\ntenant: team a\ntasks:\n  a: {run: x}\n",
+         "p.yaml:2: tenant: invalid tenant 'team a': use letters, digits, '.', '_', '-', ':', '/' and '@'"),
+        ("name: p\ntenant: -x\ntasks:\n  a: {run: x}\n", "p.yaml:2: tenant: invalid tenant '-x'"),
+        ("name: p\ntenant: [a]\ntasks:\n  a: {run: x}\n", "p.yaml:2: tenant: expected a string, got a list"),
+        ("name: p\ntenant: " + "a" * 254 + "\ntasks:\n  a: {run: x}\n", "p.yaml:2: tenant: invalid tenant"),
+        ("name: p\npriorty: 1\ntasks:\n  a: {run: x}\n",
+         "p.yaml:2: priorty: unknown key 'priorty' (allowed: name, code, tasks, priority, concurrency, tenant); "
+         "did you mean 'priority'?"),
+    ],
+)
+def test_pipeline_level_problems(text: str, expected: str) -> None:
+    assert only_problem(text).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # gpu_memory, gpu_model
+        ("run: x\nrequires: {gpu_memory: lots}\n",
+         "p.yaml:5: tasks.a.requires.gpu_memory: expected a size like 512MiB, 4GiB or 1000 (bytes), got 'lots'"),
+        ("run: x\nrequires: {gpu_memory: -1}\n", "p.yaml:5: tasks.a.requires.gpu_memory: size must not be negative"),
+        ("run: x\nrequires: {gpu_memory: true}\n", "p.yaml:5: tasks.a.requires.gpu_memory: expected a size"),
+        ("run: x\nrequires: {gpu_memory: 9EiB}\n", "p.yaml:5: tasks.a.requires.gpu_memory: expected a size"),
+        ("run: x\nrequires:\n  gpu_model: ''\n",
+         "p.yaml:6: tasks.a.requires.gpu_model: must not be empty (leave the key out to accept any GPU model)"),
+        ("run: x\nrequires:\n  gpu_model: [H100]\n", "p.yaml:6: tasks.a.requires.gpu_model: expected a string, got a list"),
+        ("run: x\nrequires:\n  gpu_model: \"H\\0\"\n", "p.yaml:6: tasks.a.requires.gpu_model: must not contain NUL"),
+        ("run: x\nrequires:\n  gpu_mem: 1GiB\n",
+         "p.yaml:6: tasks.a.requires.gpu_mem: unknown key 'gpu_mem' (allowed: cpus, memory, gpus, disk, labels, "
+         "match, gpu_memory, gpu_model, residency, max_clock_skew); did you mean 'gpu_memory'?"),
+        # match
+        ("run: x\nrequires:\n  match:\n    - tier = edge\n    - tier == edge\n",
+         "p.yaml:8: tasks.a.requires.match[1]: invalid label expression 'tier == edge': unknown operator '=='"),
+        ("run: x\nrequires:\n  match: [cuda >= new]\n",
+         "p.yaml:6: tasks.a.requires.match[0]: invalid label expression 'cuda >= new': '>=' compares numbers"),
+        ("run: x\nrequires:\n  match: [gpu exists yes]\n",
+         "p.yaml:6: tasks.a.requires.match[0]: invalid label expression 'gpu exists yes': 'exists' takes no value"),
+        ("run: x\nrequires:\n  match: [site in ()]\n",
+         "p.yaml:6: tasks.a.requires.match[0]: invalid label expression 'site in ()': 'in' needs at least one value"),
+        ("run: x\nrequires:\n  match: ['ti~er = x']\n",
+         "p.yaml:6: tasks.a.requires.match[0]: invalid label expression 'ti~er = x': invalid label key 'ti~er'"),
+        ("run: x\nrequires:\n  match: [tier =]\n",
+         "p.yaml:6: tasks.a.requires.match[0]: invalid label expression 'tier =': '=' needs a value"),
+        ("run: x\nrequires:\n  match: [12]\n",
+         "p.yaml:6: tasks.a.requires.match[0]: invalid label expression '12': the key '12' needs an operator"),
+        ("run: x\nrequires:\n  match: [~]\n",
+         "p.yaml:6: tasks.a.requires.match[0]: expected a label expression such as 'tier = edge', got null"),
+        ("run: x\nrequires:\n  match: [{tier: edge}]\n",
+         "p.yaml:6: tasks.a.requires.match[0]: expected a label expression such as 'tier = edge', got a mapping"),
+        ("run: x\nrequires:\n  match: gpu exists\n",
+         "p.yaml:6: tasks.a.requires.match: expected a list of label expressions such as ['tier = edge', "
+         "'gpu exists'], got 'gpu exists'"),
+        ("run: x\nrequires:\n  labels: [tier = edge]\n",
+         "p.yaml:6: tasks.a.requires.labels: expected a mapping of label to value (label expressions such as "
+         "'site in (a, b)' go under requires.match), got a list"),
+        # residency
+        ("run: x\nrequires:\n  residency: []\n",
+         "p.yaml:6: tasks.a.requires.residency: must list at least one zone (leave the key out to allow any zone)"),
+        ("run: x\nrequires:\n  residency: eu\n",
+         "p.yaml:6: tasks.a.requires.residency: expected a list of zone names such as [eu, eu-west], got 'eu'"),
+        ("run: x\nrequires:\n  residency: [eu, '']\n", "p.yaml:6: tasks.a.requires.residency[1]: zone names must not be empty"),
+        ("run: x\nrequires:\n  residency:\n    - eu\n    - eu west\n",
+         "p.yaml:8: tasks.a.requires.residency[1]: invalid zone name 'eu west': use letters, digits, '.', '_' and '-'"),
+        ("run: x\nrequires:\n  residency: [eu/west]\n", "p.yaml:6: tasks.a.requires.residency[0]: invalid zone name"),
+        ("run: x\nrequires:\n  residency: [eu, eu]\n",
+         "p.yaml:6: tasks.a.requires.residency[1]: zone 'eu' is listed twice (also residency[0])"),
+        ("run: x\nrequires:\n  residency: [[eu]]\n", "p.yaml:6: tasks.a.requires.residency[0]: expected a string, got a list"),
+        # max_clock_skew
+        ("run: x\nrequires: {max_clock_skew: soon}\n",
+         "p.yaml:5: tasks.a.requires.max_clock_skew: expected a duration like 250ms, 30s, 5m or 1h30m, got 'soon'"),
+        ("run: x\nrequires: {max_clock_skew: -1}\n", "p.yaml:5: tasks.a.requires.max_clock_skew: duration must not be negative"),
+        ("run: x\nrequires: {max_clock_skew: .inf}\n", "p.yaml:5: tasks.a.requires.max_clock_skew: expected a finite duration"),
+        # prefer / avoid
+        ("run: x\nprefer: tier = edge\n",
+         "p.yaml:5: tasks.a.prefer: expected a list of label expressions (or {match: EXPR, weight: W} mappings), "
+         "got 'tier = edge'"),
+        ("run: x\navoid: {match: tier = edge}\n", "p.yaml:5: tasks.a.avoid: expected a list of label expressions"),
+        ("run: x\nprefer:\n  - tier = edge\n  - tier == lab\n",
+         "p.yaml:7: tasks.a.prefer[1]: invalid label expression 'tier == lab': unknown operator '=='"),
+        ("run: x\navoid:\n  - match: gpu exists yes\n",
+         "p.yaml:6: tasks.a.avoid[0].match: invalid label expression 'gpu exists yes'"),
+        ("run: x\nprefer:\n  - {match: tier = edge, weight: 0}\n",
+         "p.yaml:6: tasks.a.prefer[0].weight: expected a number greater than 0, got 0 (a number)"),
+        ("run: x\nprefer:\n  - {match: tier = edge, weight: -2}\n", "p.yaml:6: tasks.a.prefer[0].weight: expected a number greater than 0"),
+        ("run: x\navoid:\n  - {match: tier = edge, weight: .inf}\n", "p.yaml:6: tasks.a.avoid[0].weight: expected a number greater than 0"),
+        ("run: x\navoid:\n  - {match: tier = edge, weight: .nan}\n", "p.yaml:6: tasks.a.avoid[0].weight: expected a number greater than 0"),
+        ("run: x\nprefer:\n  - {match: tier = edge, weight: '2'}\n",
+         "p.yaml:6: tasks.a.prefer[0].weight: expected a number greater than 0, got '2'"),
+        ("run: x\nprefer:\n  - {match: tier = edge, weight: yes}\n",
+         "p.yaml:6: tasks.a.prefer[0].weight: expected a number greater than 0, got yes (a boolean)"),
+        ("run: x\nprefer:\n  - {weight: 2}\n", "p.yaml:6: tasks.a.prefer[0].match: required field is missing"),
+        ("run: x\nprefer:\n  - {match: tier = edge, weigth: 2}\n",
+         "p.yaml:6: tasks.a.prefer[0].weigth: unknown key 'weigth' (allowed: match, weight); did you mean 'weight'?"),
+        ("run: x\nprefer:\n  - ~\n",
+         "p.yaml:6: tasks.a.prefer[0]: expected a label expression such as 'tier = edge' or a mapping "
+         "{match: EXPR, weight: W}, got null"),
+        ("run: x\nprefer:\n  - [tier = edge]\n", "p.yaml:6: tasks.a.prefer[0]: expected a label expression"),
+        ("run: x\nprefer:\n  - {match: [a = b]}\n",
+         "p.yaml:6: tasks.a.prefer[0].match: expected a label expression such as 'tier = edge', got a list"),
+        ("run: x\nprefers: [a = b]\n",
+         "p.yaml:5: tasks.a.prefers: unknown key 'prefers' (allowed: run, inputs, outputs, after, requires, retries, "
+         "timeout, env, prefer, avoid); did you mean 'prefer'?"),
+    ],
+)
+def test_placement_task_problems(body: str, expected: str) -> None:
+    assert only_problem(task_spec(body)).startswith(expected)
+
+
+def test_placement_problems_are_all_reported_at_once() -> None:
+    found = problems("""\
+        name: p
+        priority: high
+        concurrency: 0
+        tenant: "has space"
+        tasks:
+          a:
+            run: x
+            requires:
+              gpu_memory: lots
+              gpu_model: ""
+              match:
+                - tier == edge
+                - cuda >= new
+              residency: [eu, "", eu]
+              max_clock_skew: soon
+            prefer:
+              - tier = edge
+              - {match: "site = x", weight: 0}
+              - {weight: 2}
+            avoid: power = battery
+        """)
+    assert [line.split(": ")[0:2] for line in found] == [
+        ["p.yaml:2", "priority"],
+        ["p.yaml:3", "concurrency"],
+        ["p.yaml:4", "tenant"],
+        ["p.yaml:9", "tasks.a.requires.gpu_memory"],
+        ["p.yaml:10", "tasks.a.requires.gpu_model"],
+        ["p.yaml:12", "tasks.a.requires.match[0]"],
+        ["p.yaml:13", "tasks.a.requires.match[1]"],
+        ["p.yaml:14", "tasks.a.requires.residency[1]"],
+        ["p.yaml:14", "tasks.a.requires.residency[2]"],
+        ["p.yaml:15", "tasks.a.requires.max_clock_skew"],
+        ["p.yaml:18", "tasks.a.prefer[1].weight"],
+        ["p.yaml:19", "tasks.a.prefer[2].match"],
+        ["p.yaml:20", "tasks.a.avoid"],
+    ]
+
+
+# --------------------------------------------------------------------------- placement: SDK and round trips
+
+
+def build_placement_sdk() -> Pipeline:
+    p = Pipeline("p", priority=-3, concurrency=2, tenant="spiffe://acme.ml/submitter/alice")
+    p.task("a", run="x", outputs=["o"],
+           requires={"gpus": 1, "gpu_memory": "40GiB", "gpu_model": "H100", "labels": {"tier": "edge"},
+                     "match": ["site in (plant-7, plant-9)", parse_label_expr("cuda >= 12.1"), "gpu exists"],
+                     "residency": ("eu", "eu-west"), "max_clock_skew": "500ms"},
+           prefer=["tier = edge", {"match": "site = plant-7", "weight": 2.5}],
+           avoid=["power = battery", {"match": "tier = lab", "weight": 3}])
+    p.task("b", run="y", inputs={"i": "a.o"})
+    return p
+
+
+def test_sdk_placement_matches_yaml() -> None:
+    p = build_placement_sdk()
+    p.validate()
+    yaml_p = parse(PLACEMENT)
+    assert p.tasks == yaml_p.tasks
+    assert (p.priority, p.concurrency, p.tenant) == (yaml_p.priority, yaml_p.concurrency, yaml_p.tenant)
+    assert p.to_proto() == yaml_p.to_proto()
+
+
+def test_placement_round_trips_through_dict_and_proto() -> None:
+    p = parse(PLACEMENT)
+    text = yaml.safe_dump(p.to_dict(), sort_keys=False)
+    again = parse_pipeline(text)
+    assert again.tasks == p.tasks
+    assert (again.priority, again.concurrency, again.tenant) == (-3, 2, "spiffe://acme.ml/submitter/alice")
+    requires = p.tasks["a"].to_dict()["requires"]
+    assert requires["match"] == ["site in (plant-7, plant-9)", "cuda >= 12.1", "gpu exists"]
+    assert p.tasks["a"].to_dict()["prefer"] == ["tier = edge", {"match": "site = plant-7", "weight": 2.5}]
+    assert p.tasks["a"].to_dict()["avoid"] == ["power = battery", {"match": "tier = lab", "weight": 3.0}]
+
+    msg = p.to_proto(code_digest="cd" * 32)
+    assert (msg.priority, msg.concurrency, msg.tenant) == (-3, 2, "spiffe://acme.ml/submitter/alice")
+    req = msg.tasks[0].requires
+    assert (req.gpu_memory_bytes, req.gpu_model, list(req.residency), req.max_clock_skew_s) == (
+        40 * 2**30, "H100", ["eu", "eu-west"], 0.5)
+    assert [format_label_expr(e) for e in req.expressions] == requires["match"]
+    assert [(format_label_expr(af.expr), af.weight) for af in msg.tasks[0].affinities] == [
+        ("tier = edge", 1.0), ("site = plant-7", 2.5), ("power = battery", -1.0), ("tier = lab", -3.0)]
+    assert validate_proto(msg) == []
+    back = Pipeline.from_proto(common_pb2.PipelineSpec.FromString(msg.SerializeToString()))
+    assert back.tasks == p.tasks
+    assert (back.priority, back.concurrency, back.tenant) == (p.priority, p.concurrency, p.tenant)
+    assert back.to_proto() == msg
+
+
+def test_from_proto_copies_expressions_and_affinities() -> None:
+    msg = parse(PLACEMENT).to_proto()
+    task = Task.from_proto(msg.tasks[0])
+    msg.tasks[0].requires.expressions[0].values.append("plant-8")
+    msg.tasks[0].affinities[0].weight = 9.0
+    assert task.expressions[0] == expr("site", "in", "plant-7", "plant-9")
+    assert task.affinities[0].weight == 1.0
+    out = task.to_proto()
+    task.expressions[0].key = "changed"
+    assert out.requires.expressions[0].key == "site"
+
+
+def test_from_proto_concurrency_zero_means_no_limit() -> None:
+    spec = good_proto()
+    assert Pipeline.from_proto(spec).concurrency is None
+    spec.concurrency, spec.priority, spec.tenant = 4, -1, "vision"
+    p = Pipeline.from_proto(spec)
+    assert (p.priority, p.concurrency, p.tenant) == (-1, 4, "vision")
+
+
+def test_to_dict_writes_non_unit_weights_as_mappings_and_keeps_order_per_side() -> None:
+    t = Task(name="a", argv=["x"], shell=True, affinities=[
+        affinity("a = 1", -2.0), affinity("b = 1", 1.0), affinity("c = 1", -1.0), affinity("d = 1", 0.25)])
+    d = t.to_dict()
+    assert d["prefer"] == ["b = 1", {"match": "d = 1", "weight": 0.25}]
+    assert d["avoid"] == [{"match": "a = 1", "weight": 2.0}, "c = 1"]
+
+
+def test_sdk_placement_errors_are_raised_at_the_call() -> None:
+    p = Pipeline("p")
+    with pytest.raises(SpecError) as info:
+        p.task("a", run="x", requires={"gpu_memory": "lots", "match": ["tier == edge"], "residency": ["e u"],
+                                       "max_clock_skew": "soon", "gpu_model": ""},
+               prefer=[{"match": "a = b", "weight": 0}], avoid="tier = lab")
+    assert [pr.field for pr in info.value.problems] == [
+        "tasks.a.requires.match[0]", "tasks.a.requires.gpu_memory", "tasks.a.requires.gpu_model",
+        "tasks.a.requires.residency[0]", "tasks.a.requires.max_clock_skew", "tasks.a.prefer[0].weight",
+        "tasks.a.avoid",
+    ]
+    assert all(pr.file == "<sdk>" and pr.line == 0 for pr in info.value.problems)
+    assert "invalid label expression 'tier == edge'" in str(info.value)
+    assert p.tasks == {}
+
+
+def test_sdk_validate_checks_pipeline_level_fields_and_mutated_placement() -> None:
+    p = Pipeline("p", priority=True, concurrency=0, tenant="no spaces")  # type: ignore[arg-type]
+    p.task("a", run="x")
+    p.tasks["a"].expressions.append(expr("cuda", ">=", "new"))
+    p.tasks["a"].residency.append("")
+    p.tasks["a"].affinities.append(affinity("tier = edge", 0.0))
+    p.tasks["a"].affinities.append(affinity("tier = lab", float("nan")))
+    p.tasks["a"].max_clock_skew_s = -1.0
+    with pytest.raises(SpecError) as info:
+        p.validate()
+    assert str(info.value).splitlines() == [
+        "<sdk>: priority: expected a whole number (higher runs first; may be negative), got true (a boolean)",
+        "<sdk>: concurrency: expected a whole number of tasks at once, at least 1 (leave the key out for no "
+        "limit), got 0 (a number)",
+        "<sdk>: tenant: invalid tenant 'no spaces': use letters, digits, '.', '_', '-', ':', '/' and '@', "
+        "starting with a letter or digit, at most 253 characters",
+        "<sdk>: tasks.a.requires.match[0]: invalid label expression 'cuda >= new': '>=' compares numbers, got "
+        "'new' (write a number such as 12.1 or -3)",
+        "<sdk>: tasks.a.requires.residency[0]: zone names must not be empty",
+        "<sdk>: tasks.a.requires.max_clock_skew: duration must not be negative, got -1.0",
+        "<sdk>: tasks.a.prefer[0].weight: expected a number greater than 0, got 0.0 (a number)",
+        "<sdk>: tasks.a.prefer[1].weight: expected a number greater than 0, got nan (a number)",
+    ]
+
+
+# --------------------------------------------------------------------------- placement: proto checks
+
+
+def test_validate_proto_checks_placement_fields() -> None:
+    spec = good_proto()
+    spec.concurrency = -1
+    spec.tenant = "bad tenant"
+    req = spec.tasks[0].requires
+    req.gpu_memory_bytes = -1
+    req.gpu_model = "H\0"
+    req.max_clock_skew_s = -0.5
+    req.expressions.extend([
+        expr("tier", "==", "edge"),        # unknown op (a likely slip)
+        expr("tier", "like", "edge"),      # unknown op
+        expr("tier", "="),                 # missing value
+        expr("site", "in"),                # missing values
+        expr("tier", "=", "a", "b"),       # too many values
+        expr("gpu", "exists", "yes"),      # exists takes none
+        expr("cuda", ">=", "new"),         # not a number
+        expr("cuda", "<=", "nan"),         # not a finite number
+        expr("", "exists"),                # empty key
+        expr("bad key", "exists"),         # invalid key
+        expr("tier", "=", "a\0"),          # NUL
+        expr("site", "not in", "a", ""),   # fine: an empty value is a value
+    ])
+    req.residency.extend(["eu", "", "eu", "e u"])
+    spec.tasks[1].requires.max_clock_skew_s = float("nan")
+    spec.tasks[1].affinities.extend([
+        affinity("tier = edge", 0.0),
+        affinity("tier = edge", float("inf")),
+        affinity("tier = edge", float("nan")),
+        common_pb2.Affinity(expr=expr("tier", "~", "x"), weight=-1.0),
+        common_pb2.Affinity(weight=2.0),   # no expression at all
+        affinity("tier = edge", -0.5),     # fine: avoid
+    ])
+    assert validate_proto(spec) == [
+        "concurrency: must not be negative (0 means no limit), got -1",
+        "tenant: invalid tenant 'bad tenant': use letters, digits, '.', '_', '-', ':', '/' and '@', starting "
+        "with a letter or digit, at most 253 characters",
+        "tasks[a].requires.gpu_memory_bytes: must not be negative, got -1",
+        "tasks[a].requires.gpu_model: must not contain NUL characters",
+        "tasks[a].requires.expressions[0]: invalid label expression 'tier == edge': unknown operator '==' "
+        "(use =, !=, in, not in, exists, not exists, >=, <=); did you mean '='?",
+        "tasks[a].requires.expressions[1]: invalid label expression 'tier like edge': unknown operator 'like' "
+        "(use =, !=, in, not in, exists, not exists, >=, <=)",
+        "tasks[a].requires.expressions[2]: invalid label expression 'tier = ()': '=' takes exactly one value, got 0",
+        "tasks[a].requires.expressions[3]: invalid label expression 'site in ()': 'in' needs at least one value",
+        "tasks[a].requires.expressions[4]: invalid label expression 'tier = (a, b)': '=' takes exactly one value, "
+        "got 2",
+        "tasks[a].requires.expressions[5]: invalid label expression 'gpu exists (yes)': 'exists' takes no value, "
+        "got 1",
+        "tasks[a].requires.expressions[6]: invalid label expression 'cuda >= new': '>=' compares numbers, got "
+        "'new' (write a number such as 12.1 or -3)",
+        "tasks[a].requires.expressions[7]: invalid label expression 'cuda <= nan': '<=' compares numbers, got "
+        "'nan' (write a number such as 12.1 or -3)",
+        "tasks[a].requires.expressions[8]: invalid label expression ' exists': the label key must not be empty",
+        "tasks[a].requires.expressions[9]: invalid label expression 'bad key exists': invalid label key 'bad key': "
+        "use letters, digits, '.', '_', '/' and '-' (pattern [A-Za-z0-9._/-]+)",
+        "tasks[a].requires.expressions[10]: invalid label expression 'tier = a\\x00': values must not contain "
+        "NUL characters",
+        "tasks[a].requires.residency[1]: zone names must not be empty",
+        "tasks[a].requires.residency[2]: zone 'eu' is listed twice (also residency[0])",
+        "tasks[a].requires.residency[3]: invalid zone name 'e u': use letters, digits, '.', '_' and '-' "
+        "(pattern [A-Za-z0-9._-]+)",
+        "tasks[a].requires.max_clock_skew_s: must be a non-negative number of seconds (0 means no bound), got -0.5",
+        "tasks[b].requires.max_clock_skew_s: must be a non-negative number of seconds (0 means no bound), got nan",
+        "tasks[b].affinities[0].weight: must be a finite number other than 0 (> 0 prefers, < 0 avoids), got 0.0",
+        "tasks[b].affinities[1].weight: must be a finite number other than 0 (> 0 prefers, < 0 avoids), got inf",
+        "tasks[b].affinities[2].weight: must be a finite number other than 0 (> 0 prefers, < 0 avoids), got nan",
+        "tasks[b].affinities[3].expr: invalid label expression 'tier ~ x': unknown operator '~' "
+        "(use =, !=, in, not in, exists, not exists, >=, <=)",
+        "tasks[b].affinities[4].expr: invalid label expression ' ? ()': the label key must not be empty",
+    ]
+    with pytest.raises(SpecError) as info:
+        Pipeline.from_proto(spec)
+    assert all(pr.file == "<proto>" for pr in info.value.problems) and len(info.value.problems) == 25
+
+
+def test_validate_proto_accepts_good_placement_values() -> None:
+    spec = good_proto()
+    spec.priority, spec.concurrency, spec.tenant = -(2**31), 0, ""
+    req = spec.tasks[0].requires
+    req.expressions.extend([expr("a", op, *vals) for op, vals in [
+        ("=", [""]), ("!=", ["x"]), ("in", ["x", "y"]), ("not in", ["x"]), ("exists", []), ("not exists", []),
+        (">=", ["-1.5e3"]), ("<=", ["64"])]])
+    req.residency.extend(["eu", "eu-west.1_a"])
+    req.max_clock_skew_s = 0.0
+    assert validate_proto(spec) == []
+    assert math.isclose(float(req.expressions[6].values[0]), -1500.0)
