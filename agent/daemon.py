@@ -67,6 +67,7 @@ class Agent:
         self.slots = cfg.slots or (os.cpu_count() or 1)
         self.caps = probe_capabilities(cfg.labels, self.slots, str(self.state_dir), cfg.zones)
         _shed("pynvml")  # only the start-up probe needs NVML's bindings; an idle agent stays small
+        _tune_malloc()
         self.clock = ClockTracker(cfg.ntp_servers)
         self.link = LinkMeter()
         self.cache_dir = self.state_dir / "cache"
@@ -295,9 +296,8 @@ class Agent:
             log.debug("bandwidth probe failed: %s", exc)
             return
         self._probed = True
-        if timer.first_byte_s:
-            self.link.observe_rtt(timer.first_byte_s)
         self.link.observe_transfer(*timer.result())
+        _trim_heap()
         log.info("link to the scheduler: %.1f MB/s, rtt %.1f ms (probe of %d bytes)",
                  self.link.bandwidth_bps / 1e6, self.link.rtt_s * 1e3, timer.nbytes)
 
@@ -760,6 +760,47 @@ def _unlink(path: str | os.PathLike[str]) -> None:
         pass
     except OSError as exc:
         log.warning("cannot remove %s: %s", path, exc)
+
+
+def _libc() -> Any:
+    """glibc through ctypes, only when ctypes is already loaded (the GPU probe loads
+    it): importing it just for the tuning below would cost more than it saves."""
+    import sys
+
+    ctypes = sys.modules.get("ctypes")
+    if ctypes is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def _tune_malloc() -> None:
+    """Keep bulk transfer buffers out of the heap, so an idle agent stays small.
+
+    glibc serves allocations above its mmap threshold (128 KiB) with mmap and
+    returns them on free, but it raises the threshold to the size of any such
+    block that is freed: after the first 1 MiB chunk of a transfer, every later
+    one comes from the heap, which keeps megabytes after the transfer ended.
+    Setting the threshold explicitly turns that adjustment off.
+    """
+    libc = _libc()
+    if libc is not None:
+        try:
+            libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        except AttributeError:  # not glibc (musl has no mallopt)
+            pass
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), where that is cheap."""
+    libc = _libc()
+    if libc is not None:
+        try:
+            libc.malloc_trim(0)
+        except AttributeError:
+            pass
 
 
 def _shed(*modules: str) -> None:

@@ -98,23 +98,69 @@ def _load(path: str) -> Any:
     return load_pipeline(path)
 
 
+def plan_json(tp: Any) -> dict[str, Any]:
+    """The stable ``--json`` shape of one task's placement facts (``plan``, ``explain``)."""
+    return {
+        "agents_considered": tp.agents_considered,
+        "agents_feasible": len(tp.feasible_agents),
+        "feasible": list(tp.feasible_agents),
+        "rejection_counts": dict(tp.rejection_counts),
+        "passing": dict(tp.passing),
+        "rejections": dict(tp.rejections),
+        "candidates": [{"agent": c.agent, "score": round(c.score, 4),
+                        "breakdown": {k: round(v, 4) for k, v in c.breakdown.items()}} for c in tp.candidates],
+        "suggestions": list(tp.suggestions),
+        "residency": list(tp.residency),
+        "residency_conflicts": list(tp.residency_conflicts),
+    }
+
+
+def print_plan(tp: Any, indent: str = "") -> None:
+    ok = len(tp.feasible_agents)
+    mark = "ok " if ok else "!! "
+    names = list(tp.feasible_agents)
+    shown = f" ({', '.join(names[:10])}{', …' if len(names) > 10 else ''})" if names else ""
+    print(f"{indent}{mark}{tp.task}: {ok} of {tp.agents_considered} agents fit{shown}"
+          + (f"; zones {','.join(tp.residency)}" if tp.residency else ""))
+    if tp.rejection_counts:
+        print(f"{indent}      rejected: " + ", ".join(f"{reason} ×{n}" for reason, n in
+                                                     sorted(tp.rejection_counts.items(), key=lambda kv: -kv[1])))
+    for c in tp.candidates[:3]:
+        terms = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.breakdown.items()))
+        print(f"{indent}      {c.agent}: score {c.score:.2f} ({terms})")
+    for conflict in tp.residency_conflicts:
+        print(f"{indent}      residency conflict: {conflict}")
+    for s in tp.suggestions:
+        print(f"{indent}      to fit: {s}")
+    for agent, why in sorted(tp.rejections.items())[:10]:
+        print(f"{indent}      {agent}: {why}")
+    if len(tp.rejections) > 10:
+        print(f"{indent}      … and {len(tp.rejections) - 10} more (see --json)")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     pipeline = _load(args.file)
     with _client(args) as client:
         resp = client.plan(pipeline)
     if args.json:
-        _json({"pipeline": pipeline.name, "tasks": {
-            tp.task: {"agents_considered": tp.agents_considered, "feasible": list(tp.feasible_agents),
-                      "rejections": dict(tp.rejections)} for tp in resp.tasks}})
+        _json({"pipeline": pipeline.name, "tasks": {tp.task: plan_json(tp) for tp in resp.tasks}})
         return 0
     print(f"pipeline {pipeline.name}: {len(resp.tasks)} tasks, valid")
     for tp in resp.tasks:
-        ok = len(tp.feasible_agents)
-        mark = "ok " if ok else "!! "
-        print(f"{mark}{tp.task}: {ok} of {tp.agents_considered} agents fit"
-              + (f" ({', '.join(tp.feasible_agents)})" if ok else ""))
-        for agent, why in sorted(tp.rejections.items()):
-            print(f"      {agent}: {why}")
+        print_plan(tp)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        resp = client.explain(args.run, args.task)
+    if args.json:
+        _json({"run_id": resp.run_id, "task": resp.task, "state": resp.state, "reason": resp.reason,
+               "message": resp.message, "until": resp.until, "agent": resp.agent, "plan": plan_json(resp.plan)})
+        return 0
+    print(f"{resp.task} ({resp.state}): {resp.reason}")
+    print(f"  {resp.message}")
+    print_plan(resp.plan, indent="  ")
     return 0
 
 
@@ -122,11 +168,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     pipeline = _load(args.file)
     with _client(args) as client:
         if args.watch:
-            events = client.submit_and_watch(pipeline)
+            events = client.submit_and_watch(pipeline, strict=args.strict)
             first = next(events)
             _announce(first.run_id, list(first.warnings), args.json)
             return _watch(client, first.run_id, args.json, quiet=args.json, events=events, first=first)
-        res = client.submit(pipeline)
+        res = client.submit(pipeline, strict=args.strict)
         _announce(res.run_id, res.warnings, args.json)
     return 0
 
@@ -242,12 +288,17 @@ def agent_json(a: Any) -> dict[str, Any]:
     c = a.capabilities
     return {
         "name": a.name, "identity": a.identity, "state": a.state, "running": a.running,
+        "clock_suspect": a.clock_suspect, "clock_skew_s": a.clock_skew_s,
         "free_slots": a.free_slots, "last_seen": a.last_seen, "registered_at": a.registered_at,
         "capabilities": {
             "cpu_cores": c.cpu_cores, "arch": c.arch, "cpu_model": c.cpu_model, "memory_bytes": c.memory_bytes,
             "disk_bytes": c.disk_bytes, "disk_free_bytes": c.disk_free_bytes, "os": c.os,
             "os_release": c.os_release, "python_version": c.python_version, "hostname": c.hostname,
             "slots": c.slots, "labels": dict(c.labels), "agent_version": c.agent_version, "gpu_probe": c.gpu_probe,
+            "zones": list(c.zones), "bandwidth_bps": c.bandwidth_bps, "rtt_s": c.rtt_s,
+            "cached_artifacts": len(c.cached), "cached_bytes": sum(x.size for x in c.cached),
+            "power": {"has_battery": c.power.has_battery, "on_battery": c.power.on_battery,
+                      "battery_percent": c.power.battery_percent},
             "gpus": [{"index": g.index, "model": g.model, "memory_bytes": g.memory_bytes, "driver": g.driver,
                       "uuid": g.uuid, "compute_capability": g.compute_capability} for g in c.gpus],
         },
@@ -267,10 +318,13 @@ def cmd_agents(args: argparse.Namespace) -> int:
         c = a.capabilities
         best = min(a.clock, key=lambda s: s.uncertainty_s, default=None)
         clock = f"{best.offset_s * 1000:+.1f}ms ±{best.uncertainty_s * 1000:.1f}" if best else "-"
+        if a.clock_suspect:
+            clock += " clock_suspect"
         gpus = f"{len(c.gpus)}x {c.gpus[0].model}" if c.gpus else "0"
         rows.append((a.name, a.state, f"{a.running}/{c.slots}", str(c.cpu_cores), _bytes(c.memory_bytes), gpus,
-                     ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-", clock))
-    _table(rows, ("AGENT", "STATE", "RUNNING", "CPUS", "MEMORY", "GPUS", "LABELS", "CLOCK"))
+                     ",".join(c.zones) or "-", ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-",
+                     clock))
+    _table(rows, ("AGENT", "STATE", "RUNNING", "CPUS", "MEMORY", "GPUS", "ZONES", "LABELS", "CLOCK"))
     return 0
 
 
@@ -335,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("submit", cmd_submit, "submit a pipeline; prints the run id")
     sp.add_argument("file")
     sp.add_argument("--watch", action="store_true", help="then watch it to the end (exit 0 on success)")
+    sp.add_argument("--strict", action="store_true", help="refuse a pipeline with a task no registered agent can run")
     sp = verb("runs", cmd_runs, "list recent runs")
     sp.add_argument("--limit", type=int, default=50)
     sp.add_argument("--state", choices=("running", *TERMINAL))
@@ -353,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run")
     sp.add_argument("--watch", action="store_true")
     verb("agents", cmd_agents, "list agents, their capabilities and clocks")
+    sp = verb("explain", cmd_explain, "why a task is pending (and until when), or why it runs where it does")
+    sp.add_argument("run")
+    sp.add_argument("task")
     art = sub.add_parser("artifact", help="artifact commands")
     art_sub = art.add_subparsers(dest="artifact_verb", required=True, metavar="VERB")
     sp = art_sub.add_parser("get", parents=[conn], help="download an artifact, verified against its digest")

@@ -170,15 +170,16 @@ class Client:
     def plan(self, pipeline: Any) -> control_pb2.PlanResponse:
         return self._call(self.control.Plan, control_pb2.PlanRequest(pipeline=self._spec(pipeline)))
 
-    def submit(self, pipeline: Any) -> SubmitResult:
-        resp = self._call(self.control.Submit, control_pb2.SubmitRequest(pipeline=self._spec(pipeline)))
+    def submit(self, pipeline: Any, strict: bool = False) -> SubmitResult:
+        """Submit; ``strict`` refuses a pipeline with a task no registered agent can run."""
+        resp = self._call(self.control.Submit, control_pb2.SubmitRequest(pipeline=self._spec(pipeline), strict=strict))
         return SubmitResult(resp.run_id, list(resp.warnings))
 
-    def submit_and_watch(self, pipeline: Any, run_only: bool = False,
-                         timeout: float | None = None) -> Iterator[control_pb2.RunEvent]:
+    def submit_and_watch(self, pipeline: Any, run_only: bool = False, timeout: float | None = None,
+                         strict: bool = False) -> Iterator[control_pb2.RunEvent]:
         """Submit and follow in one call: the first event (the run's snapshot, with
         ``warnings``) is the durable acknowledgement; events follow until the run ends."""
-        req = control_pb2.SubmitAndWatchRequest(pipeline=self._spec(pipeline), run_only=run_only)
+        req = control_pb2.SubmitAndWatchRequest(pipeline=self._spec(pipeline), run_only=run_only, strict=strict)
         return self._stream(self.control.SubmitAndWatch, req, timeout)
 
     def run(self, pipeline: Any, timeout: float | None = None) -> control_pb2.RunStatus:
@@ -216,6 +217,10 @@ class Client:
 
     def retry(self, run_id: str) -> control_pb2.RunStatus:
         return self._call(self.control.RetryRun, control_pb2.RetryRunRequest(run_id=run_id))
+
+    def explain(self, run_id: str, task: str) -> control_pb2.ExplainResponse:
+        """Why a task is pending (and until when), or why it runs where it does."""
+        return self._call(self.control.Explain, control_pb2.ExplainRequest(run_id=run_id, task=task))
 
     def list_agents(self) -> list[control_pb2.AgentInfo]:
         return list(self._call(self.control.ListAgents, control_pb2.ListAgentsRequest()).agents)

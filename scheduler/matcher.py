@@ -463,4 +463,17 @@ def _relax_text(r: Rejection, needs: Needs, agents: Sequence[AgentView]) -> str:
             counts[a.gpus] = counts.get(a.gpus, 0) + 1
         best = max(counts)
         return f"no agent has {needs.gpus} GPUs; {counts[best]} agent(s) have {best}: ask for at most {best}"
+    if r.reason in (REASON_LABEL_MISSING, REASON_LABEL_MISMATCH):
+        parts = []
+        for key, want in needs.labels:
+            have = sorted({a.labels[key] for a in agents if key in a.labels})
+            if want not in have:
+                offer = f"agents have {key} in ({', '.join(have)})" if have else f"no agent has a {key} label"
+                parts.append(f"no agent has {key}={want}; {offer}")
+        if parts:
+            return "; ".join(parts)
+    if r.reason == REASON_RESIDENCY:
+        zones = sorted({z for a in agents for z in a.zones})
+        return (f"no agent sits in {', '.join(sorted(needs.residency or ()))}; agents sit in "
+                f"{', '.join(zones) or 'no zones'}: add an agent there (residency is never relaxed)")
     return f"relax this clause: {r.detail}"
