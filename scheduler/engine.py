@@ -239,6 +239,8 @@ class Engine:
         self._open_tasks = 0  # tasks not yet terminal, for admission control
         # Fair share (dominant resource fairness): resources each tenant holds now.
         self._tenant_usage: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+        self._tenant_served: dict[str, int] = {}  # tenant -> sequence number of its last grant
+        self._grants = 0
         # Data locality: which agents hold which artifact in their cache.
         self._cache_index: dict[str, set[str]] = collections.defaultdict(set)
         self.artifact_residency: dict[str, frozenset[str] | None] = {}
@@ -413,6 +415,8 @@ class Engine:
 
     def _hold(self, run: Run, t: Task) -> None:
         """Count a leased task against its run's concurrency and its tenant's share."""
+        self._grants += 1
+        self._tenant_served[run.tenant] = self._grants
         run.running += 1
         u = self._tenant_usage[run.tenant]
         u[0] += t.needs.cpus
@@ -1012,9 +1016,12 @@ class Engine:
         after.append(deliver)
         self._commit(batch, after)
 
-    def _fair_key(self, run: Run) -> tuple[int, float, int]:
-        """Order runs: priority first, then the tenant with the smallest dominant share, then age."""
-        return (-run.priority, self.dominant_share(run.tenant), run.seq)
+    def _fair_key(self, run: Run) -> tuple[int, float, int, int]:
+        """Order runs: priority first, then the tenant with the smallest dominant share, then
+        the tenant served least recently (so equal shares, e.g. both zero on a one-slot
+        agent, alternate instead of favouring the oldest run forever), then age."""
+        return (-run.priority, round(self.dominant_share(run.tenant), 9),
+                self._tenant_served.get(run.tenant, 0), run.seq)
 
     def _pick(self, agent: AgentState, memo: dict[Needs, bool], mono: float, wall: float) -> Task | None:
         """The next task this agent should run now, or None.
