@@ -252,6 +252,8 @@ class Agent:
         )
         caps = self.capabilities()
         if capabilities_changed(self._caps_sent, caps) or (unsent is not None and unsent.HasField("capabilities")):
+            log.debug("capabilities changed (%d cached, %.1f MB/s, rtt %.2f ms); sending them",
+                      len(caps.cached), caps.bandwidth_bps / 1e6, caps.rtt_s * 1e3)
             hb.capabilities.CopyFrom(caps)
             self._caps_sent = caps
         return hb
@@ -298,8 +300,7 @@ class Agent:
         self._probed = True
         self.link.observe_transfer(*timer.result())
         _trim_heap()
-        log.info("link to the scheduler: %.1f MB/s, rtt %.1f ms (probe of %d bytes)",
-                 self.link.bandwidth_bps / 1e6, self.link.rtt_s * 1e3, timer.nbytes)
+        log.info("link to the scheduler: %.1f MB/s (probe of %d bytes)", self.link.bandwidth_bps / 1e6, timer.nbytes)
 
     def _on_message(self, msg: agent_pb2.SchedulerMessage) -> None:
         for a in msg.assignments:
@@ -533,7 +534,10 @@ class Agent:
         staging area (one read); a dir is packed straight into it. If the copy fails
         (disk full), the output is still hashed and uploaded, just not kept.
         """
-        from outrider.artifacts import describe, hash_file
+        import tempfile
+
+        from outrider.artifacts import hash_file, pack_dir
+        from outrider.errors import InvalidArgument
 
         if path.is_file():
             try:
@@ -543,14 +547,21 @@ class Agent:
                 log.warning("cannot keep output %s in the artifact cache: %s", path, exc)
                 digest, size = hash_file(path)
                 return digest, size, "file", None, path
+        if not path.is_dir():
+            raise InvalidArgument(f"{path} is neither a file nor a directory")
         try:
             staging = self.cache.staging()
         except OSError:
             staging = self.scratch
-        digest, size, kind, source = describe(path, staging)
-        if kind == "dir" and staging != self.scratch:
-            return digest, size, kind, source, source
-        return digest, size, kind, None, source
+        fd, name = tempfile.mkstemp(dir=staging, prefix=".part-", suffix=".tar")
+        os.close(fd)
+        tar = Path(name)
+        try:
+            digest, size = pack_dir(path, tar)
+        except BaseException:
+            tar.unlink(missing_ok=True)
+            raise
+        return digest, size, "dir", tar, tar
 
 
 class BlobCache:

@@ -1259,6 +1259,8 @@ class Engine:
                 del self._watchers[w.run_id]
 
     def append_logs(self, agent_name: str, chunks: Iterable[agent_pb2.LogChunk]) -> None:
+        agent = self.agents.get(agent_name)
+        offset = agent.sched_offset if agent is not None else 0.0  # agent clock -> ours
         for chunk in chunks:
             ref = chunk.lease
             run = self.runs.get(ref.run_id)
@@ -1266,11 +1268,12 @@ class Engine:
             # Logs of an attempt are accepted from its agent even just after it ended.
             if t is None or t.agent != agent_name or ref.epoch != t.attempts:
                 continue
+            ts = chunk.ts + offset
             if self.log_sink is not None:
-                self.log_sink.append(ref.run_id, ref.task, ref.epoch, chunk.stream, chunk.data, chunk.ts)
+                self.log_sink.append(ref.run_id, ref.task, ref.epoch, chunk.stream, chunk.data, ts)
             for f in self._followers.get((ref.run_id, ref.task), ()):
                 f.queue.put_nowait(control_pb2.LogLine(attempt=ref.epoch, stream=chunk.stream,
-                                                       data=chunk.data, ts=chunk.ts))
+                                                       data=chunk.data, ts=ts))
 
     def follow_logs(self, run_id: str, task: str) -> LogFollower:
         f = LogFollower(run_id, task)
