@@ -240,6 +240,7 @@ class Engine:
         # Fair share (dominant resource fairness): resources each tenant holds now.
         self._tenant_usage: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
         self._tenant_served: dict[str, int] = {}  # tenant -> sequence number of its last grant
+        self._capacity = [0.0, 0.0, 0.0]  # cpus, memory, gpus of connected agents
         self._grants = 0
         # Data locality: which agents hold which artifact in their cache.
         self._cache_index: dict[str, set[str]] = collections.defaultdict(set)
@@ -435,13 +436,7 @@ class Engine:
         u = self._tenant_usage.get(tenant)
         if u is None:
             return 0.0
-        cap = [0.0, 0.0, 0.0]
-        for a in self.agents.values():
-            if a.connected:
-                cap[0] += a.view.cpus
-                cap[1] += a.view.memory
-                cap[2] += a.view.gpus
-        return max((used / total for used, total in zip(u, cap) if total > 0), default=0.0)
+        return max((used / total for used, total in zip(u, self._capacity) if total > 0), default=0.0)
 
     @staticmethod
     def _reserve(agent: AgentState, needs: Needs) -> None:
@@ -887,10 +882,14 @@ class Engine:
         fresh = view_from_caps(agent.name, caps)
         v = agent.view
         old_cached = v.cached
+        if agent.channels:
+            self._count_capacity(agent, -1)
         v.cpus, v.memory, v.disk, v.gpus, v.labels = fresh.cpus, fresh.memory, fresh.disk, fresh.gpus, fresh.labels
         v.gpu_models, v.gpu_free_memory, v.zones = fresh.gpu_models, fresh.gpu_free_memory, fresh.zones
         v.bandwidth_bps, v.cached = fresh.bandwidth_bps, fresh.cached
         agent.caps = caps
+        if agent.channels:
+            self._count_capacity(agent, +1)
         self._index_cache(agent, old_cached, v.cached)
         self._agents_version += 1
         self._kick()
@@ -951,6 +950,8 @@ class Engine:
         if agent is None:
             raise FailedPrecondition(f"agent {name} is not registered; call Register first")
         ch = Channel(name, credits)
+        if not agent.channels:
+            self._count_capacity(agent, +1)
         agent.channels.append(ch)
         agent.view.connected = True
         self._kick()
@@ -961,8 +962,17 @@ class Engine:
         agent = self.agents.get(ch.agent)
         if agent is not None and ch in agent.channels:
             agent.channels.remove(ch)
+            if not agent.channels:
+                self._count_capacity(agent, -1)
             agent.view.connected = agent.connected
             agent.last_seen = self.wall()
+
+    def _count_capacity(self, agent: AgentState, sign: int) -> None:
+        """Keep the connected agents' total resources (the denominator of fair shares)."""
+        v = agent.view
+        self._capacity[0] += sign * v.cpus
+        self._capacity[1] += sign * v.memory
+        self._capacity[2] += sign * v.gpus
 
     def add_credits(self, ch: Channel, n: int) -> None:
         if n < 0:
