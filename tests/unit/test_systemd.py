@@ -10,6 +10,7 @@ does catch such warnings.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -17,6 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from agent.config import AgentConfig
+from scheduler.server import SchedulerConfig
 
 from outrider import pki
 from outrider.config import parse_duration
@@ -34,8 +38,10 @@ UNITS = {
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
 
-SCHEDULER_KEYS = {"listen", "state_dir", "pki_dir", "ready_file", "lease_ttl", "heartbeat_interval", "log_level"}
-AGENT_KEYS = {"scheduler", "ca", "cert", "key", "pki_dir", "name", "labels", "slots", "state_dir", "ntp_servers", "log_level"}
+# The keys the daemons accept are their config dataclasses' fields: a deploy file
+# may use only those, and the scheduler's example shows every one.
+SCHEDULER_KEYS = {f.name for f in dataclasses.fields(SchedulerConfig)}
+AGENT_KEYS = {f.name for f in dataclasses.fields(AgentConfig)}
 LOG_LEVELS = {"debug", "info", "warning", "error"}
 HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 
@@ -184,3 +190,27 @@ def test_agent_toml(name: str, tier: str) -> None:
     assert {"accelerator", "site", "tier", "zone"} <= set(labels)
     assert all(isinstance(v, str) for v in labels.values())
     assert labels["tier"] == tier
+
+
+@pytest.mark.parametrize("name", ["agent-gpu.toml", "agent-hpc.toml", "agent-edge.toml"])
+def test_agent_toml_loads_through_the_agent(name: str, tmp_path: Path) -> None:
+    """Each example is accepted by the agent's own loader (with real certificate files)."""
+    import agent.main
+    from outrider import pki
+
+    cfg = _toml(name)
+    pki_dir = cfg.get("pki_dir") or str(Path(cfg["ca"]).parent)
+    agent_name = cfg.get("name") or Path(cfg["cert"]).stem
+    pki.init_ca(tmp_path / "pki", "acme.ml")
+    pki.issue(tmp_path / "pki", "agent", agent_name)
+    text = (ROOT / "deploy" / name).read_text().replace(pki_dir, str(tmp_path / "pki"))
+    (tmp_path / name).write_text(text)
+    loaded = agent.main.load_config(["--config", str(tmp_path / name)])
+    assert loaded.zones and loaded.labels["tier"] in name
+
+
+def test_scheduler_toml_loads_through_the_scheduler() -> None:
+    import scheduler.main
+
+    loaded = scheduler.main.load_config(["--config", str(ROOT / "deploy" / "scheduler.toml")])
+    assert loaded.lease_ttl == 15.0 and loaded.max_queue_depth == 100000
