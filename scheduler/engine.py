@@ -241,6 +241,10 @@ class Engine:
         self._tenant_usage: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
         self._tenant_served: dict[str, int] = {}  # tenant -> sequence number of its last grant
         self._capacity = [0.0, 0.0, 0.0]  # cpus, memory, gpus of connected agents
+        self._credited: dict[Channel, None] = {}  # channels holding credit, in arrival order
+        self._needs_pool: dict[Needs, Needs] = {}  # one instance per distinct Needs
+        self._placement_version = 0  # bumped when connectivity or caches change: best-agent caches expire
+        self._best_cache: dict[tuple[int, Placement], tuple[int, float, str]] = {}
         self._grants = 0
         # Data locality: which agents hold which artifact in their cache.
         self._cache_index: dict[str, set[str]] = collections.defaultdict(set)
@@ -324,7 +328,8 @@ class Engine:
                   created_at=created_at, trace_id=trace_id, seq=seq, priority=spec.priority,
                   concurrency=spec.concurrency, tenant=spec.tenant or submitter)
         for order, ts in enumerate(spec.tasks):
-            run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=needs_of(ts),
+            needs = self._intern(needs_of(ts))
+            run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=needs, spec_needs=needs,
                                       order=order, upstream=upstream_of(ts))
         for t in run.tasks.values():
             for up in t.upstream:
@@ -365,7 +370,7 @@ class Engine:
         if t.queued:
             return
         # Now that the inputs exist, the effective residency and the data are known.
-        t.needs = self._effective_needs(run, t)
+        t.needs = self._intern(self._effective_needs(run, t))
         t.placement = self._placement_of(run, t)
         t.ready_at = self.clock()
         t.wait_for, t.wait_until = "", 0.0
@@ -378,6 +383,9 @@ class Engine:
         self.ready_count += 1
         self._ready_runs.add(run.run_id)
         self._kick()
+
+    def _intern(self, needs: Needs) -> Needs:
+        return self._needs_pool.setdefault(needs, needs)
 
     def _unqueue(self, t: Task) -> None:
         """Take a task out of the ready queues (its deque entry is dropped lazily)."""
@@ -393,7 +401,7 @@ class Engine:
 
     def _effective_needs(self, run: Run, t: Task) -> Needs:
         """The task's needs with its residency narrowed by its inputs' (outputs carry theirs)."""
-        base = needs_of(t.spec)
+        base = t.spec_needs or needs_of(t.spec)
         residency = base.residency
         for ref in t.spec.inputs.values():
             up, _, out = ref.partition(".")
@@ -888,6 +896,7 @@ class Engine:
         v.gpu_models, v.gpu_free_memory, v.zones = fresh.gpu_models, fresh.gpu_free_memory, fresh.zones
         v.bandwidth_bps, v.cached = fresh.bandwidth_bps, fresh.cached
         agent.caps = caps
+        self._placement_version += 1
         if agent.channels:
             self._count_capacity(agent, +1)
         self._index_cache(agent, old_cached, v.cached)
@@ -952,18 +961,23 @@ class Engine:
         ch = Channel(name, credits)
         if not agent.channels:
             self._count_capacity(agent, +1)
+            self._placement_version += 1
         agent.channels.append(ch)
         agent.view.connected = True
+        if credits > 0:
+            self._credited[ch] = None
         self._kick()
         return ch
 
     def detach(self, ch: Channel) -> None:
         ch.close()
+        self._credited.pop(ch, None)
         agent = self.agents.get(ch.agent)
         if agent is not None and ch in agent.channels:
             agent.channels.remove(ch)
             if not agent.channels:
                 self._count_capacity(agent, -1)
+                self._placement_version += 1
             agent.view.connected = agent.connected
             agent.last_seen = self.wall()
 
@@ -979,6 +993,8 @@ class Engine:
             raise InvalidArgument(f"credits must not be negative, got {n}")
         slots = self.agents[ch.agent].caps.slots or 1
         ch.credits = min(ch.credits + n, slots)
+        if ch.credits > 0 and not ch.closed:
+            self._credited[ch] = None
         self._kick()
 
     # ------------------------------------------------------------------ dispatch
@@ -988,7 +1004,7 @@ class Engine:
         self._kick_scheduled = False
         if not self.ready_count:
             return
-        channels = [ch for a in self.agents.values() for ch in a.channels if ch.credits > 0 and not ch.closed]
+        channels = list(self._credited)  # only agents asking for work; never a scan of all agents
         if not channels:
             return
         # Rotate so that no agent is always served first.
@@ -1003,7 +1019,7 @@ class Engine:
             agent = self.agents[ch.agent]
             agent.view.free_slots = ch.credits
             out = []
-            memo: dict[Needs, bool] = {}
+            memo: dict[int, bool] = {}
             while ch.credits > 0 and self.ready_count:
                 t = self._pick(agent, memo, mono, wall)
                 if t is None:
@@ -1012,6 +1028,8 @@ class Engine:
                 self._unqueue(t)
                 ch.credits -= 1
                 out.append(self._grant(t, agent, batch, after, wall, mono))
+            if ch.credits <= 0:
+                self._credited.pop(ch, None)
             if out:
                 sends.append((ch, out))
         if not sends:
@@ -1033,7 +1051,7 @@ class Engine:
         return (-run.priority, round(self.dominant_share(run.tenant), 9),
                 self._tenant_served.get(run.tenant, 0), run.seq)
 
-    def _pick(self, agent: AgentState, memo: dict[Needs, bool], mono: float, wall: float) -> Task | None:
+    def _pick(self, agent: AgentState, memo: dict[int, bool], mono: float, wall: float) -> Task | None:
         """The next task this agent should run now, or None.
 
         Runs are visited in fairness order; within a run, each distinct Needs is
@@ -1042,13 +1060,22 @@ class Engine:
         there, or a preferred agent exists) is skipped until its wait bound passes.
         """
         view = agent.view
-        for run in sorted((self.runs[r] for r in self._ready_runs), key=self._fair_key):
+        tenant_keys: dict[str, tuple[float, int]] = {}
+
+        def order(run: Run) -> tuple[int, float, int, int]:
+            key = tenant_keys.get(run.tenant)
+            if key is None:
+                key = tenant_keys[run.tenant] = (round(self.dominant_share(run.tenant), 9),
+                                                 self._tenant_served.get(run.tenant, 0))
+            return (-run.priority, key[0], key[1], run.seq)
+
+        for run in sorted((self.runs[r] for r in self._ready_runs), key=order):
             if run.concurrency and run.running >= run.concurrency:
                 continue
             for needs, dq in list(run.queues.items()):
-                ok = memo.get(needs)
+                ok = memo.get(id(needs))  # needs are interned: one object per distinct value
                 if ok is None:
-                    ok = memo[needs] = matcher.feasible(needs, view)
+                    ok = memo[id(needs)] = matcher.feasible(needs, view)
                 if not ok or matcher.check_free(needs, view) is not None:
                     continue
                 while dq and not dq[0].queued:
@@ -1086,6 +1113,10 @@ class Engine:
         index) and, for tasks with preferences, the agents those preferences match:
         an agent with neither scores no better than any other.
         """
+        key = (id(t.needs), t.placement)
+        cached = self._best_cache.get(key)
+        if cached is not None and cached[0] == self._placement_version:
+            return max(cached[1], floor), cached[2] if cached[1] > floor else ""
         names: set[str] = set()
         for digest, _ in t.placement.inputs:
             names |= self._cache_index.get(digest, set())
@@ -1100,6 +1131,9 @@ class Engine:
             q = matcher.quality(t.placement, a.view)
             if q > best:
                 best, best_agent = q, name
+        if len(self._best_cache) > 100_000:
+            self._best_cache.clear()
+        self._best_cache[key] = (self._placement_version, best, best_agent)
         return best, best_agent
 
     def _grant(self, t: Task, agent: AgentState, batch: Batch, after: list[Callable[[], None]],
@@ -1164,6 +1198,7 @@ class Engine:
                     # than at its next heartbeat, so a downstream task can follow the data.
                     agent.view.cached[o.digest] = o.size
                     self._cache_index[o.digest].add(agent_name)
+                    self._placement_version += 1
             t.outputs = outputs
             t.error = ""
             t.finished_at = now

@@ -301,10 +301,25 @@ def rejections(needs: Needs, agent: AgentView, checks: Sequence[Check] = STATIC_
 
 
 def feasible(needs: Needs, agent: AgentView) -> bool:
-    """Static feasibility, stopping at the first failing clause (the hot path)."""
-    for check in STATIC_CHECKS:
-        if check(needs, agent) is not None:
+    """Static feasibility: the same answer as ``not rejections(needs, agent)``, without
+    building any explanation (the hot path: most agent × needs pairs fail)."""
+    if (needs.cpus > agent.cpus or needs.memory > agent.memory or needs.disk > agent.disk
+            or needs.gpus > agent.gpus):
+        return False
+    if (needs.gpu_model or needs.gpu_memory > 0) and (
+            check_gpu_model(needs, agent) is not None or check_gpu_memory(needs, agent) is not None):
+        return False
+    labels = agent.labels
+    for key, want in needs.labels:
+        if labels.get(key) != want:
             return False
+    for expr in needs.exprs:
+        if not expr_holds(expr, labels):
+            return False
+    if needs.residency is not None and not (agent.zones & needs.residency):
+        return False
+    if needs.max_clock_skew > 0 and (agent.clock_suspect or agent.clock_skew > needs.max_clock_skew):
+        return False
     return True
 
 

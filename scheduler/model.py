@@ -114,8 +114,9 @@ class Task:
     run_id: str
     name: str
     spec: Any  # outrider.v1.common_pb2.TaskSpec
-    needs: Needs
+    needs: Needs                     # current needs (residency narrowed by inputs once ready)
     order: int                       # position in the pipeline; ties in the ready queue
+    spec_needs: Needs | None = None  # needs as the spec states them (None: derive from spec)
     upstream: tuple[str, ...] = ()   # tasks that must succeed first (inputs and after)
     downstream: list[str] = field(default_factory=list)
     state: TaskState = TaskState.PENDING

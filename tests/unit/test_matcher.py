@@ -311,3 +311,30 @@ def test_select_scan_limit_examines_at_most_that_many() -> None:
 def test_select_disconnected_agent_takes_nothing() -> None:
     a = agent(connected=False)
     assert list(select_for_agent(a, queue(("t", needs())), limit=4)) == []
+
+
+def test_fast_feasible_agrees_with_every_clause() -> None:
+    """matcher.feasible (the hot path) must give exactly `not rejections(...)`."""
+    import random
+
+    from scheduler.model import Expr
+
+    rng = random.Random(7)
+    exprs = [Expr("cuda", ">=", ("12.1",)), Expr("site", "in", ("a", "b")), Expr("gpu", "exists"),
+             Expr("tier", "!=", ("edge",)), Expr("site", "not in", ("c",)), Expr("x", "not exists")]
+    for _ in range(3000):
+        n = Needs(cpus=rng.choice([0, 1, 4, 16]), memory=rng.choice([0, GiB, 64 * GiB]),
+                  gpus=rng.choice([0, 1, 2]), labels=tuple(rng.sample([("tier", "gpu"), ("zone", "x")], rng.randint(0, 1))),
+                  gpu_memory=rng.choice([0, 20 * GiB]), gpu_model=rng.choice(["", "H100", "a100"]),
+                  exprs=tuple(rng.sample(exprs, rng.randint(0, 2))),
+                  residency=rng.choice([None, frozenset(), frozenset({"eu"}), frozenset({"us", "eu"})]),
+                  max_clock_skew=rng.choice([0.0, 0.5]))
+        a = agent(cpus=rng.choice([2, 8]), memory=rng.choice([GiB, 16 * GiB]), gpus=rng.choice([0, 1, 2]),
+                  labels=dict(rng.sample([("tier", "gpu"), ("tier", "edge"), ("cuda", "12.4"), ("site", "a"),
+                                          ("gpu", "1"), ("x", "y")], rng.randint(0, 3))))
+        a.gpu_models = tuple(rng.choice(["NVIDIA H100", "A100-SXM"]) for _ in range(a.gpus))
+        a.gpu_free_memory = tuple(rng.choice([10 * GiB, 40 * GiB]) for _ in range(a.gpus))
+        a.zones = rng.choice([frozenset(), frozenset({"eu"}), frozenset({"us"})])
+        a.clock_skew = rng.choice([0.1, 0.9])
+        a.clock_suspect = rng.random() < 0.2
+        assert matcher.feasible(n, a) == (not rejections(n, a)), (n, a)
