@@ -243,8 +243,11 @@ class Engine:
         self._capacity = [0.0, 0.0, 0.0]  # cpus, memory, gpus of connected agents
         self._credited: dict[Channel, None] = {}  # channels holding credit, in arrival order
         self._needs_pool: dict[Needs, Needs] = {}  # one instance per distinct Needs
-        self._placement_version = 0  # bumped when connectivity or caches change: best-agent caches expire
-        self._best_cache: dict[tuple[int, Placement], tuple[int, float, str]] = {}
+        # Best-agent caches expire when what they depend on changes: the agents and their
+        # labels (connect, disconnect, new capabilities) or, for tasks with inputs, the caches.
+        self._labels_version = 0
+        self._cache_version = 0
+        self._best_cache: dict[tuple[int, Placement], tuple[tuple[int, int], float, str]] = {}
         self._grants = 0
         # Data locality: which agents hold which artifact in their cache.
         self._cache_index: dict[str, set[str]] = collections.defaultdict(set)
@@ -322,13 +325,14 @@ class Engine:
     # ------------------------------------------------------------------ helpers
 
     def _build_run(
-        self, run_id: str, spec: common_pb2.PipelineSpec, submitter: str, created_at: float, trace_id: str, seq: int
+        self, run_id: str, spec: common_pb2.PipelineSpec, submitter: str, created_at: float, trace_id: str, seq: int,
+        base: dict[str, Needs] | None = None,
     ) -> Run:
         run = Run(run_id=run_id, pipeline=spec.name, spec=spec, submitter=submitter,
                   created_at=created_at, trace_id=trace_id, seq=seq, priority=spec.priority,
                   concurrency=spec.concurrency, tenant=spec.tenant or submitter)
         for order, ts in enumerate(spec.tasks):
-            needs = self._intern(needs_of(ts))
+            needs = base[ts.name] if base is not None else self._intern(needs_of(ts))
             run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=needs, spec_needs=needs,
                                       order=order, upstream=upstream_of(ts))
         for t in run.tasks.values():
@@ -563,7 +567,8 @@ class Engine:
                 f"{len(spec.tasks)}, over the limit of {self.max_queue_depth} (max_queue_depth); "
                 "retry once the queue drains"
             )
-        static, conflicts = self.static_needs(spec)
+        base = {ts.name: self._intern(needs_of(ts)) for ts in spec.tasks}
+        static, conflicts = self.static_needs(spec, base)
         warnings = []
         for name, needs in static.items():
             if name in conflicts:
@@ -575,7 +580,8 @@ class Engine:
         if strict and warnings:
             raise FailedPrecondition("refused (strict): " + " | ".join(warnings))
         self._seq += 1
-        run = self._build_run(self.new_run_id(), spec, submitter, self.wall(), os.urandom(16).hex(), self._seq)
+        run = self._build_run(self.new_run_id(), spec, submitter, self.wall(), os.urandom(16).hex(), self._seq,
+                              base)
         self.runs[run.run_id] = run
         self._open_tasks += len(run.tasks)
         watcher = None
@@ -597,7 +603,9 @@ class Engine:
 
     # ------------------------------------------------------------------ placement explanations
 
-    def static_needs(self, spec: common_pb2.PipelineSpec) -> tuple[dict[str, Needs], dict[str, list[str]]]:
+    def static_needs(
+        self, spec: common_pb2.PipelineSpec, base: dict[str, Needs] | None = None
+    ) -> tuple[dict[str, Needs], dict[str, list[str]]]:
         """Each task's needs as far as they are known before it runs: its residency is
         narrowed through the DAG by its inputs' producers'. Also returns, per task whose
         residency ends up empty, the inputs that conflict."""
@@ -618,8 +626,8 @@ class Engine:
         conflicts: dict[str, list[str]] = {}
         for name in order:
             ts = by_name[name]
-            base = needs_of(ts)
-            residency = base.residency
+            own = base[name] if base is not None else needs_of(ts)
+            residency = own.residency
             sources = [] if residency is None else [f"the task itself ({', '.join(sorted(residency))})"]
             for inp, ref in ts.inputs.items():
                 up = ref.partition(".")[0]
@@ -629,7 +637,7 @@ class Engine:
                     sources.append(f"input {inp} from {up} ({', '.join(sorted(up_res)) or 'none'})")
             if residency is not None and not residency:
                 conflicts[name] = [", ".join(sources) + " have no zone in common"]
-            out[name] = base if residency == base.residency else dataclasses.replace(base, residency=residency)
+            out[name] = own if residency == own.residency else dataclasses.replace(own, residency=residency)
         return out, conflicts
 
     def _feasible_somewhere(self, needs: Needs) -> bool:
@@ -896,7 +904,7 @@ class Engine:
         v.gpu_models, v.gpu_free_memory, v.zones = fresh.gpu_models, fresh.gpu_free_memory, fresh.zones
         v.bandwidth_bps, v.cached = fresh.bandwidth_bps, fresh.cached
         agent.caps = caps
-        self._placement_version += 1
+        self._labels_version += 1
         if agent.channels:
             self._count_capacity(agent, +1)
         self._index_cache(agent, old_cached, v.cached)
@@ -904,6 +912,7 @@ class Engine:
         self._kick()
 
     def _index_cache(self, agent: AgentState, old: dict[str, int], new: dict[str, int]) -> None:
+        self._cache_version += 1
         for digest in old.keys() - new.keys():
             holders = self._cache_index.get(digest)
             if holders is not None:
@@ -961,7 +970,7 @@ class Engine:
         ch = Channel(name, credits)
         if not agent.channels:
             self._count_capacity(agent, +1)
-            self._placement_version += 1
+            self._labels_version += 1
         agent.channels.append(ch)
         agent.view.connected = True
         if credits > 0:
@@ -977,7 +986,7 @@ class Engine:
             agent.channels.remove(ch)
             if not agent.channels:
                 self._count_capacity(agent, -1)
-                self._placement_version += 1
+                self._labels_version += 1
             agent.view.connected = agent.connected
             agent.last_seen = self.wall()
 
@@ -1020,8 +1029,9 @@ class Engine:
             agent.view.free_slots = ch.credits
             out = []
             memo: dict[int, bool] = {}
+            worse: dict[tuple[int, Placement], str] = {}
             while ch.credits > 0 and self.ready_count:
-                t = self._pick(agent, memo, mono, wall)
+                t = self._pick(agent, memo, worse, mono, wall)
                 if t is None:
                     break
                 matcher.reserve(agent.view, t.needs)
@@ -1051,11 +1061,12 @@ class Engine:
         return (-run.priority, round(self.dominant_share(run.tenant), 9),
                 self._tenant_served.get(run.tenant, 0), run.seq)
 
-    def _pick(self, agent: AgentState, memo: dict[int, bool], mono: float, wall: float) -> Task | None:
+    def _pick(self, agent: AgentState, memo: dict[int, bool], worse: dict[tuple[int, Placement], str],
+              mono: float, wall: float) -> Task | None:
         """The next task this agent should run now, or None.
 
         Runs are visited in fairness order; within a run, each distinct Needs is
-        checked against the agent once (``memo``), and a queue is scanned only a
+        checked against the agent once per pass (``memo``), and a queue is scanned only a
         bounded way. A task that would run clearly better elsewhere (its data is
         there, or a preferred agent exists) is skipped until its wait bound passes.
         """
@@ -1084,22 +1095,36 @@ class Engine:
                     del run.queues[needs]
                     continue
                 for t in itertools.islice(dq, SCAN_PER_QUEUE):
-                    if t.queued and not self._should_wait(t, agent, mono, wall):
+                    if t.queued and not self._should_wait(t, agent, mono, wall, worse):
                         return t
         return None
 
-    def _should_wait(self, t: Task, agent: AgentState, mono: float, wall: float) -> bool:
+    def _should_wait(self, t: Task, agent: AgentState, mono: float, wall: float,
+                     worse: dict[tuple[int, Placement], str]) -> bool:
         """Delay scheduling (Zaharia et al., EuroSys 2010): hold a task back from an agent
-        that is clearly worse than another feasible one, for at most ``placement_wait``."""
+        that is clearly worse than another feasible one, for at most ``placement_wait``.
+
+        ``worse`` memoises, for this agent and dispatch pass, which better agent (if any) each
+        distinct (needs, placement) has: tasks alike in both are alike here too.
+        """
         p = t.placement
         if p is NO_PLACEMENT:
             return False
         waited = mono - t.ready_at
         if waited >= self.placement_wait:
             return False
-        here = matcher.quality(p, agent.view)
-        best, best_agent = self._best_quality(t, here)
-        if best_agent == agent.name or here >= best - matcher.NEARLY_BEST:
+        key = (id(t.needs), p)
+        best_agent = worse.get(key)
+        if best_agent is None:
+            best, best_agent = self._best_quality(t, 0.0)
+            if best_agent and best_agent != agent.name:
+                here = matcher.quality(p, agent.view)
+                if here >= best - matcher.NEARLY_BEST:
+                    best_agent = ""
+            else:
+                best_agent = ""
+            worse[key] = best_agent
+        if not best_agent:
             return False
         t.wait_for = best_agent
         t.wait_until = wall + (self.placement_wait - waited)
@@ -1115,7 +1140,8 @@ class Engine:
         """
         key = (id(t.needs), t.placement)
         cached = self._best_cache.get(key)
-        if cached is not None and cached[0] == self._placement_version:
+        version = (self._labels_version, self._cache_version if t.placement.inputs else 0)
+        if cached is not None and cached[0] == version:
             return max(cached[1], floor), cached[2] if cached[1] > floor else ""
         names: set[str] = set()
         for digest, _ in t.placement.inputs:
@@ -1133,7 +1159,7 @@ class Engine:
                 best, best_agent = q, name
         if len(self._best_cache) > 100_000:
             self._best_cache.clear()
-        self._best_cache[key] = (self._placement_version, best, best_agent)
+        self._best_cache[key] = (version, best, best_agent)
         return best, best_agent
 
     def _grant(self, t: Task, agent: AgentState, batch: Batch, after: list[Callable[[], None]],
@@ -1198,7 +1224,7 @@ class Engine:
                     # than at its next heartbeat, so a downstream task can follow the data.
                     agent.view.cached[o.digest] = o.size
                     self._cache_index[o.digest].add(agent_name)
-                    self._placement_version += 1
+                    self._cache_version += 1
             t.outputs = outputs
             t.error = ""
             t.finished_at = now
