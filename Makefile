@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench protos check-protos sysdeps clean
+.PHONY: install demo test test-fast bench bench-placement protos check-protos sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test-fast: install
 
 bench: install
 	$(PY) bench/core.py
+
+bench-placement: install
+	$(PY) bench/placement.py
 
 protos: install
 	$(PY) scripts/gen_protos.py
