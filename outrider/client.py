@@ -17,7 +17,9 @@ gRPC errors become :mod:`outrider.errors` exceptions, mapped here in one place.
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -150,10 +152,41 @@ class Client:
             raise _translate(exc) from None
 
     def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Iterator[Any]:
+        """Iterate a server stream so that Ctrl-C still works.
+
+        A blocking gRPC iteration waits inside C code, where Python cannot deliver
+        KeyboardInterrupt; so a thread reads the stream and this generator waits on a
+        queue in short steps. Closing the generator (or an interrupt) cancels the call.
+        """
+        call = method(request, timeout=timeout)
+        q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1024)
+
+        def pump() -> None:
+            try:
+                for item in call:
+                    q.put(("item", item))
+                q.put(("end", None))
+            except grpc.RpcError as exc:
+                q.put(("error", exc))
+
+        reader = threading.Thread(target=pump, name="outrider-stream", daemon=True)
+        reader.start()
         try:
-            yield from method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
+            while True:
+                try:
+                    kind, value = q.get(timeout=0.25)
+                except queue.Empty:
+                    continue
+                if kind == "item":
+                    yield value
+                elif kind == "end":
+                    return
+                else:
+                    if value.code() == grpc.StatusCode.CANCELLED:
+                        return
+                    raise _translate(value) from None
+        finally:
+            call.cancel()
 
     # -- pipelines and runs --
 
