@@ -898,17 +898,21 @@ class Engine:
         fresh = view_from_caps(agent.name, caps)
         v = agent.view
         old_cached = v.cached
+        shape = (v.cpus, v.memory, v.disk, v.gpus, v.labels, v.gpu_models, v.gpu_free_memory, v.zones)
         if agent.channels:
             self._count_capacity(agent, -1)
         v.cpus, v.memory, v.disk, v.gpus, v.labels = fresh.cpus, fresh.memory, fresh.disk, fresh.gpus, fresh.labels
         v.gpu_models, v.gpu_free_memory, v.zones = fresh.gpu_models, fresh.gpu_free_memory, fresh.zones
         v.bandwidth_bps, v.cached = fresh.bandwidth_bps, fresh.cached
         agent.caps = caps
-        self._labels_version += 1
         if agent.channels:
             self._count_capacity(agent, +1)
-        self._index_cache(agent, old_cached, v.cached)
-        self._agents_version += 1
+        if old_cached != v.cached:
+            self._index_cache(agent, old_cached, v.cached)
+        if shape != (v.cpus, v.memory, v.disk, v.gpus, v.labels, v.gpu_models, v.gpu_free_memory, v.zones):
+            # What feasibility and preferences look at changed (not just the cache or the link).
+            self._labels_version += 1
+            self._agents_version += 1
         self._kick()
 
     def _index_cache(self, agent: AgentState, old: dict[str, int], new: dict[str, int]) -> None:
@@ -1146,9 +1150,13 @@ class Engine:
         names: set[str] = set()
         for digest, _ in t.placement.inputs:
             names |= self._cache_index.get(digest, set())
-        if any(w > 0 for _, w in t.placement.affinities):
+        affinities = t.placement.affinities
+        if any(w > 0 for _, w in affinities):  # agents a `prefer` matches
             names.update(a.name for a in self.agents.values() if a.connected and any(
-                w > 0 and matcher.expr_holds(e, a.view.labels) for e, w in t.placement.affinities))
+                w > 0 and matcher.expr_holds(e, a.view.labels) for e, w in affinities))
+        if any(w < 0 for _, w in affinities):  # agents no `avoid` matches
+            names.update(a.name for a in self.agents.values() if a.connected and not any(
+                w < 0 and matcher.expr_holds(e, a.view.labels) for e, w in affinities))
         best, best_agent = floor, ""
         for name in names:
             a = self.agents.get(name)

@@ -238,6 +238,27 @@ def test_preferred_agent_is_waited_for_then_given_up(make: Any) -> None:
     h.run(body())
 
 
+def test_avoided_agent_waits_for_one_it_does_not_avoid_then_gives_up(make: Any) -> None:
+    h = make()
+
+    async def body() -> None:
+        good = h.connect("good", credits=0, slots=1, labels={"tier": "gpu"})
+        edge = h.connect("edge", slots=1, labels={"tier": "edge"})
+        p = Pipeline("avoid")
+        p.task("x", run="true", avoid=["tier = edge"])
+        run_id = await h.submit(p)
+        await h.settle()
+        assert taken(edge) == []  # edge polled, but the task avoids it while `good` exists
+        why = h.engine.explain(run_id, "x")
+        assert why.reason == "waiting_for_better_agent" and "good" in why.message
+        h.advance(WAIT)
+        await h.settle()
+        assert taken(edge) == [(run_id, "x")]  # good stayed busy: the avoided agent takes it
+        assert not good.has_assignments()
+
+    h.run(body())
+
+
 # --------------------------------------------------------------------------- priority, fair share, concurrency
 
 
