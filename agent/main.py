@@ -5,12 +5,14 @@ file given with ``--config``; flags win over the file.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 from outrider.config import load_toml, merge_config, parse_address, parse_bytes, parse_duration, parse_labels
 from outrider.errors import ConfigError, OutriderError
@@ -43,6 +45,8 @@ def parse_zones(value: Any) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here, not at the top: the running agent sheds it after start-up
+
     p = argparse.ArgumentParser(prog="outrider-agent", description="Run an Outrider agent: pull work, run stages.")
     p.add_argument("--config", help="TOML file with the same keys as the flags")
     p.add_argument("--scheduler", help="scheduler HOST:PORT")
@@ -142,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     import asyncio
 
-    from agent.daemon import Agent
+    from agent.daemon import Agent, _shed
+
+    _shed("argparse", "gettext")  # flags are parsed; an idle agent on an edge box stays small
 
     asyncio.run(Agent(cfg).run())
     return 0
