@@ -246,8 +246,8 @@ class Engine:
         # Best-agent caches expire when what they depend on changes: the agents and their
         # labels (connect, disconnect, new capabilities) or, for tasks with inputs, the caches.
         self._labels_version = 0
-        self._cache_version = 0
-        self._best_cache: dict[tuple[int, Placement], tuple[tuple[int, int], float, str]] = {}
+        self._digest_version: dict[str, int] = collections.defaultdict(int)  # holders of a digest changed
+        self._best_cache: dict[tuple[int, Placement], tuple[tuple[int, tuple[int, ...]], float, str]] = {}
         self._grants = 0
         # Data locality: which agents hold which artifact in their cache.
         self._cache_index: dict[str, set[str]] = collections.defaultdict(set)
@@ -589,10 +589,23 @@ class Engine:
             watcher = Watcher(run.run_id, watch)
             self._watchers.setdefault(run.run_id, set()).add(watcher)
         batch, after = Batch(), []
+        # Tasks with no upstream are ready from the start: they are inserted as such, and
+        # their "ready" events recorded in one statement (a 10,000-task sweep is one
+        # INSERT of tasks and one of events, not 20,000 updates).
+        roots = [t for t in run.tasks.values() if not t.upstream]
+        for t in roots:
+            t.state = TaskState.READY
         batch.insert_run(run)
         self._event(batch, after, run, "", RunState.RUNNING.value, message=f"submitted by {submitter}")
-        for t in run.tasks.values():
-            self._mark_ready_if_unblocked(run, t, batch, after)
+        now = self.wall()
+        batch.events([(now, run.run_id, t.name, TaskState.READY.value, 0, "", "") for t in roots])
+        watchers = self._watchers.get(run.run_id)
+        if watchers and any(not w.run_only for w in watchers):
+            evs = [control_pb2.RunEvent(run_id=run.run_id, task=t.name, state=TaskState.READY.value, ts=now)
+                   for t in roots]
+            after.append(lambda: [self._publish(run, ev) for ev in evs])
+        for t in roots:
+            self._enqueue(t)
         try:
             await self._commit(batch, after)
         except BaseException:
@@ -916,14 +929,15 @@ class Engine:
         self._kick()
 
     def _index_cache(self, agent: AgentState, old: dict[str, int], new: dict[str, int]) -> None:
-        self._cache_version += 1
         for digest in old.keys() - new.keys():
+            self._digest_version[digest] += 1
             holders = self._cache_index.get(digest)
             if holders is not None:
                 holders.discard(agent.name)
                 if not holders:
                     del self._cache_index[digest]
         for digest in new.keys() - old.keys():
+            self._digest_version[digest] += 1
             self._cache_index[digest].add(agent.name)
 
     def _observe_clocks(self, agent: AgentState, clocks: list[common_pb2.ClockSample]) -> None:
@@ -1029,6 +1043,9 @@ class Engine:
         for ch in channels:
             if not self.ready_count:
                 break
+            if ch.closed or ch.credits <= 0:
+                self._credited.pop(ch, None)
+                continue
             agent = self.agents[ch.agent]
             agent.view.free_slots = ch.credits
             out = []
@@ -1144,7 +1161,8 @@ class Engine:
         """
         key = (id(t.needs), t.placement)
         cached = self._best_cache.get(key)
-        version = (self._labels_version, self._cache_version if t.placement.inputs else 0)
+        # Valid while the agents are the same and no holder of one of its inputs changed.
+        version = (self._labels_version, tuple(self._digest_version.get(d, 0) for d, _ in t.placement.inputs))
         if cached is not None and cached[0] == version:
             return max(cached[1], floor), cached[2] if cached[1] > floor else ""
         names: set[str] = set()
@@ -1232,7 +1250,7 @@ class Engine:
                     # than at its next heartbeat, so a downstream task can follow the data.
                     agent.view.cached[o.digest] = o.size
                     self._cache_index[o.digest].add(agent_name)
-                    self._cache_version += 1
+                    self._digest_version[o.digest] += 1
             t.outputs = outputs
             t.error = ""
             t.finished_at = now

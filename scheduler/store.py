@@ -191,6 +191,14 @@ class Batch:
             (name, identity, caps, now, now),
         ))
 
+    def events(self, rows: list[tuple[float, str, str, str, int, str, str]]) -> None:
+        """Many events at once: (ts, run_id, task, state, attempt, agent, detail) each."""
+        if rows:
+            self.ops.append((
+                "many:INSERT INTO events(ts, run_id, task, state, attempt, agent, detail) VALUES (?,?,?,?,?,?,?)",
+                rows,
+            ))
+
     def event(self, ts: float, run_id: str, task: str, state: str, attempt: int, agent: str, detail: str) -> None:
         self.ops.append((
             "INSERT INTO events(ts, run_id, task, state, attempt, agent, detail) VALUES (?,?,?,?,?,?,?)",
