@@ -27,6 +27,8 @@ AGENTS = {
     "hpc-1": {"tier": "hpc", "site": "campus"},
     "edge-1": {"tier": "edge", "site": "plant-7"},
 }
+# Data-residency zones each agent sits in (the pipeline keeps its data in the EU).
+ZONES = {"gpu-1": "eu,eu-central", "hpc-1": "eu,eu-west", "edge-1": "eu,eu-west"}
 
 
 def say(msg: str = "") -> None:
@@ -53,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         address = cluster.start_scheduler()
         say(f"==> scheduler serving on {address} (mTLS, SQLite in {root / 'scheduler'})")
         for name, labels in AGENTS.items():
-            cluster.add_agent(name, labels=labels, slots=2)
+            cluster.add_agent(name, labels=labels, slots=2, extra_args=["--zones", ZONES[name]])
         cluster.wait_agents(AGENTS)
         say("==> agents connected: " + ", ".join(
-            f"{n} ({','.join(f'{k}={v}' for k, v in ls.items())})" for n, ls in AGENTS.items()))
+            f"{n} ({','.join(f'{k}={v}' for k, v in ls.items())}; zones {ZONES[n]})" for n, ls in AGENTS.items()))
         with cluster.client("demo-user") as client:
             plan = client.plan(pipeline)
             for tp in plan.tasks:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the digits pipeline locally, without Outrider, emulating the stage contract.
+"""Run the digits pipeline locally, without a scheduler or agents, emulating the stage contract.
 
 For each task, in dependency order, this:
   * makes a fresh work dir holding a copy of the `code:` directory (./stages),
@@ -9,7 +9,8 @@ For each task, in dependency order, this:
   * runs `run:` (a string via /bin/sh -c, a list exec'd directly) with the task's timeout,
   * retries up to `retries:` times, and fails the task if a declared output is missing.
 
-It also checks the spec against the demo's three agents (labels, <= 2 cores, no GPUs).
+The spec is parsed with Outrider's own parser (outrider.pipeline); it also checks the
+spec against the demo's three agents (labels, <= 2 cores, no GPUs).
 
     .venv/bin/python examples/digits/local_check.py                 # whole chain
     .venv/bin/python examples/digits/local_check.py --keep          # keep the temp dir
@@ -35,11 +36,8 @@ import time
 import uuid
 from pathlib import Path
 
-import yaml
 
 HERE = Path(__file__).resolve().parent
-TASK_KEYS = {"run", "inputs", "outputs", "after", "requires", "retries", "timeout", "env"}
-REQUIRES_KEYS = {"cpus", "memory", "gpus", "labels"}
 DEMO_AGENTS = {  # what `make demo` starts: 2 cores each, no real GPUs
     "gpu": {"tier": "gpu", "accelerator": "gpu", "site": "lab"},
     "hpc": {"tier": "hpc", "site": "campus"},
@@ -52,67 +50,30 @@ class SpecError(Exception):
     pass
 
 
-def parse_duration(text) -> float:
-    if isinstance(text, (int, float)):
-        return float(text)
-    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", str(text).strip())
-    if not parts or not any(parts.groups()):
-        raise SpecError(f"bad timeout {text!r} (expected e.g. 30s, 5m, 1h30m)")
-    h, m, s = (int(g or 0) for g in parts.groups())
-    return float(h * 3600 + m * 60 + s)
-
-
 def load_spec(path: Path) -> dict:
-    spec = yaml.safe_load(path.read_text())
-    if not isinstance(spec, dict) or not isinstance(spec.get("tasks"), dict) or not spec["tasks"]:
-        raise SpecError("spec needs top-level `name`, `code` and a non-empty `tasks` mapping")
-    unknown_top = set(spec) - {"name", "code", "tasks"}
-    if unknown_top:
-        raise SpecError(f"unknown top-level keys: {sorted(unknown_top)}")
-    tasks = spec["tasks"]
-    for name, t in tasks.items():
-        where = f"tasks.{name}"
-        if not isinstance(t, dict):
-            raise SpecError(f"{where} must be a mapping")
-        if set(t) - TASK_KEYS:
-            raise SpecError(f"{where}: unknown keys {sorted(set(t) - TASK_KEYS)}")
-        run = t.get("run")
-        if not (isinstance(run, str) and run.strip()) and not (
-                isinstance(run, list) and run and all(isinstance(a, str) for a in run)):
-            raise SpecError(f"{where}.run must be a non-empty string or list of strings")
-        t.setdefault("inputs", {})
-        t.setdefault("outputs", [])
-        t.setdefault("after", [])
-        t.setdefault("env", {})
-        t.setdefault("requires", {})
-        for in_name, ref in t["inputs"].items():
-            up, _, out = str(ref).partition(".")
-            if up not in tasks or out not in tasks[up].get("outputs", []):
-                raise SpecError(f"{where}.inputs.{in_name}: {ref!r} is not a declared `task.output`")
-        for dep in t["after"]:
-            if dep not in tasks:
-                raise SpecError(f"{where}.after: unknown task {dep!r}")
-        for k, v in t["env"].items():
-            if not isinstance(v, str):
-                raise SpecError(f"{where}.env.{k} must be a string (quote it), got {v!r}")
-        req = t["requires"]
-        if set(req) - REQUIRES_KEYS:
-            raise SpecError(f"{where}.requires: unknown keys {sorted(set(req) - REQUIRES_KEYS)}")
-        t["_timeout"] = parse_duration(t.get("timeout", "1h"))
-        t["_retries"] = int(t.get("retries", 0))
-    return spec
+    """Parse and validate with Outrider's own spec parser (outrider.pipeline), then
+    flatten each task into the plain dict this runner works with."""
+    from outrider.pipeline import load_pipeline
 
-
-def topo_order(tasks: dict) -> list[str]:
-    deps = {n: set(t["after"]) | {str(r).split(".")[0] for r in t["inputs"].values()}
-            for n, t in tasks.items()}
-    order: list[str] = []
-    while len(order) < len(tasks):
-        ready = [n for n in tasks if n not in order and deps[n] <= set(order)]
-        if not ready:
-            raise SpecError(f"dependency cycle among {sorted(set(tasks) - set(order))}")
-        order.append(ready[0])  # stable: file order among ready tasks
-    return order
+    try:
+        pipeline = load_pipeline(path)
+    except Exception as exc:  # SpecError lists every problem with FILE:LINE: field
+        raise SpecError(str(exc)) from None
+    tasks = {}
+    for name in pipeline.tasks:
+        t = pipeline.tasks[name]
+        tasks[name] = {
+            "run": t.argv[0] if t.shell else list(t.argv),
+            "inputs": dict(t.inputs),
+            "outputs": list(t.outputs),
+            "after": list(t.after),
+            "env": dict(t.env),
+            "requires": {"cpus": t.cpus, "gpus": t.gpus, "labels": dict(t.labels)},
+            "_timeout": t.timeout_s or 3600.0,
+            "_retries": t.max_attempts - 1,
+        }
+    return {"name": pipeline.name, "code": str(pipeline.code_dir or path.parent), "tasks": tasks,
+            "_order": pipeline.topological_order()}
 
 
 def check_placement(tasks: dict) -> None:
@@ -223,9 +184,9 @@ def main() -> int:
         unknown = set(overrides) - set(tasks)
         if unknown:
             raise SpecError(f"--set names unknown task(s) {sorted(unknown)}")
-        order = topo_order(tasks)
+        order = spec["_order"]
         check_placement(tasks)
-    except (SpecError, yaml.YAMLError) as exc:
+    except SpecError as exc:
         print(f"spec error in {spec_path}: {exc}", file=sys.stderr)
         return 2
     code_dir = (spec_path.parent / spec.get("code", ".")).resolve()
