@@ -130,6 +130,24 @@ class Channel:
             await self._event.wait()
             self._event.clear()
 
+    async def wait_assignments(self, timeout: float) -> None:
+        """Wait until assignments arrive or ``timeout`` passes (a unary long-poll)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not self._assignments and (left := end - loop.time()) > 0:
+            try:
+                await asyncio.wait_for(self._event.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+            self._event.clear()
+
+    async def drain(self) -> None:
+        """Stop taking credit and wait for assignments already being committed."""
+        self.credits = 0
+        while self.inflight:
+            await self._event.wait()
+            self._event.clear()
+
     def close(self) -> None:
         self.closed = True
         self._event.set()

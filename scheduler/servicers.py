@@ -162,20 +162,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 acks.append(agent_pb2.CompletionAck(lease=c.lease, code=status_number(exc), message=str(exc)))
         ch = self.engine.attach(name, credits=0)
         self.engine.add_credits(ch, max(0, request.free_slots))
-        loop = asyncio.get_running_loop()
-        end = loop.time() + min(max(request.wait_s, 0.0), MAX_POLL_WAIT_S)
         try:
-            while not ch.has_assignments() and (left := end - loop.time()) > 0:
-                try:
-                    await asyncio.wait_for(ch._event.wait(), left)
-                except asyncio.TimeoutError:
-                    pass
-                ch._event.clear()
+            await ch.wait_assignments(min(max(request.wait_s, 0.0), MAX_POLL_WAIT_S))
         finally:
-            ch.credits = 0  # no new work for this poll; but what is being committed still comes
-            while ch.inflight:
-                await ch._event.wait()
-                ch._event.clear()
+            await ch.drain()  # no new work for this poll; but what is being committed still comes
             self.engine.detach(ch)
         return agent_pb2.PollResponse(assignments=ch.take().assignments, acks=acks)
 
