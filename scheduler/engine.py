@@ -1152,6 +1152,13 @@ class Engine:
         waited = mono - t.ready_at
         if waited >= self.placement_wait:
             return False
+        if (t.wait_for and t.wait_for != agent.name and not p.affinities and t.wait_until > wall
+                and not any(d in agent.view.cached for d, _ in p.inputs)):
+            # Already waiting for the agent that holds its data, and this one holds none of it:
+            # it cannot be better (the common case when a deep queue waits for busy holders).
+            holder = self.agents.get(t.wait_for)
+            if holder is not None and holder.connected:
+                return True
         key = (id(t.needs), p)
         best_agent = worse.get(key)
         if best_agent is None:
