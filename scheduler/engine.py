@@ -261,6 +261,7 @@ class Engine:
         self._capacity = [0.0, 0.0, 0.0]  # cpus, memory, gpus of connected agents
         self._credited: dict[Channel, None] = {}  # channels holding credit, in arrival order
         self._needs_pool: dict[Needs, Needs] = {}  # one instance per distinct Needs
+        self._placement_pool: dict[Placement, Placement] = {}
         # Best-agent caches expire when what they depend on changes: the agents and their
         # labels (connect, disconnect, new capabilities) or, for tasks with inputs, the caches.
         self._labels_version = 0
@@ -442,7 +443,12 @@ class Engine:
         affinities = tuple((Expr(a.expr.key, a.expr.op, tuple(a.expr.values)), a.weight) for a in t.spec.affinities)
         if not inputs and not affinities:
             return NO_PLACEMENT
-        return Placement(tuple(inputs), affinities)
+        placement = Placement(tuple(inputs), affinities)
+        if not inputs:  # preferences only: shared by the run's alike tasks, so share one object
+            if len(self._placement_pool) > 100_000:
+                self._placement_pool.clear()
+            placement = self._placement_pool.setdefault(placement, placement)
+        return placement
 
     def _hold(self, run: Run, t: Task) -> None:
         """Count a leased task against its run's concurrency and its tenant's share."""
@@ -1133,9 +1139,15 @@ class Engine:
                 if not dq:
                     del run.queues[needs]
                     continue
+                held: Placement | None = None
                 for t in itertools.islice(dq, SCAN_PER_QUEUE):
-                    if t.queued and not self._should_wait(t, agent, mono, wall, worse):
+                    if not t.queued:
+                        continue
+                    if t.placement is held:
+                        break  # queued later, same data and preferences: it would wait too
+                    if not self._should_wait(t, agent, mono, wall, worse):
                         return t
+                    held = t.placement
         return None
 
     def _should_wait(self, t: Task, agent: AgentState, mono: float, wall: float,
