@@ -21,22 +21,13 @@ from outrider.v1 import agent_pb2, common_pb2
 from scheduler.engine import Channel, Engine, backoff_delay
 from scheduler.model import RunState, TaskState
 from scheduler.store import Store
+from tests.helpers.fake_clock import FakeClock
 
 GiB = 2**30
 TTL = 10.0
 HB = 2.0
 MONO0 = 1000.0
 WALL0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Harness:
