@@ -262,6 +262,7 @@ class Engine:
         self._credited: dict[Channel, None] = {}  # channels holding credit, in arrival order
         self._needs_pool: dict[Needs, Needs] = {}  # one instance per distinct Needs
         self._placement_pool: dict[Placement, Placement] = {}
+        self._preferred_cache: dict[tuple[int, Any], tuple[int, str]] = {}
         # Best-agent caches expire when what they depend on changes: the agents and their
         # labels (connect, disconnect, new capabilities) or, for tasks with inputs, the caches.
         self._labels_version = 0
@@ -1189,12 +1190,31 @@ class Engine:
         heapq.heappush(self._wakeups, t.ready_at + self.placement_wait)
         return True
 
+    def _most_preferred(self, needs: Needs, affinities: tuple[tuple[Expr, float], ...]) -> str:
+        """The connected, feasible agent with the highest affinity score ("" if none)."""
+        key = (id(needs), affinities)
+        cached = self._preferred_cache.get(key)
+        if cached is not None and cached[0] == self._labels_version:
+            return cached[1]
+        placement = Placement((), affinities)
+        best, best_agent = float("-inf"), ""
+        for a in self.agents.values():
+            if a.connected and matcher.feasible(needs, a.view):
+                score = matcher.score_affinity(placement, a.view)
+                if score > best:
+                    best, best_agent = score, a.name
+        if len(self._preferred_cache) > 10_000:
+            self._preferred_cache.clear()
+        self._preferred_cache[key] = (self._labels_version, best_agent)
+        return best_agent
+
     def _best_quality(self, t: Task, floor: float) -> tuple[float, str]:
         """The best placement quality any connected, feasible agent offers this task.
 
         Candidates are the agents holding some of its input bytes (from the cache
-        index) and, for tasks with preferences, the agents those preferences match:
-        an agent with neither scores no better than any other.
+        index) and, for tasks with preferences, the agent its preferences favour most
+        (one scan of the agents per distinct needs and preferences, until the agents
+        change): any other agent scores no better than one of these.
         """
         key = (id(t.needs), t.placement)
         cached = self._best_cache.get(key)
@@ -1205,13 +1225,10 @@ class Engine:
         names: set[str] = set()
         for digest, _ in t.placement.inputs:
             names |= self._cache_index.get(digest, set())
-        affinities = t.placement.affinities
-        if any(w > 0 for _, w in affinities):  # agents a `prefer` matches
-            names.update(a.name for a in self.agents.values() if a.connected and any(
-                w > 0 and matcher.expr_holds(e, a.view.labels) for e, w in affinities))
-        if any(w < 0 for _, w in affinities):  # agents no `avoid` matches
-            names.update(a.name for a in self.agents.values() if a.connected and not any(
-                w < 0 and matcher.expr_holds(e, a.view.labels) for e, w in affinities))
+        if t.placement.affinities:
+            favourite = self._most_preferred(t.needs, t.placement.affinities)
+            if favourite:
+                names.add(favourite)
         best, best_agent = floor, ""
         for name in names:
             a = self.agents.get(name)
