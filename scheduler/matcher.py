@@ -28,7 +28,7 @@ merely for a less busy one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 from scheduler.model import NO_PLACEMENT, Expr, Needs, Placement
 
@@ -107,9 +107,6 @@ def fmt_bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return f"{int(n)}B"
-
-
-_fmt_bytes = fmt_bytes
 
 
 # --------------------------------------------------------------------------- static clauses
@@ -323,11 +320,6 @@ def feasible(needs: Needs, agent: AgentView) -> bool:
     return True
 
 
-def fits(needs: Needs, agent: AgentView) -> bool:
-    """True when the agent passes every static and dynamic check."""
-    return feasible(needs, agent) and check_free(needs, agent) is None
-
-
 # --------------------------------------------------------------------------- scores
 
 def score_locality(p: Placement, agent: AgentView) -> float:
@@ -377,12 +369,6 @@ def quality(p: Placement, agent: AgentView) -> float:
             + W_AFFINITY * score_affinity(p, agent))
 
 
-Scorer = Callable[[Needs, AgentView], float]
-SCORERS: tuple[tuple[str, float, Scorer], ...] = (
-    ("load", W_LOAD, score_load),
-)
-
-
 @dataclass(slots=True)
 class Candidate:
     agent: str
@@ -400,25 +386,6 @@ def rank(needs: Needs, agents: Iterable[AgentView], placement: Placement = NO_PL
         out.append(Candidate(agent.name, sum(terms.values()), terms))
     out.sort(key=lambda c: (-c.score, c.agent))
     return out
-
-
-def select_for_agent(
-    agent: AgentView, ready: Iterable[tuple[Needs, object]], limit: int, scan_limit: int = 4096
-) -> Iterator[object]:
-    """Yield up to ``limit`` queued items this agent can run now, reserving as it goes.
-
-    ``ready`` yields (needs, item) in queue order; resources are reserved on the
-    view as items are chosen, so a batch never over-commits the agent. At most
-    ``scan_limit`` items are examined, so one poll never scans everything.
-    """
-    taken = 0
-    for scanned, (needs, item) in enumerate(ready):
-        if taken >= limit or scanned >= scan_limit:
-            return
-        if fits(needs, agent):
-            reserve(agent, needs)
-            taken += 1
-            yield item
 
 
 def reserve(agent: AgentView, needs: Needs) -> None:

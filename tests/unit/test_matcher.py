@@ -26,10 +26,8 @@ from scheduler.matcher import (
     check_capacity,
     check_free,
     check_labels,
-    fits,
     rank,
     rejections,
-    select_for_agent,
 )
 from scheduler.model import Needs
 
@@ -211,7 +209,24 @@ def test_rank_leaves_out_infeasible_agents() -> None:
     assert [c.agent for c in out] == ["right"]
 
 
-# --------------------------------------------------------------------------- select_for_agent
+# --------------------------------------------------------------------------- reserving across a batch
+
+
+def fits(n: Needs, a: AgentView) -> bool:
+    """What the engine asks of an agent for a task now: static clauses, then what is free."""
+    return matcher.feasible(n, a) and check_free(n, a) is None
+
+
+def select_for_agent(a: AgentView, ready: list[tuple[Needs, object]], limit: int) -> list[object]:
+    """The engine's pull step in miniature: take fitting items in order, reserving each."""
+    out = []
+    for n, item in ready:
+        if len(out) >= limit:
+            break
+        if fits(n, a):
+            matcher.reserve(a, n)
+            out.append(item)
+    return out
 
 
 def queue(*items: tuple[str, Needs]) -> list[tuple[Needs, object]]:
@@ -285,27 +300,6 @@ def test_select_skips_unfit_and_takes_later_fitting() -> None:
     a = agent(cpus=4, labels={"tier": "edge"}, free_slots=4)
     ready = queue(("big", needs(cpus=16)), ("gpu", needs(tier="gpu")), ("ok", needs()), ("ok2", needs(tier="edge")))
     assert list(select_for_agent(a, ready, limit=4)) == ["ok", "ok2"]
-
-
-def test_select_honours_scan_limit() -> None:
-    a = agent(cpus=2, free_slots=4)
-    ready = queue(("big1", needs(cpus=8)), ("big2", needs(cpus=8)), ("small", needs()))
-    assert list(select_for_agent(a, ready, limit=4, scan_limit=2)) == []
-    a = agent(cpus=2, free_slots=4)
-    assert list(select_for_agent(a, ready, limit=4, scan_limit=3)) == ["small"]
-
-
-def test_select_scan_limit_examines_at_most_that_many() -> None:
-    examined: list[int] = []
-
-    def gen() -> Iterator[tuple[Needs, object]]:
-        for i in range(100):
-            examined.append(i)
-            yield needs(cpus=99), i
-
-    assert list(select_for_agent(agent(), gen(), limit=4, scan_limit=10)) == []
-    # The generator may be advanced one past the limit (to notice the limit), no further.
-    assert len(examined) <= 11
 
 
 def test_select_disconnected_agent_takes_nothing() -> None:
