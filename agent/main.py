@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -109,10 +108,10 @@ def load_config(argv: list[str] | None = None) -> Any:
         except ValueError as exc:
             raise ConfigError(f"{source}: {key}: {exc}") from None
     if cfg["pki_dir"] and cfg["name"]:
-        pki = Path(cfg["pki_dir"])
-        cfg["ca"] = cfg["ca"] or str(pki / "ca.crt")
-        cfg["cert"] = cfg["cert"] or str(pki / f"{cfg['name']}.crt")
-        cfg["key"] = cfg["key"] or str(pki / f"{cfg['name']}.key")
+        from outrider.tls import pki_paths
+
+        for field, path in zip(("ca", "cert", "key"), pki_paths(cfg["pki_dir"], cfg["name"])):
+            cfg[field] = cfg[field] or str(path)
     missing = [k for k in ("scheduler", "ca", "cert", "key") if not cfg[k]]
     if missing:
         raise ConfigError(f"{source}: missing {', '.join(missing)} (give --ca/--cert/--key or --pki-dir and --name)")

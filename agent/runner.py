@@ -39,7 +39,6 @@ class Stage:
     """One attempt running on this agent."""
 
     assignment: agent_pb2.Assignment
-    started_mono: float = field(default_factory=time.monotonic)
     last_renewed: float = field(default_factory=time.monotonic)
     proc: subprocess.Popen[bytes] | None = None
     exited: asyncio.Future[int] | None = None  # resolves to the exit code (negative: signal)

@@ -26,7 +26,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from outrider.localcluster import LocalCluster, wait_for  # noqa: E402
+from outrider.localcluster import LocalCluster  # noqa: E402
 from outrider.pipeline import Pipeline  # noqa: E402
 
 TARGETS = {

@@ -29,7 +29,7 @@ import grpc
 from outrider import errors
 from outrider.artifacts import Receiver, pack_dir, upload_chunks
 from outrider.config import load_toml
-from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
+from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials, pki_paths
 from outrider.v1 import (
     artifact_pb2,
     artifact_pb2_grpc,
@@ -99,10 +99,8 @@ def resolve_connection(
         if unknown:
             raise errors.ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
         if file_values.get("pki_dir") and file_values.get("name"):
-            pki, name = Path(file_values["pki_dir"]), file_values["name"]
-            file_values.setdefault("ca", str(pki / "ca.crt"))
-            file_values.setdefault("cert", str(pki / f"{name}.crt"))
-            file_values.setdefault("key", str(pki / f"{name}.key"))
+            for field, path in zip(("ca", "cert", "key"), pki_paths(file_values["pki_dir"], file_values["name"])):
+                file_values.setdefault(field, str(path))
         for k in values:
             values[k] = values[k] or file_values.get(k)
     missing = [k for k, v in values.items() if not v]

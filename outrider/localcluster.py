@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from outrider.errors import OutriderError
+from outrider.tls import pki_paths
 
 
 class ClusterError(OutriderError):
@@ -138,10 +139,11 @@ class LocalCluster:
         from outrider import pki
 
         self.init_pki()
-        if name not in self._issued and not (self.pki / f"{name}.crt").exists():
+        paths = pki_paths(self.pki, name)
+        if name not in self._issued and not paths[1].exists():
             pki.issue(self.pki, role, name)
         self._issued.add(name)
-        return self.pki / "ca.crt", self.pki / f"{name}.crt", self.pki / f"{name}.key"
+        return paths
 
     # -- daemons --
 

@@ -19,8 +19,13 @@ CHUNK = 1 << 20
 _HEX = frozenset("0123456789abcdef")
 
 
+def is_digest(text: str) -> bool:
+    """True for a sha256 digest as we write them: 64 lowercase hex characters."""
+    return len(text) == 64 and set(text) <= _HEX
+
+
 def check_digest(digest: str) -> str:
-    if len(digest) != 64 or not set(digest) <= _HEX:
+    if not is_digest(digest):
         raise InvalidArgument(f"digest must be 64 lowercase hex characters (sha256), got {digest!r}")
     return digest
 
@@ -31,7 +36,6 @@ class ArtifactStore:
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(exist_ok=True)
-        self._kinds: dict[str, str] = {}
 
     def path(self, digest: str) -> Path:
         check_digest(digest)

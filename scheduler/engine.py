@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 from outrider.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, StaleEpoch
 from outrider.v1 import agent_pb2, common_pb2, control_pb2
 from scheduler import convert, matcher
+from scheduler.artifacts import is_digest
 from scheduler.model import (
     NO_PLACEMENT,
     RETRYABLE_TASK_STATES,
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 OUTCOME_SUCCEEDED = "succeeded"
 OUTCOMES = frozenset({"succeeded", "failed", "timeout", "cancelled"})
 MAX_BACKOFF_S = 300.0
-_HEX = frozenset("0123456789abcdef")
 #: Tasks looked at per ready queue in one pick; a poll never scans everything.
 SCAN_PER_QUEUE = 64
 #: How often ready tasks are checked for having no feasible agent at all.
@@ -210,10 +210,6 @@ def clock_skew(samples: Iterable[common_pb2.ClockSample]) -> float:
     return max((abs(s.offset_s) + s.uncertainty_s for s in samples), default=0.0)
 
 
-def _zones_text(zones: frozenset[str] | None) -> str | None:
-    return None if zones is None else ",".join(sorted(zones))
-
-
 def _zones_of(text: str | None) -> frozenset[str] | None:
     return None if text is None else frozenset(z for z in text.split(",") if z)
 
@@ -330,7 +326,7 @@ class Engine:
                     heapq.heappush(self._leases, (t.lease_expires, t.run_id, t.name, t.attempts))
                     agent = self.agents.get(t.agent)
                     if agent is not None:
-                        self._reserve(agent, t.needs)
+                        matcher.hold(agent.view, t.needs)
                         agent.running.add(t.key)
                 elif t.state is TaskState.READY:
                     self._enqueue(t)
@@ -475,25 +471,13 @@ class Engine:
             return 0.0
         return max((used / total for used, total in zip(u, self._capacity) if total > 0), default=0.0)
 
-    @staticmethod
-    def _reserve(agent: AgentState, needs: Needs) -> None:
-        v = agent.view
-        v.used_cpus += needs.cpus
-        v.used_memory += needs.memory
-        v.used_gpus += needs.gpus
-        v.running += 1
-
     def _release(self, t: Task) -> None:
         agent = self.agents.get(t.agent)
         if agent is None or t.key not in agent.running:
             return
         self._unhold(self.runs[t.run_id], t)
         agent.running.discard(t.key)
-        v = agent.view
-        v.used_cpus = max(0.0, v.used_cpus - t.needs.cpus)
-        v.used_memory = max(0, v.used_memory - t.needs.memory)
-        v.used_gpus = max(0, v.used_gpus - t.needs.gpus)
-        v.running = max(0, v.running - 1)
+        matcher.unhold(agent.view, t.needs)
 
     def _event(
         self, batch: Batch, after: list[Callable[[], None]], run: Run, task: str, state: str,
@@ -925,7 +909,7 @@ class Engine:
                 lost.append(ref)
                 continue
             if t.key not in agent.running:  # after a scheduler restart, before the agent came back
-                self._reserve(agent, t.needs)
+                matcher.hold(agent.view, t.needs)
                 agent.running.add(t.key)
             t.lease_expires = expires
             heapq.heappush(self._leases, (expires, t.run_id, t.name, t.attempts))
@@ -1325,7 +1309,7 @@ class Engine:
         for ref in c.outputs:
             if ref.name not in t.spec.outputs:
                 return {}, f"reported output {ref.name!r} was not declared"
-            if len(ref.digest) != 64 or not set(ref.digest) <= _HEX:
+            if not is_digest(ref.digest):
                 return {}, f"output {ref.name!r} has a malformed digest {ref.digest!r}"
             if ref.kind not in ("file", "dir"):
                 return {}, f"output {ref.name!r} has unknown kind {ref.kind!r}"

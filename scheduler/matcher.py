@@ -388,13 +388,26 @@ def rank(needs: Needs, agents: Iterable[AgentView], placement: Placement = NO_PL
     return out
 
 
-def reserve(agent: AgentView, needs: Needs) -> None:
-    """Hold a task's resources (and one slot) on the view."""
-    agent.free_slots -= 1
+def hold(agent: AgentView, needs: Needs) -> None:
+    """Count a running task's resources on the view."""
     agent.used_cpus += needs.cpus
     agent.used_memory += needs.memory
     agent.used_gpus += needs.gpus
     agent.running += 1
+
+
+def unhold(agent: AgentView, needs: Needs) -> None:
+    """The inverse of :func:`hold`, when the task ends."""
+    agent.used_cpus = max(0.0, agent.used_cpus - needs.cpus)
+    agent.used_memory = max(0, agent.used_memory - needs.memory)
+    agent.used_gpus = max(0, agent.used_gpus - needs.gpus)
+    agent.running = max(0, agent.running - 1)
+
+
+def reserve(agent: AgentView, needs: Needs) -> None:
+    """Hold a task's resources and take one of the slots the agent offered in this pass."""
+    agent.free_slots -= 1
+    hold(agent, needs)
 
 
 # --------------------------------------------------------------------------- explanations

@@ -18,7 +18,6 @@ is reloaded from the database: crash-only).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -371,7 +370,3 @@ def _resolve_all(waiters: list[asyncio.Future[None]]) -> None:
     for fut in waiters:
         if not fut.done():
             fut.set_result(None)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True)

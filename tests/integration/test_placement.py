@@ -141,7 +141,7 @@ def test_residency_is_enforced_end_to_end(cluster: LocalCluster, tmp_path: Path)
     p.task("ingest", run="echo personal > $OUTRIDER_OUTPUTS/rows", outputs=["rows"],
            requires={"residency": ["eu"]})
     for i in range(3):  # consumers with no residency of their own; us1 is idle all along
-        p.task(f"use{i}", run=f"cat $OUTRIDER_INPUTS/rows > $OUTRIDER_OUTPUTS/out", inputs={"rows": "ingest.rows"},
+        p.task(f"use{i}", run="cat $OUTRIDER_INPUTS/rows > $OUTRIDER_OUTPUTS/out", inputs={"rows": "ingest.rows"},
                outputs=["out"])
     p.task("report", run="cat $OUTRIDER_INPUTS/a $OUTRIDER_INPUTS/b", inputs={"a": "use0.out", "b": "use1.out"})
     with cluster.client() as client:

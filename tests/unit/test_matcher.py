@@ -5,8 +5,6 @@ and Needs by hand: no store, no engine, no clocks.
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import pytest
 
 from scheduler import matcher

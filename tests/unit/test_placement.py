@@ -293,7 +293,7 @@ def test_fair_share_does_not_starve_a_small_tenant_behind_a_big_one(make: Any, s
 
     async def body() -> None:
         w = h.connect("w", slots=slots, cpus=4)
-        big = await h.submit(one("big", tenant="a", n=50), submitter="alice")
+        await h.submit(one("big", tenant="a", n=50), submitter="alice")
         await h.settle()
         running = taken(w)
         assert len(running) == slots
