@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-placement protos check-protos sysdeps clean
+.PHONY: install demo test test-fast lint bench bench-placement protos check-protos sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,16 @@ sysdeps:
 demo: install
 	$(PY) examples/demo.py
 
-test: install sysdeps
+test: install sysdeps lint
 	$(PY) scripts/gen_protos.py --check
 	$(PY) -m pytest -q
+
+# Lint, format check and type check of our own code (generated stubs excluded; see pyproject.toml).
+LINTED := outrider scheduler agent
+lint: install
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(PY) -m mypy
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
