@@ -1,0 +1,30 @@
+"""The vocabulary of the wire contract that both ends must spell the same way.
+
+The protobuf messages carry these as strings (``Completion.outcome``,
+``ArtifactRef.kind``); the scheduler, the agent and the client name them
+through these enums so a typo is an attribute error, not a silent mismatch.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Outcome(str, enum.Enum):
+    """How an attempt of a task ended, as the agent reports it (``Completion.outcome``)."""
+
+    SUCCEEDED = "succeeded"  #: exit code 0 and every declared output published
+    FAILED = "failed"  #: non-zero exit, a missing output, or the agent could not run it
+    TIMEOUT = "timeout"  #: ran past its ``timeout``; the process group was killed
+    CANCELLED = "cancelled"  #: stopped on purpose (cancel, lease lost, agent stopping)
+
+
+class ArtifactKind(str, enum.Enum):
+    """What an artifact's bytes are (``ArtifactRef.kind``)."""
+
+    FILE = "file"  #: the bytes of one file
+    DIR = "dir"  #: a directory packed as a deterministic tar
+
+
+OUTCOMES = frozenset(o.value for o in Outcome)
+ARTIFACT_KINDS = frozenset(k.value for k in ArtifactKind)
