@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Placement benchmark: the matcher's cost at scale, inside one scheduler process.
 
-Drives the real :class:`scheduler.engine.Engine` over a real :class:`scheduler.store.Store`
+Drives the real :class:`scheduler.core.engine.Engine` over a real SQLite store
 (SQLite in a temp dir, WAL, ``synchronous=FULL``, the writer thread and group commit exactly
 as deployed). There is no gRPC and there are no agent processes: agents are simulated by
 calling the engine the way the servicers do (``register``, ``attach``, ``add_credits``,
@@ -31,7 +31,7 @@ What is timed:
 * **a poll** (``poll_p50_ms``, ``poll_p99_ms``): one simulated agent with free slots asks for
   work. The benchmark gives that agent's channel 1-4 credits with ``engine.add_credits`` (no
   more than its free slots) and then times one direct, synchronous call of
-  ``engine._dispatch()``, the pass that the credit's kick would run: it collects the channels
+  ``engine.dispatcher.dispatch()``, the pass that the credit's kick would run: it collects the channels
   with credit, orders the ready runs by fairness, runs the feasibility checks, picks and grants
   tasks, builds the Assignment messages and hands the batch to the store (the commit itself
   happens on the writer thread and is not inside the timed call; its fsync is in the sustained
@@ -95,9 +95,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from outrider.v1 import agent_pb2, common_pb2  # noqa: E402
 from scheduler import matcher  # noqa: E402
-from scheduler.engine import Channel, Engine, view_from_caps  # noqa: E402
-from scheduler.model import Needs, needs_of  # noqa: E402
-from scheduler.store import Store  # noqa: E402
+from scheduler.api import wire  # noqa: E402
+from scheduler.core.channel import Channel  # noqa: E402
+from scheduler.core.engine import Engine  # noqa: E402
+from scheduler.core.model import Needs, needs_of  # noqa: E402
+from scheduler.core.registry import view_from_caps  # noqa: E402
+from scheduler.store.sqlite import SqliteStore as Store  # noqa: E402
 
 TARGETS = {
     "poll_p50_ms": (None, None),
@@ -223,7 +226,7 @@ def make_shapes(count: int, views: list[matcher.AgentView], seed: int) -> list[c
             break
         r = random_requirements(rng)
         probe.requires.CopyFrom(r)
-        needs = needs_of(probe)
+        needs = needs_of(wire.task_from_proto(probe))
         if needs in shapes or not any(matcher.feasible(needs, v) for v in views):
             continue
         shapes[needs] = r
@@ -353,7 +356,8 @@ class Harness:
     def connect_agents(self, population: list[tuple[str, common_pb2.Capabilities]]) -> None:
         clock = [common_pb2.ClockSample(offset_s=0.0005, uncertainty_s=0.001, source="scheduler")]
         for name, caps in population:
-            self.engine.register(name, f"spiffe://bench/agent/{name}", caps, clock, ())
+            self.engine.register(name, f"spiffe://bench/agent/{name}", wire.capabilities_from_proto(caps),
+                                 wire.clocks_from_proto(clock), ())
             self.channels.append(self.engine.attach(name))
             self.slots[name] = caps.slots
         self.settle()
@@ -364,12 +368,12 @@ class Harness:
         for i, t in enumerate(self.templates):
             n = per + (1 if i < n_tasks % self.pipelines else 0)
             spec = build_spec(t, t.name, n, self.shapes, self.rng)
-            self.loop.run_until_complete(self.engine.submit(spec, "bench"))
+            self.loop.run_until_complete(self.engine.submit(wire.check_pipeline(spec), "bench"))
         self.settle()
 
     def settle(self) -> None:
         """Let every queued commit reach the disk and its callbacks run."""
-        fut = self.store.commit(())
+        fut = self.store.barrier()
         self.loop.run_until_complete(fut)
         self.spin()
 
@@ -379,7 +383,7 @@ class Harness:
         self.loop.run_forever()
         for ch in list(self._pending):
             if ch.has_assignments():
-                ch.take()  # the agent receives its assignments
+                wire.scheduler_message(ch.take())  # the servicer sends the assignments down the wire
             if not ch.inflight:
                 self._pending.discard(ch)
 
@@ -391,12 +395,12 @@ class Harness:
         before = set(agent.running)
         # The timed call below is the pass that add_credits' kick would schedule: mark the kick
         # as taken so the loop does not run a second, redundant pass for this poll.
-        self.engine._kick_scheduled = True
+        self.engine.dispatcher.scheduled = True
         self.engine.add_credits(ch, credits)
         given = ch.credits
         gcs = GC.count
         t0 = time.perf_counter()
-        self.engine._dispatch()
+        self.engine.dispatcher.dispatch()
         dt = (time.perf_counter() - t0) * 1000
         if GC.count != gcs:
             self.polls_with_gc += 1
@@ -426,7 +430,7 @@ class Harness:
             agent, run_id, task, epoch = self.running.popleft()
             c = agent_pb2.Completion(lease=common_pb2.LeaseRef(run_id=run_id, task=task, epoch=epoch),
                                      outcome="succeeded")
-            self.engine.complete(agent, c)
+            self.engine.complete(agent, wire.completion_from_proto(c))
             n += 1
         return n
 
@@ -444,7 +448,7 @@ class Harness:
         n = min(missing, 2000)
         t = self.rng.choice(self.templates)
         spec = build_spec(t, f"{t.name}-more{self.topped_up}", n, self.shapes, self.rng)
-        self.loop.run_until_complete(self.engine.submit(spec, "bench"))
+        self.loop.run_until_complete(self.engine.submit(wire.check_pipeline(spec), "bench"))
         self.topped_up += n
 
     def close(self) -> None:
@@ -575,10 +579,10 @@ def profile_polls(h: Harness, n: int, keep_running: int, top: int = 25) -> str:
                 break
         agent = h.engine.agents[ch.agent]
         before = set(agent.running)
-        h.engine._kick_scheduled = True  # as in Harness.poll
+        h.engine.dispatcher.scheduled = True  # as in Harness.poll
         h.engine.add_credits(ch, min(free, h.rng.randint(1, 4)))
         prof.enable()
-        h.engine._dispatch()
+        h.engine.dispatcher.dispatch()
         prof.disable()
         ch.credits = 0
         for key in agent.running - before:
@@ -620,7 +624,7 @@ def measure_locality(n_agents: int, pairs: int, seed: int,
                     a = c.affinities.add(weight=1.0)
                     a.expr.key, a.expr.op = "site", "="
                     a.expr.values.append(rng.choice(SITES))
-            h.loop.run_until_complete(h.engine.submit(spec, "bench"))
+            h.loop.run_until_complete(h.engine.submit(wire.check_pipeline(spec), "bench"))
         h.settle()
         # Place every producer (only producers are ready), then complete them all with outputs.
         deadline = time.perf_counter() + 60
@@ -635,7 +639,7 @@ def measure_locality(n_agents: int, pairs: int, seed: int,
                 lease=common_pb2.LeaseRef(run_id=run_id, task=task, epoch=epoch), outcome="succeeded",
                 outputs=[common_pb2.ArtifactRef(name="out", digest=digest(d), size=(d % 97 + 1) * 40 * MiB,
                                                 kind="file")])
-            h.engine.complete(agent, c)
+            h.engine.complete(agent, wire.completion_from_proto(c))
         h.settle()
         queued = h.engine.ready_count
         t_ready = time.perf_counter()
@@ -703,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     population = make_agents(n_agents, args.seed)
-    small_views = [view_from_caps(n, c) for n, c in population[:small_agents]]
+    small_views = [view_from_caps(n, wire.capabilities_from_proto(c)) for n, c in population[:small_agents]]
     shapes = make_shapes(args.shapes, small_views, args.seed)
     del small_views
     log(f"generated {n_agents} agents and {len(shapes)} requirement shapes in {time.perf_counter() - t0:.1f}s")

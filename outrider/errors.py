@@ -1,7 +1,7 @@
 """One root exception and its grouped subclasses.
 
 Domain code raises these; the one place that maps them to gRPC status codes is
-``scheduler.servicers`` (server side) and ``outrider.client`` (client side).
+``scheduler.api.status`` (server side) and ``outrider.client`` (client side).
 """
 from __future__ import annotations
 

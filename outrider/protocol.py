@@ -28,3 +28,11 @@ class ArtifactKind(str, enum.Enum):
 
 OUTCOMES = frozenset(o.value for o in Outcome)
 ARTIFACT_KINDS = frozenset(k.value for k in ArtifactKind)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_digest(text: str) -> bool:
+    """True for an artifact digest as the wire carries it: sha256, 64 lowercase hex characters."""
+    return len(text) == 64 and set(text) <= _HEX

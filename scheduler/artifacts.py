@@ -5,23 +5,21 @@ while hashing; only when the digest and size match the header is it fsynced
 and renamed into place, so a reader never sees a partial or wrong blob
 (invariant 6). Re-uploading an existing digest is a cheap no-op.
 """
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from outrider.errors import DataLoss, InvalidArgument, NotFound
+from outrider.protocol import is_digest
 
 CHUNK = 1 << 20
-_HEX = frozenset("0123456789abcdef")
-
-
-def is_digest(text: str) -> bool:
-    """True for a sha256 digest as we write them: 64 lowercase hex characters."""
-    return len(text) == 64 and set(text) <= _HEX
 
 
 def check_digest(digest: str) -> str:
@@ -53,7 +51,7 @@ class ArtifactStore:
         except FileNotFoundError:
             raise NotFound(f"no artifact {digest}") from None
 
-    def writer(self, digest: str, size: int) -> "_Upload":
+    def writer(self, digest: str, size: int) -> _Upload:
         check_digest(digest)
         if size < 0:
             raise InvalidArgument(f"artifact size must not be negative, got {size}")
@@ -117,7 +115,5 @@ class _Upload:
     def abort(self) -> None:
         if not self._fh.closed:
             self._fh.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmpname)
-        except FileNotFoundError:
-            pass

@@ -4,12 +4,13 @@
 ``<ts: float64><stream: uint8><len: uint32><data>``, so that stdout and stderr
 keep their order and timestamps and can be replayed exactly.
 """
+
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _HEADER = struct.Struct("<dBI")
 _STREAMS = {"stdout": 1, "stderr": 2}
@@ -46,5 +47,5 @@ class LogStore:
         while pos + _HEADER.size <= len(blob):
             ts, stream, n = _HEADER.unpack_from(blob, pos)
             pos += _HEADER.size
-            yield ts, _NAMES.get(stream, "stdout"), blob[pos:pos + n]
+            yield ts, _NAMES.get(stream, "stdout"), blob[pos : pos + n]
             pos += n

@@ -3,6 +3,7 @@
 Every flag has a key of the same name (dashes become underscores) in the TOML
 file given with ``--config``; flags win over the file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,9 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     if merged["heartbeat_interval"] <= 0 or merged["lease_ttl"] <= merged["heartbeat_interval"]:
         raise ConfigError(f"{source}: lease_ttl must be longer than heartbeat_interval (and both positive)")
     if not isinstance(merged["max_queue_depth"], int) or merged["max_queue_depth"] < 0:
-        raise ConfigError(f"{source}: max_queue_depth must be a non-negative integer, got {merged['max_queue_depth']!r}")
+        raise ConfigError(
+            f"{source}: max_queue_depth must be a non-negative integer, got {merged['max_queue_depth']!r}"
+        )
     try:
         parse_address(merged["listen"])
     except ValueError as exc:

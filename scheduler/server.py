@@ -1,8 +1,11 @@
 """Wires the scheduler together: storage, engine, gRPC (mTLS), health, reflection.
 
+The composition root: the only module that knows every part.
+
 ``Scheduler.run()`` owns the lifecycle and signals; ``Engine.tick()`` does the
 time-driven work and is what tests drive with a fixed clock.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,12 +22,14 @@ from grpc_reflection.v1alpha import reflection
 from outrider.errors import ConfigError
 from outrider.tls import SERVER_OPTIONS, server_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, control_pb2, control_pb2_grpc
+from scheduler.api.agent import AgentServicer
+from scheduler.api.artifact import ArtifactServicer
+from scheduler.api.control import ControlServicer
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import AuthInterceptor
-from scheduler.engine import Engine
+from scheduler.core.engine import Engine
 from scheduler.logs import LogStore
-from scheduler.servicers import AgentServicer, ArtifactServicer, ControlServicer
-from scheduler.store import Store
+from scheduler.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +49,10 @@ class SchedulerConfig:
     ready_file: str = ""
     lease_ttl: float = 15.0
     heartbeat_interval: float = 3.0
-    placement_wait: float = 5.0        # delay scheduling: how long a task may wait for a better agent
-    max_queue_depth: int = 0           # admission control: refuse submissions past this many open tasks
+    placement_wait: float = 5.0  # delay scheduling: how long a task may wait for a better agent
+    max_queue_depth: int = 0  # admission control: refuse submissions past this many open tasks
     infeasible_timeout: float = 600.0  # fail a task no agent can run after this long
-    max_clock_offset: float = 1.0      # an agent whose |offset| + uncertainty exceeds this is clock_suspect
+    max_clock_offset: float = 1.0  # an agent whose |offset| + uncertainty exceeds this is clock_suspect
     log_level: str = "info"
 
 
@@ -70,14 +75,19 @@ class Scheduler:
             if not (self.pki_dir / name).is_file():
                 raise ConfigError(f"pki_dir {self.pki_dir}: missing {name} (make it with `outrider pki init`)")
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.state_dir / "outrider.db")
+        self.store = SqliteStore(self.state_dir / "outrider.db")
         self.artifacts = ArtifactStore(self.state_dir / "artifacts")
         self.logs = LogStore(self.state_dir / "logs")
         self.engine = Engine(
-            self.store, lease_ttl=cfg.lease_ttl, heartbeat_interval=cfg.heartbeat_interval,
-            placement_wait=cfg.placement_wait, max_queue_depth=cfg.max_queue_depth,
-            infeasible_timeout=cfg.infeasible_timeout, max_clock_offset=cfg.max_clock_offset,
-            artifact_exists=self.artifacts.exists, log_sink=self.logs,
+            self.store,
+            lease_ttl=cfg.lease_ttl,
+            heartbeat_interval=cfg.heartbeat_interval,
+            placement_wait=cfg.placement_wait,
+            max_queue_depth=cfg.max_queue_depth,
+            infeasible_timeout=cfg.infeasible_timeout,
+            max_clock_offset=cfg.max_clock_offset,
+            artifact_exists=self.artifacts.exists,
+            log_sink=self.logs,
         )
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
@@ -91,14 +101,16 @@ class Scheduler:
         domain = trust_domain_of(self.pki_dir)
         server = grpc.aio.server(interceptors=[AuthInterceptor(domain)], options=SERVER_OPTIONS)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.engine), server)
-        control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(self.engine, self.logs), server)
+        control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(self.engine), server)
         artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(self.engine, self.artifacts), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        creds = server_credentials(self.pki_dir / "ca.crt", self.pki_dir / "scheduler.crt", self.pki_dir / "scheduler.key")
+        creds = server_credentials(
+            self.pki_dir / "ca.crt", self.pki_dir / "scheduler.crt", self.pki_dir / "scheduler.key"
+        )
         try:
             port = server.add_secure_port(self.cfg.listen, creds)
         except RuntimeError as exc:

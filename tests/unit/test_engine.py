@@ -1,6 +1,7 @@
-"""Tests for scheduler.engine.Engine: the task and run state machines, leases, dispatch.
+"""Tests for scheduler.core.engine.Engine: the task and run state machines, leases, dispatch.
 
-The engine is driven directly, with a real Store on a SQLite file in tmp_path,
+The engine is driven as the servicers drive it (protobuf converted at the edge by
+tests.helpers.wire_engine), with a real SQLite store on a file in tmp_path,
 fake monotonic and wall clocks (plain callables whose value the test sets) and
 a seeded RNG. No processes, no network, no sleeping: the tests yield to the
 event loop and await the store's commit futures, which resolve in FIFO order.
@@ -18,10 +19,13 @@ import pytest
 from outrider.errors import FailedPrecondition, InvalidArgument, NotFound, StaleEpoch
 from outrider.pipeline import Pipeline
 from outrider.v1 import agent_pb2, common_pb2
-from scheduler.engine import Channel, Engine, backoff_delay
-from scheduler.model import RunState, TaskState
-from scheduler.store import Store
+from scheduler.core.channel import Channel
+from scheduler.core.engine import Engine
+from scheduler.core.lifecycle import backoff_delay
+from scheduler.core.model import RunState, TaskState
+from scheduler.store.sqlite import SqliteStore as Store
 from tests.helpers.fake_clock import FakeClock
+from tests.helpers.wire_engine import WireEngine, take
 
 GiB = 2**30
 TTL = 10.0
@@ -39,13 +43,13 @@ class Harness:
         self.uploaded: set[str] | None = None  # None: every digest "exists"
         self.store, self.engine = self._build()
 
-    def _build(self) -> tuple[Store, Engine]:
+    def _build(self) -> tuple[Store, WireEngine]:
         store = Store(self.db)
         engine = Engine(
             store, lease_ttl=TTL, heartbeat_interval=HB, clock=self.mono, wall=self.wall, rng=random.Random(0),
             artifact_exists=lambda d: self.uploaded is None or d in self.uploaded,
         )
-        return store, engine
+        return store, WireEngine(engine)
 
     def start(self) -> None:
         self.store.start(self.loop)
@@ -68,7 +72,7 @@ class Harness:
         for _ in range(4):
             for _ in range(3):
                 await asyncio.sleep(0)
-            await self.store.commit([])
+            await self.store.barrier()
 
     # -- agents
 
@@ -155,7 +159,7 @@ def failed(run_id: str, task: str, epoch: int, exit_code: int = 1) -> agent_pb2.
 
 def assigned(ch: Channel) -> dict[str, agent_pb2.Assignment]:
     """The assignments waiting on a channel, by task name."""
-    return {a.lease.task: a for a in ch.take().assignments}
+    return {a.lease.task: a for a in take(ch).assignments}
 
 
 def chain() -> Pipeline:
@@ -233,7 +237,7 @@ def test_pipeline_runs_through_the_state_machine(h: Harness) -> None:
         assert (v.running, v.used_cpus, v.used_memory) == (0, 0.0, 0)
         # The last recorded event ends the run.
         events = h.store.events(run_id)
-        assert (events[-1]["task"], events[-1]["state"]) == ("", "succeeded")
+        assert (events[-1].task, events[-1].state) == ("", "succeeded")
 
     h.run(body())
 
@@ -509,7 +513,7 @@ def test_lease_expiry_requeues_without_counting_a_failure(h: Harness) -> None:
         assert (t.state, t.failures) == (TaskState.READY, 0)
         assert "lost" in t.error
         await h.settle()
-        msg = ch.take()
+        msg = take(ch)
         assert list(msg.cancel) == [ref(run_id, "t", 1)]   # the old holder is told to stop
         assert [a.lease.epoch for a in msg.assignments] == [2]  # a new attempt, new epoch
         assert (t.state, t.attempts, t.failures) == (TaskState.RUNNING, 2, 0)
@@ -605,7 +609,7 @@ def test_cancel_cancels_everything_unfinished(h: Harness) -> None:
         run = await h.engine.cancel(run_id)
         assert run.state is RunState.CANCELLED
         assert h.states(run_id) == {"a": "cancelled", "b": "cancelled", "c": "cancelled", "done": "succeeded"}
-        assert sorted((r.task, r.epoch) for r in ch.take().cancel) == [("a", 1), ("c", 1)]
+        assert sorted((r.task, r.epoch) for r in take(ch).cancel) == [("a", 1), ("c", 1)]
         v = h.engine.agents["w1"].view
         assert (v.running, v.used_cpus) == (0, 0.0)
         assert h.db_one("SELECT state FROM runs") == [("cancelled",)]
@@ -649,7 +653,7 @@ def test_cancel_records_no_failed_run_state(h: Harness) -> None:
         await h.settle()
         await h.engine.cancel(run_id)
         await h.settle()
-        recorded = [r["state"] for r in h.store.events(run_id) if not r["task"]]
+        recorded = [r.state for r in h.store.events(run_id) if not r.task]
         seen = []
         while not watcher.queue.empty():
             seen.append(watcher.queue.get_nowait().state)

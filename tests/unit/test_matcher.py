@@ -1,4 +1,4 @@
-"""Tests for scheduler.matcher: feasibility checkers, rejections, rank and select.
+"""Tests for scheduler.matcher: feasibility checks, rejections, rank and select.
 
 The matcher is pure logic over AgentView snapshots, so these tests build views
 and Needs by hand: no store, no engine, no clocks.
@@ -20,14 +20,15 @@ from scheduler.matcher import (
     REASON_LABEL_MISSING,
     REASON_MEMORY,
     REASON_NO_SLOTS,
+    STATIC_CHECKS,
     AgentView,
-    check_capacity,
-    check_free,
-    check_labels,
+    Rejection,
     rank,
     rejections,
 )
-from scheduler.model import Needs
+from scheduler.matcher.checks import FREE, Cpus, Disk, Gpus, Labels, Memory
+
+from scheduler.core.model import Needs
 
 GiB = 2**30
 
@@ -42,6 +43,17 @@ def agent(name: str = "a1", *, cpus: float = 8, memory: int = 16 * GiB, disk: in
 
 def needs(cpus: float = 1.0, memory: int = 0, disk: int = 0, gpus: int = 0, **labels: str) -> Needs:
     return Needs(cpus=cpus, memory=memory, disk=disk, gpus=gpus, labels=tuple(sorted(labels.items())))
+
+
+check_labels = Labels().check
+check_free = FREE.check
+CAPACITY = (Cpus(), Memory(), Disk(), Gpus())
+
+
+def check_capacity(n: Needs, a: AgentView) -> Rejection | None:
+    """The first shortfall of the agent's total resources, as the static stack reports it."""
+    found = rejections(n, a, CAPACITY)
+    return found[0] if found else None
 
 
 # --------------------------------------------------------------------------- check_capacity
@@ -222,7 +234,7 @@ def select_for_agent(a: AgentView, ready: list[tuple[Needs, object]], limit: int
         if len(out) >= limit:
             break
         if fits(n, a):
-            matcher.reserve(a, n)
+            a.reserve(n)
             out.append(item)
     return out
 
@@ -309,7 +321,7 @@ def test_fast_feasible_agrees_with_every_clause() -> None:
     """matcher.feasible (the hot path) must give exactly `not rejections(...)`."""
     import random
 
-    from scheduler.model import Expr
+    from scheduler.core.spec import Expr
 
     rng = random.Random(7)
     exprs = [Expr("cuda", ">=", ("12.1",)), Expr("site", "in", ("a", "b")), Expr("gpu", "exists"),
@@ -330,3 +342,37 @@ def test_fast_feasible_agrees_with_every_clause() -> None:
         a.clock_skew = rng.choice([0.1, 0.9])
         a.clock_suspect = rng.random() < 0.2
         assert matcher.feasible(n, a) == (not rejections(n, a)), (n, a)
+
+
+def test_every_check_fast_answer_equals_its_explanation() -> None:
+    """Each check's ``ok`` (the hot path) must equal ``check(...) is None``, and a clause that
+    does not apply to some needs must never reject them."""
+    import random
+
+    from scheduler.core.spec import Expr
+
+    rng = random.Random(11)
+    exprs = [Expr("cuda", ">=", ("12.1",)), Expr("site", "in", ("a", "b")), Expr("x", "not exists")]
+    checks = (*STATIC_CHECKS, *matcher.DYNAMIC_CHECKS)
+    for _ in range(2000):
+        n = Needs(cpus=rng.choice([0, 1, 4]), memory=rng.choice([0, GiB]), disk=rng.choice([0, GiB]),
+                  gpus=rng.choice([0, 1]), labels=tuple(rng.sample([("tier", "gpu")], rng.randint(0, 1))),
+                  gpu_memory=rng.choice([0, 20 * GiB]), gpu_model=rng.choice(["", "H100"]),
+                  exprs=tuple(rng.sample(exprs, rng.randint(0, 2))),
+                  residency=rng.choice([None, frozenset(), frozenset({"eu"})]), max_clock_skew=rng.choice([0.0, 0.5]))
+        a = agent(cpus=rng.choice([0, 2]), memory=rng.choice([0, GiB]), disk=rng.choice([0, GiB]),
+                  gpus=rng.choice([0, 1]), labels=dict(rng.sample([("tier", "gpu"), ("cuda", "12.4")], 1)),
+                  free_slots=rng.choice([0, 1]), connected=rng.random() < 0.9, used_cpus=rng.choice([0, 1]))
+        a.gpu_models = ("NVIDIA H100",) * a.gpus
+        a.gpu_free_memory = (rng.choice([10 * GiB, 40 * GiB]),) * a.gpus
+        a.zones = rng.choice([frozenset(), frozenset({"eu"})])
+        a.clock_skew, a.clock_suspect = rng.choice([0.1, 0.9]), rng.random() < 0.2
+        for c in checks:
+            assert c.ok(n, a) == (c.check(n, a) is None), (c, n, a)
+            if not c.applies(n):
+                assert c.check(n, a) is None, (c, n, a)
+
+
+def test_clause_names_come_from_the_checks() -> None:
+    assert matcher.CLAUSES == tuple(c.clause for c in STATIC_CHECKS)
+    assert len(set(matcher.CLAUSES)) == len(matcher.CLAUSES)

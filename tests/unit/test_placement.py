@@ -1,4 +1,4 @@
-"""Placement policy of scheduler.engine.Engine, driven directly with fake clocks.
+"""Placement policy of scheduler.core.engine.Engine, driven directly with fake clocks.
 
 Delay scheduling for data locality, priorities, fair share between tenants,
 per-run concurrency, admission control, infeasible tasks, residency travelling
@@ -22,10 +22,12 @@ import pytest
 from outrider.errors import FailedPrecondition, ResourceExhausted
 from outrider.pipeline import Pipeline
 from outrider.v1 import agent_pb2, common_pb2
-from scheduler.engine import Channel, Engine
-from scheduler.model import RunState, TaskState
-from scheduler.store import Store
+from scheduler.core.channel import Channel
+from scheduler.core.engine import Engine
+from scheduler.core.model import RunState, TaskState
+from scheduler.store.sqlite import SqliteStore as Store
 from tests.helpers.fake_clock import FakeClock
+from tests.helpers.wire_engine import WireEngine, take
 
 GiB = 2**30
 MB = 10**6
@@ -41,8 +43,8 @@ class Harness:
         self.wall = FakeClock(WALL0)
         self.store = Store(db)
         kw: dict[str, Any] = {"placement_wait": WAIT, **engine_kw}
-        self.engine = Engine(self.store, lease_ttl=10.0, heartbeat_interval=2.0, clock=self.mono, wall=self.wall,
-                             rng=random.Random(0), **kw)
+        self.engine = WireEngine(Engine(self.store, lease_ttl=10.0, heartbeat_interval=2.0, clock=self.mono,
+                                        wall=self.wall, rng=random.Random(0), **kw))
         self.store.start(loop)
         self.engine.start(loop)
         self.channels: dict[str, Channel] = {}
@@ -54,7 +56,7 @@ class Harness:
         for _ in range(4):
             for _ in range(3):
                 await asyncio.sleep(0)
-            await self.store.commit([])
+            await self.store.barrier()
 
     def advance(self, seconds: float) -> None:
         self.mono.t += seconds
@@ -97,7 +99,7 @@ class Harness:
 
 def taken(ch: Channel) -> list[tuple[str, str]]:
     """(run id, task) of the assignments waiting on a channel, in order."""
-    return [(a.lease.run_id, a.lease.task) for a in ch.take().assignments]
+    return [(a.lease.run_id, a.lease.task) for a in take(ch).assignments]
 
 
 def digest(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Tests for scheduler.store: migrations, durable group commit, FIFO, load and events.
+"""Tests for the SQLite store: migrations, durable group commit, FIFO, load and events.
 
 Every test uses a real SQLite file under tmp_path (WAL needs a file) and checks
 durability with a second, independent sqlite3 connection.
@@ -12,10 +12,15 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from outrider.v1 import common_pb2
-from scheduler.model import Output, Run, RunState, Task, TaskState, needs_of
-from scheduler.store import MIGRATIONS, Batch, Store
+from scheduler.core.messages import Capabilities
+from scheduler.core.model import AttemptState, Output, Run, RunState, Task, TaskState, needs_of
+from scheduler.core.spec import InputRef, PipelineSpec, TaskSpec
+from scheduler.store.changes import Changes
+from scheduler.store.sqlite import MIGRATIONS
+from scheduler.store.sqlite import SqliteStore as Store
 
+CAPS_V1 = Capabilities(cpu_cores=4, labels={"site": "lab"})
+CAPS_V2 = Capabilities(cpu_cores=8, labels={"site": "lab"}, zones=("eu",))
 TABLES = {"runs", "tasks", "attempts", "outputs", "artifacts", "agents", "events"}
 
 
@@ -41,20 +46,21 @@ def with_store(path: Path, body: Callable[[Store], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def artifact_batch(i: int) -> Batch:
-    b = Batch()
-    b.insert_artifact(f"{i:064x}", i, "file", float(i))
+def artifact_batch(i: int) -> Changes:
+    b = Changes()
+    b.insert_artifacts([(f"{i:064x}", i, "file", float(i))])
     return b
 
 
 def make_run(run_id: str = "run-1") -> Run:
-    spec = common_pb2.PipelineSpec(name="p", tasks=[
-        common_pb2.TaskSpec(name="a", argv=["true"], outputs=["out"]),
-        common_pb2.TaskSpec(name="b", argv=["true"], inputs={"x": "a.out"}),
-    ])
+    spec = PipelineSpec(name="p", tasks=(
+        TaskSpec(name="a", argv=("true",), outputs=("out",)),
+        TaskSpec(name="b", argv=("true",), inputs=(("x", InputRef("a", "out")),)),
+    ))
     run = Run(run_id=run_id, pipeline="p", spec=spec, submitter="alice", created_at=100.0, trace_id="ab" * 16, seq=1)
     for order, ts in enumerate(spec.tasks):
-        run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=needs_of(ts), order=order)
+        run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=needs_of(ts), order=order,
+                                  spec_needs=needs_of(ts))
     return run
 
 
@@ -136,15 +142,18 @@ def test_commit_resolves_only_after_durable(tmp_path: Path) -> None:
     with_store(db, body)
 
 
-def test_commit_accepts_plain_ops_and_empty_batches(tmp_path: Path) -> None:
+def test_commit_accepts_many_rows_and_empty_changes(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
 
     async def body(store: Store) -> None:
-        await store.commit(Batch())
-        await store.commit([("INSERT INTO artifacts(digest, size, kind, created_at) VALUES (?,?,?,?)",
-                             ("d" * 64, 3, "dir", 1.0))])
-        await store.commit([("many:INSERT INTO artifacts(digest, size, kind, created_at) VALUES (?,?,?,?)",
-                             [("e" * 64, 1, "file", 1.0), ("f" * 64, 2, "file", 1.0)])])
+        await store.commit(Changes())
+        await store.barrier()
+        one = Changes()
+        one.insert_artifacts([("d" * 64, 3, "dir", 1.0)])
+        await store.commit(one)
+        many = Changes()
+        many.insert_artifacts([("e" * 64, 1, "file", 1.0), ("f" * 64, 2, "file", 1.0)])
+        await store.commit(many)
         assert read(db, "SELECT count(*) FROM artifacts") == [(3,)]
 
     with_store(db, body)
@@ -154,7 +163,7 @@ def test_commit_before_start_is_an_error(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     try:
         with pytest.raises(AssertionError, match="start"):
-            store.commit(Batch())
+            store.commit(Changes())
     finally:
         store.close()
 
@@ -218,25 +227,25 @@ def test_load_returns_what_was_written(tmp_path: Path) -> None:
     run = make_run()
 
     async def body(store: Store) -> None:
-        b = Batch()
+        b = Changes()
         b.insert_run(run)
-        b.upsert_agent("gpu-1", "spiffe://acme.ml/agent/gpu-1", b"caps-v1", 5.0)
+        b.upsert_agent("gpu-1", "spiffe://acme.ml/agent/gpu-1", CAPS_V1, 5.0)
         await store.commit(b)
         a = run.tasks["a"]
         a.state, a.attempts, a.agent, a.started_at = TaskState.RUNNING, 1, "gpu-1", 10.0
-        b = Batch()
+        b = Changes()
         b.update_task(a)
         b.insert_attempt(a, 10.0)
         await store.commit(b)
         a.state, a.finished_at, a.exit_code = TaskState.SUCCEEDED, 11.0, 0
         a.outputs = {"out": Output("out", "c" * 64, 42, "file")}
         run.state, run.finished_at = RunState.SUCCEEDED, 12.0
-        b = Batch()
+        b = Changes()
         b.update_task(a)
-        b.finish_attempt(a, "succeeded", 11.0, 0, "")
+        b.finish_attempt(a, AttemptState.SUCCEEDED, 11.0, 0, "")
         b.insert_outputs(a, 11.0)
         b.update_run(run)
-        b.upsert_agent("gpu-1", "spiffe://acme.ml/agent/gpu-1", b"caps-v2", 20.0)
+        b.upsert_agent("gpu-1", "spiffe://acme.ml/agent/gpu-1", CAPS_V2, 20.0)
         await store.commit(b)
 
     with_store(db, body)
@@ -246,20 +255,20 @@ def test_load_returns_what_was_written(tmp_path: Path) -> None:
         loaded = store.load()
     finally:
         store.close()
-    assert [r["run_id"] for r in loaded.runs] == ["run-1"]
+    assert [r.run_id for r in loaded.runs] == ["run-1"]
     r = loaded.runs[0]
-    assert (r["state"], r["finished_at"], r["submitter"], r["seq"]) == ("succeeded", 12.0, "alice", 1)
-    assert common_pb2.PipelineSpec.FromString(r["spec"]) == run.spec
-    tasks = {t["name"]: t for t in loaded.tasks}
+    assert (r.state, r.finished_at, r.submitter, r.seq) == ("succeeded", 12.0, "alice", 1)
+    assert r.spec == run.spec  # stored in its wire encoding, read back equal
+    tasks = {t.name: t for t in loaded.tasks}
     assert set(tasks) == {"a", "b"}
-    assert (tasks["a"]["state"], tasks["a"]["attempts"], tasks["a"]["agent"]) == ("succeeded", 1, "gpu-1")
-    assert tasks["b"]["state"] == "pending"
-    assert [(o["task"], o["name"], o["digest"], o["size"], o["kind"]) for o in loaded.outputs] == [
+    assert (tasks["a"].state, tasks["a"].attempts, tasks["a"].agent) == ("succeeded", 1, "gpu-1")
+    assert tasks["b"].state == "pending"
+    assert [(o.task, o.name, o.digest, o.size, o.kind) for o in loaded.outputs] == [
         ("a", "out", "c" * 64, 42, "file")]
-    agents = {a["name"]: a for a in loaded.agents}
-    assert agents["gpu-1"]["capabilities"] == b"caps-v2"
-    assert agents["gpu-1"]["registered_at"] == 5.0  # kept on re-register
-    assert agents["gpu-1"]["last_seen"] == 20.0
+    agents = {a.name: a for a in loaded.agents}
+    assert agents["gpu-1"].capabilities == CAPS_V2
+    assert agents["gpu-1"].registered_at == 5.0  # kept on re-register
+    assert agents["gpu-1"].last_seen == 20.0
     assert read(db, "SELECT state, finished_at FROM attempts") == [("succeeded", 11.0)]
     assert read(db, "SELECT count(*) FROM artifacts") == [(1,)]
 
@@ -270,7 +279,7 @@ def test_events_readable_while_writer_runs(tmp_path: Path) -> None:
     async def body(store: Store) -> None:
         futs = []
         for i in range(50):
-            b = Batch()
+            b = Changes()
             b.event(float(i), "run-1", f"t{i}", "ready", 0, "", "")
             b.event(float(i), "run-2", "x", "ready", 0, "", "")
             futs.append(store.commit(b))
@@ -279,8 +288,8 @@ def test_events_readable_while_writer_runs(tmp_path: Path) -> None:
         assert len(partial) <= 50
         await asyncio.gather(*futs)
         rows = store.events("run-1")
-        assert [r["task"] for r in rows] == [f"t{i}" for i in range(50)]
-        assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+        assert [r.task for r in rows] == [f"t{i}" for i in range(50)]
+        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
         assert len(store.events("run-2")) == 50
         assert store.events("nope") == []
 

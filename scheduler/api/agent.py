@@ -1,0 +1,146 @@
+"""The agent service: registration, heartbeats, the work stream and the unary long-poll.
+
+Thin: each handler converts the request (:mod:`scheduler.api.wire`), calls the
+engine and converts the answer. The caller's identity comes from the auth
+interceptor; an agent can act only as the name in its certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from outrider.errors import InvalidArgument, OutriderError
+from outrider.v1 import agent_pb2, agent_pb2_grpc
+from scheduler.api import wire
+from scheduler.api.status import status_code, unary
+from scheduler.auth import current_identity
+from scheduler.core.channel import Channel
+from scheduler.core.engine import Engine
+from scheduler.core.messages import Ack, HeartbeatReply, LeaseRef
+
+log = logging.getLogger(__name__)
+MAX_POLL_WAIT_S = 60.0
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _reply(self, lost: list[LeaseRef], client_time: float) -> HeartbeatReply:
+        return HeartbeatReply(
+            server_time=time.time(), lost=tuple(lost), lease_ttl_s=self.engine.lease_ttl, client_time=client_time
+        )
+
+    @unary
+    async def Register(self, request: agent_pb2.RegisterRequest, context: Any) -> agent_pb2.RegisterResponse:
+        ident = current_identity()
+        if request.capabilities.slots < 0:
+            raise InvalidArgument(f"capabilities.slots must not be negative, got {request.capabilities.slots}")
+        lost = self.engine.register(
+            ident.name,
+            ident.spiffe_id,
+            wire.capabilities_from_proto(request.capabilities),
+            wire.clocks_from_proto(request.clock),
+            wire.leases_from_proto(request.leases),
+        )
+        return agent_pb2.RegisterResponse(
+            agent_id=ident.name,
+            server_time=time.time(),
+            heartbeat_interval_s=self.engine.heartbeat_interval,
+            lease_ttl_s=self.engine.lease_ttl,
+            lost=[wire.lease_to_proto(r) for r in lost],
+        )
+
+    def _heartbeat(self, name: str, hb: agent_pb2.HeartbeatRequest) -> HeartbeatReply:
+        caps = wire.capabilities_from_proto(hb.capabilities) if hb.HasField("capabilities") else None
+        lost = self.engine.heartbeat(name, wire.leases_from_proto(hb.leases), wire.clocks_from_proto(hb.clock), caps)
+        return self._reply(lost, hb.client_time)
+
+    @unary
+    async def Heartbeat(self, request: agent_pb2.HeartbeatRequest, context: Any) -> agent_pb2.HeartbeatResponse:
+        return wire.heartbeat_to_proto(self._heartbeat(current_identity().name, request))
+
+    async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Any) -> None:
+        name = current_identity().name
+        try:
+            ch = self.engine.attach(name)
+        except OutriderError as exc:
+            await context.abort(status_code(exc), str(exc))
+        reader = asyncio.ensure_future(self._read(name, ch, request_iterator))
+        try:
+            while (out := await ch.next_message()) is not None:
+                await context.write(wire.scheduler_message(out))
+        finally:
+            reader.cancel()
+            self.engine.detach(ch)
+
+    async def _read(self, name: str, ch: Channel, it: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+        try:
+            async for msg in it:
+                self._handle(name, ch, msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.info("work stream of %s ended", name, exc_info=log.isEnabledFor(logging.DEBUG))
+        finally:
+            ch.close()
+
+    def _handle(self, name: str, ch: Channel, msg: agent_pb2.AgentMessage) -> None:
+        if msg.logs:
+            self.engine.append_logs(name, wire.logs_from_proto(msg.logs))
+        for c in msg.completions:
+            self._complete(name, ch, c)
+        if msg.HasField("heartbeat"):
+            try:
+                reply = self._heartbeat(name, msg.heartbeat)
+            except OutriderError as exc:
+                log.warning("heartbeat from %s refused: %s", name, exc)
+            else:
+                ch.push(heartbeat=reply)
+        if msg.credits:
+            self.engine.add_credits(ch, msg.credits)
+
+    def _complete(self, name: str, ch: Channel, c: agent_pb2.Completion) -> None:
+        ref = wire.lease_from_proto(c.lease)
+        try:
+            fut = self.engine.complete(name, wire.completion_from_proto(c))
+        except OutriderError as exc:
+            ch.push(acks=[Ack(ref, exc)])
+            return
+        fut.add_done_callback(lambda _: ch.push(acks=[Ack(ref)]))
+
+    @unary
+    async def PollTasks(self, request: agent_pb2.PollRequest, context: Any) -> agent_pb2.PollResponse:
+        name = current_identity().name
+        acks = []
+        for c in request.completions:
+            ref = wire.lease_from_proto(c.lease)
+            try:
+                await self.engine.complete(name, wire.completion_from_proto(c))
+                acks.append(wire.ack_to_proto(Ack(ref)))
+            except OutriderError as exc:
+                acks.append(wire.ack_to_proto(Ack(ref, exc)))
+        ch = self.engine.attach(name, credits=0)
+        self.engine.add_credits(ch, max(0, request.free_slots))
+        try:
+            await ch.wait_assignments(min(max(request.wait_s, 0.0), MAX_POLL_WAIT_S))
+        finally:
+            await ch.drain()  # no new work for this poll; but what is being committed still comes
+            self.engine.detach(ch)
+        return agent_pb2.PollResponse(
+            assignments=[wire.assignment_to_proto(a) for a in ch.take().assignments], acks=acks
+        )
+
+    @unary
+    async def ReportLogs(self, request: agent_pb2.ReportLogsRequest, context: Any) -> agent_pb2.ReportLogsResponse:
+        self.engine.append_logs(current_identity().name, wire.logs_from_proto(request.logs))
+        return agent_pb2.ReportLogsResponse()
+
+    @unary
+    async def Complete(self, request: agent_pb2.CompleteRequest, context: Any) -> agent_pb2.CompleteResponse:
+        await self.engine.complete(current_identity().name, wire.completion_from_proto(request.completion))
+        return agent_pb2.CompleteResponse()

@@ -1,0 +1,129 @@
+"""The control service: plan, submit, watch, cancel, retry, explain, agents and logs.
+
+Thin: each handler converts the request (:mod:`scheduler.api.wire`), calls the
+engine and converts the answer. Reads first wait for the engine's barrier, so
+they never show a state that a crash could take back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from outrider.errors import InvalidArgument
+from outrider.v1 import control_pb2, control_pb2_grpc
+from scheduler.api import wire
+from scheduler.api.status import streaming, unary
+from scheduler.auth import current_identity
+from scheduler.core.engine import Engine
+from scheduler.core.model import Run, RunState
+from scheduler.core.views import RunEvent, run_status
+from scheduler.core.watch import Watcher
+
+_RUN_STATES = [s.value for s in RunState]
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @unary
+    async def Plan(self, request: control_pb2.PlanRequest, context: Any) -> control_pb2.PlanResponse:
+        plans = self.engine.plan(wire.check_pipeline(request.pipeline))
+        return control_pb2.PlanResponse(tasks=[wire.task_plan_to_proto(p) for p in plans])
+
+    @unary
+    async def Submit(self, request: control_pb2.SubmitRequest, context: Any) -> control_pb2.SubmitResponse:
+        run_id, warnings = await self.engine.submit(
+            wire.check_pipeline(request.pipeline), current_identity().spiffe_id, request.strict
+        )
+        return control_pb2.SubmitResponse(run_id=run_id, warnings=warnings)
+
+    @streaming
+    async def SubmitAndWatch(
+        self, request: control_pb2.SubmitAndWatchRequest, context: Any
+    ) -> AsyncIterator[control_pb2.RunEvent]:
+        run, warnings, watcher = await self.engine.submit_and_watch(
+            wire.check_pipeline(request.pipeline), current_identity().spiffe_id, request.run_only, request.strict
+        )
+        try:
+            # The submission is durable (submit awaited its commit): this is the ack.
+            first = RunEvent(
+                run.run_id, "", run.state.value, ts=time.time(), snapshot=run_status(run), warnings=tuple(warnings)
+            )
+            async for ev in self._follow(run, watcher, first):
+                yield wire.run_event_to_proto(ev)
+        finally:
+            self.engine.unwatch(watcher)
+
+    @staticmethod
+    async def _follow(run: Run, watcher: Watcher, first: RunEvent) -> AsyncIterator[RunEvent]:
+        """Yield ``first``, then the watcher's events until the run ends."""
+        ended = run.terminal  # decided now: the run may end while ``first`` is being sent
+        yield first
+        if ended:
+            return
+        while True:
+            ev = await watcher.queue.get()
+            yield ev
+            if not ev.task and ev.state in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED):
+                return
+
+    @unary
+    async def GetRun(self, request: control_pb2.GetRunRequest, context: Any) -> control_pb2.RunStatus:
+        await self.engine.barrier()
+        return wire.run_status_to_proto(self.engine.run_status(request.run_id))
+
+    @unary
+    async def ListRuns(self, request: control_pb2.ListRunsRequest, context: Any) -> control_pb2.ListRunsResponse:
+        await self.engine.barrier()
+        if request.state and request.state not in _RUN_STATES:
+            raise InvalidArgument(f"state must be one of {_RUN_STATES}, got {request.state!r}")
+        state = RunState(request.state) if request.state else None
+        runs = self.engine.list_runs(state, request.limit if request.limit > 0 else 50)
+        return control_pb2.ListRunsResponse(runs=[wire.run_status_to_proto(r) for r in runs])
+
+    @streaming
+    async def WatchRun(self, request: control_pb2.WatchRunRequest, context: Any) -> AsyncIterator[control_pb2.RunEvent]:
+        watcher, run = self.engine.watch(request.run_id, request.run_only)
+        try:
+            await self.engine.barrier()
+            first = RunEvent(run.run_id, "", run.state.value, ts=time.time(), snapshot=run_status(run))
+            async for ev in self._follow(run, watcher, first):
+                yield wire.run_event_to_proto(ev)
+        finally:
+            self.engine.unwatch(watcher)
+
+    @unary
+    async def CancelRun(self, request: control_pb2.CancelRunRequest, context: Any) -> control_pb2.RunStatus:
+        return wire.run_status_to_proto(run_status(await self.engine.cancel(request.run_id)))
+
+    @unary
+    async def RetryRun(self, request: control_pb2.RetryRunRequest, context: Any) -> control_pb2.RunStatus:
+        return wire.run_status_to_proto(run_status(await self.engine.retry(request.run_id)))
+
+    @unary
+    async def Explain(self, request: control_pb2.ExplainRequest, context: Any) -> control_pb2.ExplainResponse:
+        await self.engine.barrier()
+        return wire.explanation_to_proto(self.engine.explain(request.run_id, request.task))
+
+    @unary
+    async def ListAgents(self, request: control_pb2.ListAgentsRequest, context: Any) -> control_pb2.ListAgentsResponse:
+        return control_pb2.ListAgentsResponse(agents=[wire.agent_info_to_proto(a) for a in self.engine.list_agents()])
+
+    @streaming
+    async def GetLogs(self, request: control_pb2.GetLogsRequest, context: Any) -> AsyncIterator[control_pb2.LogLine]:
+        backlog, follower = self.engine.logs(request.run_id, request.task, request.attempt, request.follow)
+        try:
+            for line in backlog:
+                yield wire.log_line_to_proto(line)
+            while follower is not None:
+                item = await follower.queue.get()
+                if item is None:
+                    return
+                if not request.attempt or item.attempt == request.attempt:
+                    yield wire.log_line_to_proto(item)
+        finally:
+            if follower is not None:
+                self.engine.unfollow_logs(follower)

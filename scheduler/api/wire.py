@@ -1,0 +1,411 @@
+"""Conversions between the wire (``outrider.v1`` protobuf) and the core's domain types.
+
+The one place the scheduler turns messages into values and back: the servicers
+call these on the way in and out, and the store uses the ``encode_*``/``decode_*``
+pair to keep specs and capabilities in their wire encoding. Everything coming in
+has been through the spec validator or is checked here, so the core receives only
+well-formed values; a malformed message is refused with ``INVALID_ARGUMENT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from outrider.errors import InvalidArgument, OutriderError
+from outrider.protocol import OUTCOMES, Outcome
+from outrider.v1 import agent_pb2, common_pb2, control_pb2
+from scheduler.core.channel import Outbound
+from scheduler.core.messages import (
+    Ack,
+    ArtifactRef,
+    Assignment,
+    Capabilities,
+    ClockSample,
+    Completion,
+    Gpu,
+    HeartbeatReply,
+    LeaseRef,
+    LogChunk,
+    Power,
+)
+from scheduler.core.model import Output
+from scheduler.core.spec import Affinity, Expr, InputRef, PipelineSpec, Requirements, TaskSpec
+from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan
+
+
+def _status_number(exc: OutriderError) -> int:
+    from scheduler.api.status import status_number  # grpc: only where acks are built
+
+    return status_number(exc)
+
+
+# --------------------------------------------------------------------------- pipeline specs
+
+
+def check_pipeline(msg: common_pb2.PipelineSpec) -> PipelineSpec:
+    """Validate a submitted spec with the one spec validator, then convert it."""
+    from outrider.pipeline import validate_proto
+
+    problems = validate_proto(msg)
+    if problems:
+        raise InvalidArgument("invalid pipeline:\n  " + "\n  ".join(problems))
+    return pipeline_from_proto(msg)
+
+
+def _input_ref(text: str) -> InputRef:
+    task, _, output = text.partition(".")
+    return InputRef(task, output)
+
+
+def _expr(e: common_pb2.LabelExpr) -> Expr:
+    return Expr(e.key, e.op, tuple(e.values))
+
+
+def task_from_proto(ts: common_pb2.TaskSpec) -> TaskSpec:
+    req = ts.requires
+    return TaskSpec(
+        name=ts.name,
+        argv=tuple(ts.argv),
+        shell=ts.shell,
+        inputs=tuple((name, _input_ref(ref)) for name, ref in ts.inputs.items()),
+        outputs=tuple(ts.outputs),
+        after=tuple(ts.after),
+        requires=Requirements(
+            cpus=req.cpus,
+            memory=req.memory_bytes,
+            disk=req.disk_bytes,
+            gpus=req.gpus,
+            labels=tuple(sorted(req.labels.items())),
+            gpu_memory=req.gpu_memory_bytes,
+            gpu_model=req.gpu_model,
+            exprs=tuple(_expr(e) for e in req.expressions),
+            residency=tuple(req.residency),
+            max_clock_skew=req.max_clock_skew_s,
+        ),
+        affinities=tuple(Affinity(_expr(a.expr), a.weight) for a in ts.affinities),
+        max_attempts=ts.max_attempts,
+        backoff_s=ts.backoff_s,
+        timeout_s=ts.timeout_s,
+        env=tuple(ts.env.items()),
+    )
+
+
+def pipeline_from_proto(msg: common_pb2.PipelineSpec) -> PipelineSpec:
+    return PipelineSpec(
+        name=msg.name,
+        tasks=tuple(task_from_proto(ts) for ts in msg.tasks),
+        code_digest=msg.code_digest,
+        priority=msg.priority,
+        concurrency=msg.concurrency,
+        tenant=msg.tenant,
+    )
+
+
+def _expr_proto(e: Expr) -> common_pb2.LabelExpr:
+    return common_pb2.LabelExpr(key=e.key, op=e.op, values=e.values)
+
+
+def task_to_proto(ts: TaskSpec) -> common_pb2.TaskSpec:
+    req = ts.requires
+    return common_pb2.TaskSpec(
+        name=ts.name,
+        argv=ts.argv,
+        shell=ts.shell,
+        inputs={name: str(ref) for name, ref in ts.inputs},
+        outputs=ts.outputs,
+        after=ts.after,
+        requires=common_pb2.Requirements(
+            cpus=req.cpus,
+            memory_bytes=req.memory,
+            disk_bytes=req.disk,
+            gpus=req.gpus,
+            labels=dict(req.labels),
+            gpu_memory_bytes=req.gpu_memory,
+            gpu_model=req.gpu_model,
+            expressions=[_expr_proto(e) for e in req.exprs],
+            residency=req.residency,
+            max_clock_skew_s=req.max_clock_skew,
+        ),
+        max_attempts=ts.max_attempts,
+        backoff_s=ts.backoff_s,
+        timeout_s=ts.timeout_s,
+        env=dict(ts.env),
+        affinities=[common_pb2.Affinity(expr=_expr_proto(a.expr), weight=a.weight) for a in ts.affinities],
+    )
+
+
+def pipeline_to_proto(spec: PipelineSpec) -> common_pb2.PipelineSpec:
+    return common_pb2.PipelineSpec(
+        name=spec.name,
+        code_digest=spec.code_digest,
+        tasks=[task_to_proto(ts) for ts in spec.tasks],
+        priority=spec.priority,
+        concurrency=spec.concurrency,
+        tenant=spec.tenant,
+    )
+
+
+def encode_pipeline(spec: PipelineSpec) -> bytes:
+    return pipeline_to_proto(spec).SerializeToString(deterministic=True)
+
+
+def decode_pipeline(blob: bytes) -> PipelineSpec:
+    return pipeline_from_proto(common_pb2.PipelineSpec.FromString(blob))
+
+
+# --------------------------------------------------------------------------- agents
+
+
+def capabilities_from_proto(c: common_pb2.Capabilities) -> Capabilities:
+    return Capabilities(
+        cpu_cores=c.cpu_cores,
+        arch=c.arch,
+        cpu_model=c.cpu_model,
+        memory_bytes=c.memory_bytes,
+        disk_bytes=c.disk_bytes,
+        disk_free_bytes=c.disk_free_bytes,
+        gpus=tuple(
+            Gpu(g.index, g.model, g.memory_bytes, g.memory_free_bytes, g.driver, g.uuid, g.compute_capability)
+            for g in c.gpus
+        ),
+        os=c.os,
+        os_release=c.os_release,
+        python_version=c.python_version,
+        hostname=c.hostname,
+        labels=dict(c.labels),
+        slots=c.slots,
+        agent_version=c.agent_version,
+        gpu_probe=c.gpu_probe,
+        zones=tuple(c.zones),
+        bandwidth_bps=c.bandwidth_bps,
+        rtt_s=c.rtt_s,
+        cached=tuple(ArtifactRef(a.name, a.digest, a.size, a.kind) for a in c.cached),
+        power=Power(c.power.has_battery, c.power.on_battery, c.power.battery_percent),
+    )
+
+
+def capabilities_to_proto(c: Capabilities) -> common_pb2.Capabilities:
+    return common_pb2.Capabilities(
+        cpu_cores=c.cpu_cores,
+        arch=c.arch,
+        cpu_model=c.cpu_model,
+        memory_bytes=c.memory_bytes,
+        disk_bytes=c.disk_bytes,
+        disk_free_bytes=c.disk_free_bytes,
+        gpus=[
+            common_pb2.Gpu(
+                index=g.index,
+                model=g.model,
+                memory_bytes=g.memory_bytes,
+                memory_free_bytes=g.memory_free_bytes,
+                driver=g.driver,
+                uuid=g.uuid,
+                compute_capability=g.compute_capability,
+            )
+            for g in c.gpus
+        ],
+        os=c.os,
+        os_release=c.os_release,
+        python_version=c.python_version,
+        hostname=c.hostname,
+        labels=c.labels,
+        slots=c.slots,
+        agent_version=c.agent_version,
+        gpu_probe=c.gpu_probe,
+        zones=c.zones,
+        bandwidth_bps=c.bandwidth_bps,
+        rtt_s=c.rtt_s,
+        cached=[common_pb2.ArtifactRef(name=a.name, digest=a.digest, size=a.size, kind=a.kind) for a in c.cached],
+        power=common_pb2.Power(
+            has_battery=c.power.has_battery, on_battery=c.power.on_battery, battery_percent=c.power.battery_percent
+        ),
+    )
+
+
+def encode_capabilities(c: Capabilities) -> bytes:
+    return capabilities_to_proto(c).SerializeToString(deterministic=True)
+
+
+def decode_capabilities(blob: bytes) -> Capabilities:
+    return capabilities_from_proto(common_pb2.Capabilities.FromString(blob))
+
+
+def clocks_from_proto(samples: Iterable[common_pb2.ClockSample]) -> tuple[ClockSample, ...]:
+    return tuple(ClockSample(s.offset_s, s.uncertainty_s, s.source, s.measured_at) for s in samples)
+
+
+def clocks_to_proto(samples: Iterable[ClockSample]) -> list[common_pb2.ClockSample]:
+    return [
+        common_pb2.ClockSample(
+            offset_s=s.offset_s, uncertainty_s=s.uncertainty_s, source=s.source, measured_at=s.measured_at
+        )
+        for s in samples
+    ]
+
+
+def lease_from_proto(r: common_pb2.LeaseRef) -> LeaseRef:
+    return LeaseRef(r.run_id, r.task, r.epoch)
+
+
+def leases_from_proto(refs: Iterable[common_pb2.LeaseRef]) -> list[LeaseRef]:
+    return [LeaseRef(r.run_id, r.task, r.epoch) for r in refs]
+
+
+def lease_to_proto(r: LeaseRef) -> common_pb2.LeaseRef:
+    return common_pb2.LeaseRef(run_id=r.run_id, task=r.task, epoch=r.epoch)
+
+
+def completion_from_proto(c: agent_pb2.Completion) -> Completion:
+    if c.outcome not in OUTCOMES:
+        raise InvalidArgument(f"outcome must be one of {sorted(OUTCOMES)}, got {c.outcome!r}")
+    return Completion(
+        lease=lease_from_proto(c.lease),
+        outcome=Outcome(c.outcome),
+        exit_code=c.exit_code,
+        error=c.error,
+        outputs=tuple(ArtifactRef(o.name, o.digest, o.size, o.kind) for o in c.outputs),
+        started_at=c.started_at,
+        finished_at=c.finished_at,
+    )
+
+
+def logs_from_proto(chunks: Iterable[agent_pb2.LogChunk]) -> list[LogChunk]:
+    return [LogChunk(lease_from_proto(c.lease), c.stream, c.data, c.ts) for c in chunks]
+
+
+def assignment_to_proto(a: Assignment) -> agent_pb2.Assignment:
+    return agent_pb2.Assignment(
+        lease=lease_to_proto(a.lease),
+        spec=task_to_proto(a.spec),
+        inputs=[common_pb2.ArtifactRef(name=i.name, digest=i.digest, size=i.size, kind=i.kind) for i in a.inputs],
+        code_digest=a.code_digest,
+        pipeline=a.pipeline,
+        traceparent=a.traceparent,
+        lease_ttl_s=a.lease_ttl_s,
+    )
+
+
+def ack_to_proto(ack: Ack) -> agent_pb2.CompletionAck:
+    if ack.error is None:
+        return agent_pb2.CompletionAck(lease=lease_to_proto(ack.lease), code=0)
+    return agent_pb2.CompletionAck(
+        lease=lease_to_proto(ack.lease), code=_status_number(ack.error), message=str(ack.error)
+    )
+
+
+def heartbeat_to_proto(h: HeartbeatReply) -> agent_pb2.HeartbeatResponse:
+    return agent_pb2.HeartbeatResponse(
+        server_time=h.server_time,
+        lost=[lease_to_proto(r) for r in h.lost],
+        lease_ttl_s=h.lease_ttl_s,
+        client_time=h.client_time,
+    )
+
+
+def scheduler_message(out: Outbound) -> agent_pb2.SchedulerMessage:
+    msg = agent_pb2.SchedulerMessage(
+        assignments=[assignment_to_proto(a) for a in out.assignments],
+        acks=[ack_to_proto(a) for a in out.acks],
+        cancel=[lease_to_proto(r) for r in out.cancel],
+    )
+    if out.heartbeat is not None:
+        msg.heartbeat.CopyFrom(heartbeat_to_proto(out.heartbeat))
+    return msg
+
+
+# --------------------------------------------------------------------------- what clients read
+
+
+def _output_proto(o: Output) -> common_pb2.ArtifactRef:
+    return common_pb2.ArtifactRef(name=o.name, digest=o.digest, size=o.size, kind=o.kind)
+
+
+def run_status_to_proto(s: RunStatus) -> control_pb2.RunStatus:
+    return control_pb2.RunStatus(
+        run_id=s.run_id,
+        pipeline=s.pipeline,
+        state=s.state,
+        created_at=s.created_at,
+        finished_at=s.finished_at,
+        submitter=s.submitter,
+        code_digest=s.code_digest,
+        tasks=[
+            control_pb2.TaskStatus(
+                name=t.name,
+                state=t.state,
+                attempts=t.attempts,
+                agent=t.agent,
+                outputs=[_output_proto(o) for o in t.outputs],
+                error=t.error,
+                exit_code=t.exit_code,
+                started_at=t.started_at,
+                finished_at=t.finished_at,
+                not_before=t.not_before,
+            )
+            for t in s.tasks
+        ],
+    )
+
+
+def run_event_to_proto(ev: RunEvent) -> control_pb2.RunEvent:
+    msg = control_pb2.RunEvent(
+        run_id=ev.run_id,
+        task=ev.task,
+        state=ev.state,
+        attempt=ev.attempt,
+        agent=ev.agent,
+        message=ev.message,
+        ts=ev.ts,
+        warnings=ev.warnings,
+    )
+    if ev.snapshot is not None:
+        msg.snapshot.CopyFrom(run_status_to_proto(ev.snapshot))
+    return msg
+
+
+def task_plan_to_proto(p: TaskPlan) -> control_pb2.TaskPlan:
+    return control_pb2.TaskPlan(
+        task=p.task,
+        agents_considered=p.agents_considered,
+        feasible_agents=p.feasible_agents,
+        rejections=p.rejections,
+        rejection_counts=p.rejection_counts,
+        candidates=[control_pb2.Candidate(agent=c.agent, score=c.score, breakdown=c.breakdown) for c in p.candidates],
+        suggestions=p.suggestions,
+        residency=p.residency,
+        residency_conflicts=p.residency_conflicts,
+        passing=p.passing,
+    )
+
+
+def explanation_to_proto(e: Explanation) -> control_pb2.ExplainResponse:
+    return control_pb2.ExplainResponse(
+        run_id=e.run_id,
+        task=e.task,
+        state=e.state,
+        reason=e.reason,
+        message=e.message,
+        until=e.until,
+        agent=e.agent,
+        plan=task_plan_to_proto(e.plan),
+    )
+
+
+def agent_info_to_proto(a: AgentInfo) -> control_pb2.AgentInfo:
+    return control_pb2.AgentInfo(
+        name=a.name,
+        identity=a.identity,
+        state=a.state,
+        capabilities=capabilities_to_proto(a.capabilities),
+        clock=clocks_to_proto(a.clock),
+        last_seen=a.last_seen,
+        running=a.running,
+        free_slots=a.free_slots,
+        registered_at=a.registered_at,
+        clock_suspect=a.clock_suspect,
+        clock_skew_s=a.clock_skew_s,
+    )
+
+
+def log_line_to_proto(line: LogLine) -> control_pb2.LogLine:
+    return control_pb2.LogLine(attempt=line.attempt, stream=line.stream, data=line.data, ts=line.ts)

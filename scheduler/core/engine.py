@@ -1,0 +1,496 @@
+"""The engine: the thin coordinator of the scheduler's core components.
+
+The engine is the only writer of state, on one thread (the event loop). Each
+public method is one use case (submit, complete, heartbeat, ...): it asks the
+components that own the state involved and commits their writes as one
+transaction; whatever the outside world sees of a change (an ack, an assignment,
+an event) is released only after that commit. So a crash loses nothing that was
+acknowledged, and an epoch once handed out is never reused.
+
+Where each concern lives (see docs/architecture.md for the whole map):
+
+* :mod:`~scheduler.core.lifecycle`: runs, their DAGs, every task and run transition, events;
+* :mod:`~scheduler.core.leases`: grant, renew, expire, and the check every report goes through;
+* :mod:`~scheduler.core.registry`: agents, capabilities, clocks, cache index, channels, credits;
+* :mod:`~scheduler.core.dispatch`: the pull path (with queues, fairness, delay scheduling, admission);
+* :mod:`~scheduler.core.planner`: plan and explain;
+* :mod:`~scheduler.core.watch`: run watchers and log followers;
+* :mod:`~scheduler.core.residency`: who may download what.
+
+An expired lease requeues the task as a new attempt without counting it against
+the task's retries: losing an agent is not the task's fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from outrider.errors import FailedPrecondition, InvalidArgument, NotFound
+from outrider.protocol import ARTIFACT_KINDS, Outcome, is_digest
+from scheduler.core.channel import Channel
+from scheduler.core.delay import DelayScheduler
+from scheduler.core.dispatch import Dispatcher
+from scheduler.core.fairness import FairShare
+from scheduler.core.leases import LeaseStatus, LeaseTable, lease_ref
+from scheduler.core.lifecycle import StateMachine
+from scheduler.core.messages import Capabilities, ClockSample, Completion, LeaseRef, LogChunk
+from scheduler.core.model import AttemptState, Output, Run, RunState, Task, TaskState, needs_of
+from scheduler.core.planner import Planner
+from scheduler.core.queues import ReadyQueues
+from scheduler.core.registry import AgentRegistry, AgentState
+from scheduler.core.residency import ResidencyIndex
+from scheduler.core.spec import PipelineSpec
+from scheduler.core.txn import Journal, Txn
+from scheduler.core.views import AgentInfo, Explanation, LogLine, RunStatus, TaskPlan, run_status
+from scheduler.core.watch import LogFollower, Watcher, Watchers
+from scheduler.store.base import Store
+
+log = logging.getLogger(__name__)
+
+#: How often ready tasks are checked for having no feasible agent at all.
+INFEASIBLE_CHECK_S = 1.0
+
+
+class LogSink(Protocol):
+    """Where stage logs are kept (:class:`scheduler.logs.LogStore`)."""
+
+    def append(self, run_id: str, task: str, attempt: int, stream: str, data: bytes, ts: float) -> None: ...
+
+    def read(self, run_id: str, task: str, attempt: int) -> Iterable[tuple[float, str, bytes]]: ...
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        lease_ttl: float = 15.0,
+        heartbeat_interval: float = 3.0,
+        placement_wait: float = 5.0,
+        max_queue_depth: int = 0,
+        infeasible_timeout: float = 600.0,
+        max_clock_offset: float = 1.0,
+        artifact_exists: Callable[[str], bool] = lambda digest: True,
+        log_sink: LogSink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.artifact_exists = artifact_exists
+        self.log_sink = log_sink
+        self.clock = clock
+        self.wall = wall
+        self.rng = rng or random.Random()
+        self.journal = Journal(store)
+        self.watchers = Watchers()
+        self.queues = ReadyQueues(clock=clock, wall=wall, kick=self._kick)
+        self.sm = StateMachine(
+            self.watchers, wall=wall, rng=self.rng, on_ready=self.queues.put, on_unready=self.queues.remove
+        )
+        self.registry = AgentRegistry(max_clock_offset=max_clock_offset, wall=wall, kick=self._kick)
+        self.leases = LeaseTable(ttl=lease_ttl, find=self.sm.find)
+        self.fairness = FairShare(self.registry.capacity)
+        self.delay = DelayScheduler(self.registry, placement_wait=placement_wait, kick=self._kick)
+        self.residency = ResidencyIndex()
+        self.dispatcher = Dispatcher(
+            self.sm,
+            self.queues,
+            self.registry,
+            self.fairness,
+            self.delay,
+            self.leases,
+            self.journal,
+            clock=clock,
+            wall=wall,
+            max_queue_depth=max_queue_depth,
+            infeasible_timeout=infeasible_timeout,
+        )
+        self.planner = Planner(
+            self.sm,
+            self.registry,
+            self.queues,
+            self.fairness,
+            clock=clock,
+            wall=wall,
+            infeasible_timeout=lambda: self.dispatcher.infeasible_timeout,
+        )
+        self._last_infeasible_check = 0.0
+
+    # ------------------------------------------------------------------ state, for reading
+
+    @property
+    def lease_ttl(self) -> float:
+        return self.leases.ttl
+
+    @property
+    def runs(self) -> dict[str, Run]:
+        return self.sm.runs
+
+    @property
+    def agents(self) -> dict[str, AgentState]:
+        return self.registry.agents
+
+    @property
+    def ready_count(self) -> int:
+        return self.queues.count
+
+    def _kick(self) -> None:
+        self.dispatcher.kick()
+
+    # ------------------------------------------------------------------ start-up
+
+    def load(self) -> None:
+        """Rebuild memory from the database after a (re)start."""
+        loaded = self.journal.store.load()
+        mono = self.clock()
+        self.registry.restore(loaded.agents)
+        for output in self.sm.restore(loaded, self.queues.intern):
+            self.residency.note(output)
+        for run in self.sm.runs.values():
+            for t in run.tasks.values():
+                if t.state is TaskState.RUNNING:
+                    self.fairness.hold(run, t.needs)
+                    self.leases.grace(t, mono)  # a full TTL plus grace for agents to reconnect
+                    agent = self.registry.get(t.agent)
+                    if agent is not None:
+                        self.registry.hold(agent, t)
+                elif t.state is TaskState.READY:
+                    self.queues.put(run, t)
+        log.info(
+            "loaded %d runs, %d agents; %d tasks ready, %d leases awaiting their agents",
+            len(self.sm.runs),
+            len(self.registry.agents),
+            self.queues.count + self.queues.backoff,
+            len(self.leases),
+        )
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.dispatcher.start(loop)
+
+    def barrier(self) -> asyncio.Future[None]:
+        """Resolves once everything in memory is durable (reads wait for it)."""
+        return self.journal.barrier()
+
+    # ------------------------------------------------------------------ submissions
+
+    def new_run_id(self) -> str:
+        """Time-sortable and unique: milliseconds, then random bits, redrawn on a clash."""
+        while True:
+            run_id = f"run-{int(self.wall() * 1000):x}-{self.rng.getrandbits(24):06x}"
+            if run_id not in self.sm.runs:
+                return run_id
+
+    def check_code(self, spec: PipelineSpec) -> None:
+        """A pipeline's code bundle must have been uploaded before the pipeline is accepted."""
+        if spec.code_digest and not self.artifact_exists(spec.code_digest):
+            raise InvalidArgument(
+                f"invalid pipeline:\n  code_digest: code bundle {spec.code_digest} has not been uploaded"
+            )
+
+    def plan(self, spec: PipelineSpec) -> list[TaskPlan]:
+        self.check_code(spec)
+        return self.planner.plan(spec)
+
+    async def submit(self, spec: PipelineSpec, submitter: str, strict: bool = False) -> tuple[str, list[str]]:
+        """Record a run durably and queue its root tasks; returns (run id, warnings)."""
+        run, warnings, _ = await self._submit(spec, submitter, None, strict)
+        return run.run_id, warnings
+
+    async def submit_and_watch(
+        self, spec: PipelineSpec, submitter: str, run_only: bool, strict: bool = False
+    ) -> tuple[Run, list[str], Watcher]:
+        """Submit, with a watcher registered before any of the run's events exist."""
+        run, warnings, watcher = await self._submit(spec, submitter, run_only, strict)
+        assert watcher is not None
+        return run, warnings, watcher
+
+    async def _submit(
+        self, spec: PipelineSpec, submitter: str, watch: bool | None, strict: bool
+    ) -> tuple[Run, list[str], Watcher | None]:
+        self.check_code(spec)
+        self.dispatcher.admit(len(spec.tasks))
+        warnings = self.planner.warnings(spec, {ts.name: self.queues.intern(needs_of(ts)) for ts in spec.tasks})
+        if strict and warnings:
+            raise FailedPrecondition("refused (strict): " + " | ".join(warnings))
+        run = StateMachine.build(
+            self.new_run_id(), spec, submitter, self.wall(), os.urandom(16).hex(), self.sm.seq + 1, self.queues.intern
+        )
+        watcher = None if watch is None else self.watchers.watch(run.run_id, watch)
+        txn = Txn()
+        self.sm.create(txn, run)
+        try:
+            await self.journal.commit(txn)
+        except BaseException:
+            if watcher is not None:
+                self.watchers.unwatch(watcher)
+            raise
+        return run, warnings, watcher
+
+    async def cancel(self, run_id: str) -> Run:
+        run = self.sm.run(run_id)
+        if run.state is RunState.CANCELLED:
+            return run
+        if run.terminal:
+            raise FailedPrecondition(f"run {run_id} already {run.state.value}; nothing to cancel")
+        txn = Txn()
+        stopped: dict[str, list[LeaseRef]] = {}
+        now = self.wall()
+
+        def stop(txn: Txn, t: Task) -> None:
+            stopped.setdefault(t.agent, []).append(lease_ref(t))
+            self._end_lease(txn, t, AttemptState.CANCELLED, now, 0, "cancelled by user")
+
+        self.sm.cancel(txn, run, stop)
+        await self.journal.commit(txn)
+        for name, refs in stopped.items():
+            self._push_cancel(name, refs)
+        self._kick()
+        return run
+
+    async def retry(self, run_id: str) -> Run:
+        run = self.sm.run(run_id)
+        if run.state is RunState.RUNNING:
+            raise FailedPrecondition(f"run {run_id} is still running; retry it once it has ended")
+        if run.state is RunState.SUCCEEDED:
+            raise FailedPrecondition(f"run {run_id} succeeded; there is nothing to retry")
+        txn = Txn()
+        self.sm.retry(txn, run)
+        await self.journal.commit(txn)
+        return run
+
+    # ------------------------------------------------------------------ reading
+
+    def run_status(self, run_id: str) -> RunStatus:
+        return run_status(self.sm.run(run_id))
+
+    def list_runs(self, state: RunState | None, limit: int) -> list[RunStatus]:
+        runs = sorted(self.sm.runs.values(), key=lambda r: r.seq, reverse=True)
+        if state is not None:
+            runs = [r for r in runs if r.state is state]
+        return [run_status(r, with_tasks=False) for r in runs[:limit]]
+
+    def explain(self, run_id: str, name: str) -> Explanation:
+        return self.planner.explain(run_id, name)
+
+    def list_agents(self) -> list[AgentInfo]:
+        return self.registry.infos()
+
+    def task(self, run_id: str, name: str) -> Task:
+        return self.sm.task(run_id, name)
+
+    def watch(self, run_id: str, run_only: bool) -> tuple[Watcher, Run]:
+        run = self.sm.run(run_id)
+        return self.watchers.watch(run_id, run_only), run
+
+    def unwatch(self, w: Watcher) -> None:
+        self.watchers.unwatch(w)
+
+    def logs(self, run_id: str, name: str, attempt: int, follow: bool) -> tuple[list[LogLine], LogFollower | None]:
+        """A task's recorded log lines (one attempt, or all) and, to follow it, a follower.
+
+        Both in one loop turn: nothing can be appended in between, so lines are neither
+        lost nor doubled.
+        """
+        t = self.sm.task(run_id, name)
+        if attempt < 0 or attempt > t.attempts:
+            raise NotFound(f"task {name} has {t.attempts} attempt(s); no attempt {attempt}")
+        attempts = [attempt] if attempt else list(range(1, t.attempts + 1))
+        follower = self.watchers.follow(run_id, name) if follow and not t.terminal else None
+        backlog = []
+        if self.log_sink is not None:
+            backlog = [LogLine(a, s, d, ts) for a in attempts for ts, s, d in self.log_sink.read(run_id, name, a)]
+        return backlog, follower
+
+    def unfollow_logs(self, f: LogFollower) -> None:
+        self.watchers.unfollow(f)
+
+    # ------------------------------------------------------------------ agents
+
+    def register(
+        self, name: str, identity: str, caps: Capabilities, clocks: Iterable[ClockSample], leases: Iterable[LeaseRef]
+    ) -> list[LeaseRef]:
+        """(Re)register an agent; returns the leases it listed that it must stop."""
+        now = self.wall()
+        agent = self.registry.register(name, identity, caps, clocks, now)
+        txn = Txn()
+        txn.changes.upsert_agent(name, identity, caps, now)
+        self.journal.commit(txn)
+        lost = self._renew(agent, leases)
+        log.info(
+            "agent %s registered (%d cpus, %d gpus, labels %s)", name, caps.cpu_cores, len(caps.gpus), dict(caps.labels)
+        )
+        self._kick()
+        return lost
+
+    def heartbeat(
+        self, name: str, leases: Iterable[LeaseRef], clocks: Iterable[ClockSample], caps: Capabilities | None = None
+    ) -> list[LeaseRef]:
+        agent = self.registry.require(name)
+        leases = list(leases)
+        self.registry.observe_clocks(agent, tuple(clocks))
+        if caps is not None:
+            self.registry.apply_caps(agent, caps)
+        agent.last_seen = self.wall()
+        lost = self._renew(agent, leases)
+        # Leases we granted that the agent does not list never reached it (the stream
+        # broke in between): expire them now rather than at TTL. The grace covers an
+        # assignment still in flight when the heartbeat was sent.
+        listed = {(r.run_id, r.task, r.epoch) for r in leases}
+        grace = self.clock() - 2 * self.heartbeat_interval
+        for key in list(agent.running):
+            t = self.sm.runs[key[0]].tasks[key[1]]
+            if (t.run_id, t.name, t.attempts) not in listed and t.leased_at < grace:
+                self._expire(t, "the agent no longer holds this lease")
+        return lost
+
+    def _renew(self, agent: AgentState, refs: Iterable[LeaseRef]) -> list[LeaseRef]:
+        renewed, lost = self.leases.renew(agent.name, agent.clock_uncertainty, refs, self.clock())
+        for t in renewed:
+            self.registry.hold(agent, t)  # after a scheduler restart, before the agent came back
+        return lost
+
+    def attach(self, name: str, credits: int = 0) -> Channel:
+        return self.registry.attach(name, credits)
+
+    def detach(self, ch: Channel) -> None:
+        self.registry.detach(ch)
+
+    def add_credits(self, ch: Channel, n: int) -> None:
+        self.registry.add_credits(ch, n)
+
+    # ------------------------------------------------------------------ reports
+
+    def complete(self, agent_name: str, c: Completion) -> asyncio.Future[None]:
+        """Apply the end of an attempt; the future resolves once it is durable.
+
+        Raises StaleEpoch (and changes nothing) unless the report comes from the
+        agent holding the current lease of a running task.
+        """
+        status, t = self.leases.check(c.lease, agent_name)
+        if (
+            status is LeaseStatus.ENDED
+            and t is not None
+            and t.terminal
+            and t.state is not TaskState.CANCELLED
+            and (t.state is TaskState.SUCCEEDED) == (c.outcome is Outcome.SUCCEEDED)
+        ):
+            return self.journal.barrier()  # a re-delivery of what we already recorded
+        if status is not LeaseStatus.CURRENT or t is None:
+            raise self.leases.refusal(c.lease, agent_name, t)
+        run = self.sm.runs[t.run_id]
+        outputs, problem = self._check_outputs(t, c)
+        txn = Txn()
+        now = self.wall()
+        t.exit_code = c.exit_code
+        agent = self.registry.get(agent_name)
+        if agent is not None and c.started_at and c.finished_at:
+            # The agent's wall clock, corrected by its measured offset to ours, so a
+            # run's timeline is consistent across machines.
+            t.started_at = c.started_at + agent.sched_offset
+            now = min(now, c.finished_at + agent.sched_offset)
+        if c.outcome is Outcome.SUCCEEDED and problem is None:
+            self._end_lease(txn, t, AttemptState.SUCCEEDED, now, c.exit_code, "")
+            for o in outputs.values():  # outputs carry the residency of the data they came from
+                o.residency = t.needs.residency
+                self.residency.note(o)
+                if agent is not None:
+                    self.registry.note_cached(agent, o)
+            self.sm.succeed(txn, run, t, outputs, now)
+        else:
+            error = problem or c.error or f"{c.outcome.value} (exit code {c.exit_code})"
+            how = AttemptState(c.outcome.value) if problem is None else AttemptState.FAILED
+            self._end_lease(txn, t, how, now, c.exit_code, error)
+            self.sm.fail_attempt(txn, run, t, error)
+        self._kick()
+        return self.journal.commit(txn)
+
+    def _check_outputs(self, t: Task, c: Completion) -> tuple[dict[str, Output], str | None]:
+        outputs = {}
+        for ref in c.outputs:
+            if ref.name not in t.spec.outputs:
+                return {}, f"reported output {ref.name!r} was not declared"
+            if not is_digest(ref.digest):
+                return {}, f"output {ref.name!r} has a malformed digest {ref.digest!r}"
+            if ref.kind not in ARTIFACT_KINDS:
+                return {}, f"output {ref.name!r} has unknown kind {ref.kind!r}"
+            if not self.artifact_exists(ref.digest):
+                return {}, f"output {ref.name!r} ({ref.digest[:12]}) was never uploaded"
+            outputs[ref.name] = Output(ref.name, ref.digest, ref.size, ref.kind)
+        if c.outcome is Outcome.SUCCEEDED:
+            missing = [o for o in t.spec.outputs if o not in outputs]
+            if missing:
+                return {}, "declared output(s) missing: " + ", ".join(missing)
+        return outputs, None
+
+    def append_logs(self, agent_name: str, chunks: Iterable[LogChunk]) -> None:
+        agent = self.registry.get(agent_name)
+        offset = agent.sched_offset if agent is not None else 0.0  # agent clock -> ours
+        for chunk in chunks:
+            ref = chunk.lease
+            # Logs of an attempt are accepted from its agent even just after it ended.
+            status, _ = self.leases.check(ref, agent_name)
+            if status is not LeaseStatus.CURRENT and status is not LeaseStatus.ENDED:
+                continue
+            ts = chunk.ts + offset
+            if self.log_sink is not None:
+                self.log_sink.append(ref.run_id, ref.task, ref.epoch, chunk.stream, chunk.data, ts)
+            self.watchers.log(ref.run_id, ref.task, LogLine(ref.epoch, chunk.stream, chunk.data, ts))
+
+    # ------------------------------------------------------------------ artifacts
+
+    def may_download(self, agent_name: str, digest: str) -> str | None:
+        """None if the agent may receive these bytes; else why not (residency is a hard rule)."""
+        agent = self.registry.get(agent_name)
+        zones = agent.view.zones if agent is not None else frozenset()
+        return self.residency.refusal(agent_name, zones, digest)
+
+    def record_artifact(self, digest: str, size: int, kind: str) -> asyncio.Future[None]:
+        """An artifact's bytes are now in the artifact store: record it durably."""
+        txn = Txn()
+        txn.changes.insert_artifacts([(digest, size, kind, self.wall())])
+        return self.journal.commit(txn)
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, mono: float | None = None, wall: float | None = None) -> None:
+        """One pass of time-driven work: expire leases, end retry backoffs and delay waits."""
+        mono = self.clock() if mono is None else mono
+        wall = self.wall() if wall is None else wall
+        for t in self.leases.expired(mono):
+            self._expire(t, f"lease expired: agent {t.agent} stopped renewing it")
+        self.queues.release_due(wall)
+        self.delay.due(mono)
+        if mono - self._last_infeasible_check >= INFEASIBLE_CHECK_S:
+            self._last_infeasible_check = mono
+            self.dispatcher.fail_infeasible(mono)
+
+    # ------------------------------------------------------------------ leases ending
+
+    def _end_lease(self, txn: Txn, t: Task, how: AttemptState, when: float, exit_code: int, error: str) -> None:
+        """The current attempt of ``t`` ended: its agent's resources and its tenant's share
+        are given back, and how it ended is recorded."""
+        if self.registry.release(t):
+            self.fairness.release(self.sm.runs[t.run_id], t.needs)
+        self.leases.end(txn, t, how, when, exit_code, error)
+
+    def _expire(self, t: Task, why: str) -> None:
+        """A lease ended without a report: requeue as a new attempt (no retry used)."""
+        run = self.sm.runs[t.run_id]
+        txn = Txn()
+        self._end_lease(txn, t, AttemptState.LOST, self.wall(), 0, why)
+        self._push_cancel(t.agent, [lease_ref(t)])
+        log.warning("lease %s/%s epoch %d on %s lost: %s", t.run_id, t.name, t.attempts, t.agent, why)
+        self.sm.lose_attempt(txn, run, t, why)
+        self.journal.commit(txn)
+
+    def _push_cancel(self, agent_name: str, refs: list[LeaseRef]) -> None:
+        agent = self.registry.get(agent_name)
+        for ch in agent.channels if agent is not None else ():
+            ch.push(cancel=refs)

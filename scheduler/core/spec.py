@@ -1,0 +1,99 @@
+"""A pipeline as the core sees it: immutable values, converted from the wire once.
+
+The wire form (``outrider.v1.PipelineSpec``) is validated by the one spec
+validator (:mod:`outrider.spec`) and converted by :mod:`scheduler.api.wire`;
+from there on the core reads these frozen dataclasses. A ``task.output``
+reference arrives parsed (:class:`InputRef`), so nothing here splits strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Expr:
+    """A label expression (see proto ``LabelExpr``): key, operator, values."""
+
+    key: str
+    op: str
+    values: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if self.op in ("exists", "not exists"):
+            return f"{self.key} {self.op}"
+        if self.op in ("in", "not in"):
+            return f"{self.key} {self.op} ({', '.join(self.values)})"
+        return f"{self.key} {self.op} {self.values[0] if self.values else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    """A soft preference: weight > 0 prefers agents where ``expr`` holds, < 0 avoids them."""
+
+    expr: Expr
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Requirements:
+    """Hard requirements of a task, as the spec states them (before residency narrowing)."""
+
+    cpus: float = 0.0
+    memory: int = 0
+    disk: int = 0
+    gpus: int = 0
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+    gpu_memory: int = 0
+    gpu_model: str = ""
+    exprs: tuple[Expr, ...] = ()
+    residency: tuple[str, ...] = ()  # zones; empty: anywhere
+    max_clock_skew: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class InputRef:
+    """Where an input comes from: output ``output`` of upstream task ``task``."""
+
+    task: str
+    output: str
+
+    def __str__(self) -> str:
+        return f"{self.task}.{self.output}"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task of a pipeline, as submitted."""
+
+    name: str
+    argv: tuple[str, ...]
+    shell: bool = False
+    inputs: tuple[tuple[str, InputRef], ...] = ()  # (input name, reference), in spec order
+    outputs: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  # ordering-only upstreams
+    requires: Requirements = Requirements()
+    affinities: tuple[Affinity, ...] = ()
+    max_attempts: int = 0  # total attempts allowed (1 + retries); 0 means 1
+    backoff_s: float = 0.0
+    timeout_s: float = 0.0  # 0: none
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """The tasks this one depends on, through inputs or ``after``, in a stable order."""
+        ups = dict.fromkeys(ref.task for _, ref in self.inputs)
+        ups.update(dict.fromkeys(self.after))
+        return tuple(ups)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSpec:
+    """A pipeline, as submitted."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    code_digest: str = ""
+    priority: int = 0
+    concurrency: int = 0  # 0: no limit
+    tenant: str = ""  # empty: the submitter

@@ -1,0 +1,143 @@
+"""The writes one change to the scheduler's state makes, as backend-neutral records.
+
+The core never writes SQL: it describes each write here (what, and the values as
+they are *now*: the objects keep changing after the call), and a store backend
+turns every kind of write into its own statement (:mod:`scheduler.store.sqlite`).
+A second backend implements the same :class:`Op` kinds and nothing in the core
+changes.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from scheduler.core.messages import Capabilities
+from scheduler.core.model import AttemptState, Run, Task
+
+
+class Op(enum.Enum):
+    """Kinds of write. ``*_MANY`` carry a list of rows, the others one row."""
+
+    INSERT_RUN = "insert_run"  #: (run_id, seq, pipeline, spec, state, submitter, trace_id, created_at)
+    INSERT_TASKS_MANY = "insert_tasks"  #: [(run_id, name, state)]
+    UPDATE_RUN = "update_run"  #: (state, finished_at, run_id)
+    UPDATE_TASK = "update_task"  #: (state, attempts, failures, agent, error, exit_code, started_at,
+    #: finished_at, not_before, run_id, name)
+    INSERT_ATTEMPT = "insert_attempt"  #: (run_id, task, attempt, agent, state, started_at)
+    FINISH_ATTEMPT = "finish_attempt"  #: (state, finished_at, exit_code, error, run_id, task, attempt)
+    UPSERT_OUTPUTS_MANY = "upsert_outputs"  #: [(run_id, task, name, digest, size, kind, residency)]
+    INSERT_ARTIFACTS_MANY = "insert_artifacts"  #: [(digest, size, kind, created_at)], existing kept
+    UPSERT_AGENT = "upsert_agent"  #: (name, identity, capabilities, registered_at, last_seen)
+    INSERT_EVENTS_MANY = "insert_events"  #: [(ts, run_id, task, state, attempt, agent, detail)]
+
+
+Record = tuple[Op, Any]
+
+
+def zones_text(zones: frozenset[str] | None) -> str | None:
+    """Residency as stored: comma-separated zones, or None for anywhere."""
+    return None if zones is None else ",".join(sorted(zones))
+
+
+def zones_of(text: str | None) -> frozenset[str] | None:
+    """The inverse of :func:`zones_text`."""
+    return None if text is None else frozenset(z for z in text.split(",") if z)
+
+
+class Changes:
+    """The writes of one logical change, appended atomically to a store's queue.
+
+    ``spec`` and ``capabilities`` values are immutable domain objects; a backend
+    encodes them when it writes (on its writer thread, off the event loop).
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def insert_run(self, run: Run) -> None:
+        self.records.append(
+            (
+                Op.INSERT_RUN,
+                (
+                    run.run_id,
+                    run.seq,
+                    run.pipeline,
+                    run.spec,
+                    run.state.value,
+                    run.submitter,
+                    run.trace_id,
+                    run.created_at,
+                ),
+            )
+        )
+        self.records.append((Op.INSERT_TASKS_MANY, [(run.run_id, t.name, t.state.value) for t in run.tasks.values()]))
+
+    def update_run(self, run: Run) -> None:
+        self.records.append((Op.UPDATE_RUN, (run.state.value, run.finished_at, run.run_id)))
+
+    def update_task(self, t: Task) -> None:
+        self.records.append(
+            (
+                Op.UPDATE_TASK,
+                (
+                    t.state.value,
+                    t.attempts,
+                    t.failures,
+                    t.agent,
+                    t.error,
+                    t.exit_code,
+                    t.started_at,
+                    t.finished_at,
+                    t.not_before,
+                    t.run_id,
+                    t.name,
+                ),
+            )
+        )
+
+    def insert_attempt(self, t: Task, started_at: float) -> None:
+        self.records.append(
+            (Op.INSERT_ATTEMPT, (t.run_id, t.name, t.attempts, t.agent, AttemptState.RUNNING.value, started_at))
+        )
+
+    def finish_attempt(self, t: Task, state: AttemptState, finished_at: float, exit_code: int, error: str) -> None:
+        self.records.append(
+            (Op.FINISH_ATTEMPT, (state.value, finished_at, exit_code, error, t.run_id, t.name, t.attempts))
+        )
+
+    def insert_outputs(self, t: Task, created_at: float) -> None:
+        outs = list(t.outputs.values())
+        if not outs:
+            return
+        self.records.append(
+            (
+                Op.UPSERT_OUTPUTS_MANY,
+                [(t.run_id, t.name, o.name, o.digest, o.size, o.kind, zones_text(o.residency)) for o in outs],
+            )
+        )
+        self.insert_artifacts([(o.digest, o.size, o.kind, created_at) for o in outs])
+
+    def insert_artifacts(self, rows: list[tuple[str, int, str, float]]) -> None:
+        """Artifacts now in the store: (digest, size, kind, created_at); known ones are kept as they are."""
+        self.records.append((Op.INSERT_ARTIFACTS_MANY, rows))
+
+    def upsert_agent(self, name: str, identity: str, caps: Capabilities, now: float) -> None:
+        """Record an agent; on a re-registration its first ``registered_at`` is kept."""
+        self.records.append((Op.UPSERT_AGENT, (name, identity, caps, now, now)))
+
+    def events(self, rows: list[tuple[float, str, str, str, int, str, str]]) -> None:
+        """Events: (ts, run_id, task, state, attempt, agent, detail) each."""
+        if rows:
+            self.records.append((Op.INSERT_EVENTS_MANY, rows))
+
+    def event(self, ts: float, run_id: str, task: str, state: str, attempt: int, agent: str, detail: str) -> None:
+        self.records.append((Op.INSERT_EVENTS_MANY, [(ts, run_id, task, state, attempt, agent, detail)]))

@@ -1,0 +1,260 @@
+"""The SQLite backend: the one module that owns SQLite.
+
+WAL mode, ``synchronous=FULL`` (an acknowledged change survives power loss),
+numbered migrations, and every write kind of :class:`~scheduler.store.changes.Op`
+as one statement. Pipeline specs and capabilities are stored as their wire
+encoding (``outrider.v1`` messages, via :mod:`scheduler.api.wire`): a versioned,
+forward-compatible format that outlives any change to the domain classes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from scheduler.api import wire
+from scheduler.store.base import AgentRow, EventRow, Loaded, OutputRow, RunRow, Store, TaskRow, log
+from scheduler.store.changes import Op, Record, zones_of
+
+# Numbered migrations: append only, never edit a released one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE runs (
+        run_id      TEXT PRIMARY KEY,
+        seq         INTEGER NOT NULL,
+        pipeline    TEXT NOT NULL,
+        spec        BLOB NOT NULL,       -- outrider.v1.PipelineSpec, serialized
+        state       TEXT NOT NULL,
+        submitter   TEXT NOT NULL,
+        trace_id    TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        finished_at REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE tasks (
+        run_id      TEXT NOT NULL REFERENCES runs(run_id),
+        name        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        failures    INTEGER NOT NULL DEFAULT 0,
+        agent       TEXT NOT NULL DEFAULT '',
+        error       TEXT NOT NULL DEFAULT '',
+        exit_code   INTEGER NOT NULL DEFAULT 0,
+        started_at  REAL NOT NULL DEFAULT 0,
+        finished_at REAL NOT NULL DEFAULT 0,
+        not_before  REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE attempts (
+        run_id      TEXT NOT NULL,
+        task        TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        agent       TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        started_at  REAL NOT NULL,
+        finished_at REAL NOT NULL DEFAULT 0,
+        exit_code   INTEGER NOT NULL DEFAULT 0,
+        error       TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (run_id, task, attempt)
+    ) WITHOUT ROWID;
+    CREATE TABLE outputs (
+        run_id TEXT NOT NULL,
+        task   TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size   INTEGER NOT NULL,
+        kind   TEXT NOT NULL,
+        PRIMARY KEY (run_id, task, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE artifacts (
+        digest     TEXT PRIMARY KEY,
+        size       INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE agents (
+        name          TEXT PRIMARY KEY,
+        identity      TEXT NOT NULL,
+        capabilities  BLOB NOT NULL,     -- outrider.v1.Capabilities, serialized
+        registered_at REAL NOT NULL,
+        last_seen     REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts      REAL NOT NULL,
+        run_id  TEXT NOT NULL,
+        task    TEXT NOT NULL,
+        state   TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        agent   TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    );
+    CREATE INDEX events_by_run ON events(run_id, seq);
+    """,
+    # 2: residency of outputs (comma-separated zones; NULL: anywhere)
+    """
+    ALTER TABLE outputs ADD COLUMN residency TEXT;
+    """,
+)
+
+#: One statement per kind of write; ``*_MANY`` kinds run with executemany.
+SQL: dict[Op, str] = {
+    Op.INSERT_RUN: "INSERT INTO runs(run_id, seq, pipeline, spec, state, submitter, trace_id, created_at)"
+    " VALUES (?,?,?,?,?,?,?,?)",
+    Op.INSERT_TASKS_MANY: "INSERT INTO tasks(run_id, name, state) VALUES (?,?,?)",
+    Op.UPDATE_RUN: "UPDATE runs SET state=?, finished_at=? WHERE run_id=?",
+    Op.UPDATE_TASK: "UPDATE tasks SET state=?, attempts=?, failures=?, agent=?, error=?, exit_code=?,"
+    " started_at=?, finished_at=?, not_before=? WHERE run_id=? AND name=?",
+    Op.INSERT_ATTEMPT: "INSERT INTO attempts(run_id, task, attempt, agent, state, started_at) VALUES (?,?,?,?,?,?)",
+    Op.FINISH_ATTEMPT: "UPDATE attempts SET state=?, finished_at=?, exit_code=?, error=?"
+    " WHERE run_id=? AND task=? AND attempt=?",
+    Op.UPSERT_OUTPUTS_MANY: "INSERT OR REPLACE INTO outputs(run_id, task, name, digest, size, kind, residency)"
+    " VALUES (?,?,?,?,?,?,?)",
+    Op.INSERT_ARTIFACTS_MANY: "INSERT OR IGNORE INTO artifacts(digest, size, kind, created_at) VALUES (?,?,?,?)",
+    Op.UPSERT_AGENT: "INSERT INTO agents(name, identity, capabilities, registered_at, last_seen) VALUES (?,?,?,?,?)"
+    " ON CONFLICT(name) DO UPDATE SET identity=excluded.identity,"
+    " capabilities=excluded.capabilities, last_seen=excluded.last_seen",
+    Op.INSERT_EVENTS_MANY: "INSERT INTO events(ts, run_id, task, state, attempt, agent, detail) VALUES (?,?,?,?,?,?,?)",
+}
+_MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
+assert set(SQL) == set(Op), "every kind of write needs its statement"
+
+
+def _encoded(op: Op, params: Any) -> Any:
+    """Domain values that are stored as their wire encoding, encoded (on the writer thread)."""
+    if op is Op.INSERT_RUN:
+        return params[:3] + (wire.encode_pipeline(params[3]),) + params[4:]
+    if op is Op.UPSERT_AGENT:
+        return params[:2] + (wire.encode_capabilities(params[2]),) + params[3:]
+    return params
+
+
+class SqliteStore(Store):
+    """SQLite in WAL mode, ``synchronous=FULL``, one writer thread with group commit."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = self._connect()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+        self._reader: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged change survives power loss, not just a process crash.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        return conn
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path}: database schema version {version} is newer than this scheduler "
+                f"understands ({len(MIGRATIONS)}); upgrade the scheduler"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            log.info("applying database migration %d", number)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version={number}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    # -- reading
+
+    def load(self) -> Loaded:
+        q = self._conn.execute
+        return Loaded(
+            runs=[
+                RunRow(
+                    r["run_id"],
+                    r["seq"],
+                    wire.decode_pipeline(r["spec"]),
+                    r["state"],
+                    r["submitter"],
+                    r["trace_id"],
+                    r["created_at"],
+                    r["finished_at"],
+                )
+                for r in q("SELECT * FROM runs ORDER BY seq")
+            ],
+            tasks=[
+                TaskRow(
+                    r["run_id"],
+                    r["name"],
+                    r["state"],
+                    r["attempts"],
+                    r["failures"],
+                    r["agent"],
+                    r["error"],
+                    r["exit_code"],
+                    r["started_at"],
+                    r["finished_at"],
+                    r["not_before"],
+                )
+                for r in q("SELECT * FROM tasks")
+            ],
+            outputs=[
+                OutputRow(
+                    r["run_id"], r["task"], r["name"], r["digest"], r["size"], r["kind"], zones_of(r["residency"])
+                )
+                for r in q("SELECT * FROM outputs")
+            ],
+            agents=[
+                AgentRow(
+                    r["name"],
+                    r["identity"],
+                    wire.decode_capabilities(r["capabilities"]),
+                    r["registered_at"],
+                    r["last_seen"],
+                )
+                for r in q("SELECT * FROM agents")
+            ],
+        )
+
+    def events(self, run_id: str) -> list[EventRow]:
+        """A run's recorded events (a separate reader connection: WAL lets it read while
+        the writer thread commits)."""
+        if self._reader is None:
+            self._reader = self._connect()
+        rows = self._reader.execute("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,))
+        return [
+            EventRow(r["seq"], r["ts"], r["run_id"], r["task"], r["state"], r["attempt"], r["agent"], r["detail"])
+            for r in rows
+        ]
+
+    # -- writing
+
+    def _write(self, records: list[Record]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op, params in records:
+                if op in _MANY:
+                    conn.executemany(SQL[op], params)
+                else:
+                    conn.execute(SQL[op], _encoded(op, params))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _close_backend(self) -> None:
+        self._conn.close()
+        if self._reader is not None:
+            self._reader.close()
