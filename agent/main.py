@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     import asyncio
 
-    from agent.daemon import Agent, _shed
+    from agent.daemon import Agent
+    from agent.memory import shed
 
-    _shed("argparse", "gettext")  # flags are parsed; an idle agent on an edge box stays small
+    shed("argparse", "gettext")  # flags are parsed; an idle agent on an edge box stays small
 
     asyncio.run(Agent(cfg).run())
     return 0
