@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from outrider.labels import format_label_expr, parse_label_expr
+from outrider.labels import describe_value, format_label_expr, label_expr_problem, parse_label_expr
 from outrider.v1 import common_pb2
 from tests.helpers.specs import expr
 
@@ -113,3 +113,37 @@ def test_format_label_expr_never_raises_on_bad_wire_values() -> None:
     assert format_label_expr(expr("k", "exists", "a")) == "k exists (a)"
     assert format_label_expr(expr("k", "=")) == "k = ()"
     assert format_label_expr(common_pb2.LabelExpr()) == " ? ()"
+
+
+@pytest.mark.parametrize(
+    ("key", "op", "values", "problem"),
+    [
+        ("tier", "=", ["edge"], None),
+        ("site", "not in", ["a", ""], None),
+        ("gpu", "exists", [], None),
+        ("cuda", ">=", ["-1.5e3"], None),
+        ("", "exists", [], "the label key must not be empty"),
+        ("a b", "exists", [], "invalid label key 'a b'"),
+        ("tier", "==", ["x"], "unknown operator '==' (use =, !=, in, not in, exists, not exists, >=, <=)"),
+        ("tier", "=", [], "'=' takes exactly one value, got 0"),
+        ("site", "in", [], "'in' needs at least one value"),
+        ("gpu", "exists", ["yes"], "'exists' takes no value, got 1"),
+        ("cuda", "<=", ["nan"], "'<=' compares numbers, got 'nan'"),
+        ("tier", "=", ["a\0"], "values must not contain NUL characters"),
+    ],
+)
+def test_label_expr_problem_is_the_one_definition_of_valid(
+    key: str, op: str, values: list[str], problem: str | None
+) -> None:
+    found = label_expr_problem(key, op, values)
+    if problem is None:
+        assert found is None
+        # What is valid on the wire is what the text form reads back.
+        assert parse_label_expr(format_label_expr(expr(key, op, *values))) == expr(key, op, *values)
+    else:
+        assert found is not None and found.startswith(problem), found
+
+
+def test_describe_value() -> None:
+    assert [describe_value(v) for v in (None, True, 3, 2.5, "x", [1], {"a": 1}, (1,))] == [
+        "null", "true (a boolean)", "3 (a number)", "2.5 (a number)", "'x'", "a list", "a mapping", "a tuple"]

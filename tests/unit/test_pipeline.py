@@ -258,3 +258,82 @@ def test_sdk_validate_checks_pipeline_level_fields_and_mutated_placement() -> No
         "<sdk>: tasks.a.prefer[0].weight: expected a number greater than 0, got 0.0 (a number)",
         "<sdk>: tasks.a.prefer[1].weight: expected a number greater than 0, got nan (a number)",
     ]
+
+
+# --------------------------------------------------------------------------- the public contract and the one validator
+
+
+def test_every_public_name_is_still_importable_from_outrider_pipeline() -> None:
+    # Users' scripts import these from outrider.pipeline; the split must not break them.
+    import outrider.labels
+    import outrider.pipeline
+    import outrider.spec
+
+    names = ["LABEL_KEY_PATTERN", "LABEL_OPS", "NAME_PATTERN", "Pipeline", "Problem", "SpecError", "TENANT_PATTERN",
+             "Task", "ZONE_PATTERN", "format_label_expr", "load_pipeline", "parse_label_expr", "parse_pipeline",
+             "validate_proto"]
+    assert sorted(outrider.pipeline.__all__) == sorted(names)
+    for name in names:
+        assert getattr(outrider.pipeline, name) is not None
+    # One definition each, re-exported.
+    assert outrider.pipeline.validate_proto is outrider.spec.validate_proto
+    assert outrider.pipeline.NAME_PATTERN is outrider.spec.NAME_PATTERN
+    assert outrider.pipeline.parse_label_expr is outrider.labels.parse_label_expr
+    assert outrider.pipeline.LABEL_KEY_PATTERN is outrider.spec.LABEL_KEY_PATTERN is outrider.labels.LABEL_KEY_PATTERN
+
+
+def test_input_refs_split_references_with_parse_ref() -> None:
+    task = Task(name="c", inputs={"x": "a.o", "y": "nodot", "z": "b.o-2"})
+    assert task.input_refs() == {"x": ("a", "o"), "z": ("b", "o-2")}  # "nodot" is no reference
+    assert task.upstreams() == {"a", "b"}
+
+
+def test_the_model_keeps_maps_in_the_order_written() -> None:
+    # The wire form's maps keep no order; the model built from it gets the order back.
+    p = parse("name: p\ntasks:\n  a:\n    run: x\n    outputs: [o, p]\n  b:\n    run: y\n"
+              "    inputs: {z: a.o, b: a.p, m: a.o}\n    env: {Z: '1', A: '2', M: '3'}\n"
+              "    requires: {labels: {z: '1', a: '2'}}\n")
+    b = p.tasks["b"]
+    assert (list(b.inputs), list(b.env), list(b.labels)) == (["z", "b", "m"], ["Z", "A", "M"], ["z", "a"])
+    sdk = Pipeline("p")
+    t = sdk.task("t", run="x", env={"Z": "1", "A": "2"}, requires={"labels": {"z": "1", "a": "2"}})
+    assert (list(t.env), list(t.labels)) == (["Z", "A"], ["z", "a"])
+
+
+def test_validate_and_the_wire_road_find_the_same_problems() -> None:
+    # Pipeline.validate reads the model into the wire form and runs the same validator as
+    # validate_proto: what one refuses, the other refuses, each in its own terms.
+    p = Pipeline("p")
+    p.task("a", run="x", outputs=["o"], env={"A": "1"})
+    p.task("b", run=["python", "b.py"], inputs={"i": "a.o"})
+    p.tasks["a"].env["MY-VAR"] = "x"
+    p.tasks["a"].labels["zone"] = "a\0"
+    p.tasks["b"].inputs["j"] = "a.nope"
+    p.tasks["b"].argv[0] = " "
+    with pytest.raises(SpecError) as info:
+        p.validate()
+    assert [(pr.field, pr.message) for pr in info.value.problems] == [
+        ("tasks.a.requires.labels.zone", "must not contain NUL characters"),
+        ("tasks.a.env.MY-VAR", "invalid environment variable name 'MY-VAR': use letters, digits and '_', not "
+                               "starting with a digit"),
+        ("tasks.b.run[0]", "the program (first element) must not be empty"),
+        ("tasks.b.inputs.j", "task 'a' has no output 'nope' (declared: o)"),
+    ]
+    assert validate_proto(p.to_proto()) == [
+        "tasks[a].requires.labels.zone: must not contain NUL characters",
+        "tasks[a].env.MY-VAR: invalid environment variable name 'MY-VAR': use letters, digits and '_', not "
+        "starting with a digit",
+        "tasks[b].argv[0]: the program (first element) must not be empty",
+        "tasks[b].inputs.j: task 'a' has no output 'nope' (declared: o)",
+    ]
+
+
+def test_validate_words_a_shell_task_with_extra_arguments_in_sdk_terms() -> None:
+    p = Pipeline("p")
+    p.task("a", run="echo hi")
+    p.tasks["a"].argv.append("extra")
+    with pytest.raises(SpecError) as info:
+        p.validate()
+    assert str(info.value) == "<sdk>: tasks.a.run: a shell task holds exactly one command string, got 2"
+    assert validate_proto(p.to_proto()) == [
+        "tasks[a].argv: with shell=true argv holds exactly one command string, got 2"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from outrider.spec_reader import TaskOrigin
 from tests.helpers.specs import only_problem, problems, task_spec
 
 # --------------------------------------------------------------------------- one problem each, with its line
@@ -344,3 +345,101 @@ def test_placement_problems_are_all_reported_at_once() -> None:
         ["p.yaml:19", "tasks.a.prefer[2].match"],
         ["p.yaml:20", "tasks.a.avoid"],
     ]
+
+
+# ---------------------------------------------------------------- the validator's problems, in the user's terms
+
+
+def test_problems_found_only_by_the_validator_come_back_at_their_yaml_line() -> None:
+    # None of these is a parse problem: the front end writes the wire form, the validator
+    # refuses it, and the report names the YAML field (run, memory, match, prefer...) and line.
+    assert problems("""\
+        name: p
+        tasks:
+          a:
+            run: ['   ', x]
+            outputs: [m, m]
+            requires:
+              gpu_model: '  '
+              labels:
+                zone: "a\\0"
+              residency: [eu, eu]
+            env:
+              MY-VAR: x
+          b:
+            run: '  '
+            inputs:
+              i: a.missing
+            after: [b]
+        """) == [
+        "p.yaml:4: tasks.a.run[0]: the program (first element) must not be empty",
+        "p.yaml:5: tasks.a.outputs[1]: duplicate output 'm' (also outputs[0])",
+        "p.yaml:7: tasks.a.requires.gpu_model: must not be empty (leave the key out to accept any GPU model)",
+        "p.yaml:9: tasks.a.requires.labels.zone: must not contain NUL characters",
+        "p.yaml:10: tasks.a.requires.residency[1]: zone 'eu' is listed twice (also residency[0])",
+        "p.yaml:12: tasks.a.env.MY-VAR: invalid environment variable name 'MY-VAR': use letters, digits and '_', "
+        "not starting with a digit",
+        "p.yaml:14: tasks.b.run: must not be empty",
+        "p.yaml:16: tasks.b.inputs.i: task 'a' has no output 'missing' (declared: m)",
+        "p.yaml:17: tasks.b.after[0]: task 'b' cannot run after itself",
+    ]
+
+
+def test_a_field_that_cannot_be_read_draws_one_message() -> None:
+    # The unreadable values leave placeholders in the wire form; the validator's word on
+    # them is silenced, and later indices keep their place.
+    found = problems(task_spec("""\
+        run: [x, [y]]
+        requires:
+          residency: [[eu], eu, eu]
+          match: [tier == edge, ok = 1]
+        prefer:
+          - {weight: 0}
+        """))
+    assert found == [
+        "p.yaml:4: tasks.a.run[1]: expected a string, got a list",
+        "p.yaml:6: tasks.a.requires.residency[0]: expected a string, got a list",
+        "p.yaml:6: tasks.a.requires.residency[2]: zone 'eu' is listed twice (also residency[1])",
+        "p.yaml:7: tasks.a.requires.match[0]: invalid label expression 'tier == edge': unknown operator '==' "
+        "(use =, !=, in, not in, exists, not exists, >=, <=); did you mean '='?",
+        "p.yaml:9: tasks.a.prefer[0].weight: expected a number greater than 0, got 0 (a number)",
+        "p.yaml:9: tasks.a.prefer[0].match: required field is missing",
+    ]
+
+
+def test_a_cycle_is_reported_at_the_first_input_written() -> None:
+    found = only_problem("name: p\ntasks:\n  a:\n    run: x\n    inputs: {z: b.o, a: b.p}\n"
+                         "  b: {run: y, outputs: [o, p], after: [a]}\n")
+    assert found == "p.yaml:5: tasks.a.inputs.z: dependency cycle: a -> b -> a"
+
+
+@pytest.mark.parametrize(
+    ("wire", "origin", "written"),
+    [
+        (("name",), TaskOrigin("a"), ()),
+        (("argv",), TaskOrigin("a"), ("run",)),
+        (("argv", 0), TaskOrigin("a", shell=True), ("run",)),
+        (("argv", 2), TaskOrigin("a"), ("run", 2)),
+        (("requires", "memory_bytes"), TaskOrigin("a"), ("requires", "memory")),
+        (("requires", "disk_bytes"), TaskOrigin("a"), ("requires", "disk")),
+        (("requires", "gpu_memory_bytes"), TaskOrigin("a"), ("requires", "gpu_memory")),
+        (("requires", "expressions", 1), TaskOrigin("a"), ("requires", "match", 1)),
+        (("requires", "max_clock_skew_s"), TaskOrigin("a"), ("requires", "max_clock_skew")),
+        (("requires", "labels", "zone"), TaskOrigin("a"), ("requires", "labels", "zone")),
+        (("max_attempts",), TaskOrigin("a"), ("retries",)),
+        (("max_attempts",), TaskOrigin("a", retries=("retries", "max")), ("retries", "max")),
+        (("backoff_s",), TaskOrigin("a"), ("retries", "backoff")),
+        (("timeout_s",), TaskOrigin("a"), ("timeout",)),
+        (("affinities", 1, "expr"), TaskOrigin("a", affinities=[("prefer", 0, False), ("avoid", 0, True)]),
+         ("avoid", 0, "match")),
+        (("affinities", 1, "weight"), TaskOrigin("a", affinities=[("prefer", 0, False), ("avoid", 0, True)]),
+         ("avoid", 0, "weight")),
+        (("affinities", 0, "expr"), TaskOrigin("a", affinities=[("prefer", 0, False)]), ("prefer", 0)),
+        (("env", "X"), TaskOrigin("a"), ("env", "X")),
+        (("inputs", "i"), TaskOrigin("a"), ("inputs", "i")),
+    ],
+)
+def test_wire_paths_map_back_to_the_fields_written(
+    wire: tuple[object, ...], origin: TaskOrigin, written: tuple[object, ...]
+) -> None:
+    assert origin.spec_path(wire) == written  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import pytest
 
 from outrider.errors import InvalidArgument
 from outrider.pipeline import SpecError, load_pipeline
+from outrider.spec_yaml import read_yaml
 from tests.helpers.specs import PLACEMENT, affinity, expr, only_problem, parse, problems, task_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -319,3 +320,19 @@ def test_placement_fields_merge_from_anchors() -> None:
     assert p.tasks["a"].expressions == [expr("tier", "=", "edge")]
     assert [af.weight for af in p.tasks["a"].affinities] == [1.0, 0.5]
     assert [af.weight for af in p.tasks["b"].affinities] == [-1.0, -0.5]
+
+
+# --------------------------------------------------------------------------- the wire form
+
+
+def test_read_yaml_gives_the_wire_form_that_the_model_sends(tmp_path: Path) -> None:
+    reader, spec, found = read_yaml(PLACEMENT, "p.yaml", tmp_path)
+    assert found == [] and reader is not None and spec is not None
+    assert spec == parse(PLACEMENT).to_proto()
+    assert [origin.key for origin in reader.origins] == ["a", "b"]
+
+
+def test_read_yaml_reports_what_is_not_yaml_without_a_wire_form(tmp_path: Path) -> None:
+    reader, spec, found = read_yaml("name: [p\n", "p.yaml", tmp_path)
+    assert (reader, spec) == (None, None)
+    assert len(found) == 1 and str(found[0]).startswith("p.yaml:2: invalid YAML:")
