@@ -2,6 +2,7 @@
 
 Kept apart from the daemon so that reading a config imports nothing heavy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

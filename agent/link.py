@@ -10,13 +10,14 @@ Units: ``bandwidth_bps`` is **bytes** per second (like every size on the wire),
 
 Kept free of imports beyond the standard library's basics: the agent stays small.
 """
+
 from __future__ import annotations
 
 import math
 import time
 from collections import deque
 
-__all__ = ["LinkMeter", "MIN_TRANSFER_BYTES", "TransferTimer"]
+__all__ = ["MIN_TRANSFER_BYTES", "LinkMeter", "TransferTimer"]
 
 #: Transfers smaller than this are ignored for throughput: their time is mostly
 #: the request's round trip and per-call overhead, not bytes on the wire.
@@ -49,8 +50,14 @@ class LinkMeter:
     change), which an all-time minimum never would.
     """
 
-    def __init__(self, *, alpha: float = 0.3, full_weight_bytes: int = 1 << 20,
-                 min_bytes: int = MIN_TRANSFER_BYTES, rtt_window: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.3,
+        full_weight_bytes: int = 1 << 20,
+        min_bytes: int = MIN_TRANSFER_BYTES,
+        rtt_window: int = 8,
+    ) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError("alpha must be in (0, 1]")
         if rtt_window < 1:
@@ -106,7 +113,7 @@ class TransferTimer:
     the whole call.
     """
 
-    __slots__ = ("start", "first_at", "first_bytes", "last_at", "nbytes")
+    __slots__ = ("first_at", "first_bytes", "last_at", "nbytes", "start")
 
     def __init__(self) -> None:
         self.start = time.monotonic()

@@ -3,6 +3,7 @@
 Every flag has a key of the same name (dashes become underscores) in the TOML
 file given with ``--config``; flags win over the file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +32,7 @@ def parse_zones(value: Any) -> list[str]:
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise ValueError(f"expected a list of zone names like [\"eu\", \"eu-west\"], got {value!r}")
+        raise ValueError(f'expected a list of zone names like ["eu", "eu-west"], got {value!r}')
     zones: list[str] = []
     for item in items:
         if not isinstance(item, str):
@@ -61,10 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-grace", help="time between SIGTERM and SIGKILL when stopping a stage, e.g. 5s")
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument("--zones", help="comma-separated data-residency zones this agent sits in, e.g. eu,eu-west")
-    p.add_argument("--bandwidth-probe-bytes",
-                   help="size of the start-up bandwidth probe against the scheduler, e.g. 4MiB (0: none)")
-    p.add_argument("--cache-max-bytes",
-                   help="bound on the artifact cache, e.g. 10GiB; least recently used go first (0: no bound)")
+    p.add_argument(
+        "--bandwidth-probe-bytes",
+        help="size of the start-up bandwidth probe against the scheduler, e.g. 4MiB (0: none)",
+    )
+    p.add_argument(
+        "--cache-max-bytes", help="bound on the artifact cache, e.g. 10GiB; least recently used go first (0: no bound)"
+    )
     return p
 
 
@@ -72,8 +76,7 @@ def load_config(argv: list[str] | None = None) -> Any:
     from agent.config import AgentConfig
 
     args = build_parser().parse_args(argv)
-    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
-                for f in dataclasses.fields(AgentConfig)}
+    defaults = dataclasses.asdict(AgentConfig())  # every field has a default
     file_values = load_toml(args.config) if args.config else {}
     source = args.config or "flags"
     flags = vars(args)
@@ -110,7 +113,7 @@ def load_config(argv: list[str] | None = None) -> Any:
     if cfg["pki_dir"] and cfg["name"]:
         from outrider.tls import pki_paths
 
-        for field, path in zip(("ca", "cert", "key"), pki_paths(cfg["pki_dir"], cfg["name"])):
+        for field, path in zip(("ca", "cert", "key"), pki_paths(cfg["pki_dir"], cfg["name"]), strict=True):
             cfg[field] = cfg[field] or str(path)
     missing = [k for k in ("scheduler", "ca", "cert", "key") if not cfg[k]]
     if missing:
@@ -145,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     import asyncio
 
-    from agent.daemon import Agent, _shed
+    from agent.daemon import Agent
+    from agent.memory import shed
 
-    _shed("argparse", "gettext")  # flags are parsed; an idle agent on an edge box stays small
+    shed("argparse", "gettext")  # flags are parsed; an idle agent on an edge box stays small
 
     asyncio.run(Agent(cfg).run())
     return 0

@@ -10,10 +10,12 @@ The stage runs in a new session (its own process group), so a timeout, a
 cancel or a lost lease kills the stage *and every child it started*: SIGTERM to
 the group, then SIGKILL after a grace period.
 """
+
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -23,36 +25,17 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
+from agent.stage import Stage, StopReason
+from outrider.protocol import Outcome
 from outrider.v1 import agent_pb2, common_pb2
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
-
-
-@dataclass(eq=False)
-class Stage:
-    """One attempt running on this agent."""
-
-    assignment: agent_pb2.Assignment
-    last_renewed: float = field(default_factory=time.monotonic)
-    proc: subprocess.Popen[bytes] | None = None
-    exited: asyncio.Future[int] | None = None  # resolves to the exit code (negative: signal)
-    stop_reason: str = ""          # why we stopped it: "timeout", "cancelled by the scheduler", ...
-    task: asyncio.Task[Any] | None = None
-
-    @property
-    def lease(self) -> common_pb2.LeaseRef:
-        return self.assignment.lease
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        ref = self.assignment.lease
-        return (ref.run_id, ref.task, ref.epoch)
 
 
 LogSink = Callable[[common_pb2.LeaseRef, str, bytes], None]
@@ -131,7 +114,8 @@ def _pristine(path: Path) -> bool:
             if sorted(e.name for e in it) != ["inputs", "outputs"]:
                 return False
         return not any(os.scandir(path / ".outrider" / "inputs")) and not any(
-            os.scandir(path / ".outrider" / "outputs"))
+            os.scandir(path / ".outrider" / "outputs")
+        )
     except OSError:
         return False
 
@@ -139,8 +123,9 @@ def _pristine(path: Path) -> bool:
 class Runner:
     """Turns an Assignment into a Completion."""
 
-    def __init__(self, work_root: Path, fetch: Fetch, publish: Publish, log_sink: LogSink,
-                 kill_grace: float = 5.0) -> None:
+    def __init__(
+        self, work_root: Path, fetch: Fetch, publish: Publish, log_sink: LogSink, kill_grace: float = 5.0
+    ) -> None:
         self.work_root = work_root
         self.workdirs = WorkdirPool(work_root, 4)
         self.fetch = fetch
@@ -158,19 +143,19 @@ class Runner:
         completion = agent_pb2.Completion(lease=ref, started_at=started)
         try:
             inputs, outputs = await self._prepare(a, workdir)
-            if stage.stop_reason:
-                return self._stopped(completion, stage)
+            if stage.stop_reason is not None:
+                return self._stopped(completion, stage, stage.stop_reason)
             rc = await self._execute(stage, workdir, inputs, outputs)
             completion.exit_code = rc
-            if stage.stop_reason:
-                return self._stopped(completion, stage)
+            if stage.stop_reason is not None:
+                return self._stopped(completion, stage, stage.stop_reason)
             if rc != 0:
-                completion.outcome = "failed"
+                completion.outcome = Outcome.FAILED.value
                 completion.error = f"exit code {rc}" if rc > 0 else f"killed by signal {-rc}"
                 return completion
             missing = [name for name in a.spec.outputs if not (outputs / name).exists()]
             if missing:
-                completion.outcome = "failed"
+                completion.outcome = Outcome.FAILED.value
                 completion.error = (
                     f"declared output(s) missing: {', '.join(missing)} "
                     f"(the stage must write each under $OUTRIDER_OUTPUTS)"
@@ -179,14 +164,20 @@ class Runner:
             for name in a.spec.outputs:
                 out = await self.publish(name, outputs / name)
                 completion.outputs.append(out)
-            completion.outcome = "succeeded"
+            completion.outcome = Outcome.SUCCEEDED.value
             return completion
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a broken input, a full disk: the attempt fails, the agent goes on
-            log.warning("stage %s/%s attempt %d failed to run: %s", ref.run_id, ref.task, ref.epoch, exc,
-                        exc_info=log.isEnabledFor(logging.DEBUG))
-            completion.outcome = "failed"
+            log.warning(
+                "stage %s/%s attempt %d failed to run: %s",
+                ref.run_id,
+                ref.task,
+                ref.epoch,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            completion.outcome = Outcome.FAILED.value
             completion.error = f"agent could not run the stage: {exc}"
             return completion
         finally:
@@ -194,12 +185,13 @@ class Runner:
             self.workdirs.release(workdir)
 
     @staticmethod
-    def _stopped(c: agent_pb2.Completion, stage: Stage) -> agent_pb2.Completion:
-        c.outcome = "timeout" if stage.stop_reason == "timeout" else "cancelled"
-        if stage.stop_reason == "timeout":
+    def _stopped(c: agent_pb2.Completion, stage: Stage, reason: StopReason) -> agent_pb2.Completion:
+        if reason is StopReason.TIMEOUT:
+            c.outcome = Outcome.TIMEOUT.value
             c.error = f"timed out after {stage.assignment.spec.timeout_s:g}s; the process group was killed"
         else:
-            c.error = f"stopped: {stage.stop_reason}"
+            c.outcome = Outcome.CANCELLED.value
+            c.error = f"stopped: {reason.value}"
         return c
 
     async def _prepare(self, a: agent_pb2.Assignment, workdir: Path) -> tuple[Path, Path]:
@@ -232,8 +224,12 @@ class Runner:
         loop = asyncio.get_running_loop()
         try:
             proc = subprocess.Popen(
-                argv, cwd=workdir, env=self._env(a, inputs, outputs),
-                stdin=self._devnull, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                argv,
+                cwd=workdir,
+                env=self._env(a, inputs, outputs),
+                stdin=self._devnull,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,  # own process group: kill the stage and all its children together
             )
         except OSError as exc:
@@ -246,12 +242,12 @@ class Runner:
         try:
             rc = await asyncio.wait_for(asyncio.shield(stage.exited), timeout)
         except asyncio.TimeoutError:
-            stage.stop_reason = "timeout"
+            stage.stop_reason = StopReason.TIMEOUT
             self.log_sink(a.lease, "stderr", f"outrider: timed out after {timeout:g}s; killing\n".encode())
             rc = await self.kill(stage)
         # Children the stage left behind die with it, and cannot hold our pipes open.
         _killpg(proc.pid, signal.SIGKILL)
-        done, pending = await asyncio.wait(eofs, timeout=2.0)
+        _, pending = await asyncio.wait(eofs, timeout=2.0)
         for fut in pending:  # a grandchild that left the group still holds a pipe: stop reading
             fut.cancel()
         return rc
@@ -272,7 +268,12 @@ class Runner:
             pidfd = -1
         if pidfd < 0:
             thread_fut = asyncio.ensure_future(asyncio.to_thread(proc.wait))
-            thread_fut.add_done_callback(lambda f: fut.done() or fut.set_result(f.result()))
+
+            def waited(f: asyncio.Future[int]) -> None:
+                if not fut.done():
+                    fut.set_result(f.result())
+
+            thread_fut.add_done_callback(waited)
             return fut
 
         def on_exit() -> None:
@@ -284,8 +285,9 @@ class Runner:
         loop.add_reader(pidfd, on_exit)
         return fut
 
-    def _pump(self, loop: asyncio.AbstractEventLoop, lease: common_pb2.LeaseRef, stream: str,
-              pipe: Any) -> asyncio.Future[None]:
+    def _pump(
+        self, loop: asyncio.AbstractEventLoop, lease: common_pb2.LeaseRef, stream: str, pipe: Any
+    ) -> asyncio.Future[None]:
         """Forward a pipe to the log sink as data arrives; the future resolves at EOF."""
         eof: asyncio.Future[None] = loop.create_future()
         fd = pipe.fileno()
@@ -353,7 +355,5 @@ def reap_orphans(work_root: Path) -> int:
 
 
 def _killpg(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone (or not ours any more)
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -1,0 +1,270 @@
+"""The agent's connection to the scheduler: dial, register, the work stream, heartbeats.
+
+Connection lifecycle::
+
+    ┌──────────┐ register ok  ┌───────────┐ stream breaks / scheduler gone ┌──────────┐
+    │ starting │─────────────▶│ connected │───────────────────────────────▶│ backoff  │
+    └──────────┘              └───────────┘                                └──────────┘
+          ▲                         ▲        running stages keep running;        │
+          │                         └──── re-register, re-send undelivered ◀─────┘
+          │                               completions, claim held leases
+
+The agent only dials out (edge boxes sit behind NAT): one ``Connect`` stream
+carries credits (free slots), completions, logs and heartbeats up (the
+:class:`~agent.uplink.Uplink`), and assignments, acks and cancellations down
+(:meth:`Session.on_message`, which hands them to the
+:class:`~agent.supervisor.Supervisor`). While the agent is connected, artifact
+calls go through the same channel (:class:`~agent.transfers.Transfers`).
+
+What the scheduler places work by is kept current: the capabilities probed at
+start, with the link measurements, power and the cache inventory brought up to
+date (:meth:`Session.capabilities`), sent again in a heartbeat whenever they
+changed enough to matter (:func:`agent.probe.capabilities_changed`).
+
+A session ending (the stream broke, the scheduler is gone) is not an error: the
+agent backs off with jitter (Nomad's rule: never faster than once a second, plus
+a random stagger, doubling up to a cap) and registers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import grpc
+
+from agent.cache import BlobCache
+from agent.clock import ClockTracker
+from agent.config import AgentConfig
+from agent.link import LinkMeter
+from agent.supervisor import Supervisor
+from agent.transfers import Transfers
+from agent.uplink import Uplink
+from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
+from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2_grpc, common_pb2
+
+__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "REGISTER_TIMEOUT_S", "Session"]
+
+log = logging.getLogger(__name__)
+
+#: Nomad's rule: reconnect no faster than once a second, plus random stagger.
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 30.0
+#: How long a Register may take before the attempt counts as failed.
+REGISTER_TIMEOUT_S = 30
+
+
+class Session:
+    """Keeps the agent registered with the scheduler and its work stream flowing.
+
+    Args:
+        cfg: the scheduler's address and this agent's certificate.
+        supervisor: takes assignments, acks, cancellations and lease renewals.
+        transfers: lent the artifact stub while connected; probes the link.
+        uplink: what goes up the work stream.
+        clock: fed every round trip to the scheduler; its samples go up.
+        link: fed heartbeat round trips; reported in the capabilities.
+        cache: its inventory is reported in the capabilities.
+        caps: the capabilities probed at start.
+        wall: the wall clock (``time.time``), injectable for tests.
+    """
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        supervisor: Supervisor,
+        transfers: Transfers,
+        uplink: Uplink,
+        clock: ClockTracker,
+        link: LinkMeter,
+        cache: BlobCache,
+        caps: common_pb2.Capabilities,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.supervisor = supervisor
+        self.transfers = transfers
+        self.uplink = uplink
+        self.clock = clock
+        self.link = link
+        self.cache = cache
+        self.base_caps = caps
+        self._wall = wall
+        #: Seconds between heartbeats; the scheduler's Register reply sets it.
+        self.heartbeat_interval = 3.0
+        #: The capabilities the scheduler last received (in Register or a heartbeat).
+        self.caps_sent: common_pb2.Capabilities | None = None
+        self._stop = asyncio.Event()
+        self._channel: grpc.aio.Channel | None = None
+        self._current: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Connect, and reconnect with backoff whenever the session ends, until :meth:`stop`."""
+        delay = BACKOFF_MIN_S
+        while not self._stop.is_set():
+            try:
+                self._current = asyncio.ensure_future(self._connect())
+                await self._current
+                delay = BACKOFF_MIN_S
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning("scheduler %s unreachable: %s: %s", self.cfg.scheduler, exc.code().name, exc.details())
+            except Exception:
+                log.exception("session failed")
+            finally:
+                await self.close()
+            if self._stop.is_set():
+                break
+            # Backoff with jitter: base + random stagger, doubling up to a cap.
+            wait = delay + random.uniform(0, delay)
+            log.info("reconnecting in %.1fs (%d stages still running)", wait, len(self.supervisor.stages))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)
+            delay = min(BACKOFF_MAX_S, delay * 2)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """End the session now and do not reconnect."""
+        self._stop.set()
+        self.uplink.wake.set()
+        if self._current is not None:
+            self._current.cancel()
+
+    async def close(self) -> None:
+        """Close the channel (artifact calls then wait for the next session)."""
+        self.transfers.detach()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    # ------------------------------------------------------------------ one session
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        return channel_credentials(self.cfg.ca, self.cfg.cert, self.cfg.key)
+
+    async def _connect(self) -> None:
+        self._channel = grpc.aio.secure_channel(
+            self.cfg.scheduler, self._credentials(), options=DEFAULT_CHANNEL_OPTIONS
+        )
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
+        sup = self.supervisor
+        t0 = self._wall()
+        caps = self.capabilities()
+        resp = await stub.Register(
+            agent_pb2.RegisterRequest(
+                capabilities=caps,
+                clock=self.clock.samples(),
+                client_time=t0,
+                leases=sup.leases(),
+            ),
+            timeout=REGISTER_TIMEOUT_S,
+        )
+        self.caps_sent = caps
+        self.clock.observe_scheduler(t0, resp.server_time, self._wall())
+        self.heartbeat_interval = resp.heartbeat_interval_s or self.heartbeat_interval
+        sup.lease_ttl = resp.lease_ttl_s or sup.lease_ttl
+        sup.registered(resp.lost)
+        log.info(
+            "registered with %s as %s (%d slots, %d stages held, %d undelivered results)",
+            self.cfg.scheduler,
+            resp.agent_id,
+            sup.slots,
+            len(sup.stages),
+            len(sup.outbox),
+        )
+        # A fresh stream: all free slots as credit, and every undelivered completion.
+        self.uplink.restart(sup.credits(), sup.undelivered())
+        call = stub.Connect()
+        self.transfers.attach(artifacts)
+        sender = asyncio.ensure_future(self.uplink.pump(call))
+        beats = asyncio.ensure_future(self._heartbeats())
+        probe = None if self.transfers.probed else asyncio.ensure_future(self.transfers.probe_link())
+        try:
+            async for msg in call:
+                self.on_message(msg)
+                if self._stop.is_set():
+                    break
+        finally:
+            sender.cancel()
+            beats.cancel()
+            if probe is not None:
+                probe.cancel()
+            call.cancel()
+        if not self._stop.is_set():
+            raise ConnectionError("the scheduler closed the work stream")
+
+    def on_message(self, msg: agent_pb2.SchedulerMessage) -> None:
+        """Act on one message down the work stream."""
+        sup = self.supervisor
+        for a in msg.assignments:
+            sup.start(a)
+        for ack in msg.acks:
+            sup.ack(ack)
+        if msg.cancel:
+            sup.cancelled(msg.cancel)
+        if msg.HasField("heartbeat"):
+            hb = msg.heartbeat
+            if hb.client_time:
+                now_wall = self._wall()
+                self.clock.observe_scheduler(hb.client_time, hb.server_time, now_wall)
+                self.link.observe_rtt(now_wall - hb.client_time)
+            sup.lease_ttl = hb.lease_ttl_s or sup.lease_ttl
+            sup.renewed(hb.client_time, hb.lost)
+
+    # ------------------------------------------------------------------ heartbeats
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval * random.uniform(0.9, 1.0))
+            self.uplink.heartbeat(self.make_heartbeat(self.uplink.unsent_heartbeat))
+
+    def make_heartbeat(self, unsent: agent_pb2.HeartbeatRequest | None = None) -> agent_pb2.HeartbeatRequest:
+        """The next heartbeat; it carries the whole capabilities only when they changed
+        since the last ones sent (or when ``unsent``, the one it replaces, carried them)."""
+        from agent.probe import capabilities_changed
+
+        hb = agent_pb2.HeartbeatRequest(
+            # A stage stopping for its timeout still holds its lease: its result is coming.
+            leases=self.supervisor.held_leases(),
+            clock=self.clock.samples(),
+            client_time=self._wall(),
+            free_slots=self.supervisor.free_slots(),
+        )
+        caps = self.capabilities()
+        if capabilities_changed(self.caps_sent, caps) or (unsent is not None and unsent.HasField("capabilities")):
+            log.debug(
+                "capabilities changed (%d cached, %.1f MB/s, rtt %.2f ms); sending them",
+                len(caps.cached),
+                caps.bandwidth_bps / 1e6,
+                caps.rtt_s * 1e3,
+            )
+            hb.capabilities.CopyFrom(caps)
+            self.caps_sent = caps
+        return hb
+
+    def capabilities(self) -> common_pb2.Capabilities:
+        """The capabilities probed at start, with what changes at run time brought up to date:
+        link measurements, power, and the cache inventory."""
+        from agent.probe import probe_power
+
+        caps = common_pb2.Capabilities()
+        caps.CopyFrom(self.base_caps)
+        caps.bandwidth_bps = self.link.bandwidth_bps
+        caps.rtt_s = self.link.rtt_s
+        caps.power.CopyFrom(probe_power())
+        caps.cached.extend(self.cache.refs())
+        return caps

@@ -1,0 +1,130 @@
+"""Transfers: fetching inputs through the cache, publishing outputs into it, and the
+start-up bandwidth probe. Unit level: a fake ArtifactService, no scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from outrider.v1 import common_pb2
+from tests.helpers.agents import digest_of, make_agent
+
+MiB = 1 << 20
+
+
+def test_published_outputs_stay_in_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch, zones=["eu"])
+        uploads: list[str] = []
+
+        class FakeArtifacts:
+            async def Stat(self, req):  # type: ignore[no-untyped-def]
+                return SimpleNamespace(exists=False)
+
+            async def Upload(self, chunks):  # type: ignore[no-untyped-def]
+                got = [c async for c in chunks]
+                uploads.append(got[0].header.digest)
+                assert agent.cache.in_use(got[0].header.digest)  # not evictable mid-upload
+
+        agent.transfers.attach(FakeArtifacts())  # as the session does once registered
+        f = tmp_path / "out.txt"
+        f.write_bytes(b"x" * 5000)
+        d = tmp_path / "outdir"
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "a").write_text("hello")
+        ref_f = await agent.transfers.publish("f", f)
+        ref_d = await agent.transfers.publish("d", d)
+        assert uploads == [ref_f.digest, ref_d.digest]
+        assert ref_f.kind == "file" and ref_d.kind == "dir"
+        assert agent.cache.path(ref_f.digest).read_bytes() == f.read_bytes()
+        assert digest_of(agent.cache.path(ref_d.digest).read_bytes()) == ref_d.digest
+        assert not agent.cache.in_use(ref_f.digest) and not agent.cache.in_use(ref_d.digest)
+        assert list((agent.cache.root).glob("*.tar")) == [] and list(agent.scratch.iterdir()) == []
+        caps = agent.session.capabilities()
+        assert list(caps.zones) == ["eu"]
+        assert {(r.digest, r.size, r.kind) for r in caps.cached} == {
+            (ref_f.digest, 5000, "file"), (ref_d.digest, ref_d.size, "dir")}
+        # A downstream stage here finds its input locally: no download.
+        async def no_download(*a):  # type: ignore[no-untyped-def]
+            raise AssertionError("downloaded a cached input")
+
+        monkeypatch.setattr(agent.transfers, "download", no_download)
+        dest = tmp_path / "input"
+        await agent.transfers.fetch(common_pb2.ArtifactRef(digest=ref_f.digest, kind="file"), dest)
+        assert dest.read_bytes() == f.read_bytes()
+        await agent.transfers.fetch(common_pb2.ArtifactRef(digest=ref_d.digest, kind="dir"), tmp_path / "indir")
+        assert (tmp_path / "indir" / "sub" / "a").read_text() == "hello"
+
+    asyncio.run(scenario())
+
+
+def test_fetch_holds_the_blob_and_evicts_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch, cache_max_bytes=150)
+        seen_in_use: list[bool] = []
+        payloads = {digest_of(b"A" * 100): b"A" * 100, digest_of(b"B" * 100): b"B" * 100}
+
+        async def fake_download(digest: str, blob: Path, kind: str = "") -> Path:
+            seen_in_use.append(agent.cache.in_use(digest))
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(payloads[digest])
+            agent.cache.add(digest, 100, kind)
+            agent.cache.evict()  # as the real one does: the fresh blob is in use, so it stays
+            assert digest in agent.cache
+            return blob
+
+        monkeypatch.setattr(agent.transfers, "download", fake_download)
+        a, b = list(payloads)
+        await agent.transfers.fetch(common_pb2.ArtifactRef(digest=a, kind="file"), tmp_path / "a")
+        assert agent.cache.digests() == [a]
+        await agent.transfers.fetch(common_pb2.ArtifactRef(digest=b, kind="file"), tmp_path / "b")
+        assert seen_in_use == [True, True]
+        assert agent.cache.digests() == [b]  # 200 > 150: the least recently used went
+        assert (tmp_path / "a").read_bytes() == b"A" * 100
+
+    asyncio.run(scenario())
+
+
+def test_startup_probe_tolerates_unimplemented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import grpc
+
+    class Unimplemented(grpc.aio.AioRpcError):
+        def __init__(self) -> None:
+            super().__init__(grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata(), "no Probe")
+
+    class Stub:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        def Probe(self, req, timeout=None):  # type: ignore[no-untyped-def]
+            async def gen():  # type: ignore[no-untyped-def]
+                if self.fail:
+                    raise Unimplemented()
+                for _ in range(req.size // MiB):
+                    await asyncio.sleep(0.001)
+                    yield SimpleNamespace(data=b"\0" * MiB)
+            return gen()
+
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch)
+        assert not agent.transfers.probed
+        agent.transfers.attach(Stub(fail=True))
+        await agent.transfers.probe_link()
+        assert agent.transfers.probed and agent.link.bandwidth_bps == 0.0
+        agent.transfers.attach(Stub(fail=False))
+        await agent.transfers.probe_link()
+        assert agent.link.bandwidth_bps > 0
+        assert agent.link.rtt_s == 0.0  # RTT comes from heartbeats, not the probe's first byte
+
+    asyncio.run(scenario())
+
+
+def test_probe_disabled_by_zero_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch, bandwidth_probe_bytes=0)
+        assert agent.transfers.probed  # the session never starts one
+
+    asyncio.run(scenario())
