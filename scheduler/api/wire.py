@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from outrider.errors import InvalidArgument, OutriderError
 from outrider.protocol import OUTCOMES, Outcome
+from outrider.spec import parse_ref, validate_proto
 from outrider.v1 import agent_pb2, common_pb2, control_pb2
 from scheduler.core.channel import Outbound
 from scheduler.core.messages import (
@@ -44,8 +45,6 @@ def _status_number(exc: OutriderError) -> int:
 
 def check_pipeline(msg: common_pb2.PipelineSpec) -> PipelineSpec:
     """Validate a submitted spec with the one spec validator, then convert it."""
-    from outrider.pipeline import validate_proto
-
     problems = validate_proto(msg)
     if problems:
         raise InvalidArgument("invalid pipeline:\n  " + "\n  ".join(problems))
@@ -53,8 +52,10 @@ def check_pipeline(msg: common_pb2.PipelineSpec) -> PipelineSpec:
 
 
 def _input_ref(text: str) -> InputRef:
-    task, _, output = text.partition(".")
-    return InputRef(task, output)
+    parsed = parse_ref(text)
+    if parsed is None:  # only a spec that skipped validation gets here (the store holds validated ones)
+        raise InvalidArgument(f"expected 'task.output', got {text!r}")
+    return InputRef(*parsed)
 
 
 def _expr(e: common_pb2.LabelExpr) -> Expr:

@@ -11,6 +11,7 @@ Where each concern lives (see docs/architecture.md for the whole map):
 
 * :mod:`~scheduler.core.lifecycle`: runs, their DAGs, every task and run transition, events;
 * :mod:`~scheduler.core.leases`: grant, renew, expire, and the check every report goes through;
+* :mod:`~scheduler.core.reports`: what agents report (registration, heartbeats, completions, logs);
 * :mod:`~scheduler.core.registry`: agents, capabilities, clocks, cache index, channels, credits;
 * :mod:`~scheduler.core.dispatch`: the pull path (with queues, fairness, delay scheduling, admission);
 * :mod:`~scheduler.core.planner`: plan and explain;
@@ -29,21 +30,20 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 from outrider.errors import FailedPrecondition, InvalidArgument, NotFound
-from outrider.protocol import ARTIFACT_KINDS, Outcome, is_digest
 from scheduler.core.channel import Channel
 from scheduler.core.delay import DelayScheduler
 from scheduler.core.dispatch import Dispatcher
 from scheduler.core.fairness import FairShare
-from scheduler.core.leases import LeaseStatus, LeaseTable, lease_ref
+from scheduler.core.leases import LeaseTable, lease_ref
 from scheduler.core.lifecycle import StateMachine
 from scheduler.core.messages import Capabilities, ClockSample, Completion, LeaseRef, LogChunk
-from scheduler.core.model import AttemptState, Output, Run, RunState, Task, TaskState, needs_of
+from scheduler.core.model import AttemptState, Run, RunState, Task, TaskState, needs_of
 from scheduler.core.planner import Planner
 from scheduler.core.queues import ReadyQueues
 from scheduler.core.registry import AgentRegistry, AgentState
+from scheduler.core.reports import LogSink, Reports
 from scheduler.core.residency import ResidencyIndex
 from scheduler.core.spec import PipelineSpec
 from scheduler.core.txn import Journal, Txn
@@ -55,14 +55,6 @@ log = logging.getLogger(__name__)
 
 #: How often ready tasks are checked for having no feasible agent at all.
 INFEASIBLE_CHECK_S = 1.0
-
-
-class LogSink(Protocol):
-    """Where stage logs are kept (:class:`scheduler.logs.LogStore`)."""
-
-    def append(self, run_id: str, task: str, attempt: int, stream: str, data: bytes, ts: float) -> None: ...
-
-    def read(self, run_id: str, task: str, attempt: int) -> Iterable[tuple[float, str, bytes]]: ...
 
 
 class Engine:
@@ -111,6 +103,21 @@ class Engine:
             wall=wall,
             max_queue_depth=max_queue_depth,
             infeasible_timeout=infeasible_timeout,
+        )
+        self.reports = Reports(
+            self.sm,
+            self.registry,
+            self.leases,
+            self.fairness,
+            self.residency,
+            self.watchers,
+            self.journal,
+            clock=clock,
+            wall=wall,
+            heartbeat_interval=heartbeat_interval,
+            artifact_exists=artifact_exists,
+            log_sink=log_sink,
+            kick=self._kick,
         )
         self.planner = Planner(
             self.sm,
@@ -245,12 +252,12 @@ class Engine:
 
         def stop(txn: Txn, t: Task) -> None:
             stopped.setdefault(t.agent, []).append(lease_ref(t))
-            self._end_lease(txn, t, AttemptState.CANCELLED, now, 0, "cancelled by user")
+            self.reports.end_lease(txn, t, AttemptState.CANCELLED, now, 0, "cancelled by user")
 
         self.sm.cancel(txn, run, stop)
         await self.journal.commit(txn)
         for name, refs in stopped.items():
-            self._push_cancel(name, refs)
+            self.reports.push_cancel(name, refs)
         self._kick()
         return run
 
@@ -311,50 +318,26 @@ class Engine:
     def unfollow_logs(self, f: LogFollower) -> None:
         self.watchers.unfollow(f)
 
-    # ------------------------------------------------------------------ agents
+    # ------------------------------------------------------------------ agents (see reports.py)
 
     def register(
         self, name: str, identity: str, caps: Capabilities, clocks: Iterable[ClockSample], leases: Iterable[LeaseRef]
     ) -> list[LeaseRef]:
         """(Re)register an agent; returns the leases it listed that it must stop."""
-        now = self.wall()
-        agent = self.registry.register(name, identity, caps, clocks, now)
-        txn = Txn()
-        txn.changes.upsert_agent(name, identity, caps, now)
-        self.journal.commit(txn)
-        lost = self._renew(agent, leases)
-        log.info(
-            "agent %s registered (%d cpus, %d gpus, labels %s)", name, caps.cpu_cores, len(caps.gpus), dict(caps.labels)
-        )
-        self._kick()
-        return lost
+        return self.reports.register(name, identity, caps, clocks, leases)
 
     def heartbeat(
         self, name: str, leases: Iterable[LeaseRef], clocks: Iterable[ClockSample], caps: Capabilities | None = None
     ) -> list[LeaseRef]:
-        agent = self.registry.require(name)
-        leases = list(leases)
-        self.registry.observe_clocks(agent, tuple(clocks))
-        if caps is not None:
-            self.registry.apply_caps(agent, caps)
-        agent.last_seen = self.wall()
-        lost = self._renew(agent, leases)
-        # Leases we granted that the agent does not list never reached it (the stream
-        # broke in between): expire them now rather than at TTL. The grace covers an
-        # assignment still in flight when the heartbeat was sent.
-        listed = {(r.run_id, r.task, r.epoch) for r in leases}
-        grace = self.clock() - 2 * self.heartbeat_interval
-        for key in list(agent.running):
-            t = self.sm.runs[key[0]].tasks[key[1]]
-            if (t.run_id, t.name, t.attempts) not in listed and t.leased_at < grace:
-                self._expire(t, "the agent no longer holds this lease")
-        return lost
+        """Renew an agent's leases; returns those it no longer holds."""
+        return self.reports.heartbeat(name, leases, clocks, caps)
 
-    def _renew(self, agent: AgentState, refs: Iterable[LeaseRef]) -> list[LeaseRef]:
-        renewed, lost = self.leases.renew(agent.name, agent.clock_uncertainty, refs, self.clock())
-        for t in renewed:
-            self.registry.hold(agent, t)  # after a scheduler restart, before the agent came back
-        return lost
+    def complete(self, agent_name: str, c: Completion) -> asyncio.Future[None]:
+        """Apply the end of an attempt; the future resolves once it is durable."""
+        return self.reports.complete(agent_name, c)
+
+    def append_logs(self, agent_name: str, chunks: Iterable[LogChunk]) -> None:
+        self.reports.append_logs(agent_name, chunks)
 
     def attach(self, name: str, credits: int = 0) -> Channel:
         return self.registry.attach(name, credits)
@@ -364,84 +347,6 @@ class Engine:
 
     def add_credits(self, ch: Channel, n: int) -> None:
         self.registry.add_credits(ch, n)
-
-    # ------------------------------------------------------------------ reports
-
-    def complete(self, agent_name: str, c: Completion) -> asyncio.Future[None]:
-        """Apply the end of an attempt; the future resolves once it is durable.
-
-        Raises StaleEpoch (and changes nothing) unless the report comes from the
-        agent holding the current lease of a running task.
-        """
-        status, t = self.leases.check(c.lease, agent_name)
-        if (
-            status is LeaseStatus.ENDED
-            and t is not None
-            and t.terminal
-            and t.state is not TaskState.CANCELLED
-            and (t.state is TaskState.SUCCEEDED) == (c.outcome is Outcome.SUCCEEDED)
-        ):
-            return self.journal.barrier()  # a re-delivery of what we already recorded
-        if status is not LeaseStatus.CURRENT or t is None:
-            raise self.leases.refusal(c.lease, agent_name, t)
-        run = self.sm.runs[t.run_id]
-        outputs, problem = self._check_outputs(t, c)
-        txn = Txn()
-        now = self.wall()
-        t.exit_code = c.exit_code
-        agent = self.registry.get(agent_name)
-        if agent is not None and c.started_at and c.finished_at:
-            # The agent's wall clock, corrected by its measured offset to ours, so a
-            # run's timeline is consistent across machines.
-            t.started_at = c.started_at + agent.sched_offset
-            now = min(now, c.finished_at + agent.sched_offset)
-        if c.outcome is Outcome.SUCCEEDED and problem is None:
-            self._end_lease(txn, t, AttemptState.SUCCEEDED, now, c.exit_code, "")
-            for o in outputs.values():  # outputs carry the residency of the data they came from
-                o.residency = t.needs.residency
-                self.residency.note(o)
-                if agent is not None:
-                    self.registry.note_cached(agent, o)
-            self.sm.succeed(txn, run, t, outputs, now)
-        else:
-            error = problem or c.error or f"{c.outcome.value} (exit code {c.exit_code})"
-            how = AttemptState(c.outcome.value) if problem is None else AttemptState.FAILED
-            self._end_lease(txn, t, how, now, c.exit_code, error)
-            self.sm.fail_attempt(txn, run, t, error)
-        self._kick()
-        return self.journal.commit(txn)
-
-    def _check_outputs(self, t: Task, c: Completion) -> tuple[dict[str, Output], str | None]:
-        outputs = {}
-        for ref in c.outputs:
-            if ref.name not in t.spec.outputs:
-                return {}, f"reported output {ref.name!r} was not declared"
-            if not is_digest(ref.digest):
-                return {}, f"output {ref.name!r} has a malformed digest {ref.digest!r}"
-            if ref.kind not in ARTIFACT_KINDS:
-                return {}, f"output {ref.name!r} has unknown kind {ref.kind!r}"
-            if not self.artifact_exists(ref.digest):
-                return {}, f"output {ref.name!r} ({ref.digest[:12]}) was never uploaded"
-            outputs[ref.name] = Output(ref.name, ref.digest, ref.size, ref.kind)
-        if c.outcome is Outcome.SUCCEEDED:
-            missing = [o for o in t.spec.outputs if o not in outputs]
-            if missing:
-                return {}, "declared output(s) missing: " + ", ".join(missing)
-        return outputs, None
-
-    def append_logs(self, agent_name: str, chunks: Iterable[LogChunk]) -> None:
-        agent = self.registry.get(agent_name)
-        offset = agent.sched_offset if agent is not None else 0.0  # agent clock -> ours
-        for chunk in chunks:
-            ref = chunk.lease
-            # Logs of an attempt are accepted from its agent even just after it ended.
-            status, _ = self.leases.check(ref, agent_name)
-            if status is not LeaseStatus.CURRENT and status is not LeaseStatus.ENDED:
-                continue
-            ts = chunk.ts + offset
-            if self.log_sink is not None:
-                self.log_sink.append(ref.run_id, ref.task, ref.epoch, chunk.stream, chunk.data, ts)
-            self.watchers.log(ref.run_id, ref.task, LogLine(ref.epoch, chunk.stream, chunk.data, ts))
 
     # ------------------------------------------------------------------ artifacts
 
@@ -463,34 +368,9 @@ class Engine:
         """One pass of time-driven work: expire leases, end retry backoffs and delay waits."""
         mono = self.clock() if mono is None else mono
         wall = self.wall() if wall is None else wall
-        for t in self.leases.expired(mono):
-            self._expire(t, f"lease expired: agent {t.agent} stopped renewing it")
+        self.reports.expire_due(mono)
         self.queues.release_due(wall)
         self.delay.due(mono)
         if mono - self._last_infeasible_check >= INFEASIBLE_CHECK_S:
             self._last_infeasible_check = mono
             self.dispatcher.fail_infeasible(mono)
-
-    # ------------------------------------------------------------------ leases ending
-
-    def _end_lease(self, txn: Txn, t: Task, how: AttemptState, when: float, exit_code: int, error: str) -> None:
-        """The current attempt of ``t`` ended: its agent's resources and its tenant's share
-        are given back, and how it ended is recorded."""
-        if self.registry.release(t):
-            self.fairness.release(self.sm.runs[t.run_id], t.needs)
-        self.leases.end(txn, t, how, when, exit_code, error)
-
-    def _expire(self, t: Task, why: str) -> None:
-        """A lease ended without a report: requeue as a new attempt (no retry used)."""
-        run = self.sm.runs[t.run_id]
-        txn = Txn()
-        self._end_lease(txn, t, AttemptState.LOST, self.wall(), 0, why)
-        self._push_cancel(t.agent, [lease_ref(t)])
-        log.warning("lease %s/%s epoch %d on %s lost: %s", t.run_id, t.name, t.attempts, t.agent, why)
-        self.sm.lose_attempt(txn, run, t, why)
-        self.journal.commit(txn)
-
-    def _push_cancel(self, agent_name: str, refs: list[LeaseRef]) -> None:
-        agent = self.registry.get(agent_name)
-        for ch in agent.channels if agent is not None else ():
-            ch.push(cancel=refs)
