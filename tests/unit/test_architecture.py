@@ -110,3 +110,41 @@ def test_modules_and_classes_stay_small() -> None:
                     if size > MAX_CLASS_LINES:
                         too_big.append(f"{path.relative_to(ROOT)}: class {node.name}: {size} lines")
     assert too_big == []
+
+
+def calls(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line, receiver text, method) of every ``x.method(...)`` call in a file."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            yield node.lineno, ast.unparse(node.func.value), node.func.attr
+
+
+def test_events_are_recorded_only_by_the_state_machine() -> None:
+    """"Events are emitted there and only there": no other core module records one."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {recv}.{meth}(...)"
+        for path in sources("scheduler")
+        if path.name != "lifecycle.py" and "store" not in path.parts
+        for line, recv, meth in calls(path)
+        if meth in ("event", "events") and recv.endswith("changes")
+    ]
+    assert found == []
+
+
+def test_the_store_is_written_only_through_the_journal() -> None:
+    """Every write goes through the core's transaction object: only core/txn.py commits to a store,
+    and no module outside the store builds SQL."""
+    commits = [
+        f"{path.relative_to(ROOT)}:{line}: {recv}.{meth}(...)"
+        for path in sources("scheduler")
+        if path.relative_to(ROOT).as_posix() != "scheduler/core/txn.py" and "store" not in path.parts
+        for line, recv, meth in calls(path)
+        if meth in ("commit", "barrier") and recv.split(".")[-1] in ("store", "_store")
+    ]
+    assert commits == []
+    sql = [
+        f"{path.relative_to(ROOT)}"
+        for path in sources("scheduler")
+        if "store" not in path.parts and any(w in path.read_text() for w in ("INSERT INTO", "UPDATE tasks", "SELECT "))
+    ]
+    assert sql == []
