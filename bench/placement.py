@@ -98,7 +98,7 @@ from scheduler import matcher  # noqa: E402
 from scheduler.api import wire  # noqa: E402
 from scheduler.core.channel import Channel  # noqa: E402
 from scheduler.core.engine import Engine  # noqa: E402
-from scheduler.core.model import Needs, needs_of  # noqa: E402
+from scheduler.core.model import Needs  # noqa: E402
 from scheduler.core.registry import view_from_caps  # noqa: E402
 from scheduler.store.sqlite import SqliteStore as Store  # noqa: E402
 
@@ -226,7 +226,7 @@ def make_shapes(count: int, views: list[matcher.AgentView], seed: int) -> list[c
             break
         r = random_requirements(rng)
         probe.requires.CopyFrom(r)
-        needs = needs_of(wire.task_from_proto(probe))
+        needs = wire.task_from_proto(probe).requires
         if needs in shapes or not any(matcher.feasible(needs, v) for v in views):
             continue
         shapes[needs] = r

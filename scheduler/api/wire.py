@@ -30,7 +30,7 @@ from scheduler.core.messages import (
     Power,
 )
 from scheduler.core.model import Output
-from scheduler.core.spec import Affinity, Expr, InputRef, PipelineSpec, Requirements, TaskSpec
+from scheduler.core.spec import Affinity, Expr, InputRef, Needs, PipelineSpec, TaskSpec
 from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan
 
 
@@ -71,7 +71,7 @@ def task_from_proto(ts: common_pb2.TaskSpec) -> TaskSpec:
         inputs=tuple((name, _input_ref(ref)) for name, ref in ts.inputs.items()),
         outputs=tuple(ts.outputs),
         after=tuple(ts.after),
-        requires=Requirements(
+        requires=Needs(
             cpus=req.cpus,
             memory=req.memory_bytes,
             disk=req.disk_bytes,
@@ -80,7 +80,7 @@ def task_from_proto(ts: common_pb2.TaskSpec) -> TaskSpec:
             gpu_memory=req.gpu_memory_bytes,
             gpu_model=req.gpu_model,
             exprs=tuple(_expr(e) for e in req.expressions),
-            residency=tuple(req.residency),
+            residency=frozenset(req.residency) if req.residency else None,
             max_clock_skew=req.max_clock_skew_s,
         ),
         affinities=tuple(Affinity(_expr(a.expr), a.weight) for a in ts.affinities),
@@ -124,7 +124,7 @@ def task_to_proto(ts: TaskSpec) -> common_pb2.TaskSpec:
             gpu_memory_bytes=req.gpu_memory,
             gpu_model=req.gpu_model,
             expressions=[_expr_proto(e) for e in req.exprs],
-            residency=req.residency,
+            residency=sorted(req.residency or ()),
             max_clock_skew_s=req.max_clock_skew,
         ),
         max_attempts=ts.max_attempts,

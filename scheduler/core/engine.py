@@ -39,7 +39,7 @@ from scheduler.core.fairness import FairShare
 from scheduler.core.leases import LeaseTable, lease_ref
 from scheduler.core.lifecycle import StateMachine
 from scheduler.core.messages import Capabilities, ClockSample, Completion, LeaseRef, LogChunk
-from scheduler.core.model import AttemptState, Run, RunState, Task, TaskState, needs_of
+from scheduler.core.model import AttemptState, Run, RunState, Task, TaskState
 from scheduler.core.planner import Planner
 from scheduler.core.queues import ReadyQueues
 from scheduler.core.registry import AgentRegistry, AgentState
@@ -223,7 +223,7 @@ class Engine:
     ) -> tuple[Run, list[str], Watcher | None]:
         self.check_code(spec)
         self.dispatcher.admit(len(spec.tasks))
-        warnings = self.planner.warnings(spec, {ts.name: self.queues.intern(needs_of(ts)) for ts in spec.tasks})
+        warnings = self.planner.warnings(spec, {ts.name: self.queues.intern(ts.requires) for ts in spec.tasks})
         if strict and warnings:
             raise FailedPrecondition("refused (strict): " + " | ".join(warnings))
         run = StateMachine.build(

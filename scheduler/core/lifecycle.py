@@ -30,7 +30,6 @@ from scheduler.core.model import (
     RunState,
     Task,
     TaskState,
-    needs_of,
 )
 from scheduler.core.spec import PipelineSpec
 from scheduler.core.txn import Txn
@@ -130,7 +129,7 @@ class StateMachine:
             tenant=spec.tenant or submitter,
         )
         for order, ts in enumerate(spec.tasks):
-            base = needs(needs_of(ts))
+            base = needs(ts.requires)
             run.tasks[ts.name] = Task(
                 run_id=run_id, name=ts.name, spec=ts, needs=base, spec_needs=base, order=order, upstream=ts.upstream
             )

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from scheduler.core.spec import Expr, PipelineSpec, TaskSpec
+from scheduler.core.spec import Expr, Needs, PipelineSpec, TaskSpec
 
 
 class TaskState(str, enum.Enum):
@@ -137,23 +137,6 @@ class Placement:
 NO_PLACEMENT = Placement()
 
 
-@dataclass(frozen=True, slots=True)
-class Needs:
-    """What a task requires of an agent. Immutable and hashable: tasks with equal
-    needs share one ready queue, so a poll checks each distinct need once."""
-
-    cpus: float = 1.0
-    memory: int = 0
-    disk: int = 0
-    gpus: int = 0
-    labels: tuple[tuple[str, str], ...] = ()
-    gpu_memory: int = 0
-    gpu_model: str = ""
-    exprs: tuple[Expr, ...] = ()
-    residency: frozenset[str] | None = None  # effective zones; None: anywhere; empty: conflict
-    max_clock_skew: float = 0.0
-
-
 @dataclass(slots=True, eq=False)
 class Task:
     run_id: str
@@ -221,27 +204,6 @@ class Run:
     @property
     def terminal(self) -> bool:
         return self.state is not RunState.RUNNING
-
-
-def needs_of(spec: TaskSpec) -> Needs:
-    """The hard requirements of a task as its spec states them.
-
-    The client fills in defaults (one core); a raw RPC that leaves cpus unset asks
-    for no core reservation, only a slot.
-    """
-    req = spec.requires
-    return Needs(
-        cpus=req.cpus,
-        memory=req.memory,
-        disk=req.disk,
-        gpus=req.gpus,
-        labels=req.labels,
-        gpu_memory=req.gpu_memory,
-        gpu_model=req.gpu_model,
-        exprs=req.exprs,
-        residency=frozenset(req.residency) if req.residency else None,
-        max_clock_skew=req.max_clock_skew,
-    )
 
 
 def intersect_residency(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:

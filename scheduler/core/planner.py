@@ -16,7 +16,7 @@ from collections.abc import Callable
 from scheduler import matcher
 from scheduler.core.fairness import FairShare
 from scheduler.core.lifecycle import StateMachine
-from scheduler.core.model import NO_PLACEMENT, Needs, Placement, TaskState, narrowed, needs_of
+from scheduler.core.model import NO_PLACEMENT, Needs, Placement, TaskState, narrowed
 from scheduler.core.queues import ReadyQueues
 from scheduler.core.registry import AgentRegistry
 from scheduler.core.spec import PipelineSpec
@@ -53,7 +53,7 @@ def static_needs(
     conflicts: dict[str, list[str]] = {}
     for name in order:
         ts = by_name[name]
-        own = base[name] if base is not None else needs_of(ts)
+        own = base[name] if base is not None else ts.requires
         sources = [] if own.residency is None else [f"the task itself ({', '.join(sorted(own.residency))})"]
         upstream_zones = []
         for inp, ref in ts.inputs:

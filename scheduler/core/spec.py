@@ -36,19 +36,26 @@ class Affinity:
 
 
 @dataclass(frozen=True, slots=True)
-class Requirements:
-    """Hard requirements of a task, as the spec states them (before residency narrowing)."""
+class Needs:
+    """What a task requires of an agent: hard constraints only.
 
-    cpus: float = 0.0
+    A task's spec states them (``TaskSpec.requires``); once its inputs exist, its
+    effective needs narrow the residency by theirs (:func:`scheduler.core.model.narrowed`).
+    Immutable and hashable: tasks with equal needs share one ready queue, so a poll
+    checks each distinct need once. A raw RPC that leaves cpus unset asks for no core
+    reservation, only a slot (the client fills in one core by default).
+    """
+
+    cpus: float = 1.0
     memory: int = 0
     disk: int = 0
     gpus: int = 0
-    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
-    gpu_memory: int = 0
-    gpu_model: str = ""
-    exprs: tuple[Expr, ...] = ()
-    residency: tuple[str, ...] = ()  # zones; empty: anywhere
-    max_clock_skew: float = 0.0
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs, all required
+    gpu_memory: int = 0  # free memory each GPU must have
+    gpu_model: str = ""  # a GPU model substring, e.g. "H100"
+    exprs: tuple[Expr, ...] = ()  # label expressions, all must hold
+    residency: frozenset[str] | None = None  # zones the data may be processed in; None: anywhere; empty: conflict
+    max_clock_skew: float = 0.0  # 0: no bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +79,7 @@ class TaskSpec:
     inputs: tuple[tuple[str, InputRef], ...] = ()  # (input name, reference), in spec order
     outputs: tuple[str, ...] = ()
     after: tuple[str, ...] = ()  # ordering-only upstreams
-    requires: Requirements = Requirements()
+    requires: Needs = Needs()
     affinities: tuple[Affinity, ...] = ()
     max_attempts: int = 0  # total attempts allowed (1 + retries); 0 means 1
     backoff_s: float = 0.0

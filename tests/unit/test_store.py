@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from scheduler.core.messages import Capabilities
-from scheduler.core.model import AttemptState, Output, Run, RunState, Task, TaskState, needs_of
+from scheduler.core.model import AttemptState, Output, Run, RunState, Task, TaskState
 from scheduler.core.spec import InputRef, PipelineSpec, TaskSpec
 from scheduler.store.changes import Changes
 from scheduler.store.sqlite import MIGRATIONS
@@ -59,8 +59,8 @@ def make_run(run_id: str = "run-1") -> Run:
     ))
     run = Run(run_id=run_id, pipeline="p", spec=spec, submitter="alice", created_at=100.0, trace_id="ab" * 16, seq=1)
     for order, ts in enumerate(spec.tasks):
-        run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=needs_of(ts), order=order,
-                                  spec_needs=needs_of(ts))
+        run.tasks[ts.name] = Task(run_id=run_id, name=ts.name, spec=ts, needs=ts.requires, order=order,
+                                  spec_needs=ts.requires)
     return run
 
 
