@@ -14,6 +14,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+from outrider.protocol import is_digest
 from outrider.v1 import common_pb2
 
 __all__ = ["BlobCache"]
@@ -88,7 +89,7 @@ class BlobCache:
                         name = blob.name
                         if name.startswith(".part-"):
                             _unlink(blob.path)  # an interrupted download
-                        elif _is_digest(name) and name[:2] == entry.name and blob.is_file(follow_symlinks=False):
+                        elif is_digest(name) and name[:2] == entry.name and blob.is_file(follow_symlinks=False):
                             st = blob.stat(follow_symlinks=False)
                             found.append((st.st_mtime, name, st.st_size))
         found.sort()
@@ -224,12 +225,6 @@ class BlobCache:
         os.replace(tmp, blob)
         self.add(digest, size, kind)
         return blob
-
-
-def _is_digest(name: str) -> bool:
-    # The scheduler has the same check (scheduler.artifacts.is_digest), which the
-    # agent may not import: the two meet only in outrider/ and on the wire.
-    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def _unlink(path: str | os.PathLike[str]) -> None:

@@ -5,15 +5,18 @@ the tree (sorted names, zero mtimes and owners), so the same tree always has
 the same sha256 wherever it is packed. Transfers are chunked streams verified
 by digest at both ends.
 """
+
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from outrider.errors import DataLoss, InvalidArgument
 
@@ -130,10 +133,8 @@ class Receiver:
     def abort(self) -> None:
         if not self._fh.closed:
             self._fh.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
 
 
 def place(blob: Path, kind: str, dest: Path) -> None:

@@ -4,13 +4,15 @@ A person reads the default output; a script reads ``--json``, whose shape is a
 stable contract. Errors print ``outrider: error: …`` and exit 2; ``watch`` exits
 0 only when the run succeeded.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from outrider.errors import OutriderError
 
@@ -18,6 +20,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 # ---------------------------------------------------------------------------- output helpers
+
 
 def _json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
@@ -44,7 +47,7 @@ def _bytes(n: int) -> str:
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def run_json(run: Any) -> dict[str, Any]:
@@ -75,8 +78,10 @@ def run_json(run: Any) -> dict[str, Any]:
 
 
 def print_run(run: Any) -> None:
-    print(f"run {run.run_id}  pipeline {run.pipeline}  {run.state.upper()}  "
-          f"submitted {_ts(run.created_at)}  took {_dur(run.created_at, run.finished_at)}")
+    print(
+        f"run {run.run_id}  pipeline {run.pipeline}  {run.state.upper()}  "
+        f"submitted {_ts(run.created_at)}  took {_dur(run.created_at, run.finished_at)}"
+    )
     rows = []
     for t in run.tasks:
         detail = t.error or ", ".join(f"{o.name}={o.digest[:12]}" for o in t.outputs)
@@ -85,6 +90,7 @@ def print_run(run: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- verbs
+
 
 def _client(args: argparse.Namespace) -> Any:
     from outrider.client import Client
@@ -107,8 +113,14 @@ def plan_json(tp: Any) -> dict[str, Any]:
         "rejection_counts": dict(tp.rejection_counts),
         "passing": dict(tp.passing),
         "rejections": dict(tp.rejections),
-        "candidates": [{"agent": c.agent, "score": round(c.score, 4),
-                        "breakdown": {k: round(v, 4) for k, v in c.breakdown.items()}} for c in tp.candidates],
+        "candidates": [
+            {
+                "agent": c.agent,
+                "score": round(c.score, 4),
+                "breakdown": {k: round(v, 4) for k, v in c.breakdown.items()},
+            }
+            for c in tp.candidates
+        ],
         "suggestions": list(tp.suggestions),
         "residency": list(tp.residency),
         "residency_conflicts": list(tp.residency_conflicts),
@@ -120,11 +132,15 @@ def print_plan(tp: Any, indent: str = "") -> None:
     mark = "ok " if ok else "!! "
     names = list(tp.feasible_agents)
     shown = f" ({', '.join(names[:10])}{', …' if len(names) > 10 else ''})" if names else ""
-    print(f"{indent}{mark}{tp.task}: {ok} of {tp.agents_considered} agents fit{shown}"
-          + (f"; zones {','.join(tp.residency)}" if tp.residency else ""))
+    print(
+        f"{indent}{mark}{tp.task}: {ok} of {tp.agents_considered} agents fit{shown}"
+        + (f"; zones {','.join(tp.residency)}" if tp.residency else "")
+    )
     if tp.rejection_counts:
-        print(f"{indent}      rejected: " + ", ".join(f"{reason} ×{n}" for reason, n in
-                                                     sorted(tp.rejection_counts.items(), key=lambda kv: -kv[1])))
+        print(
+            f"{indent}      rejected: "
+            + ", ".join(f"{reason} ×{n}" for reason, n in sorted(tp.rejection_counts.items(), key=lambda kv: -kv[1]))
+        )
     for c in tp.candidates[:3]:
         terms = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.breakdown.items()))
         print(f"{indent}      {c.agent}: score {c.score:.2f} ({terms})")
@@ -155,8 +171,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     with _client(args) as client:
         resp = client.explain(args.run, args.task)
     if args.json:
-        _json({"run_id": resp.run_id, "task": resp.task, "state": resp.state, "reason": resp.reason,
-               "message": resp.message, "until": resp.until, "agent": resp.agent, "plan": plan_json(resp.plan)})
+        _json(
+            {
+                "run_id": resp.run_id,
+                "task": resp.task,
+                "state": resp.state,
+                "reason": resp.reason,
+                "message": resp.message,
+                "until": resp.until,
+                "agent": resp.agent,
+                "plan": plan_json(resp.plan),
+            }
+        )
         return 0
     print(f"{resp.task} ({resp.state}): {resp.reason}")
     print(f"  {resp.message}")
@@ -190,11 +216,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         runs = client.list_runs(limit=args.limit, state=args.state or "")
     if args.json:
-        _json([{"run_id": r.run_id, "pipeline": r.pipeline, "state": r.state, "created_at": r.created_at,
-                "finished_at": r.finished_at, "submitter": r.submitter} for r in runs])
+        _json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "pipeline": r.pipeline,
+                    "state": r.state,
+                    "created_at": r.created_at,
+                    "finished_at": r.finished_at,
+                    "submitter": r.submitter,
+                }
+                for r in runs
+            ]
+        )
         return 0
-    _table([(r.run_id, r.pipeline, r.state, _ts(r.created_at), _dur(r.created_at, r.finished_at)) for r in runs],
-           ("RUN", "PIPELINE", "STATE", "SUBMITTED", "TOOK"))
+    _table(
+        [(r.run_id, r.pipeline, r.state, _ts(r.created_at), _dur(r.created_at, r.finished_at)) for r in runs],
+        ("RUN", "PIPELINE", "STATE", "SUBMITTED", "TOOK"),
+    )
     return 0
 
 
@@ -208,8 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False,
-           events: Any = None, first: Any = None) -> int:
+def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False, events: Any = None, first: Any = None) -> int:
     import itertools
 
     final = None
@@ -219,13 +257,26 @@ def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False,
             final = ev.snapshot
         if as_json:
             if not quiet or (not ev.task and ev.state in TERMINAL):
-                print(json.dumps({"run_id": ev.run_id, "task": ev.task, "state": ev.state, "attempt": ev.attempt,
-                                  "agent": ev.agent, "message": ev.message, "ts": ev.ts}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "run_id": ev.run_id,
+                            "task": ev.task,
+                            "state": ev.state,
+                            "attempt": ev.attempt,
+                            "agent": ev.agent,
+                            "message": ev.message,
+                            "ts": ev.ts,
+                        }
+                    ),
+                    flush=True,
+                )
         elif ev.task:
             where = f" attempt {ev.attempt} on {ev.agent}" if ev.agent and ev.state != "ready" else ""
             msg = f": {ev.message}" if ev.message else ""
-            print(f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.task:<16} {ev.state}{where}{msg}",
-                  flush=True)
+            print(
+                f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  {ev.task:<16} {ev.state}{where}{msg}", flush=True
+            )
         elif ev.state in TERMINAL:
             print(f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  run {ev.state}", flush=True)
     if final is None:
@@ -249,8 +300,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
         last = None
         for line in client.logs(args.run, args.task, attempt=args.attempt, follow=args.follow):
             if args.json:
-                print(json.dumps({"attempt": line.attempt, "stream": line.stream, "ts": line.ts,
-                                  "data": line.data.decode("utf-8", "replace")}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "attempt": line.attempt,
+                            "stream": line.stream,
+                            "ts": line.ts,
+                            "data": line.data.decode("utf-8", "replace"),
+                        }
+                    ),
+                    flush=True,
+                )
                 continue
             if multi and line.attempt != last:
                 print(f"--- attempt {line.attempt} ---", file=sys.stderr, flush=True)
@@ -287,23 +347,53 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def agent_json(a: Any) -> dict[str, Any]:
     c = a.capabilities
     return {
-        "name": a.name, "identity": a.identity, "state": a.state, "running": a.running,
-        "clock_suspect": a.clock_suspect, "clock_skew_s": a.clock_skew_s,
-        "free_slots": a.free_slots, "last_seen": a.last_seen, "registered_at": a.registered_at,
+        "name": a.name,
+        "identity": a.identity,
+        "state": a.state,
+        "running": a.running,
+        "clock_suspect": a.clock_suspect,
+        "clock_skew_s": a.clock_skew_s,
+        "free_slots": a.free_slots,
+        "last_seen": a.last_seen,
+        "registered_at": a.registered_at,
         "capabilities": {
-            "cpu_cores": c.cpu_cores, "arch": c.arch, "cpu_model": c.cpu_model, "memory_bytes": c.memory_bytes,
-            "disk_bytes": c.disk_bytes, "disk_free_bytes": c.disk_free_bytes, "os": c.os,
-            "os_release": c.os_release, "python_version": c.python_version, "hostname": c.hostname,
-            "slots": c.slots, "labels": dict(c.labels), "agent_version": c.agent_version, "gpu_probe": c.gpu_probe,
-            "zones": list(c.zones), "bandwidth_bps": c.bandwidth_bps, "rtt_s": c.rtt_s,
-            "cached_artifacts": len(c.cached), "cached_bytes": sum(x.size for x in c.cached),
-            "power": {"has_battery": c.power.has_battery, "on_battery": c.power.on_battery,
-                      "battery_percent": c.power.battery_percent},
-            "gpus": [{"index": g.index, "model": g.model, "memory_bytes": g.memory_bytes, "driver": g.driver,
-                      "uuid": g.uuid, "compute_capability": g.compute_capability} for g in c.gpus],
+            "cpu_cores": c.cpu_cores,
+            "arch": c.arch,
+            "cpu_model": c.cpu_model,
+            "memory_bytes": c.memory_bytes,
+            "disk_bytes": c.disk_bytes,
+            "disk_free_bytes": c.disk_free_bytes,
+            "os": c.os,
+            "os_release": c.os_release,
+            "python_version": c.python_version,
+            "hostname": c.hostname,
+            "slots": c.slots,
+            "labels": dict(c.labels),
+            "agent_version": c.agent_version,
+            "gpu_probe": c.gpu_probe,
+            "zones": list(c.zones),
+            "bandwidth_bps": c.bandwidth_bps,
+            "rtt_s": c.rtt_s,
+            "cached_artifacts": len(c.cached),
+            "cached_bytes": sum(x.size for x in c.cached),
+            "power": {
+                "has_battery": c.power.has_battery,
+                "on_battery": c.power.on_battery,
+                "battery_percent": c.power.battery_percent,
+            },
+            "gpus": [
+                {
+                    "index": g.index,
+                    "model": g.model,
+                    "memory_bytes": g.memory_bytes,
+                    "driver": g.driver,
+                    "uuid": g.uuid,
+                    "compute_capability": g.compute_capability,
+                }
+                for g in c.gpus
+            ],
         },
-        "clock": [{"source": s.source, "offset_s": s.offset_s, "uncertainty_s": s.uncertainty_s}
-                  for s in a.clock],
+        "clock": [{"source": s.source, "offset_s": s.offset_s, "uncertainty_s": s.uncertainty_s} for s in a.clock],
     }
 
 
@@ -321,9 +411,19 @@ def cmd_agents(args: argparse.Namespace) -> int:
         if a.clock_suspect:
             clock += " clock_suspect"
         gpus = f"{len(c.gpus)}x {c.gpus[0].model}" if c.gpus else "0"
-        rows.append((a.name, a.state, f"{a.running}/{c.slots}", str(c.cpu_cores), _bytes(c.memory_bytes), gpus,
-                     ",".join(c.zones) or "-", ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-",
-                     clock))
+        rows.append(
+            (
+                a.name,
+                a.state,
+                f"{a.running}/{c.slots}",
+                str(c.cpu_cores),
+                _bytes(c.memory_bytes),
+                gpus,
+                ",".join(c.zones) or "-",
+                ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-",
+                clock,
+            )
+        )
     _table(rows, ("AGENT", "STATE", "RUNNING", "CPUS", "MEMORY", "GPUS", "ZONES", "LABELS", "CLOCK"))
     return 0
 
@@ -361,6 +461,7 @@ def cmd_artifact_get(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+
 
 def _connection_flags() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)

@@ -7,6 +7,7 @@ which returns the exit code. Errors are raised as OutriderError subclasses;
     outrider pki init DIR --trust-domain DOMAIN [--san HOST ...] [--force] [--json]
     outrider pki issue DIR {agent|submitter|admin} NAME [--force] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,12 +35,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "trust_domain. The scheduler certificate is valid for localhost, 127.0.0.1, ::1 and every --san.",
     )
     init.add_argument("dir", metavar="DIR", help="directory to create the CA in")
-    init.add_argument("--trust-domain", required=True, metavar="DOMAIN",
-                      help="SPIFFE trust domain, e.g. acme.ml (lowercase letters, digits, dots, dashes)")
-    init.add_argument("--san", action="append", default=[], metavar="HOST",
-                      help="extra DNS name or IP address the scheduler is reached at (repeatable)")
-    init.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS,
-                      help=f"CA validity in days (default {pki.DEFAULT_CA_DAYS})")
+    init.add_argument(
+        "--trust-domain",
+        required=True,
+        metavar="DOMAIN",
+        help="SPIFFE trust domain, e.g. acme.ml (lowercase letters, digits, dots, dashes)",
+    )
+    init.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="extra DNS name or IP address the scheduler is reached at (repeatable)",
+    )
+    init.add_argument(
+        "--days", type=int, default=pki.DEFAULT_CA_DAYS, help=f"CA validity in days (default {pki.DEFAULT_CA_DAYS})"
+    )
     init.add_argument("--force", action="store_true", help="overwrite an existing CA (invalidates every issued cert)")
     init.add_argument("--json", action="store_true", help="print the written paths as a JSON object")
     init.set_defaults(func=cmd_init)
@@ -53,8 +64,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     issue.add_argument("dir", metavar="DIR", help="the CA directory made by `outrider pki init`")
     issue.add_argument("role", choices=pki.ROLES, help="what the identity may do")
     issue.add_argument("name", metavar="NAME", help="identity name: letters, digits, '.', '_', '-' (max 63)")
-    issue.add_argument("--days", type=int, default=pki.DEFAULT_CERT_DAYS,
-                       help=f"certificate validity in days (default {pki.DEFAULT_CERT_DAYS})")
+    issue.add_argument(
+        "--days",
+        type=int,
+        default=pki.DEFAULT_CERT_DAYS,
+        help=f"certificate validity in days (default {pki.DEFAULT_CERT_DAYS})",
+    )
     issue.add_argument("--force", action="store_true", help="overwrite an existing NAME.crt/NAME.key")
     issue.add_argument("--json", action="store_true", help="print the written paths as a JSON object")
     issue.set_defaults(func=cmd_issue)
@@ -75,8 +90,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     spiffe_id = pki.Identity(args.trust_domain, pki.SCHEDULER_ROLE, "scheduler").spiffe_id
     _emit(
         args,
-        {**files, "trust_domain": args.trust_domain, "trust_domain_file": files["trust_domain"],
-         "spiffe_id": spiffe_id},
+        {
+            **files,
+            "trust_domain": args.trust_domain,
+            "trust_domain_file": files["trust_domain"],
+            "spiffe_id": spiffe_id,
+        },
         f"created CA for {args.trust_domain} in {args.dir} (ca.crt, ca.key, scheduler.crt, scheduler.key); "
         f"keep ca.key private",
     )

@@ -14,15 +14,17 @@ then a TOML config file (``OUTRIDER_CONFIG``, else ``~/.config/outrider/client.t
 with keys ``scheduler``, ``ca``, ``cert``, ``key`` or ``pki_dir`` + ``name``.
 gRPC errors become :mod:`outrider.errors` exceptions, mapped here in one place.
 """
+
 from __future__ import annotations
 
 import os
 import queue
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -86,7 +88,10 @@ def default_config_path() -> Path:
 
 
 def resolve_connection(
-    scheduler: str | None = None, ca: str | None = None, cert: str | None = None, key: str | None = None,
+    scheduler: str | None = None,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
     config: str | os.PathLike[str] | None = None,
 ) -> Connection:
     """Resolve connection settings: arguments, then environment, then config file."""
@@ -99,15 +104,20 @@ def resolve_connection(
         if unknown:
             raise errors.ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
         if file_values.get("pki_dir") and file_values.get("name"):
-            for field, path in zip(("ca", "cert", "key"), pki_paths(file_values["pki_dir"], file_values["name"])):
+            for field, path in zip(
+                ("ca", "cert", "key"), pki_paths(file_values["pki_dir"], file_values["name"]), strict=True
+            ):
                 file_values.setdefault(field, str(path))
         for k in values:
             values[k] = values[k] or file_values.get(k)
     missing = [k for k, v in values.items() if not v]
     if missing:
         raise errors.ConfigError(
-            "no " + ", ".join(missing) + " given: use --scheduler/--ca/--cert/--key, the environment ("
-            + ", ".join(ENV_KEYS[k] for k in missing) + f") or a config file ({path})"
+            "no "
+            + ", ".join(missing)
+            + " given: use --scheduler/--ca/--cert/--key, the environment ("
+            + ", ".join(ENV_KEYS[k] for k in missing)
+            + f") or a config file ({path})"
         )
     return Connection(**values)  # type: ignore[arg-type]
 
@@ -124,20 +134,21 @@ class Client:
     def __init__(self, scheduler: str, ca: str, cert: str, key: str, *, timeout: float = 60.0) -> None:
         self.target = scheduler
         self.timeout = timeout
-        self._channel = grpc.secure_channel(scheduler, channel_credentials(ca, cert, key),
-                                            options=DEFAULT_CHANNEL_OPTIONS)
+        self._channel = grpc.secure_channel(
+            scheduler, channel_credentials(ca, cert, key), options=DEFAULT_CHANNEL_OPTIONS
+        )
         self.control = control_pb2_grpc.ControlServiceStub(self._channel)
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
 
     @classmethod
-    def from_env(cls, **kwargs: Any) -> "Client":
+    def from_env(cls, **kwargs: Any) -> Client:
         conn = resolve_connection(**{k: kwargs.pop(k, None) for k in ("scheduler", "ca", "cert", "key", "config")})
         return cls(conn.scheduler, conn.ca, conn.cert, conn.key, **kwargs)
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -206,8 +217,9 @@ class Client:
         resp = self._call(self.control.Submit, control_pb2.SubmitRequest(pipeline=self._spec(pipeline), strict=strict))
         return SubmitResult(resp.run_id, list(resp.warnings))
 
-    def submit_and_watch(self, pipeline: Any, run_only: bool = False, timeout: float | None = None,
-                         strict: bool = False) -> Iterator[control_pb2.RunEvent]:
+    def submit_and_watch(
+        self, pipeline: Any, run_only: bool = False, timeout: float | None = None, strict: bool = False
+    ) -> Iterator[control_pb2.RunEvent]:
         """Submit and follow in one call: the first event (the run's snapshot, with
         ``warnings``) is the durable acknowledgement; events follow until the run ends."""
         req = control_pb2.SubmitAndWatchRequest(pipeline=self._spec(pipeline), run_only=run_only, strict=strict)
@@ -234,10 +246,13 @@ class Client:
     def list_runs(self, limit: int = 50, state: str = "") -> list[control_pb2.RunStatus]:
         return list(self._call(self.control.ListRuns, control_pb2.ListRunsRequest(limit=limit, state=state)).runs)
 
-    def watch(self, run_id: str, run_only: bool = False, timeout: float | None = None) -> Iterator[control_pb2.RunEvent]:
+    def watch(
+        self, run_id: str, run_only: bool = False, timeout: float | None = None
+    ) -> Iterator[control_pb2.RunEvent]:
         """The run's snapshot, then its events as they happen, until it ends."""
-        return self._stream(self.control.WatchRun, control_pb2.WatchRunRequest(run_id=run_id, run_only=run_only),
-                            timeout)
+        return self._stream(
+            self.control.WatchRun, control_pb2.WatchRunRequest(run_id=run_id, run_only=run_only), timeout
+        )
 
     def wait(self, run_id: str, timeout: float | None = None) -> control_pb2.RunStatus:
         """Block until the run ends; return its final status."""
@@ -262,8 +277,9 @@ class Client:
 
     # -- artifacts --
 
-    def upload_file(self, path: str | os.PathLike[str], kind: str = "file",
-                    digest: str | None = None, size: int | None = None) -> common_pb2.ArtifactRef:
+    def upload_file(
+        self, path: str | os.PathLike[str], kind: str = "file", digest: str | None = None, size: int | None = None
+    ) -> common_pb2.ArtifactRef:
         from outrider.artifacts import hash_file
 
         if digest is None or size is None:
@@ -283,8 +299,9 @@ class Client:
             digest, size = pack_dir(path, archive)
             return self.upload_file(archive, kind="dir", digest=digest, size=size)
 
-    def download(self, digest: str, dest: str | os.PathLike[str],
-                 progress: Callable[[int, int], None] | None = None) -> Path:
+    def download(
+        self, digest: str, dest: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+    ) -> Path:
         """Download an artifact to ``dest``, verified against its digest."""
         recv = Receiver(digest, dest)
         total = 0

@@ -3,6 +3,7 @@
 Domain code raises these; the one place that maps them to gRPC status codes is
 ``scheduler.api.status`` (server side) and ``outrider.client`` (client side).
 """
+
 from __future__ import annotations
 
 

@@ -14,6 +14,7 @@ Everything runs on loopback with real mTLS and real SQLite. ``stop()`` (also on
 ``with`` exit) ends every process it started, and any stage process left in
 its work dirs, even after a test failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from outrider.errors import OutriderError
 from outrider.tls import pki_paths
@@ -57,8 +59,14 @@ class Daemon:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
         log.close()
 
     @property
@@ -152,9 +160,26 @@ class LocalCluster:
         ready = self.root / "scheduler.ready"
         ready.unlink(missing_ok=True)
         listen = f"127.0.0.1:{self.address.rpartition(':')[2]}" if self.address else "127.0.0.1:0"
-        argv = [self.python, "-m", "scheduler.main", "--listen", listen, "--state-dir", str(self.root / "scheduler"),
-                "--pki-dir", str(self.pki), "--ready-file", str(ready), "--lease-ttl", self.lease_ttl,
-                "--heartbeat-interval", self.heartbeat_interval, "--log-level", self.log_level, *extra_args]
+        argv = [
+            self.python,
+            "-m",
+            "scheduler.main",
+            "--listen",
+            listen,
+            "--state-dir",
+            str(self.root / "scheduler"),
+            "--pki-dir",
+            str(self.pki),
+            "--ready-file",
+            str(ready),
+            "--lease-ttl",
+            self.lease_ttl,
+            "--heartbeat-interval",
+            self.heartbeat_interval,
+            "--log-level",
+            self.log_level,
+            *extra_args,
+        ]
         self.scheduler = Daemon("scheduler", argv, self.root / "logs" / "scheduler.log", self.env)
         self.scheduler.start()
         sched = self.scheduler
@@ -167,14 +192,34 @@ class LocalCluster:
         self.address = wait_for(is_ready, timeout, "the scheduler's ready file")
         return self.address
 
-    def add_agent(self, name: str, labels: Mapping[str, str] | None = None, slots: int = 2,
-                  extra_args: Iterable[str] = (), env: Mapping[str, str] | None = None) -> Daemon:
+    def add_agent(
+        self,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        slots: int = 2,
+        extra_args: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> Daemon:
         if not self.address:
             raise ClusterError("start the scheduler first")
         self.issue("agent", name)
-        argv = [self.python, "-m", "agent.main", "--scheduler", self.address, "--pki-dir", str(self.pki),
-                "--name", name, "--slots", str(slots), "--state-dir", str(self.root / "agents" / name),
-                "--log-level", self.log_level]
+        argv = [
+            self.python,
+            "-m",
+            "agent.main",
+            "--scheduler",
+            self.address,
+            "--pki-dir",
+            str(self.pki),
+            "--name",
+            name,
+            "--slots",
+            str(slots),
+            "--state-dir",
+            str(self.root / "agents" / name),
+            "--log-level",
+            self.log_level,
+        ]
         if labels:
             argv += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
         argv += list(extra_args)
@@ -200,13 +245,19 @@ class LocalCluster:
     def client_env(self, name: str = "submitter") -> dict[str, str]:
         """Environment for the ``outrider`` CLI to talk to this cluster."""
         ca, cert, key = self.issue("submitter", name)
-        return {**self.env, "OUTRIDER_SCHEDULER": self.address, "OUTRIDER_CA": str(ca),
-                "OUTRIDER_CERT": str(cert), "OUTRIDER_KEY": str(key)}
+        return {
+            **self.env,
+            "OUTRIDER_SCHEDULER": self.address,
+            "OUTRIDER_CA": str(ca),
+            "OUTRIDER_CERT": str(cert),
+            "OUTRIDER_KEY": str(key),
+        }
 
     def wait_agents(self, names: Iterable[str], timeout: float = 30.0) -> None:
         """Wait until every named agent is connected and ready."""
         want = set(names)
         with self.client("cluster-probe") as client:
+
             def ready() -> bool:
                 for name in want:
                     d = self.agents.get(name)
@@ -246,7 +297,7 @@ class LocalCluster:
                 continue
         return killed
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -21,6 +21,7 @@ readable by others, not even when ``force`` replaces an older, laxer file.
 This module imports ``cryptography``; the agent must not import it at startup
 (see ``outrider.tls``, which only imports it lazily).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +29,10 @@ import datetime
 import ipaddress
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Union
+from typing import TYPE_CHECKING, Union
 
 from outrider.errors import InvalidArgument
 
@@ -137,7 +139,7 @@ def parse_spiffe_id(uri: str) -> Identity:
         raise InvalidArgument(f"invalid SPIFFE ID {uri!r}: expected a string")
     if not uri.startswith(_SCHEME):
         raise InvalidArgument(f"invalid SPIFFE ID {uri!r}: must start with {_SCHEME}")
-    parts = uri[len(_SCHEME):].split("/")
+    parts = uri[len(_SCHEME) :].split("/")
     if len(parts) != 3:
         raise InvalidArgument(
             f"invalid SPIFFE ID {uri!r}: expected spiffe://<trust-domain>/<role>/<name> "
@@ -326,9 +328,15 @@ def init_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -399,9 +407,15 @@ def _leaf_builder(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -422,7 +436,9 @@ def load_ca(directory: PathLike) -> tuple[x509.Certificate, CertificateIssuerPri
 
     d = Path(directory)
     if not d.is_dir():
-        raise InvalidArgument(f"{d}: no such PKI directory; create one with `outrider pki init {d} --trust-domain DOMAIN`")
+        raise InvalidArgument(
+            f"{d}: no such PKI directory; create one with `outrider pki init {d} --trust-domain DOMAIN`"
+        )
     files = ca_files(d)
     for key in ("ca_crt", "ca_key"):
         if not files[key].is_file():
@@ -451,7 +467,9 @@ def load_ca(directory: PathLike) -> tuple[x509.Certificate, CertificateIssuerPri
     else:
         # Older or hand-made CA dirs: the scheduler cert's SPIFFE ID names the domain.
         if not files["scheduler_crt"].is_file():
-            raise InvalidArgument(f"{files['trust_domain']}: missing, and no scheduler.crt to read the trust domain from")
+            raise InvalidArgument(
+                f"{files['trust_domain']}: missing, and no scheduler.crt to read the trust domain from"
+            )
         domain = identity_from_pem(files["scheduler_crt"].read_bytes()).trust_domain
     return ca_cert, ca_key, domain
 
@@ -464,9 +482,9 @@ def issue(
     The certificate's only SAN is that one URI; its EKU is clientAuth (every
     issued identity is a client of the scheduler). Returns (cert path, key path).
     """
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID
-    from cryptography import x509
 
     _validate_role(role, ROLES)
     validate_name(name)

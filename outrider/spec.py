@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from outrider.labels import LABEL_KEY_PATTERN, describe_value, format_label_expr, label_expr_problem
+from outrider.protocol import is_digest
 from outrider.v1 import common_pb2
 
 __all__ = [
@@ -71,7 +72,6 @@ TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,252}"
 _TENANT_RE = re.compile(TENANT_PATTERN)
 #: Environment variable names: what every shell accepts (no '-', no '=').
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 #: A field path: field names (str) and list indices or map keys, from the message root.
 FieldPath = tuple[str | int, ...]
@@ -201,7 +201,7 @@ def check_spec(
     problem = name_problem(spec.name, "pipeline name")
     if problem:
         problems.append(SpecProblem(("name",), problem, "invalid-name"))
-    if spec.code_digest and not _DIGEST_RE.fullmatch(spec.code_digest):
+    if spec.code_digest and not is_digest(spec.code_digest):
         problems.append(
             SpecProblem(("code_digest",), "expected a lowercase sha256 hex digest (64 characters)", "invalid-digest")
         )

@@ -17,13 +17,15 @@ by tests/unit/test_tls.py against a real server. Values are lists of bytes:
 - ``x509_common_name``, ``x509_subject``, ``transport_security_type`` (``ssl``),
   ``security_level``, ``ssl_tls_version``, ...
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Union
 
 import grpc
 
@@ -124,17 +126,13 @@ def read_pem_files(ca: PathLike, cert: PathLike, key: PathLike) -> tuple[bytes, 
 def server_credentials(ca: PathLike, cert: PathLike, key: PathLike) -> grpc.ServerCredentials:
     """Server credentials that require and verify a client certificate from our CA."""
     ca_pem, cert_pem, key_pem = read_pem_files(ca, cert, key)
-    return grpc.ssl_server_credentials(
-        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
-    )
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True)
 
 
 def channel_credentials(ca: PathLike, cert: PathLike, key: PathLike) -> grpc.ChannelCredentials:
     """Channel credentials that present our certificate and trust only our CA."""
     ca_pem, cert_pem, key_pem = read_pem_files(ca, cert, key)
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
-    )
+    return grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
 
 
 def identity_from_auth_context(auth_context: Mapping[str, Sequence[bytes]] | None) -> Identity | None:
@@ -170,8 +168,11 @@ def _identity_cached(pem: bytes, uris: tuple[bytes, ...]) -> Identity | None:
         if len(spiffe) == 1:
             return parse_spiffe_id(spiffe[0].decode("utf-8", "replace"))
         if len(spiffe) > 1:
-            log.warning("peer certificate has %d spiffe:// URI SANs, expected exactly one: %s",
-                        len(spiffe), b", ".join(spiffe).decode("utf-8", "replace"))
+            log.warning(
+                "peer certificate has %d spiffe:// URI SANs, expected exactly one: %s",
+                len(spiffe),
+                b", ".join(spiffe).decode("utf-8", "replace"),
+            )
             return None
         if pem:
             # gRPC did not expose the URI SANs: read them from the certificate.
