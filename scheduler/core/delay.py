@@ -28,7 +28,7 @@ class DelayScheduler:
         self._kick = kick
         self._wakeups: list[float] = []  # monotonic times a wait ends: look again then
         self._preferred_cache: dict[tuple[int, tuple[tuple[Expr, float], ...]], tuple[int, str]] = {}
-        self._best_cache: dict[tuple[int, Placement], tuple[tuple[int, tuple[int, ...]], float, str]] = {}
+        self._best_cache: dict[tuple[int, Placement], tuple[tuple[int, int, tuple[int, ...]], float, str]] = {}
 
     def should_wait(self, t: Task, agent: AgentState, mono: float, wall: float, worse: Worse) -> bool:
         """Whether ``t`` should skip ``agent`` now, waiting for a clearly better one.
@@ -52,7 +52,7 @@ class DelayScheduler:
             # Already waiting for the agent that holds its data, and this one holds none of it:
             # it cannot be better (the common case when a deep queue waits for busy holders).
             holder = self._registry.get(t.wait_for)
-            if holder is not None and holder.connected:
+            if holder is not None and holder.connected and matcher.feasible(t.needs, holder.view):
                 return True
         key = (id(t.needs), p)
         best_agent = worse.get(key)
@@ -89,8 +89,13 @@ class DelayScheduler:
         reg = self._registry
         key = (id(t.needs), t.placement)
         cached = self._best_cache.get(key)
-        # Valid while the agents are the same and no holder of one of its inputs changed.
-        version = (reg.labels_version, tuple(reg.digest_version.get(d, 0) for d, _ in t.placement.inputs))
+        # Valid while the agents are the same (nor became unable to run it: clock trust bumps
+        # agents_version only) and no holder of one of its inputs changed.
+        version = (
+            reg.labels_version,
+            reg.agents_version,
+            tuple(reg.digest_version.get(d, 0) for d, _ in t.placement.inputs),
+        )
         if cached is not None and cached[0] == version:
             return max(cached[1], floor), cached[2] if cached[1] > floor else ""
         names: set[str] = set()

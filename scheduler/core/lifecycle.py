@@ -57,7 +57,9 @@ def backoff_delay(base: float, failures: int, rng: random.Random) -> float:
     """
     if base <= 0:
         return 0.0
-    delay = min(MAX_BACKOFF_S, base * (2 ** max(0, failures - 1)))
+    # Cap the exponent too: 2 ** (failures - 1) as a float overflows past 1024 failures.
+    doublings = min(max(0, failures - 1), 64)
+    delay = min(MAX_BACKOFF_S, base * 2.0**doublings)
     return delay * (0.5 + rng.random() / 2)
 
 

@@ -210,6 +210,7 @@ class AgentRegistry:
             )
             agent.view.connected = False
             self.agents[row.name] = agent
+            self._index_cache(agent, {}, agent.view.cached)
 
     # ------------------------------------------------------------------ channels and credits
 

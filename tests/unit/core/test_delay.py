@@ -8,8 +8,6 @@ built by hand in the state the ready queues leave them (placement worked out,
 
 from __future__ import annotations
 
-import pytest
-
 from scheduler.core.delay import DelayScheduler, Worse
 from scheduler.core.messages import ArtifactRef, Capabilities, ClockSample
 from scheduler.core.model import NO_PLACEMENT, Placement, Task, TaskState
@@ -222,11 +220,6 @@ def test_a_holder_with_a_suspect_clock_is_not_waited_for_by_a_task_that_bounds_s
     assert not h.waits(task(needs=needs), h.b, MONO0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the best-quality cache is keyed on labels_version, which a clock turning suspect does not bump "
-    "(only agents_version): alike tasks keep waiting for a holder that can no longer run them",
-)
 def test_a_holder_whose_clock_turned_suspect_is_not_waited_for_by_a_task_that_bounds_skew() -> None:
     needs = Needs(cpus=1, max_clock_skew=0.5)
     h = Harness(caps(cached=(D1,)))

@@ -348,11 +348,6 @@ def test_a_heartbeat_without_a_noted_digest_drops_it_from_the_index() -> None:
     assert h.reg.cache_index[D2] == {"a"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AgentRegistry.restore builds views with the stored cache but never indexes it; an agent that "
-    "re-registers with the same cache then shows no change, so cache_index never learns what it holds",
-)
 def test_an_agent_restored_after_a_restart_is_in_the_cache_index_once_it_registers_again() -> None:
     h = Harness()
     stored = caps(cached=(D1,))
