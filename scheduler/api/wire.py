@@ -62,16 +62,16 @@ def _expr(e: common_pb2.LabelExpr) -> Expr:
     return Expr(e.key, e.op, tuple(e.values))
 
 
-def task_from_proto(ts: common_pb2.TaskSpec) -> TaskSpec:
-    req = ts.requires
-    return TaskSpec(
-        name=ts.name,
-        argv=tuple(ts.argv),
-        shell=ts.shell,
-        inputs=tuple((name, _input_ref(ref)) for name, ref in ts.inputs.items()),
-        outputs=tuple(ts.outputs),
-        after=tuple(ts.after),
-        requires=Needs(
+#: Requirements already converted, by their encoding: tasks alike share one Needs object
+#: (less memory for deep queues, and conversion of a big pipeline costs a lookup per task).
+_needs_seen: dict[bytes, Needs] = {}
+
+
+def needs_from_proto(req: common_pb2.Requirements) -> Needs:
+    key = req.SerializeToString(deterministic=True)
+    needs = _needs_seen.get(key)
+    if needs is None:
+        needs = Needs(
             cpus=req.cpus,
             memory=req.memory_bytes,
             disk=req.disk_bytes,
@@ -82,7 +82,22 @@ def task_from_proto(ts: common_pb2.TaskSpec) -> TaskSpec:
             exprs=tuple(_expr(e) for e in req.expressions),
             residency=frozenset(req.residency) if req.residency else None,
             max_clock_skew=req.max_clock_skew_s,
-        ),
+        )
+        if len(_needs_seen) >= 10_000:
+            _needs_seen.clear()
+        _needs_seen[key] = needs
+    return needs
+
+
+def task_from_proto(ts: common_pb2.TaskSpec) -> TaskSpec:
+    return TaskSpec(
+        name=ts.name,
+        argv=tuple(ts.argv),
+        shell=ts.shell,
+        inputs=tuple((name, _input_ref(ref)) for name, ref in ts.inputs.items()),
+        outputs=tuple(ts.outputs),
+        after=tuple(ts.after),
+        requires=needs_from_proto(ts.requires),
         affinities=tuple(Affinity(_expr(a.expr), a.weight) for a in ts.affinities),
         max_attempts=ts.max_attempts,
         backoff_s=ts.backoff_s,
@@ -91,7 +106,8 @@ def task_from_proto(ts: common_pb2.TaskSpec) -> TaskSpec:
     )
 
 
-def pipeline_from_proto(msg: common_pb2.PipelineSpec) -> PipelineSpec:
+def pipeline_from_proto(msg: common_pb2.PipelineSpec, encoded: bytes = b"") -> PipelineSpec:
+    """The domain spec of ``msg``; ``encoded``, its wire encoding as received, is kept for the store."""
     return PipelineSpec(
         name=msg.name,
         tasks=tuple(task_from_proto(ts) for ts in msg.tasks),
@@ -99,6 +115,7 @@ def pipeline_from_proto(msg: common_pb2.PipelineSpec) -> PipelineSpec:
         priority=msg.priority,
         concurrency=msg.concurrency,
         tenant=msg.tenant,
+        encoded=encoded or msg.SerializeToString(),
     )
 
 
@@ -147,11 +164,12 @@ def pipeline_to_proto(spec: PipelineSpec) -> common_pb2.PipelineSpec:
 
 
 def encode_pipeline(spec: PipelineSpec) -> bytes:
-    return pipeline_to_proto(spec).SerializeToString(deterministic=True)
+    """A spec's wire encoding: as it was submitted where known."""
+    return spec.encoded or pipeline_to_proto(spec).SerializeToString(deterministic=True)
 
 
 def decode_pipeline(blob: bytes) -> PipelineSpec:
-    return pipeline_from_proto(common_pb2.PipelineSpec.FromString(blob))
+    return pipeline_from_proto(common_pb2.PipelineSpec.FromString(blob), blob)
 
 
 # --------------------------------------------------------------------------- agents

@@ -8,7 +8,7 @@ reference arrives parsed (:class:`InputRef`), so nothing here splits strings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +104,6 @@ class PipelineSpec:
     priority: int = 0
     concurrency: int = 0  # 0: no limit
     tenant: str = ""  # empty: the submitter
+    #: The spec exactly as it was submitted, in its wire encoding: what the store keeps, verbatim.
+    #: Opaque to the core; empty for a spec built in code (the store then encodes it itself).
+    encoded: bytes = field(default=b"", compare=False, repr=False)
