@@ -58,9 +58,13 @@ What is timed:
   compare like with like; tasks submitted to top the queue up during a measurement are young.
 * data locality, separately and smaller: pipelines of producer → consumer pairs. Producers are
   placed and completed with outputs whose digests some agents already cache, so consumers queue
-  with inputs and delay scheduling (``_should_wait`` / ``_best_quality``) is live; a quarter of
+  with inputs and delay scheduling (``DelayScheduler.should_wait`` / ``best_quality``) is live; a quarter of
   the consumers also prefer a site. Measured within the placement wait: poll p50/p99 and the
   share of consumers that ran where their input was cached.
+* **replay** (``replay_cpu_us_per_placement``): the sustained workload again, on fake clocks
+  that advance a fixed step per poll, so every run (and every version of the code with the same
+  policy) makes the same decisions; CPU time per placement, which compares versions where the
+  wall-clock figures swing with timing. ``--replay-polls 0`` skips it.
 
 Delay scheduling only holds a task back for ``placement_wait`` (5 s) after it was queued. In the
 big queue the tasks at the head of each queue are older than that (by Little's law a 100,000-deep
@@ -87,6 +91,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -338,6 +343,8 @@ class Harness:
     polls_with_gc: int = 0
     _pending: set[Channel] = field(default_factory=set)
     _last_tick: float = 0.0
+    clock: Callable[[], float] = time.monotonic  # the engine's clocks (a replay drives fake ones)
+    wall: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed + 3)
@@ -348,7 +355,7 @@ class Harness:
         self.store.start(self.loop)
         # Simulated agents do not heartbeat: leases must outlive the run instead of being renewed.
         self.engine = Engine(self.store, artifact_exists=lambda d: True, placement_wait=self.placement_wait,
-                             lease_ttl=3600.0, rng=random.Random(self.seed + 4))
+                             lease_ttl=3600.0, rng=random.Random(self.seed + 4), clock=self.clock, wall=self.wall)
         self.engine.start(self.loop)
 
     # -- setup --
@@ -461,9 +468,11 @@ class Harness:
 
 
 def build(n_agents: int, n_tasks: int, seed: int, shapes: list[common_pb2.Requirements],
-          population: list[tuple[str, common_pb2.Capabilities]], placement_wait: float = 5.0) -> Harness:
+          population: list[tuple[str, common_pb2.Capabilities]], placement_wait: float = 5.0,
+          clocks: FakeClocks | None = None) -> Harness:
     t0 = time.perf_counter()
-    h = Harness(agents=n_agents, tasks=n_tasks, seed=seed, shapes=shapes, placement_wait=placement_wait)
+    h = Harness(agents=n_agents, tasks=n_tasks, seed=seed, shapes=shapes, placement_wait=placement_wait,
+                **({"clock": clocks.mono, "wall": clocks.wall} if clocks else {}))
     h.connect_agents(population[:n_agents])
     t1 = time.perf_counter()
     h.submit_pipelines(n_tasks)
@@ -472,6 +481,9 @@ def build(n_agents: int, n_tasks: int, seed: int, shapes: list[common_pb2.Requir
     h.submit_s = h.setup_s - h.agents_s
     # Start every measurement with a queue older than the placement wait, as a deep queue is in
     # steady state (a small one built in 2 s would otherwise measure only young tasks).
+    if clocks is not None:
+        clocks.advance(placement_wait + 0.1)
+        return h
     young = placement_wait - (time.perf_counter() - t1)
     if young > 0:
         time.sleep(young + 0.1)
@@ -566,6 +578,60 @@ def measure_sustained(h: Harness, seconds: float, keep_running: int) -> dict[str
         # engine ticks, top-up submissions.
         "sustained_breakdown_s": {k: round(v, 2) for k, v in spent.items()},
     }
+
+
+class FakeClocks:
+    """Monotonic and wall clocks that move only when told: a replay's decisions never depend on timing."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def mono(self) -> float:
+        return 1000.0 + self.t
+
+    def wall(self) -> float:
+        return 1.7e9 + self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def measure_replay(n_agents: int, n_tasks: int, seed: int, shapes: list[common_pb2.Requirements],
+                   population: list[tuple[str, common_pb2.Capabilities]], polls: int) -> dict[str, Any]:
+    """The sustained workload replayed on fake clocks: CPU time per placement.
+
+    Wall-clock figures swing between runs because what the polls meet depends on timing (how
+    young the topped-up tasks are, when ticks fall). Here the engine's clocks advance 0.5 ms per
+    poll, with completions, a tick and a top-up every 8 polls, so the same seed makes the same
+    decisions in every run and in every version of the code that keeps the same policy: the CPU
+    time per placement (this process, writer thread included) compares versions like with like.
+    """
+    clocks = FakeClocks()
+    h = build(n_agents, n_tasks, seed, shapes, population, clocks=clocks)
+    try:
+        keep = min(2000, sum(h.slots.values()) // 8)
+        h.rng = random.Random(seed + 99)
+        placed = 0
+        poll_cpu = 0.0
+        cpu0 = time.process_time()
+        for i in range(polls):
+            a = time.process_time()
+            _, k = h.random_poll()
+            poll_cpu += time.process_time() - a
+            placed += k
+            if i % 8 == 7:
+                h.complete_oldest(keep)
+                h.spin()
+                h.engine.tick()
+                h.top_up()
+            clocks.advance(0.0005)
+        h.settle()
+        cpu = time.process_time() - cpu0
+    finally:
+        h.close()
+    return {"replay_polls": polls, "replay_placed": placed,
+            "replay_cpu_us_per_placement": round(cpu / max(1, placed) * 1e6, 1),
+            "replay_poll_cpu_us_per_placement": round(poll_cpu / max(1, placed) * 1e6, 1)}
 
 
 def profile_polls(h: Harness, n: int, keep_running: int, top: int = 25) -> str:
@@ -688,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=1, help="CPUs to pin the process to (0: leave as is)")
     ap.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     ap.add_argument("--no-locality", action="store_true", help="skip the data-locality scenario")
+    ap.add_argument("--replay-polls", type=int, help="polls in the fake-clock replay (default 8000; quick 1000; "
+                    "0 skips it)")
     ap.add_argument("--profile", action="store_true", help="cProfile polls and print the top entries (stderr)")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
@@ -752,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
             del s
             gc.collect()
     scaling.sort(key=lambda r: (r["agents"], r["tasks"]))
+    replay_polls = args.replay_polls if args.replay_polls is not None else (1000 if args.quick else 8000)
+    if replay_polls:
+        out.update(measure_replay(n_agents, n_tasks, args.seed, shapes, population, replay_polls))
+        log(f"replay: {out['replay_cpu_us_per_placement']} us CPU per placement")
     out["scaling"] = scaling
     if not args.no_locality:
         out["locality"] = measure_locality(min(n_agents, 2000), 2000 if not args.quick else 500,
@@ -776,6 +848,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{out['sustained_commits']} commits, {out['sustained_cpu_per_wall']} CPU-s per s")
     spent = ", ".join(f"{k} {v} s" for k, v in out["sustained_breakdown_s"].items())
     print(f"{'sustained wall time':<26} {spent}")
+    if "replay_placed" in out:
+        print(f"{'replay':<26} {out['replay_cpu_us_per_placement']:>10} us CPU per placement "
+              f"({out['replay_poll_cpu_us_per_placement']} us in polls; {out['replay_placed']} placed in "
+              f"{out['replay_polls']} polls on fake clocks: the same decisions every run)")
     print(f"{'setup_s':<26} {out['setup_s']:>10}   (agents {out['setup_agents_s']} s, "
           f"submit {out['setup_submit_s']} s; {out['distinct_needs']} distinct needs)")
     print()
