@@ -11,6 +11,11 @@ Figures:
   throughput_tasks_per_s  a pipeline of N independent `true` tasks, submit -> run finished
   latency_p50_ms/p99_ms   a one-task pipeline (`true`), submit -> success seen by the client
   agent_idle_rss_mb       one agent's RSS after registering, idle
+  scheduler_cpu_ms_per_task, agent_cpu_ms_per_task
+                          CPU time (user + system) the scheduler process and the agent
+                          processes spent per task over the throughput runs (stages not
+                          counted): what each side costs, steadier than wall-clock figures
+                          on a shared machine
 """
 from __future__ import annotations
 
@@ -48,6 +53,12 @@ def one_task() -> Pipeline:
     p = Pipeline("one")
     p.task("t", run=["true"])
     return p
+
+
+def cpu_s(proc: psutil.Process) -> float:
+    """User + system CPU seconds of a process itself (its children, the stages, not counted)."""
+    t = proc.cpu_times()
+    return t.user + t.system
 
 
 def rss_mb(pid: int) -> float:
@@ -91,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 # Throughput: N independent tasks, submit -> run finished.
                 spec = wide_pipeline(args.tasks).to_proto()
                 rates = []
+                assert cluster.scheduler is not None
+                sched = psutil.Process(cluster.scheduler.pid)
+                agents = [psutil.Process(d.pid) for d in cluster.agents.values()]
+                sched_cpu0, agents_cpu0 = cpu_s(sched), sum(cpu_s(a) for a in agents)
                 for _ in range(args.repeat):
                     t0 = time.perf_counter()
                     run_id = client.submit(spec).run_id
@@ -99,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                     assert st.state == "succeeded", st.state
                     rates.append(args.tasks / dt)
                 out["throughput_tasks_per_s"] = round(statistics.median(rates), 1)
+                tasks_run = args.tasks * args.repeat
+                out["scheduler_cpu_ms_per_task"] = round((cpu_s(sched) - sched_cpu0) * 1000 / tasks_run, 3)
+                out["agent_cpu_ms_per_task"] = round(
+                    (sum(cpu_s(a) for a in agents) - agents_cpu0) * 1000 / tasks_run, 3)
                 out["throughput_runs"] = [round(r, 1) for r in rates]
             out["agent_rss_after_mb"] = round(max(rss_mb(d.pid) for d in cluster.agents.values()), 1)
             assert cluster.scheduler is not None
@@ -117,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'throughput_runs':<26} {out['throughput_runs']}")
     print(f"{'agent_rss_after_mb':<26} {out['agent_rss_after_mb']:>10}")
     print(f"{'scheduler_rss_mb':<26} {out['scheduler_rss_mb']:>10}")
+    print(f"{'scheduler_cpu_ms_per_task':<26} {out['scheduler_cpu_ms_per_task']:>10}")
+    print(f"{'agent_cpu_ms_per_task':<26} {out['agent_cpu_ms_per_task']:>10}")
     return 0
 
 
