@@ -17,6 +17,7 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"  #: non-zero exit, a missing output, or the agent could not run it
     TIMEOUT = "timeout"  #: ran past its ``timeout``; the process group was killed
     CANCELLED = "cancelled"  #: stopped on purpose (cancel, lease lost, agent stopping)
+    RELEASED = "released"  #: given back without a result: the agent could not run it, or is draining
 
 
 class ArtifactKind(str, enum.Enum):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from outrider.v1 import common_pb2 as outrider_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17outrider/v1/agent.proto\x12\x0boutrider.v1\x1a\x18outrider/v1/common.proto\"\xa7\x01\n\x0fRegisterRequest\x12/\n\x0c\x63\x61pabilities\x18\x01 \x01(\x0b\x32\x19.outrider.v1.Capabilities\x12\'\n\x05\x63lock\x18\x02 \x03(\x0b\x32\x18.outrider.v1.ClockSample\x12%\n\x06leases\x18\x03 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x13\n\x0b\x63lient_time\x18\x04 \x01(\x01\"\x91\x01\n\x10RegisterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0bserver_time\x18\x02 \x01(\x01\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x13\n\x0blease_ttl_s\x18\x04 \x01(\x01\x12#\n\x04lost\x18\x05 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\"\xbc\x01\n\x10HeartbeatRequest\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\x12\'\n\x05\x63lock\x18\x02 \x03(\x0b\x32\x18.outrider.v1.ClockSample\x12\x13\n\x0b\x63lient_time\x18\x03 \x01(\x01\x12\x12\n\nfree_slots\x18\x04 \x01(\x05\x12/\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x19.outrider.v1.Capabilities\"w\n\x11HeartbeatResponse\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\x12#\n\x04lost\x18\x02 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x13\n\x0blease_ttl_s\x18\x03 \x01(\x01\x12\x13\n\x0b\x63lient_time\x18\x04 \x01(\x01\"\xd2\x01\n\nAssignment\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.outrider.v1.TaskSpec\x12(\n\x06inputs\x18\x03 \x03(\x0b\x32\x18.outrider.v1.ArtifactRef\x12\x13\n\x0b\x63ode_digest\x18\x04 \x01(\t\x12\x10\n\x08pipeline\x18\x05 \x01(\t\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\x12\x13\n\x0blease_ttl_s\x18\x07 \x01(\x01\"\xb9\x01\n\nCompletion\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12)\n\x07outputs\x18\x05 \x03(\x0b\x32\x18.outrider.v1.ArtifactRef\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\"T\n\rCompletionAck\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"Z\n\x08LogChunk\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\n\n\x02ts\x18\x04 \x01(\x01\"\xa4\x01\n\x0c\x41gentMessage\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x05\x12,\n\x0b\x63ompletions\x18\x02 \x03(\x0b\x32\x17.outrider.v1.Completion\x12#\n\x04logs\x18\x03 \x03(\x0b\x32\x15.outrider.v1.LogChunk\x12\x30\n\theartbeat\x18\x04 \x01(\x0b\x32\x1d.outrider.v1.HeartbeatRequest\"\xc4\x01\n\x10SchedulerMessage\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.outrider.v1.Assignment\x12(\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x1a.outrider.v1.CompletionAck\x12%\n\x06\x63\x61ncel\x18\x03 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x31\n\theartbeat\x18\x04 \x01(\x0b\x32\x1e.outrider.v1.HeartbeatResponse\"_\n\x0bPollRequest\x12\x12\n\nfree_slots\x18\x01 \x01(\x05\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\x12,\n\x0b\x63ompletions\x18\x03 \x03(\x0b\x32\x17.outrider.v1.Completion\"f\n\x0cPollResponse\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.outrider.v1.Assignment\x12(\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x1a.outrider.v1.CompletionAck\"8\n\x11ReportLogsRequest\x12#\n\x04logs\x18\x01 \x03(\x0b\x32\x15.outrider.v1.LogChunk\"\x14\n\x12ReportLogsResponse\">\n\x0f\x43ompleteRequest\x12+\n\ncompletion\x18\x01 \x01(\x0b\x32\x17.outrider.v1.Completion\"\x12\n\x10\x43ompleteResponse2\xc6\x03\n\x0c\x41gentService\x12G\n\x08Register\x12\x1c.outrider.v1.RegisterRequest\x1a\x1d.outrider.v1.RegisterResponse\x12J\n\tHeartbeat\x12\x1d.outrider.v1.HeartbeatRequest\x1a\x1e.outrider.v1.HeartbeatResponse\x12G\n\x07\x43onnect\x12\x19.outrider.v1.AgentMessage\x1a\x1d.outrider.v1.SchedulerMessage(\x01\x30\x01\x12@\n\tPollTasks\x12\x18.outrider.v1.PollRequest\x1a\x19.outrider.v1.PollResponse\x12M\n\nReportLogs\x12\x1e.outrider.v1.ReportLogsRequest\x1a\x1f.outrider.v1.ReportLogsResponse\x12G\n\x08\x43omplete\x12\x1c.outrider.v1.CompleteRequest\x1a\x1d.outrider.v1.CompleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17outrider/v1/agent.proto\x12\x0boutrider.v1\x1a\x18outrider/v1/common.proto\"\xbc\x01\n\x0fRegisterRequest\x12/\n\x0c\x63\x61pabilities\x18\x01 \x01(\x0b\x32\x19.outrider.v1.Capabilities\x12\'\n\x05\x63lock\x18\x02 \x03(\x0b\x32\x18.outrider.v1.ClockSample\x12%\n\x06leases\x18\x03 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x13\n\x0b\x63lient_time\x18\x04 \x01(\x01\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\x91\x01\n\x10RegisterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0bserver_time\x18\x02 \x01(\x01\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x13\n\x0blease_ttl_s\x18\x04 \x01(\x01\x12#\n\x04lost\x18\x05 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\"\xe1\x01\n\x10HeartbeatRequest\x12%\n\x06leases\x18\x01 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\x12\'\n\x05\x63lock\x18\x02 \x03(\x0b\x32\x18.outrider.v1.ClockSample\x12\x13\n\x0b\x63lient_time\x18\x03 \x01(\x01\x12\x12\n\nfree_slots\x18\x04 \x01(\x05\x12/\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x19.outrider.v1.Capabilities\x12\x11\n\tunhealthy\x18\x06 \x01(\t\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\"w\n\x11HeartbeatResponse\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\x12#\n\x04lost\x18\x02 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x13\n\x0blease_ttl_s\x18\x03 \x01(\x01\x12\x13\n\x0b\x63lient_time\x18\x04 \x01(\x01\"\x80\x02\n\nAssignment\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.outrider.v1.TaskSpec\x12(\n\x06inputs\x18\x03 \x03(\x0b\x32\x18.outrider.v1.ArtifactRef\x12\x13\n\x0b\x63ode_digest\x18\x04 \x01(\t\x12\x10\n\x08pipeline\x18\x05 \x01(\t\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\x12\x13\n\x0blease_ttl_s\x18\x07 \x01(\x01\x12,\n\x0bresume_from\x18\x08 \x01(\x0b\x32\x17.outrider.v1.Checkpoint\"\xb9\x01\n\nCompletion\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12)\n\x07outputs\x18\x05 \x03(\x0b\x32\x18.outrider.v1.ArtifactRef\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\"T\n\rCompletionAck\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\"Z\n\x08LogChunk\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\n\n\x02ts\x18\x04 \x01(\x01\"\xd2\x01\n\x0c\x41gentMessage\x12\x0f\n\x07\x63redits\x18\x01 \x01(\x05\x12,\n\x0b\x63ompletions\x18\x02 \x03(\x0b\x32\x17.outrider.v1.Completion\x12#\n\x04logs\x18\x03 \x03(\x0b\x32\x15.outrider.v1.LogChunk\x12\x30\n\theartbeat\x18\x04 \x01(\x0b\x32\x1d.outrider.v1.HeartbeatRequest\x12,\n\x0b\x63heckpoints\x18\x05 \x03(\x0b\x32\x17.outrider.v1.Checkpoint\"\x88\x02\n\x10SchedulerMessage\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.outrider.v1.Assignment\x12(\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x1a.outrider.v1.CompletionAck\x12%\n\x06\x63\x61ncel\x18\x03 \x03(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x31\n\theartbeat\x18\x04 \x01(\x0b\x32\x1e.outrider.v1.HeartbeatResponse\x12\x33\n\x0f\x63heckpoint_acks\x18\x05 \x03(\x0b\x32\x1a.outrider.v1.CheckpointAck\x12\r\n\x05\x64rain\x18\x06 \x01(\x08\"a\n\rCheckpointAck\x12$\n\x05lease\x18\x01 \x01(\x0b\x32\x15.outrider.v1.LeaseRef\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"_\n\x0bPollRequest\x12\x12\n\nfree_slots\x18\x01 \x01(\x05\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\x12,\n\x0b\x63ompletions\x18\x03 \x03(\x0b\x32\x17.outrider.v1.Completion\"f\n\x0cPollResponse\x12,\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.outrider.v1.Assignment\x12(\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x1a.outrider.v1.CompletionAck\"8\n\x11ReportLogsRequest\x12#\n\x04logs\x18\x01 \x03(\x0b\x32\x15.outrider.v1.LogChunk\"\x14\n\x12ReportLogsResponse\">\n\x0f\x43ompleteRequest\x12+\n\ncompletion\x18\x01 \x01(\x0b\x32\x17.outrider.v1.Completion\"\x12\n\x10\x43ompleteResponse\"F\n\x17ReportCheckpointRequest\x12+\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x17.outrider.v1.Checkpoint\"\x1a\n\x18ReportCheckpointResponse2\xa7\x04\n\x0c\x41gentService\x12G\n\x08Register\x12\x1c.outrider.v1.RegisterRequest\x1a\x1d.outrider.v1.RegisterResponse\x12J\n\tHeartbeat\x12\x1d.outrider.v1.HeartbeatRequest\x1a\x1e.outrider.v1.HeartbeatResponse\x12G\n\x07\x43onnect\x12\x19.outrider.v1.AgentMessage\x1a\x1d.outrider.v1.SchedulerMessage(\x01\x30\x01\x12@\n\tPollTasks\x12\x18.outrider.v1.PollRequest\x1a\x19.outrider.v1.PollResponse\x12M\n\nReportLogs\x12\x1e.outrider.v1.ReportLogsRequest\x1a\x1f.outrider.v1.ReportLogsResponse\x12G\n\x08\x43omplete\x12\x1c.outrider.v1.CompleteRequest\x1a\x1d.outrider.v1.CompleteResponse\x12_\n\x10ReportCheckpoint\x12$.outrider.v1.ReportCheckpointRequest\x1a%.outrider.v1.ReportCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,37 +33,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outrider.v1.agent_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERREQUEST']._serialized_start=67
-  _globals['_REGISTERREQUEST']._serialized_end=234
-  _globals['_REGISTERRESPONSE']._serialized_start=237
-  _globals['_REGISTERRESPONSE']._serialized_end=382
-  _globals['_HEARTBEATREQUEST']._serialized_start=385
-  _globals['_HEARTBEATREQUEST']._serialized_end=573
-  _globals['_HEARTBEATRESPONSE']._serialized_start=575
-  _globals['_HEARTBEATRESPONSE']._serialized_end=694
-  _globals['_ASSIGNMENT']._serialized_start=697
-  _globals['_ASSIGNMENT']._serialized_end=907
-  _globals['_COMPLETION']._serialized_start=910
-  _globals['_COMPLETION']._serialized_end=1095
-  _globals['_COMPLETIONACK']._serialized_start=1097
-  _globals['_COMPLETIONACK']._serialized_end=1181
-  _globals['_LOGCHUNK']._serialized_start=1183
-  _globals['_LOGCHUNK']._serialized_end=1273
-  _globals['_AGENTMESSAGE']._serialized_start=1276
-  _globals['_AGENTMESSAGE']._serialized_end=1440
-  _globals['_SCHEDULERMESSAGE']._serialized_start=1443
-  _globals['_SCHEDULERMESSAGE']._serialized_end=1639
-  _globals['_POLLREQUEST']._serialized_start=1641
-  _globals['_POLLREQUEST']._serialized_end=1736
-  _globals['_POLLRESPONSE']._serialized_start=1738
-  _globals['_POLLRESPONSE']._serialized_end=1840
-  _globals['_REPORTLOGSREQUEST']._serialized_start=1842
-  _globals['_REPORTLOGSREQUEST']._serialized_end=1898
-  _globals['_REPORTLOGSRESPONSE']._serialized_start=1900
-  _globals['_REPORTLOGSRESPONSE']._serialized_end=1920
-  _globals['_COMPLETEREQUEST']._serialized_start=1922
-  _globals['_COMPLETEREQUEST']._serialized_end=1984
-  _globals['_COMPLETERESPONSE']._serialized_start=1986
-  _globals['_COMPLETERESPONSE']._serialized_end=2004
-  _globals['_AGENTSERVICE']._serialized_start=2007
-  _globals['_AGENTSERVICE']._serialized_end=2461
+  _globals['_REGISTERREQUEST']._serialized_end=255
+  _globals['_REGISTERRESPONSE']._serialized_start=258
+  _globals['_REGISTERRESPONSE']._serialized_end=403
+  _globals['_HEARTBEATREQUEST']._serialized_start=406
+  _globals['_HEARTBEATREQUEST']._serialized_end=631
+  _globals['_HEARTBEATRESPONSE']._serialized_start=633
+  _globals['_HEARTBEATRESPONSE']._serialized_end=752
+  _globals['_ASSIGNMENT']._serialized_start=755
+  _globals['_ASSIGNMENT']._serialized_end=1011
+  _globals['_COMPLETION']._serialized_start=1014
+  _globals['_COMPLETION']._serialized_end=1199
+  _globals['_COMPLETIONACK']._serialized_start=1201
+  _globals['_COMPLETIONACK']._serialized_end=1285
+  _globals['_LOGCHUNK']._serialized_start=1287
+  _globals['_LOGCHUNK']._serialized_end=1377
+  _globals['_AGENTMESSAGE']._serialized_start=1380
+  _globals['_AGENTMESSAGE']._serialized_end=1590
+  _globals['_SCHEDULERMESSAGE']._serialized_start=1593
+  _globals['_SCHEDULERMESSAGE']._serialized_end=1857
+  _globals['_CHECKPOINTACK']._serialized_start=1859
+  _globals['_CHECKPOINTACK']._serialized_end=1956
+  _globals['_POLLREQUEST']._serialized_start=1958
+  _globals['_POLLREQUEST']._serialized_end=2053
+  _globals['_POLLRESPONSE']._serialized_start=2055
+  _globals['_POLLRESPONSE']._serialized_end=2157
+  _globals['_REPORTLOGSREQUEST']._serialized_start=2159
+  _globals['_REPORTLOGSREQUEST']._serialized_end=2215
+  _globals['_REPORTLOGSRESPONSE']._serialized_start=2217
+  _globals['_REPORTLOGSRESPONSE']._serialized_end=2237
+  _globals['_COMPLETEREQUEST']._serialized_start=2239
+  _globals['_COMPLETEREQUEST']._serialized_end=2301
+  _globals['_COMPLETERESPONSE']._serialized_start=2303
+  _globals['_COMPLETERESPONSE']._serialized_end=2321
+  _globals['_REPORTCHECKPOINTREQUEST']._serialized_start=2323
+  _globals['_REPORTCHECKPOINTREQUEST']._serialized_end=2393
+  _globals['_REPORTCHECKPOINTRESPONSE']._serialized_start=2395
+  _globals['_REPORTCHECKPOINTRESPONSE']._serialized_end=2421
+  _globals['_AGENTSERVICE']._serialized_start=2424
+  _globals['_AGENTSERVICE']._serialized_end=2975
 # @@protoc_insertion_point(module_scope)

@@ -8,16 +8,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("capabilities", "clock", "leases", "client_time")
+    __slots__ = ("capabilities", "clock", "leases", "client_time", "instance_id")
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     capabilities: _common_pb2.Capabilities
     clock: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClockSample]
     leases: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
     client_time: float
-    def __init__(self, capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., client_time: _Optional[float] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., client_time: _Optional[float] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("agent_id", "server_time", "heartbeat_interval_s", "lease_ttl_s", "lost")
@@ -34,18 +36,22 @@ class RegisterResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., server_time: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_ttl_s: _Optional[float] = ..., lost: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("leases", "clock", "client_time", "free_slots", "capabilities")
+    __slots__ = ("leases", "clock", "client_time", "free_slots", "capabilities", "unhealthy", "draining")
     LEASES_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
     clock: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClockSample]
     client_time: float
     free_slots: int
     capabilities: _common_pb2.Capabilities
-    def __init__(self, leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., client_time: _Optional[float] = ..., free_slots: _Optional[int] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ...) -> None: ...
+    unhealthy: str
+    draining: bool
+    def __init__(self, leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., client_time: _Optional[float] = ..., free_slots: _Optional[int] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., unhealthy: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("server_time", "lost", "lease_ttl_s", "client_time")
@@ -60,7 +66,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, server_time: _Optional[float] = ..., lost: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., lease_ttl_s: _Optional[float] = ..., client_time: _Optional[float] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("lease", "spec", "inputs", "code_digest", "pipeline", "traceparent", "lease_ttl_s")
+    __slots__ = ("lease", "spec", "inputs", "code_digest", "pipeline", "traceparent", "lease_ttl_s", "resume_from")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +74,7 @@ class Assignment(_message.Message):
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     lease: _common_pb2.LeaseRef
     spec: _common_pb2.TaskSpec
     inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
@@ -75,7 +82,8 @@ class Assignment(_message.Message):
     pipeline: str
     traceparent: str
     lease_ttl_s: float
-    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., code_digest: _Optional[str] = ..., pipeline: _Optional[str] = ..., traceparent: _Optional[str] = ..., lease_ttl_s: _Optional[float] = ...) -> None: ...
+    resume_from: _common_pb2.Checkpoint
+    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., code_digest: _Optional[str] = ..., pipeline: _Optional[str] = ..., traceparent: _Optional[str] = ..., lease_ttl_s: _Optional[float] = ..., resume_from: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("lease", "outcome", "exit_code", "error", "outputs", "started_at", "finished_at")
@@ -118,28 +126,46 @@ class LogChunk(_message.Message):
     def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ..., ts: _Optional[float] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("credits", "completions", "logs", "heartbeat")
+    __slots__ = ("credits", "completions", "logs", "heartbeat", "checkpoints")
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     credits: int
     completions: _containers.RepeatedCompositeFieldContainer[Completion]
     logs: _containers.RepeatedCompositeFieldContainer[LogChunk]
     heartbeat: HeartbeatRequest
-    def __init__(self, credits: _Optional[int] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogChunk, _Mapping]]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ...) -> None: ...
+    checkpoints: _containers.RepeatedCompositeFieldContainer[_common_pb2.Checkpoint]
+    def __init__(self, credits: _Optional[int] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogChunk, _Mapping]]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[_common_pb2.Checkpoint, _Mapping]]] = ...) -> None: ...
 
 class SchedulerMessage(_message.Message):
-    __slots__ = ("assignments", "acks", "cancel", "heartbeat")
+    __slots__ = ("assignments", "acks", "cancel", "heartbeat", "checkpoint_acks", "drain")
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ACKS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
     acks: _containers.RepeatedCompositeFieldContainer[CompletionAck]
     cancel: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
     heartbeat: HeartbeatResponse
-    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[CompletionAck, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ...) -> None: ...
+    checkpoint_acks: _containers.RepeatedCompositeFieldContainer[CheckpointAck]
+    drain: bool
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[CompletionAck, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., checkpoint_acks: _Optional[_Iterable[_Union[CheckpointAck, _Mapping]]] = ..., drain: _Optional[bool] = ...) -> None: ...
+
+class CheckpointAck(_message.Message):
+    __slots__ = ("lease", "seq", "code", "message")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    lease: _common_pb2.LeaseRef
+    seq: int
+    code: int
+    message: str
+    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., seq: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PollRequest(_message.Message):
     __slots__ = ("free_slots", "wait_s", "completions")
@@ -176,5 +202,15 @@ class CompleteRequest(_message.Message):
     def __init__(self, completion: _Optional[_Union[Completion, _Mapping]] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReportCheckpointRequest(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: _common_pb2.Checkpoint
+    def __init__(self, checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ...) -> None: ...
+
+class ReportCheckpointResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -64,6 +64,11 @@ class AgentServiceStub:
                 request_serializer=outrider_dot_v1_dot_agent__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_agent__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.ReportCheckpoint = channel.unary_unary(
+                '/outrider.v1.AgentService/ReportCheckpoint',
+                request_serializer=outrider_dot_v1_dot_agent__pb2.ReportCheckpointRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_agent__pb2.ReportCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -113,6 +118,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportCheckpoint(self, request, context):
+        """Reports a checkpoint already uploaded (for agents without a work stream; the
+        stream carries them in AgentMessage.checkpoints). A stale epoch is refused with ABORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +158,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=outrider_dot_v1_dot_agent__pb2.CompleteRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_agent__pb2.CompleteResponse.SerializeToString,
+            ),
+            'ReportCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportCheckpoint,
+                    request_deserializer=outrider_dot_v1_dot_agent__pb2.ReportCheckpointRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_agent__pb2.ReportCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +327,33 @@ class AgentService:
             '/outrider.v1.AgentService/Complete',
             outrider_dot_v1_dot_agent__pb2.CompleteRequest.SerializeToString,
             outrider_dot_v1_dot_agent__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrider.v1.AgentService/ReportCheckpoint',
+            outrider_dot_v1_dot_agent__pb2.ReportCheckpointRequest.SerializeToString,
+            outrider_dot_v1_dot_agent__pb2.ReportCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -137,6 +137,22 @@ class ArtifactRef(_message.Message):
     residency: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., kind: _Optional[str] = ..., residency: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class Checkpoint(_message.Message):
+    __slots__ = ("lease", "digest", "size", "kind", "seq", "created_at")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    lease: LeaseRef
+    digest: str
+    size: int
+    kind: str
+    seq: int
+    created_at: float
+    def __init__(self, lease: _Optional[_Union[LeaseRef, _Mapping]] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., kind: _Optional[str] = ..., seq: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+
 class Gpu(_message.Message):
     __slots__ = ("index", "model", "memory_bytes", "memory_free_bytes", "driver", "uuid", "compute_capability")
     INDEX_FIELD_NUMBER: _ClassVar[int]

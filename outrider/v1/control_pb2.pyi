@@ -114,7 +114,7 @@ class GetRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("name", "state", "attempts", "agent", "outputs", "error", "exit_code", "started_at", "finished_at", "not_before")
+    __slots__ = ("name", "state", "attempts", "agent", "outputs", "error", "exit_code", "started_at", "finished_at", "not_before", "history", "checkpoint", "resumed_from")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,9 @@ class TaskStatus(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     attempts: int
@@ -135,7 +138,28 @@ class TaskStatus(_message.Message):
     started_at: float
     finished_at: float
     not_before: float
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., agent: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., error: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., not_before: _Optional[float] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[AttemptStatus]
+    checkpoint: _common_pb2.Checkpoint
+    resumed_from: _common_pb2.Checkpoint
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., agent: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., error: _Optional[str] = ..., exit_code: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., not_before: _Optional[float] = ..., history: _Optional[_Iterable[_Union[AttemptStatus, _Mapping]]] = ..., checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ..., resumed_from: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ...) -> None: ...
+
+class AttemptStatus(_message.Message):
+    __slots__ = ("attempt", "agent", "state", "started_at", "finished_at", "exit_code", "error")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    agent: str
+    state: str
+    started_at: float
+    finished_at: float
+    exit_code: int
+    error: str
+    def __init__(self, attempt: _Optional[int] = ..., agent: _Optional[str] = ..., state: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "pipeline", "state", "created_at", "finished_at", "tasks", "submitter", "code_digest")
@@ -180,7 +204,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., run_only: _Optional[bool] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "task", "state", "attempt", "agent", "message", "ts", "snapshot", "warnings")
+    __slots__ = ("run_id", "task", "state", "attempt", "agent", "message", "ts", "snapshot", "warnings", "seq")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +214,7 @@ class RunEvent(_message.Message):
     TS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     task: str
     state: str
@@ -199,7 +224,8 @@ class RunEvent(_message.Message):
     ts: float
     snapshot: RunStatus
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., message: _Optional[str] = ..., ts: _Optional[float] = ..., snapshot: _Optional[_Union[RunStatus, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    seq: int
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., message: _Optional[str] = ..., ts: _Optional[float] = ..., snapshot: _Optional[_Union[RunStatus, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -218,7 +244,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "identity", "state", "capabilities", "clock", "last_seen", "running", "free_slots", "registered_at", "clock_suspect", "clock_skew_s")
+    __slots__ = ("name", "identity", "state", "capabilities", "clock", "last_seen", "running", "free_slots", "registered_at", "clock_suspect", "clock_skew_s", "draining", "unhealthy", "instance_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +256,9 @@ class AgentInfo(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     CLOCK_SUSPECT_FIELD_NUMBER: _ClassVar[int]
     CLOCK_SKEW_S_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     identity: str
     state: str
@@ -241,7 +270,16 @@ class AgentInfo(_message.Message):
     registered_at: float
     clock_suspect: bool
     clock_skew_s: float
-    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., state: _Optional[str] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., last_seen: _Optional[float] = ..., running: _Optional[int] = ..., free_slots: _Optional[int] = ..., registered_at: _Optional[float] = ..., clock_suspect: _Optional[bool] = ..., clock_skew_s: _Optional[float] = ...) -> None: ...
+    draining: bool
+    unhealthy: str
+    instance_id: str
+    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., state: _Optional[str] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., last_seen: _Optional[float] = ..., running: _Optional[int] = ..., free_slots: _Optional[int] = ..., registered_at: _Optional[float] = ..., clock_suspect: _Optional[bool] = ..., clock_skew_s: _Optional[float] = ..., draining: _Optional[bool] = ..., unhealthy: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
+
+class DrainAgentRequest(_message.Message):
+    __slots__ = ("agent",)
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    def __init__(self, agent: _Optional[str] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)

@@ -89,6 +89,11 @@ class ControlServiceStub:
                 request_serializer=outrider_dot_v1_dot_control__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_control__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.DrainAgent = channel.unary_unary(
+                '/outrider.v1.ControlService/DrainAgent',
+                request_serializer=outrider_dot_v1_dot_control__pb2.DrainAgentRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.AgentInfo.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -168,6 +173,14 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainAgent(self, request, context):
+        """Asks an agent to drain: no new work, running stages checkpoint and are released
+        to run elsewhere (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +238,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=outrider_dot_v1_dot_control__pb2.ExplainRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_control__pb2.ExplainResponse.SerializeToString,
+            ),
+            'DrainAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainAgent,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.DrainAgentRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.AgentInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +542,33 @@ class ControlService:
             '/outrider.v1.ControlService/Explain',
             outrider_dot_v1_dot_control__pb2.ExplainRequest.SerializeToString,
             outrider_dot_v1_dot_control__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrider.v1.ControlService/DrainAgent',
+            outrider_dot_v1_dot_control__pb2.DrainAgentRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.AgentInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -272,11 +272,13 @@ class StateMachine:
         else:
             self.fail(txn, run, t, error)
 
-    def lose_attempt(self, txn: Txn, run: Run, t: Task, why: str) -> None:
-        """An attempt's lease ended without a report: run again as a new attempt (no retry spent)."""
+    def lose_attempt(self, txn: Txn, run: Run, t: Task, why: str, released: bool = False) -> None:
+        """An attempt ended without a result, through no fault of the task (its lease expired, or
+        its agent gave it back): run again as a new attempt, no retry spent."""
         t.not_before = 0.0
-        t.error = f"attempt {t.attempts} lost: {why}"
-        self.transition(txn, run, t, TaskState.READY, event=EventKind.LOST, message=why)
+        t.error = f"attempt {t.attempts} {'released' if released else 'lost'}: {why}"
+        kind = EventKind.RELEASED if released else EventKind.LOST
+        self.transition(txn, run, t, TaskState.READY, event=kind, message=why)
 
     def fail(self, txn: Txn, run: Run, t: Task, error: str) -> None:
         """Fail the task for good; its pending descendants will never run."""

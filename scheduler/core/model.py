@@ -67,6 +67,7 @@ class EventKind(str, enum.Enum):
     CANCELLED = "cancelled"  #: a task or the run was cancelled
     RETRYING = "retrying"  #: an attempt failed; the task runs again after a backoff
     LOST = "lost"  #: an attempt's lease ended without a report; the task runs again
+    RELEASED = "released"  #: an attempt's agent gave it back unfinished; the task runs again
 
     @classmethod
     def entering(cls, state: TaskState | RunState) -> EventKind:
@@ -83,6 +84,7 @@ class AttemptState(str, enum.Enum):
     TIMEOUT = "timeout"  #: the agent killed it at its timeout
     CANCELLED = "cancelled"  #: stopped by a cancel
     LOST = "lost"  #: the lease ended without a report (agent lost, or it dropped the lease)
+    RELEASED = "released"  #: the agent gave it back unrun or unfinished (its own failure, or draining)
 
 
 TERMINAL_TASK_STATES = frozenset(

@@ -167,7 +167,12 @@ class Reports:
             # run's timeline is consistent across machines.
             t.started_at = c.started_at + agent.sched_offset
             now = min(now, c.finished_at + agent.sched_offset)
-        if c.outcome is Outcome.SUCCEEDED and problem is None:
+        if c.outcome is Outcome.RELEASED:
+            # Not the task's fault: run it again elsewhere without spending a retry.
+            why = f"released by {agent_name}: {c.error or 'no reason given'}"
+            self.end_lease(txn, t, AttemptState.RELEASED, now, c.exit_code, why)
+            self._sm.lose_attempt(txn, run, t, why, released=True)
+        elif c.outcome is Outcome.SUCCEEDED and problem is None:
             self.end_lease(txn, t, AttemptState.SUCCEEDED, now, c.exit_code, "")
             for o in outputs.values():  # outputs carry the residency of the data they came from
                 o.residency = t.needs.residency

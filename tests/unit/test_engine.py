@@ -971,3 +971,28 @@ def test_register_persists_agent(h: Harness) -> None:
         assert h.engine.agents["w1"].view.cpus == 5
 
     h.run(body())
+
+
+def test_released_attempt_runs_again_without_spending_a_retry(h: Harness) -> None:
+    """An agent that could not run a stage (or is draining) gives the attempt back: the task
+    runs again as a new attempt, its retries untouched, and the history says why."""
+
+    async def body() -> None:
+        p = Pipeline("give-back")
+        p.task("t", run="true", retries=0)
+        run_id = await h.submit(p)
+        ch = h.connect("w1", credits=2)
+        await h.settle()
+        assert assigned(ch)["t"].lease.epoch == 1
+        fut = h.engine.complete("w1", done(run_id, "t", 1, outcome="released", error="cannot create work dir"))
+        t = h.engine.runs[run_id].tasks["t"]
+        assert (t.state, t.attempts, t.failures) == (TaskState.READY, 1, 0)
+        assert "released" in t.error and "cannot create work dir" in t.error
+        await fut
+        await h.settle()
+        assert assigned(ch)["t"].lease.epoch == 2  # the same retries=0 task runs again
+        assert h.db_one("SELECT attempt, state, error FROM attempts WHERE run_id=?", (run_id,))[0][:2] == (
+            1, "released")
+        assert [r.state for r in h.store.events(run_id) if r.task == "t"][-2:] == ["released", "running"]
+
+    h.run(body())
