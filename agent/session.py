@@ -102,34 +102,57 @@ class Session:
         self._stop = asyncio.Event()
         self._channel: grpc.aio.Channel | None = None
         self._current: asyncio.Future[None] | None = None
+        #: Whether the current session proved healthy: its work stream delivered a message.
+        self.healthy = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Connect, and reconnect with backoff whenever the session ends, until :meth:`stop`."""
+        """Connect, and reconnect with backoff whenever the session ends, until :meth:`stop`.
+
+        The delay doubles from :data:`BACKOFF_MIN_S` while the scheduler cannot be
+        reached, and starts over after a healthy session (one whose work stream
+        delivered a message): a blip after an hour of service costs a second, not the
+        cap. While stages run, the delay never exceeds a quarter of the lease TTL, so
+        a scheduler restart does not keep the agent away past its leases.
+        """
         delay = BACKOFF_MIN_S
         while not self._stop.is_set():
+            self.healthy = False
             try:
                 self._current = asyncio.ensure_future(self._connect())
                 await self._current
-                delay = BACKOFF_MIN_S
             except asyncio.CancelledError:
                 if not self._stop.is_set():
                     raise
             except grpc.aio.AioRpcError as exc:
-                log.warning("scheduler %s unreachable: %s: %s", self.cfg.scheduler, exc.code().name, exc.details())
+                self._refused(exc)
+            except ConnectionError as exc:
+                log.warning("session with %s ended: %s", self.cfg.scheduler, exc)
             except Exception:
                 log.exception("session failed")
             finally:
                 await self.close()
             if self._stop.is_set():
                 break
+            if self.healthy:
+                delay = BACKOFF_MIN_S
             # Backoff with jitter: base + random stagger, doubling up to a cap.
             wait = delay + random.uniform(0, delay)
             log.info("reconnecting in %.1fs (%d stages still running)", wait, len(self.supervisor.stages))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
-            delay = min(BACKOFF_MAX_S, delay * 2)
+            delay = min(self._backoff_cap(), delay * 2)
+
+    def _backoff_cap(self) -> float:
+        """The longest base delay: :data:`BACKOFF_MAX_S`, or a quarter of the lease TTL while
+        stages run (base + stagger is then at most half a TTL)."""
+        if not self.supervisor.stages:
+            return BACKOFF_MAX_S
+        return max(BACKOFF_MIN_S, min(BACKOFF_MAX_S, self.supervisor.lease_ttl / 4))
+
+    def _refused(self, exc: grpc.aio.AioRpcError) -> None:
+        log.warning("scheduler %s unreachable: %s: %s", self.cfg.scheduler, exc.code().name, exc.details())
 
     @property
     def stopped(self) -> bool:
@@ -209,6 +232,7 @@ class Session:
 
     def on_message(self, msg: agent_pb2.SchedulerMessage) -> None:
         """Act on one message down the work stream."""
+        self.healthy = True
         sup = self.supervisor
         for a in msg.assignments:
             sup.start(a)

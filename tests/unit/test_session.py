@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,85 @@ def test_a_timed_out_stage_keeps_its_lease_in_heartbeats(tmp_path: Path, monkeyp
         assert (hb.client_time, hb.free_slots) == (wall(), 1)
 
     asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- reconnecting (issue 7, fault 3)
+
+
+def _record_waits(monkeypatch: pytest.MonkeyPatch, session: Session, count: int) -> list[float]:
+    """Make the session's reconnect waits return at once, recording how long each would
+    have been (the jitter pinned to its low end); stop the session after ``count``."""
+    import agent.session as session_mod
+
+    waits: list[float] = []
+    monkeypatch.setattr(session_mod.random, "uniform", lambda a, b: a)
+
+    async def no_wait(aw: Any, timeout: float | None = None) -> None:
+        if asyncio.iscoroutine(aw):
+            aw.close()
+        waits.append(float(timeout or 0))
+        if len(waits) >= count:
+            session.stop()
+        raise asyncio.TimeoutError
+
+    monkeypatch.setattr(session_mod.asyncio, "wait_for", no_wait)
+    return waits
+
+
+def test_a_healthy_connection_resets_the_reconnect_delay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault 3: after each healthy connection the agent comes back within the shortest
+    delay; before the fix the delay climbed to its 30 s cap (1, 2, 4, 8, 16, 30)."""
+
+    async def scenario() -> None:
+        session, sup, _, _, wall = make_session(tmp_path)
+        waits = _record_waits(monkeypatch, session, 6)
+
+        async def healthy_then_broken() -> None:
+            # Registered, and the stream worked: a heartbeat reply came back.
+            session.on_message(
+                agent_pb2.SchedulerMessage(
+                    heartbeat=agent_pb2.HeartbeatResponse(server_time=wall(), client_time=wall(), lease_ttl_s=15)
+                )
+            )
+            raise ConnectionError("the scheduler closed the work stream")
+
+        monkeypatch.setattr(session, "_connect", healthy_then_broken)
+        await session.run()
+        assert waits == [1.0] * 6
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_the_delay_still_grows_while_the_scheduler_is_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        session, sup, _, _, _ = make_session(tmp_path)
+        waits = _record_waits(monkeypatch, session, 7)
+
+        async def refused() -> None:
+            raise ConnectionError("connection refused")
+
+        monkeypatch.setattr(session, "_connect", refused)
+        await session.run()
+        assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_while_stages_run_the_delay_stays_within_their_leases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        session, sup, _, _, _ = make_session(tmp_path)
+        sup.start(assignment("a"))  # a stage runs: its lease (TTL 15 s) must survive the outage
+        waits = _record_waits(monkeypatch, session, 5)
+
+        async def refused() -> None:
+            raise ConnectionError("connection refused")
+
+        monkeypatch.setattr(session, "_connect", refused)
+        await session.run()
+        assert waits == [1.0, 2.0, 3.75, 3.75, 3.75]
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
