@@ -13,9 +13,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from outrider.errors import InvalidArgument, OutriderError
+from outrider.errors import OutriderError
 from outrider.v1 import agent_pb2, agent_pb2_grpc
-from scheduler.api import wire
+from scheduler.api import bounds, wire
 from scheduler.api.status import status_code, unary
 from scheduler.auth import current_identity
 from scheduler.core.channel import Channel
@@ -24,6 +24,12 @@ from scheduler.core.messages import Ack, HeartbeatReply, LeaseRef
 
 log = logging.getLogger(__name__)
 MAX_POLL_WAIT_S = 60.0
+
+
+def _refusal(fut: asyncio.Future[None]) -> OutriderError | None:
+    """What a resolved commit future says: None (durable), or why the store refused it."""
+    exc = None if fut.cancelled() else fut.exception()
+    return exc if exc is None or isinstance(exc, OutriderError) else OutriderError(str(exc))
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -38,8 +44,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @unary
     async def Register(self, request: agent_pb2.RegisterRequest, context: Any) -> agent_pb2.RegisterResponse:
         ident = current_identity()
-        if request.capabilities.slots < 0:
-            raise InvalidArgument(f"capabilities.slots must not be negative, got {request.capabilities.slots}")
+        bounds.number("client_time", request.client_time)
         lost = self.engine.register(
             ident.name,
             ident.spiffe_id,
@@ -56,6 +61,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
     def _heartbeat(self, name: str, hb: agent_pb2.HeartbeatRequest) -> HeartbeatReply:
+        bounds.number("heartbeat.client_time", hb.client_time)
+        bounds.integer("heartbeat.free_slots", hb.free_slots, 0, bounds.MAX_SLOTS)
         caps = wire.capabilities_from_proto(hb.capabilities) if hb.HasField("capabilities") else None
         lost = self.engine.heartbeat(name, wire.leases_from_proto(hb.leases), wire.clocks_from_proto(hb.clock), caps)
         return self._reply(lost, hb.client_time)
@@ -90,8 +97,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ch.close()
 
     def _handle(self, name: str, ch: Channel, msg: agent_pb2.AgentMessage) -> None:
+        """One message up the work stream. A bad part is refused on its own (a completion
+        with a nack, the rest with a warning in the log); the stream goes on."""
         if msg.logs:
-            self.engine.append_logs(name, wire.logs_from_proto(msg.logs))
+            try:
+                self.engine.append_logs(name, wire.logs_from_proto(msg.logs))
+            except OutriderError as exc:
+                log.warning("log chunks from %s refused: %s", name, exc)
         for c in msg.completions:
             self._complete(name, ch, c)
         if msg.HasField("heartbeat"):
@@ -102,23 +114,28 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             else:
                 ch.push(heartbeat=reply)
         if msg.credits:
-            self.engine.add_credits(ch, msg.credits)
+            try:
+                self.engine.add_credits(ch, bounds.integer("credits", msg.credits, 0, bounds.MAX_SLOTS))
+            except OutriderError as exc:
+                log.warning("credits from %s refused: %s", name, exc)
 
     def _complete(self, name: str, ch: Channel, c: agent_pb2.Completion) -> None:
-        ref = wire.lease_from_proto(c.lease)
+        ref = wire.ack_lease(c.lease)
         try:
             fut = self.engine.complete(name, wire.completion_from_proto(c))
         except OutriderError as exc:
             ch.push(acks=[Ack(ref, exc)])
             return
-        fut.add_done_callback(lambda _: ch.push(acks=[Ack(ref)]))
+        fut.add_done_callback(lambda f: ch.push(acks=[Ack(ref, _refusal(f))]))
 
     @unary
     async def PollTasks(self, request: agent_pb2.PollRequest, context: Any) -> agent_pb2.PollResponse:
         name = current_identity().name
         acks = []
+        bounds.number("wait_s", request.wait_s, 0.0, bounds.MAX_WALL)
+        bounds.count("completions", request.completions, bounds.MAX_LEASES)
         for c in request.completions:
-            ref = wire.lease_from_proto(c.lease)
+            ref = wire.ack_lease(c.lease)
             try:
                 await self.engine.complete(name, wire.completion_from_proto(c))
                 acks.append(wire.ack_to_proto(Ack(ref)))

@@ -3,18 +3,21 @@
 The one place the scheduler turns messages into values and back: the servicers
 call these on the way in and out, and the store uses the ``encode_*``/``decode_*``
 pair to keep specs and capabilities in their wire encoding. Everything coming in
-has been through the spec validator or is checked here, so the core receives only
-well-formed values; a malformed message is refused with ``INVALID_ARGUMENT``.
+has been through the spec validator or the bounds of :mod:`scheduler.api.bounds`
+(finite numbers in sane ranges, bounded strings and counts), so the core, and the
+store behind it, receive only well-formed values; a malformed message is refused
+with ``INVALID_ARGUMENT`` naming the field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from outrider.errors import InvalidArgument, OutriderError
 from outrider.protocol import OUTCOMES, Outcome
 from outrider.spec import parse_ref, validate_proto
 from outrider.v1 import agent_pb2, common_pb2, control_pb2
+from scheduler.api import bounds
 from scheduler.core.channel import Outbound
 from scheduler.core.messages import (
     Ack,
@@ -45,10 +48,29 @@ def _status_number(exc: OutriderError) -> int:
 
 def check_pipeline(msg: common_pb2.PipelineSpec) -> PipelineSpec:
     """Validate a submitted spec with the one spec validator, then convert it."""
-    problems = validate_proto(msg)
+    problems = validate_proto(msg) + _name_problems(msg)
     if problems:
         raise InvalidArgument("invalid pipeline:\n  " + "\n  ".join(problems))
     return pipeline_from_proto(msg)
+
+
+def _name_problems(msg: common_pb2.PipelineSpec) -> list[str]:
+    """Names become file names (logs) and keys: each has a length bound."""
+    limit = bounds.MAX_SPEC_NAME
+    out = []
+
+    def check(field: str, name: str) -> None:
+        if len(name) > limit:
+            out.append(f"{field}: {len(name)} characters, over the limit of {limit}: {name[:40]!r}...")
+
+    check("name", msg.name)
+    for i, ts in enumerate(msg.tasks):
+        check(f"tasks[{i}].name", ts.name)
+        for name in ts.outputs:
+            check(f"tasks[{ts.name[:limit]}].outputs", name)
+        for name in ts.inputs:
+            check(f"tasks[{ts.name[:limit]}].inputs", name)
+    return out
 
 
 def _input_ref(text: str) -> InputRef:
@@ -175,7 +197,13 @@ def decode_pipeline(blob: bytes) -> PipelineSpec:
 # --------------------------------------------------------------------------- agents
 
 
-def capabilities_from_proto(c: common_pb2.Capabilities) -> Capabilities:
+def capabilities_from_proto(c: common_pb2.Capabilities, field: str = "capabilities") -> Capabilities:
+    """An agent's capabilities as it reports them, checked against the bounds."""
+    bounds.check_capabilities(field, c)
+    return _capabilities(c)
+
+
+def _capabilities(c: common_pb2.Capabilities) -> Capabilities:
     return Capabilities(
         cpu_cores=c.cpu_cores,
         arch=c.arch,
@@ -246,10 +274,11 @@ def encode_capabilities(c: Capabilities) -> bytes:
 
 
 def decode_capabilities(blob: bytes) -> Capabilities:
-    return capabilities_from_proto(common_pb2.Capabilities.FromString(blob))
+    return _capabilities(common_pb2.Capabilities.FromString(blob))  # checked when it was received
 
 
-def clocks_from_proto(samples: Iterable[common_pb2.ClockSample]) -> tuple[ClockSample, ...]:
+def clocks_from_proto(samples: Sequence[common_pb2.ClockSample], field: str = "clock") -> tuple[ClockSample, ...]:
+    bounds.check_clock(field, samples)
     return tuple(ClockSample(s.offset_s, s.uncertainty_s, s.source, s.measured_at) for s in samples)
 
 
@@ -262,11 +291,18 @@ def clocks_to_proto(samples: Iterable[ClockSample]) -> list[common_pb2.ClockSamp
     ]
 
 
-def lease_from_proto(r: common_pb2.LeaseRef) -> LeaseRef:
+def lease_from_proto(r: common_pb2.LeaseRef, field: str = "lease") -> LeaseRef:
+    bounds.check_lease(field, r)
     return LeaseRef(r.run_id, r.task, r.epoch)
 
 
-def leases_from_proto(refs: Iterable[common_pb2.LeaseRef]) -> list[LeaseRef]:
+def ack_lease(r: common_pb2.LeaseRef) -> LeaseRef:
+    """The lease an answer names: as received, cut to the bounds (it may be what was refused)."""
+    return LeaseRef(r.run_id[: bounds.MAX_NAME], r.task[: bounds.MAX_NAME], r.epoch)
+
+
+def leases_from_proto(refs: Sequence[common_pb2.LeaseRef], field: str = "leases") -> list[LeaseRef]:
+    bounds.check_leases(field, refs)
     return [LeaseRef(r.run_id, r.task, r.epoch) for r in refs]
 
 
@@ -274,22 +310,26 @@ def lease_to_proto(r: LeaseRef) -> common_pb2.LeaseRef:
     return common_pb2.LeaseRef(run_id=r.run_id, task=r.task, epoch=r.epoch)
 
 
-def completion_from_proto(c: agent_pb2.Completion) -> Completion:
+def completion_from_proto(c: agent_pb2.Completion, field: str = "completion") -> Completion:
     if c.outcome not in OUTCOMES:
-        raise InvalidArgument(f"outcome must be one of {sorted(OUTCOMES)}, got {c.outcome!r}")
+        raise InvalidArgument(f"{field}.outcome must be one of {sorted(OUTCOMES)}, got {c.outcome[:40]!r}")
+    bounds.check_completion(field, c)
     return Completion(
-        lease=lease_from_proto(c.lease),
+        lease=LeaseRef(c.lease.run_id, c.lease.task, c.lease.epoch),
         outcome=Outcome(c.outcome),
         exit_code=c.exit_code,
-        error=c.error,
+        error=bounds.clip(c.error, bounds.MAX_ERROR),
         outputs=tuple(ArtifactRef(o.name, o.digest, o.size, o.kind) for o in c.outputs),
         started_at=c.started_at,
         finished_at=c.finished_at,
     )
 
 
-def logs_from_proto(chunks: Iterable[agent_pb2.LogChunk]) -> list[LogChunk]:
-    return [LogChunk(lease_from_proto(c.lease), c.stream, c.data, c.ts) for c in chunks]
+def logs_from_proto(chunks: Sequence[agent_pb2.LogChunk], field: str = "logs") -> list[LogChunk]:
+    bounds.count(field, chunks, bounds.MAX_LOG_CHUNKS)
+    for i, c in enumerate(chunks):
+        bounds.check_log_chunk(f"{field}[{i}]", c)
+    return [LogChunk(LeaseRef(c.lease.run_id, c.lease.task, c.lease.epoch), c.stream, c.data, c.ts) for c in chunks]
 
 
 def assignment_to_proto(a: Assignment) -> agent_pb2.Assignment:

@@ -139,7 +139,13 @@ class Dispatcher:
                 ch.inflight -= len(out)
                 ch.push(assignments=out)
 
+        def undo() -> None:  # the store refused the grants: the agents never hear of them
+            for ch, out in sends:
+                ch.inflight -= len(out)
+                ch.push()  # wakes a long-poll waiting for them (Channel.drain)
+
         txn.after(deliver)
+        txn.aborted(undo)
         self._journal.commit(txn)
 
     def _pick(self, agent: AgentState, memo: dict[int, bool], worse: Worse, mono: float, wall: float) -> Task | None:

@@ -12,9 +12,23 @@ means every change queued *before* it is durable too. The core relies on this:
 it shows a change to the outside world (an ack to a client, an assignment to an
 agent) only after the commit that recorded it.
 
-A failed commit leaves memory ahead of disk; the scheduler cannot continue
-safely, so the writer logs and ends the process (systemd restarts it and state
-is reloaded from the database: crash-only).
+Two kinds of failed commit are told apart:
+
+* a failure of the database itself (an I/O error, a full disk, a corrupt file:
+  anything but the errors below) leaves memory ahead of disk with no way to catch
+  up; the writer logs and ends the process (systemd restarts it and state is
+  reloaded from the database: crash-only);
+* a change whose *values* the database refuses (a NaN in a ``NOT NULL`` column, an
+  integer out of range, a duplicate key: :meth:`Store._refused_by_value`) is a bug
+  upstream of the store, and it must not let one request end the scheduler (a
+  report with a NaN time once did, and again after every restart, because the lease
+  it reported on was still there). So the group is written again with one savepoint
+  per change: every other change of the group commits (still one sync), the
+  poisoned one is rolled back, its future fails with :class:`WriteRefused` (the
+  caller answers ``INTERNAL``; its acks, assignments and events are never shown),
+  and the writer logs it at ERROR. That change then exists in memory only, until
+  the next restart reloads the last durable state. The first line of defence is
+  the edge (:mod:`scheduler.api.bounds`): no such value should ever get this far.
 """
 
 from __future__ import annotations
@@ -25,12 +39,23 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import NoReturn
 
+from outrider.errors import OutriderError
 from scheduler.core.messages import Capabilities
 from scheduler.core.spec import PipelineSpec
 from scheduler.store.changes import Changes, Record
 
 log = logging.getLogger(__name__)
+
+#: What a commit carries: the records of one change and the future it resolves.
+Group = tuple[list[Record], "asyncio.Future[None]"]
+
+
+class WriteRefused(OutriderError):
+    """Raised (through a commit's future) when the database refused a change for its values."""
+
+    code = "INTERNAL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +138,17 @@ class Store(abc.ABC):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._queue: list[Record] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._queue: list[Group] = []
         self._closing = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._turn: list[Record] = []
-        self._turn_waiters: list[asyncio.Future[None]] = []
+        self._turn: list[Group] = []
         self._flush_scheduled = False
         #: Commits done and changes grouped into them, for metrics and the benchmark.
         self.commits = 0
         self.grouped = 0
+        #: Changes refused for their values (see the module docstring).
+        self.refused = 0
 
     # -- what a backend provides
 
@@ -132,16 +157,28 @@ class Store(abc.ABC):
         """Read everything back (start-up; the core keeps live state in memory)."""
 
     @abc.abstractmethod
-    def events(self, run_id: str) -> list[EventRow]:
-        """A run's recorded events in order; callable while the writer runs."""
+    def events(self, run_id: str, after: int = 0, limit: int = 0) -> list[EventRow]:
+        """A run's recorded events with ``seq > after`` in order (at most ``limit``, 0: all);
+        callable from any thread while the writer runs."""
 
     @abc.abstractmethod
     def _write(self, records: list[Record]) -> None:
         """Apply ``records`` in one durable transaction (on the writer thread); raise on failure."""
 
     @abc.abstractmethod
+    def _write_isolated(self, groups: list[list[Record]]) -> list[BaseException | None]:
+        """Apply each group under its own savepoint in one durable transaction: a group the
+        database refuses for its values (:meth:`_refused_by_value`) is rolled back alone.
+        Returns, per group, None or what refused it; raises on any other failure."""
+
+    @abc.abstractmethod
     def _close_backend(self) -> None:
         """Release connections (after the writer thread ended)."""
+
+    def _refused_by_value(self, exc: BaseException) -> bool:
+        """Did the database refuse the values written (rather than fail itself)? A backend adds
+        its own error classes (constraint violations, unsupported parameter types)."""
+        return isinstance(exc, (OverflowError, TypeError, ValueError, UnicodeError))
 
     # -- writing
 
@@ -159,8 +196,7 @@ class Store(abc.ABC):
         """
         assert self._loop is not None, "Store.start() first"
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._turn.extend(changes.records)
-        self._turn_waiters.append(fut)
+        self._turn.append((changes.records, fut))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -172,40 +208,58 @@ class Store(abc.ABC):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        records, self._turn = self._turn, []
-        waiters, self._turn_waiters = self._turn_waiters, []
+        groups, self._turn = self._turn, []
         with self._lock:
-            self._queue.extend(records)
-            self._waiters.extend(waiters)
+            self._queue.extend(groups)
             self._wake.notify()
 
     def _writer(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._waiters and not self._closing:
+                while not self._queue and not self._closing:
                     self._wake.wait()
-                if not self._queue and not self._waiters:
+                if not self._queue:
                     return  # closing and drained
-                records, self._queue = self._queue, []
-                waiters, self._waiters = self._waiters, []
+                groups, self._queue = self._queue, []
             # Commit outside the lock: while this sync runs, the event loop keeps
             # queueing changes, and they all go into the next transaction.
-            try:
-                if records:
-                    self._write(records)
-            except BaseException:
-                log.critical("database commit failed; stopping so state is reloaded", exc_info=True)
-                os._exit(70)
+            outcomes = self._commit_groups(groups)
             self.commits += 1
-            self.grouped += len(waiters)
+            self.grouped += len(groups)
             assert self._loop is not None
             try:
-                self._loop.call_soon_threadsafe(_resolve_all, waiters)
+                self._loop.call_soon_threadsafe(_resolve_all, [fut for _, fut in groups], outcomes)
             except RuntimeError:  # loop closed during shutdown
                 return
 
+    def _commit_groups(self, groups: list[Group]) -> list[BaseException | None]:
+        """Write the groups in one transaction; per group, None or why it was refused.
+        Ends the process on a failure of the database itself (crash-only)."""
+        records = [r for recs, _ in groups for r in recs]
+        try:
+            if records:
+                self._write(records)
+            return [None] * len(groups)
+        except BaseException as exc:
+            if not self._refused_by_value(exc):
+                _crash()
+            log.error("database refused a group of %d change(s) (%s); isolating the poisoned one", len(groups), exc)
+        try:
+            outcomes = self._write_isolated([recs for recs, _ in groups])
+        except BaseException:
+            _crash()
+        for (recs, _), why in zip(groups, outcomes, strict=True):
+            if why is not None:
+                self.refused += 1
+                log.error(
+                    "database refused a change for its values; it stays in memory only until a restart: %s; writes: %s",
+                    why,
+                    [(op.value, _preview(params)) for op, params in recs],
+                )
+        return outcomes
+
     def close(self) -> None:
-        if self._turn or self._turn_waiters:
+        if self._turn:
             self._flush()
         with self._lock:
             self._closing = True
@@ -215,7 +269,21 @@ class Store(abc.ABC):
         self._close_backend()
 
 
-def _resolve_all(waiters: list[asyncio.Future[None]]) -> None:
-    for fut in waiters:
-        if not fut.done():
+def _crash() -> NoReturn:
+    log.critical("database commit failed; stopping so state is reloaded", exc_info=True)
+    os._exit(70)
+
+
+def _preview(params: object) -> str:
+    text = repr(params)
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _resolve_all(waiters: list[asyncio.Future[None]], outcomes: list[BaseException | None]) -> None:
+    for fut, why in zip(waiters, outcomes, strict=True):
+        if fut.done():
+            continue
+        if why is None:
             fut.set_result(None)
+        else:
+            fut.set_exception(WriteRefused(f"the database refused this change ({why}); nothing was recorded"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,7 @@ class SqliteStore(Store):
             self._conn.close()
             raise
         self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -227,12 +229,15 @@ class SqliteStore(Store):
             ],
         )
 
-    def events(self, run_id: str) -> list[EventRow]:
-        """A run's recorded events (a separate reader connection: WAL lets it read while
-        the writer thread commits)."""
-        if self._reader is None:
-            self._reader = self._connect()
-        rows = self._reader.execute("SELECT * FROM events WHERE run_id=? ORDER BY seq", (run_id,))
+    def events(self, run_id: str, after: int = 0, limit: int = 0) -> list[EventRow]:
+        """A run's recorded events after ``after`` (a separate reader connection: WAL lets it
+        read while the writer thread commits; a lock, as readers may run on several threads)."""
+        sql = "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq" + (" LIMIT ?" if limit else "")
+        params: tuple[Any, ...] = (run_id, after, limit) if limit else (run_id, after)
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self._connect()
+            rows = self._reader.execute(sql, params).fetchall()
         return [
             EventRow(r["seq"], r["ts"], r["run_id"], r["task"], r["state"], r["attempt"], r["agent"], r["detail"])
             for r in rows
@@ -240,19 +245,52 @@ class SqliteStore(Store):
 
     # -- writing
 
+    def _apply(self, records: list[Record]) -> None:
+        conn = self._conn
+        for op, params in records:
+            if op in _MANY:
+                conn.executemany(SQL[op], params)
+            else:
+                conn.execute(SQL[op], _encoded(op, params))
+
     def _write(self, records: list[Record]) -> None:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op, params in records:
-                if op in _MANY:
-                    conn.executemany(SQL[op], params)
-                else:
-                    conn.execute(SQL[op], _encoded(op, params))
+            self._apply(records)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _write_isolated(self, groups: list[list[Record]]) -> list[BaseException | None]:
+        conn = self._conn
+        outcomes: list[BaseException | None] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for records in groups:
+                conn.execute("SAVEPOINT change")
+                try:
+                    self._apply(records)
+                except BaseException as exc:
+                    if not self._refused_by_value(exc):
+                        raise
+                    conn.execute("ROLLBACK TO change")
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+                conn.execute("RELEASE change")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    def _refused_by_value(self, exc: BaseException) -> bool:
+        # Constraint violations and parameters SQLite cannot bind are about the values written;
+        # OperationalError (I/O, a full disk, a lock) and DatabaseError (corruption) are not.
+        refused = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.ProgrammingError)
+        return isinstance(exc, refused) or super()._refused_by_value(exc)
 
     def _close_backend(self) -> None:
         self._conn.close()

@@ -219,6 +219,77 @@ def test_close_drains_queued_commits(tmp_path: Path) -> None:
     assert read(db, "SELECT count(*) FROM artifacts") == [(10,)]
 
 
+# --------------------------------------------------------------------------- poisoned values
+
+
+def _nan_task_update(run: Run) -> Changes:
+    """A task row whose NOT NULL column gets a NaN (SQLite stores NaN as NULL)."""
+    t = run.tasks["a"]
+    t.started_at = float("nan")
+    bad = Changes()
+    bad.update_task(t)
+    return bad
+
+
+def test_a_change_refused_for_its_values_fails_alone_and_the_writer_lives_on(tmp_path: Path) -> None:
+    from scheduler.store.base import WriteRefused
+
+    db = tmp_path / "s.db"
+    run = make_run()
+
+    async def body(store: Store) -> None:
+        first = Changes()
+        first.insert_run(run)
+        await store.commit(first)
+        # Three changes in one loop turn: one group, one transaction; the middle one is poisoned.
+        before = store.commit(artifact_batch(1))
+        poisoned = store.commit(_nan_task_update(run))
+        dup = Changes()
+        dup.insert_run(run)  # a duplicate primary key: refused for its values too
+        duplicate = store.commit(dup)
+        after = store.commit(artifact_batch(2))
+        await asyncio.wait_for(asyncio.gather(before, poisoned, duplicate, after, return_exceptions=True), 30)
+        assert before.exception() is None and after.exception() is None
+        assert isinstance(poisoned.exception(), WriteRefused)
+        assert "NOT NULL" in str(poisoned.exception())
+        assert isinstance(duplicate.exception(), WriteRefused)
+        assert store.refused == 2
+        # The writer is alive: later commits land.
+        await store.commit(artifact_batch(3))
+        assert read(db, "SELECT count(*) FROM artifacts") == [(3,)]
+        assert read(db, "SELECT started_at FROM tasks WHERE name='a'") == [(0.0,)]  # untouched
+
+    with_store(db, body)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failure_of_the_database_itself_still_ends_the_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scheduler.store.base as base
+
+    db = tmp_path / "s.db"
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)  # ends the writer thread, as os._exit would end the process
+
+    monkeypatch.setattr(base.os, "_exit", fake_exit)
+
+    async def body(store: Store) -> None:
+        def broken(records: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(store, "_write", broken)
+        store.commit(artifact_batch(1))
+        for _ in range(500):
+            if exits:
+                break
+            await asyncio.sleep(0.01)
+        assert exits == [70]
+
+    with_store(db, body)
+
+
 # --------------------------------------------------------------------------- load / events
 
 
