@@ -28,3 +28,9 @@ class AgentConfig:
     bandwidth_probe_bytes: int = 4 << 20
     # Bound on the artifact cache (state_dir/cache); least recently used blobs go first; 0: no bound.
     cache_max_bytes: int = 10 << 30
+    # Draining (first SIGTERM, `outrider drain`, a preemption notice): how long a stage has,
+    # after its SIGTERM, to save a checkpoint and exit before it is killed.
+    drain_grace: float = 60.0
+    # A file whose appearance means this machine is about to be taken away (a spot
+    # instance's preemption notice): the agent drains. Empty: none.
+    preemption_file: str = ""

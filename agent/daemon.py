@@ -35,6 +35,7 @@ from agent.stage import StopReason
 from agent.supervisor import Supervisor
 from agent.transfers import Transfers
 from agent.uplink import Uplink
+from outrider.statedir import StateDirLock
 
 __all__ = ["NTP_INTERVAL_S", "Agent"]
 
@@ -52,8 +53,11 @@ class Agent:
         from agent.probe import probe_capabilities
 
         self.cfg = cfg
-        self.state_dir = Path(cfg.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The loader made it absolute; an AgentConfig built in code may not be (fault 6).
+        self.state_dir = Path(cfg.state_dir).absolute()
+        # One live agent per state dir (fault 4): taken before anything in it is touched,
+        # held for the life of the process (the kernel drops it however the process ends).
+        self.lock = StateDirLock(self.state_dir).acquire("agent")
         slots = cfg.slots or (os.cpu_count() or 1)
         caps = probe_capabilities(cfg.labels, slots, str(self.state_dir), cfg.zones)
         shed("pynvml")  # only the start-up probe needs NVML's bindings; an idle agent stays small

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,21 @@ def parse_zones(value: Any) -> list[str]:
     return zones
 
 
+#: The settings that name files or directories: resolved to absolute paths at load time
+#: (flags against the working directory, the TOML file's against its own directory), so
+#: no relative path ever reaches a stage, whose working directory is its work dir.
+PATH_KEYS = ("ca", "cert", "key", "pki_dir", "state_dir", "preemption_file")
+
+
+def absolute_paths(values: dict[str, Any], base: str) -> None:
+    """Make every non-empty path setting in ``values`` absolute against ``base`` (in place);
+    ``~`` is expanded."""
+    for key in PATH_KEYS:
+        value = values.get(key)
+        if isinstance(value, str) and value:
+            values[key] = os.path.abspath(os.path.join(base, os.path.expanduser(value)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     import argparse  # here, not at the top: the running agent sheds it after start-up
 
@@ -61,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ntp-servers", help="comma-separated NTP servers (host or host:port) to measure clock offset")
     p.add_argument("--kill-grace", help="time between SIGTERM and SIGKILL when stopping a stage, e.g. 5s")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument(
+        "--drain-grace", help="when draining, how long a stage has after SIGTERM to checkpoint and exit, e.g. 60s"
+    )
+    p.add_argument(
+        "--preemption-file", help="drain when this file appears (a spot instance's preemption notice); default: none"
+    )
     p.add_argument("--zones", help="comma-separated data-residency zones this agent sits in, e.g. eu,eu-west")
     p.add_argument(
         "--bandwidth-probe-bytes",
@@ -80,6 +102,9 @@ def load_config(argv: list[str] | None = None) -> Any:
     file_values = load_toml(args.config) if args.config else {}
     source = args.config or "flags"
     flags = vars(args)
+    if args.config:
+        absolute_paths(file_values, os.path.dirname(os.path.abspath(args.config)))
+    absolute_paths(flags, os.getcwd())
     try:
         if flags.get("labels") is not None:
             flags["labels"] = parse_labels(flags["labels"])
@@ -97,10 +122,11 @@ def load_config(argv: list[str] | None = None) -> Any:
         cfg["labels"] = parse_labels(cfg["labels"])
     if not isinstance(cfg["labels"], dict) or not all(isinstance(v, str) for v in cfg["labels"].values()):
         raise ConfigError(f"{source}: labels must be a table of strings")
-    try:
-        cfg["kill_grace"] = parse_duration(cfg["kill_grace"])
-    except ValueError as exc:
-        raise ConfigError(f"{source}: kill_grace: {exc}") from None
+    for key in ("kill_grace", "drain_grace"):
+        try:
+            cfg[key] = parse_duration(cfg[key])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
     try:
         cfg["zones"] = parse_zones(cfg["zones"])
     except ValueError as exc:
@@ -153,7 +179,12 @@ def main(argv: list[str] | None = None) -> int:
 
     shed("argparse", "gettext")  # flags are parsed; an idle agent on an edge box stays small
 
-    asyncio.run(Agent(cfg).run())
+    try:
+        agent = Agent(cfg)
+    except OutriderError as exc:  # its state dir is held by another agent, say
+        print(f"outrider-agent: error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(agent.run())
     return 0
 
 

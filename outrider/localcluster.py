@@ -49,11 +49,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class Daemon:
     """One process we started, with its log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.env = dict(env)
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -65,6 +73,7 @@ class Daemon:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
         )
         log.close()
@@ -99,6 +108,11 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit by itself; returns its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
 
     def tail(self, lines: int = 40) -> str:
         try:
@@ -199,9 +213,21 @@ class LocalCluster:
         slots: int = 2,
         extra_args: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
+        *,
+        handle: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> Daemon:
+        """Start an agent named ``name`` (its certificate's name).
+
+        ``handle`` is the key in :attr:`agents` and names its log (default: the name;
+        give another to start a second process under the same name). ``state_dir``
+        defaults to ``ROOT/agents/HANDLE``; a relative one is passed as is, resolved
+        by the agent against ``cwd`` (default: this process's).
+        """
         if not self.address:
             raise ClusterError("start the scheduler first")
+        handle = handle or name
         self.issue("agent", name)
         argv = [
             self.python,
@@ -216,22 +242,37 @@ class LocalCluster:
             "--slots",
             str(slots),
             "--state-dir",
-            str(self.root / "agents" / name),
+            str(state_dir if state_dir is not None else self.root / "agents" / handle),
             "--log-level",
             self.log_level,
         ]
         if labels:
             argv += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
         argv += list(extra_args)
-        d = Daemon(name, argv, self.root / "logs" / f"agent-{name}.log", {**self.env, **(env or {})})
+        d = Daemon(handle, argv, self.root / "logs" / f"agent-{handle}.log", {**self.env, **(env or {})}, cwd=cwd)
         d.start()
-        self.agents[name] = d
+        self.agents[handle] = d
         return d
 
-    def restart_agent(self, name: str) -> Daemon:
+    def state_dir(self, handle: str) -> Path:
+        """The state dir of agent ``handle`` as its command line names it (absolute)."""
+        d = self.agents[handle]
+        path = Path(d.argv[d.argv.index("--state-dir") + 1])
+        return path if path.is_absolute() else Path(d.cwd or os.getcwd()) / path
+
+    def restart_agent(self, name: str, *, kill: bool = True, timeout: float = 30.0) -> Daemon:
+        """Start agent ``name`` again with the same command line and state dir.
+
+        ``kill`` (the default) SIGKILLs the running process first, as a crash would;
+        with ``kill=False`` the old process must have exited already, or it is waited
+        for (up to ``timeout``).
+        """
         old = self.agents[name]
-        old.kill()
-        d = Daemon(name, old.argv, old.log_path, old.env)
+        if kill:
+            old.kill()
+        elif old.proc is not None:
+            old.wait(timeout)
+        d = Daemon(name, old.argv, old.log_path, old.env, cwd=old.cwd)
         d.start()
         self.agents[name] = d
         return d
