@@ -27,6 +27,7 @@ from pathlib import Path
 
 from agent.cache import BlobCache
 from agent.config import AgentConfig
+from agent.instance import load_or_create
 from agent.link import LinkMeter
 from agent.memory import shed, tune_malloc
 from agent.runner import Runner, reap_orphans
@@ -95,6 +96,7 @@ class Agent:
             link=self.link,
             cache=self.cache,
             caps=caps,
+            instance_id=load_or_create(self.state_dir),
         )
 
     async def run(self) -> None:

@@ -70,6 +70,7 @@ class Session:
         link: fed heartbeat round trips; reported in the capabilities.
         cache: its inventory is reported in the capabilities.
         caps: the capabilities probed at start.
+        instance_id: this agent's instance (:mod:`agent.instance`), sent in every Register.
         wall: the wall clock (``time.time``), injectable for tests.
     """
 
@@ -84,6 +85,7 @@ class Session:
         link: LinkMeter,
         cache: BlobCache,
         caps: common_pb2.Capabilities,
+        instance_id: str = "",
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
@@ -94,6 +96,7 @@ class Session:
         self.link = link
         self.cache = cache
         self.base_caps = caps
+        self.instance_id = instance_id
         self._wall = wall
         #: Seconds between heartbeats; the scheduler's Register reply sets it.
         self.heartbeat_interval = 3.0
@@ -152,6 +155,17 @@ class Session:
         return max(BACKOFF_MIN_S, min(BACKOFF_MAX_S, self.supervisor.lease_ttl / 4))
 
     def _refused(self, exc: grpc.aio.AioRpcError) -> None:
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            # Fault 5: another instance of this agent (another state dir) holds the name.
+            log.error(
+                "the scheduler refused this agent: another instance is connected under the name %r "
+                "(this is instance %s, state dir %s); taking no work, retrying with backoff (%s)",
+                self.cfg.name or "in this certificate",
+                self.instance_id,
+                self.cfg.state_dir,
+                exc.details(),
+            )
+            return
         log.warning("scheduler %s unreachable: %s: %s", self.cfg.scheduler, exc.code().name, exc.details())
 
     @property
@@ -185,18 +199,10 @@ class Session:
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
         sup = self.supervisor
-        t0 = self._wall()
-        caps = self.capabilities()
-        resp = await stub.Register(
-            agent_pb2.RegisterRequest(
-                capabilities=caps,
-                clock=self.clock.samples(),
-                client_time=t0,
-                leases=sup.leases(),
-            ),
-            timeout=REGISTER_TIMEOUT_S,
-        )
-        self.caps_sent = caps
+        req = self.register_request()
+        t0 = req.client_time
+        resp = await stub.Register(req, timeout=REGISTER_TIMEOUT_S)
+        self.caps_sent = req.capabilities
         self.clock.observe_scheduler(t0, resp.server_time, self._wall())
         self.heartbeat_interval = resp.heartbeat_interval_s or self.heartbeat_interval
         sup.lease_ttl = resp.lease_ttl_s or sup.lease_ttl
@@ -229,6 +235,16 @@ class Session:
             call.cancel()
         if not self._stop.is_set():
             raise ConnectionError("the scheduler closed the work stream")
+
+    def register_request(self) -> agent_pb2.RegisterRequest:
+        """What Register says: capabilities, clock samples, the leases still held, the instance."""
+        return agent_pb2.RegisterRequest(
+            capabilities=self.capabilities(),
+            clock=self.clock.samples(),
+            client_time=self._wall(),
+            leases=self.supervisor.leases(),
+            instance_id=self.instance_id,
+        )
 
     def on_message(self, msg: agent_pb2.SchedulerMessage) -> None:
         """Act on one message down the work stream."""

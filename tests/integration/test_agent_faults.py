@@ -89,3 +89,32 @@ def test_a_relative_state_dir_is_resolved_at_start(cluster: LocalCluster, tmp_pa
         summary = {n: (t.state, t.error) for n, t in _tasks(status).items()}  # type: ignore[attr-defined]
         assert status.state == "succeeded", summary
     assert (box / "rel-state" / "work").is_dir()
+
+
+# --------------------------------------------------------------------------- fault 5
+
+
+def test_a_second_instance_under_a_live_name_is_refused(cluster: LocalCluster) -> None:
+    """Before: the second agent silently replaced the first one's labels, and neither was told.
+    Needs the scheduler's side of fault 5 (FAILED_PRECONDITION for another instance)."""
+    cluster.start_scheduler()
+    cluster.add_agent("dup", labels={"where": "first"}, slots=1)
+    cluster.wait_agents(["dup"])
+    first_id = (cluster.state_dir("dup") / "instance_id").read_text().strip()
+    clone = cluster.add_agent("dup", handle="dup-clone", labels={"where": "clone"}, slots=1)
+    wait_for(
+        lambda: "another instance is connected under the name" in clone.log_path.read_text(),
+        30,
+        "the clone to be told it was refused",
+    )
+    assert clone.alive()  # it keeps trying, with backoff, and takes no work
+    with cluster.client() as client:
+        (dup,) = [a for a in client.list_agents() if a.name == "dup"]
+        assert dup.capabilities.labels["where"] == "first" and dup.instance_id == first_id
+    clone.kill()
+    # A restart of the same instance (same state dir, same id) takes its name back at once.
+    cluster.restart_agent("dup")
+    cluster.wait_agents(["dup"])
+    with cluster.client() as client:
+        (dup,) = [a for a in client.list_agents() if a.name == "dup"]
+        assert dup.instance_id == first_id and dup.capabilities.labels["where"] == "first"

@@ -190,7 +190,7 @@ def test_a_healthy_connection_resets_the_reconnect_delay(tmp_path: Path, monkeyp
     delay; before the fix the delay climbed to its 30 s cap (1, 2, 4, 8, 16, 30)."""
 
     async def scenario() -> None:
-        session, sup, _, _, wall = make_session(tmp_path)
+        session, _sup, _, _, wall = make_session(tmp_path)
         waits = _record_waits(monkeypatch, session, 6)
 
         async def healthy_then_broken() -> None:
@@ -213,7 +213,7 @@ def test_the_delay_still_grows_while_the_scheduler_is_unreachable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> None:
-        session, sup, _, _, _ = make_session(tmp_path)
+        session, _sup, _, _, _ = make_session(tmp_path)
         waits = _record_waits(monkeypatch, session, 7)
 
         async def refused() -> None:
@@ -240,5 +240,56 @@ def test_while_stages_run_the_delay_stays_within_their_leases(
         monkeypatch.setattr(session, "_connect", refused)
         await session.run()
         assert waits == [1.0, 2.0, 3.75, 3.75, 3.75]
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+# --------------------------------------------------------------------------- one instance per name (fault 5)
+
+
+def test_the_instance_id_is_kept_in_the_state_dir_and_sent_in_register(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    from agent.instance import load_or_create
+
+    monkeypatch.setattr(psutil, "sensors_battery", lambda: None)
+    first = make_agent(tmp_path, monkeypatch)
+    iid = first.session.register_request().instance_id
+    assert len(iid) == 32 and (tmp_path / "state" / "instance_id").read_text().strip() == iid
+    first.lock.release()
+    again = make_agent(tmp_path, monkeypatch)  # a restart of the same instance
+    assert again.session.register_request().instance_id == iid
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert load_or_create(other) != iid  # another state dir is another instance
+
+
+def test_refused_as_another_instance_it_says_so_and_backs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import grpc
+
+    async def scenario() -> None:
+        session, sup, _, _, _ = make_session(tmp_path)
+        session.instance_id = "feedbeef"
+        waits = _record_waits(monkeypatch, session, 3)
+
+        async def refused() -> None:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                details="agent 'edge-1' is connected as another instance",
+            )
+
+        monkeypatch.setattr(session, "_connect", refused)
+        with caplog.at_level("ERROR", logger="agent.session"):
+            await session.run()
+        assert waits == [1.0, 2.0, 4.0]  # not healthy: the delay grows
+        assert sup.stages == {}  # it took no work
+        assert "another instance is connected under the name" in caplog.text
+        assert "this is instance feedbeef" in caplog.text
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
