@@ -1,7 +1,9 @@
 """``outrider-scheduler``: the scheduler daemon.
 
 Every flag has a key of the same name (dashes become underscores) in the TOML
-file given with ``--config``; flags win over the file.
+file given with ``--config``; flags win over the file. Every path is made absolute
+at load time: a flag's against the working directory, the file's against the
+file's own directory (so a unit file and a shell agree on what a path means).
 """
 
 from __future__ import annotations
@@ -10,11 +12,26 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import sys
+from typing import Any
 
-from outrider.config import load_toml, merge_config, parse_address, parse_duration
+from outrider.config import load_toml, merge_config, parse_address, parse_bytes, parse_duration
 from outrider.errors import ConfigError, OutriderError
+from outrider.tls import MAX_MESSAGE_BYTES
 from scheduler.server import Scheduler, SchedulerConfig
+
+#: The settings that name files or directories (see the module docstring).
+PATH_KEYS = ("state_dir", "pki_dir", "ready_file")
+
+
+def absolute_paths(values: dict[str, Any], base: str) -> None:
+    """Make every non-empty path setting in ``values`` absolute against ``base`` (in place);
+    ``~`` is expanded."""
+    for key in PATH_KEYS:
+        value = values.get(key)
+        if isinstance(value, str) and value:
+            values[key] = os.path.abspath(os.path.join(base, os.path.expanduser(value)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", help="how often agents renew leases, e.g. 3s")
     p.add_argument("--placement-wait", help="how long a task may wait for a clearly better agent, e.g. 5s")
     p.add_argument("--max-queue-depth", type=int, help="refuse submissions past this many open tasks (0: no limit)")
+    p.add_argument("--max-pipeline-tasks", type=int, help="refuse a pipeline with more tasks than this; default 100000")
+    p.add_argument(
+        "--max-pipeline-bytes", help="refuse a pipeline whose encoded spec is larger, e.g. 32MiB (the default)"
+    )
     p.add_argument("--infeasible-timeout", help="fail a task that no agent can run after this long, e.g. 10m")
     p.add_argument("--max-clock-offset", help="mark agents whose clock offset + uncertainty exceeds this, e.g. 1s")
     p.add_argument("--log-level", help="debug, info, warning or error")
@@ -39,7 +60,12 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     defaults = {f.name: f.default for f in dataclasses.fields(SchedulerConfig)}
     file_values = load_toml(args.config) if args.config else {}
     source = args.config or "flags"
-    merged = merge_config(file_values, vars(args), defaults, source)
+    flags = vars(args)
+    if args.config:
+        absolute_paths(file_values, os.path.dirname(os.path.abspath(args.config)))
+    absolute_paths(flags, os.getcwd())
+    merged = merge_config(file_values, flags, defaults, source)
+    absolute_paths(merged, os.getcwd())  # the defaults are absolute already; this is for certainty
     for key in ("lease_ttl", "heartbeat_interval", "placement_wait", "infeasible_timeout", "max_clock_offset"):
         try:
             merged[key] = parse_duration(merged[key])
@@ -50,6 +76,18 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     if not isinstance(merged["max_queue_depth"], int) or merged["max_queue_depth"] < 0:
         raise ConfigError(
             f"{source}: max_queue_depth must be a non-negative integer, got {merged['max_queue_depth']!r}"
+        )
+    tasks = merged["max_pipeline_tasks"]
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
+        raise ConfigError(f"{source}: max_pipeline_tasks must be a positive integer, got {tasks!r}")
+    try:
+        merged["max_pipeline_bytes"] = parse_bytes(merged["max_pipeline_bytes"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: max_pipeline_bytes: {exc}") from None
+    if not 1024 <= merged["max_pipeline_bytes"] <= MAX_MESSAGE_BYTES - (1 << 20):
+        raise ConfigError(
+            f"{source}: max_pipeline_bytes must be from 1KiB to {(MAX_MESSAGE_BYTES >> 20) - 1}MiB "
+            f"(under the largest gRPC message, {MAX_MESSAGE_BYTES >> 20}MiB), got {merged['max_pipeline_bytes']}"
         )
     try:
         parse_address(merged["listen"])

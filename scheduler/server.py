@@ -9,9 +9,11 @@ time-driven work and is what tests drive with a fixed clock.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from outrider.config import parse_address
 from outrider.errors import ConfigError
+from outrider.statedir import StateDirLock
 from outrider.tls import SERVER_OPTIONS, server_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, control_pb2, control_pb2_grpc
 from scheduler.api.agent import AgentServicer
@@ -53,7 +57,40 @@ class SchedulerConfig:
     max_queue_depth: int = 0  # admission control: refuse submissions past this many open tasks
     infeasible_timeout: float = 600.0  # fail a task no agent can run after this long
     max_clock_offset: float = 1.0  # an agent whose |offset| + uncertainty exceeds this is clock_suspect
+    max_pipeline_tasks: int = 100_000  # refuse a pipeline (plan, submit) with more tasks
+    max_pipeline_bytes: int = 32 << 20  # refuse a pipeline whose encoded spec is larger
     log_level: str = "info"
+
+
+def server_options(cfg: SchedulerConfig) -> list[tuple[str, int]]:
+    """gRPC server options: the shared keepalive settings, plus
+
+    * no ``SO_REUSEPORT`` (gRPC sets it by default): a second scheduler on a port in use
+      must fail to start, not take half the calls;
+    * a receive bound just above the largest pipeline allowed, so an oversized request is
+      refused before it is even parsed (parsing happens on the event loop).
+    """
+    receive = max(cfg.max_pipeline_bytes + (1 << 20), 16 << 20)
+    options = [(k, v) for k, v in SERVER_OPTIONS if k != "grpc.max_receive_message_length"]
+    return [*options, ("grpc.max_receive_message_length", receive), ("grpc.so_reuseport", 0)]
+
+
+def address_in_use(listen: str) -> bool:
+    """Whether ``listen`` (HOST:PORT) is bound by another socket right now."""
+    try:
+        host, port = parse_address(listen)
+    except ValueError:
+        return False
+    if port == 0:
+        return False
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def trust_domain_of(pki_dir: Path) -> str:
@@ -74,7 +111,8 @@ class Scheduler:
         for name in ("ca.crt", "scheduler.crt", "scheduler.key"):
             if not (self.pki_dir / name).is_file():
                 raise ConfigError(f"pki_dir {self.pki_dir}: missing {name} (make it with `outrider pki init`)")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything in the state dir is touched: one live scheduler per state dir.
+        self.lock = StateDirLock(self.state_dir).acquire("scheduler")
         self.store = SqliteStore(self.state_dir / "outrider.db")
         self.artifacts = ArtifactStore(self.state_dir / "artifacts")
         self.logs = LogStore(self.state_dir / "logs")
@@ -99,9 +137,12 @@ class Scheduler:
         self.store.start(loop)
         self.engine.start(loop)
         domain = trust_domain_of(self.pki_dir)
-        server = grpc.aio.server(interceptors=[AuthInterceptor(domain)], options=SERVER_OPTIONS)
+        server = grpc.aio.server(interceptors=[AuthInterceptor(domain)], options=server_options(self.cfg))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.engine), server)
-        control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(self.engine), server)
+        control = ControlServicer(
+            self.engine, max_pipeline_tasks=self.cfg.max_pipeline_tasks, max_pipeline_bytes=self.cfg.max_pipeline_bytes
+        )
+        control_pb2_grpc.add_ControlServiceServicer_to_server(control, server)
         artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(self.engine, self.artifacts), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -114,9 +155,13 @@ class Scheduler:
         try:
             port = server.add_secure_port(self.cfg.listen, creds)
         except RuntimeError as exc:
-            raise ConfigError(f"listen {self.cfg.listen}: cannot bind: {exc}") from None
+            port, why = 0, str(exc)
+        else:
+            why = "the address is invalid or not available here"
         if port == 0:
-            raise ConfigError(f"listen {self.cfg.listen}: cannot bind (address in use or invalid)")
+            if address_in_use(self.cfg.listen):
+                why = "the address is already in use (another scheduler, or another program, listens there)"
+            raise ConfigError(f"listen {self.cfg.listen}: cannot bind: {why}")
         await server.start()
         self.server = server
         host = self.cfg.listen.rpartition(":")[0] or "0.0.0.0"
@@ -156,3 +201,4 @@ class Scheduler:
         if self.server is not None:
             await self.server.stop(grace=2.0)
         self.store.close()
+        self.lock.release()

@@ -3,6 +3,12 @@
 Thin: each handler converts the request (:mod:`scheduler.api.wire`), calls the
 engine and converts the answer. Reads first wait for the engine's barrier, so
 they never show a state that a crash could take back.
+
+What one request may cost is bounded: a pipeline may have at most
+``max_pipeline_tasks`` tasks and ``max_pipeline_bytes`` of encoded spec (refused with
+``INVALID_ARGUMENT`` naming the limit; a request far over the byte limit is refused by
+gRPC itself with ``RESOURCE_EXHAUSTED`` before it is parsed), and the work a big one
+takes is kept off the event loop (:mod:`scheduler.core.pacing`).
 """
 
 from __future__ import annotations
@@ -12,40 +18,73 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from outrider.errors import InvalidArgument
-from outrider.v1 import control_pb2, control_pb2_grpc
+from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc
 from scheduler.api import wire
 from scheduler.api.status import streaming, unary
 from scheduler.auth import current_identity
 from scheduler.core.engine import Engine
 from scheduler.core.model import Run, RunState
-from scheduler.core.views import RunEvent, run_status
+from scheduler.core.pacing import INLINE_TASKS, offload
+from scheduler.core.spec import PipelineSpec
+from scheduler.core.views import RunEvent, RunStatus, run_status
 from scheduler.core.watch import Watcher
 
 _RUN_STATES = [s.value for s in RunState]
 
 
 class ControlServicer(control_pb2_grpc.ControlServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, max_pipeline_tasks: int = 100_000, max_pipeline_bytes: int = 32 << 20
+    ) -> None:
         self.engine = engine
+        self.max_pipeline_tasks = max_pipeline_tasks
+        self.max_pipeline_bytes = max_pipeline_bytes
+
+    async def _pipeline(self, msg: common_pb2.PipelineSpec) -> PipelineSpec:
+        """A submitted pipeline: bounded, then validated and converted (off the loop if big)."""
+        size = msg.ByteSize()
+        if size > self.max_pipeline_bytes:
+            raise InvalidArgument(
+                f"pipeline {msg.name[:80]!r} is {size} bytes encoded, over the limit of {self.max_pipeline_bytes} "
+                "(the scheduler's max_pipeline_bytes); split it into smaller pipelines"
+            )
+        tasks = len(msg.tasks)
+        if tasks > self.max_pipeline_tasks:
+            raise InvalidArgument(
+                f"pipeline {msg.name[:80]!r} has {tasks} tasks, over the limit of {self.max_pipeline_tasks} "
+                "(the scheduler's max_pipeline_tasks); split it into smaller pipelines"
+            )
+        return await offload(tasks > INLINE_TASKS, wire.check_pipeline, msg)
+
+    @staticmethod
+    async def _status(status: RunStatus) -> control_pb2.RunStatus:
+        return await offload(len(status.tasks) > INLINE_TASKS, wire.run_status_to_proto, status)
 
     @unary
     async def Plan(self, request: control_pb2.PlanRequest, context: Any) -> control_pb2.PlanResponse:
-        plans = self.engine.plan(wire.check_pipeline(request.pipeline))
-        return control_pb2.PlanResponse(tasks=[wire.task_plan_to_proto(p) for p in plans])
+        spec = await self._pipeline(request.pipeline)
+        plans = await self.engine.plan_paced(spec)
+
+        def answer() -> control_pb2.PlanResponse:
+            resp = control_pb2.PlanResponse()
+            wire.extend(resp.tasks, (wire.task_plan_to_proto(p) for p in plans))
+            return resp
+
+        return await offload(len(plans) > INLINE_TASKS, answer)
 
     @unary
     async def Submit(self, request: control_pb2.SubmitRequest, context: Any) -> control_pb2.SubmitResponse:
-        run_id, warnings = await self.engine.submit(
-            wire.check_pipeline(request.pipeline), current_identity().spiffe_id, request.strict
-        )
+        spec = await self._pipeline(request.pipeline)
+        run_id, warnings = await self.engine.submit(spec, current_identity().spiffe_id, request.strict)
         return control_pb2.SubmitResponse(run_id=run_id, warnings=warnings)
 
     @streaming
     async def SubmitAndWatch(
         self, request: control_pb2.SubmitAndWatchRequest, context: Any
     ) -> AsyncIterator[control_pb2.RunEvent]:
+        spec = await self._pipeline(request.pipeline)
         run, warnings, watcher = await self.engine.submit_and_watch(
-            wire.check_pipeline(request.pipeline), current_identity().spiffe_id, request.run_only, request.strict
+            spec, current_identity().spiffe_id, request.run_only, request.strict
         )
         try:
             # The submission is durable (submit awaited its commit): this is the ack.
@@ -73,7 +112,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @unary
     async def GetRun(self, request: control_pb2.GetRunRequest, context: Any) -> control_pb2.RunStatus:
         await self.engine.barrier()
-        return wire.run_status_to_proto(self.engine.run_status(request.run_id))
+        return await self._status(self.engine.run_status(request.run_id))
 
     @unary
     async def ListRuns(self, request: control_pb2.ListRunsRequest, context: Any) -> control_pb2.ListRunsResponse:
@@ -97,11 +136,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @unary
     async def CancelRun(self, request: control_pb2.CancelRunRequest, context: Any) -> control_pb2.RunStatus:
-        return wire.run_status_to_proto(run_status(await self.engine.cancel(request.run_id)))
+        return await self._status(run_status(await self.engine.cancel(request.run_id)))
 
     @unary
     async def RetryRun(self, request: control_pb2.RetryRunRequest, context: Any) -> control_pb2.RunStatus:
-        return wire.run_status_to_proto(run_status(await self.engine.retry(request.run_id)))
+        return await self._status(run_status(await self.engine.retry(request.run_id)))
 
     @unary
     async def Explain(self, request: control_pb2.ExplainRequest, context: Any) -> control_pb2.ExplainResponse:

@@ -12,6 +12,7 @@ with ``INVALID_ARGUMENT`` naming the field.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from outrider.errors import InvalidArgument, OutriderError
 from outrider.protocol import OUTCOMES, Outcome
@@ -379,8 +380,24 @@ def _output_proto(o: Output) -> common_pb2.ArtifactRef:
     return common_pb2.ArtifactRef(name=o.name, digest=o.digest, size=o.size, kind=o.kind)
 
 
+#: Repeated fields of big answers are filled this many at a time: one C call that copies
+#: 100,000 messages holds the GIL (and so the event loop) for half a second.
+EXTEND_CHUNK = 1000
+
+
+def extend(field: Any, items: Iterable[Any]) -> None:
+    """``field.extend(items)``, a chunk at a time (see :data:`EXTEND_CHUNK`)."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= EXTEND_CHUNK:
+            field.extend(chunk)
+            chunk = []
+    field.extend(chunk)
+
+
 def run_status_to_proto(s: RunStatus) -> control_pb2.RunStatus:
-    return control_pb2.RunStatus(
+    msg = control_pb2.RunStatus(
         run_id=s.run_id,
         pipeline=s.pipeline,
         state=s.state,
@@ -388,7 +405,10 @@ def run_status_to_proto(s: RunStatus) -> control_pb2.RunStatus:
         finished_at=s.finished_at,
         submitter=s.submitter,
         code_digest=s.code_digest,
-        tasks=[
+    )
+    extend(
+        msg.tasks,
+        (
             control_pb2.TaskStatus(
                 name=t.name,
                 state=t.state,
@@ -402,8 +422,9 @@ def run_status_to_proto(s: RunStatus) -> control_pb2.RunStatus:
                 not_before=t.not_before,
             )
             for t in s.tasks
-        ],
+        ),
     )
+    return msg
 
 
 def run_event_to_proto(ev: RunEvent) -> control_pb2.RunEvent:

@@ -40,7 +40,8 @@ from scheduler.core.leases import LeaseTable, lease_ref
 from scheduler.core.lifecycle import StateMachine
 from scheduler.core.messages import Capabilities, ClockSample, Completion, LeaseRef, LogChunk
 from scheduler.core.model import AttemptState, Run, RunState, Task, TaskState
-from scheduler.core.planner import Planner
+from scheduler.core.pacing import INLINE_TASKS, Pacer, offload
+from scheduler.core.planner import Planner, static_needs
 from scheduler.core.queues import ReadyQueues
 from scheduler.core.registry import AgentRegistry, AgentState
 from scheduler.core.reports import LogSink, Reports
@@ -129,6 +130,7 @@ class Engine:
             infeasible_timeout=lambda: self.dispatcher.infeasible_timeout,
         )
         self._last_infeasible_check = 0.0
+        self._reserved: set[str] = set()  # run ids handed out to submissions still being built
 
     # ------------------------------------------------------------------ state, for reading
 
@@ -191,7 +193,7 @@ class Engine:
         """Time-sortable and unique: milliseconds, then random bits, redrawn on a clash."""
         while True:
             run_id = f"run-{int(self.wall() * 1000):x}-{self.rng.getrandbits(24):06x}"
-            if run_id not in self.sm.runs:
+            if run_id not in self.sm.runs and run_id not in self._reserved:
                 return run_id
 
     def check_code(self, spec: PipelineSpec) -> None:
@@ -204,6 +206,11 @@ class Engine:
     def plan(self, spec: PipelineSpec) -> list[TaskPlan]:
         self.check_code(spec)
         return self.planner.plan(spec)
+
+    async def plan_paced(self, spec: PipelineSpec) -> list[TaskPlan]:
+        """:meth:`plan` without holding the event loop for long, however big the pipeline."""
+        self.check_code(spec)
+        return await self.planner.plan_paced(spec)
 
     async def submit(self, spec: PipelineSpec, submitter: str, strict: bool = False) -> tuple[str, list[str]]:
         """Record a run durably and queue its root tasks; returns (run id, warnings)."""
@@ -223,22 +230,45 @@ class Engine:
     ) -> tuple[Run, list[str], Watcher | None]:
         self.check_code(spec)
         self.dispatcher.admit(len(spec.tasks))
-        warnings = self.planner.warnings(spec, {ts.name: self.queues.intern(ts.requires) for ts in spec.tasks})
+        # A big pipeline's pure work (its static needs, its tasks) is done on a worker thread,
+        # so that the loop keeps serving everyone else (scheduler.core.pacing).
+        big = len(spec.tasks) > INLINE_TASKS
+        intern = self.queues.intern
+        base = {ts.name: intern(ts.requires) for ts in spec.tasks}
+        static, conflicts = await offload(big, static_needs, spec, base)
+        warnings = self.planner.warnings_of(static, conflicts)
         if strict and warnings:
             raise FailedPrecondition("refused (strict): " + " | ".join(warnings))
-        run = StateMachine.build(
-            self.new_run_id(), spec, submitter, self.wall(), os.urandom(16).hex(), self.sm.seq + 1, self.queues.intern
-        )
+        run_id = self.new_run_id()
+        self._reserved.add(run_id)
+        try:
+            trace_id = os.urandom(16).hex()
+            run = await offload(big, StateMachine.build, run_id, spec, submitter, self.wall(), trace_id, 0, intern)
+        finally:
+            self._reserved.discard(run_id)
+        self.dispatcher.admit(len(spec.tasks))  # again: other submissions may have come in meanwhile
+        run.seq = self.sm.seq + 1
         watcher = None if watch is None else self.watchers.watch(run.run_id, watch)
         txn = Txn()
-        self.sm.create(txn, run)
+        roots = self.sm.create(txn, run, queue=not big)
         try:
-            await self.journal.commit(txn)
+            durable = self.journal.commit(txn)
+            if big:  # queued after the run's insert, so every grant is committed after it too;
+                # shielded: a submitter that hangs up must not leave tasks out of the queues
+                await asyncio.shield(asyncio.ensure_future(self._queue_paced(run, roots)))
+            await durable
         except BaseException:
             if watcher is not None:
                 self.watchers.unwatch(watcher)
             raise
         return run, warnings, watcher
+
+    async def _queue_paced(self, run: Run, roots: list[Task]) -> None:
+        pacer = Pacer()
+        for t in roots:
+            if t.state is TaskState.READY:  # still (a cancel may have come in between)
+                self.queues.put(run, t)
+            await pacer.step()
 
     async def cancel(self, run_id: str) -> Run:
         run = self.sm.run(run_id)

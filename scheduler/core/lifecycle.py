@@ -141,11 +141,13 @@ class StateMachine:
         run.unfinished = len(run.tasks)
         return run
 
-    def create(self, txn: Txn, run: Run) -> None:
-        """Record a new run; its tasks without upstreams start READY.
+    def create(self, txn: Txn, run: Run, queue: bool = True) -> list[Task]:
+        """Record a new run; its tasks without upstreams start READY. Returns those roots.
 
         Roots are inserted as READY with their events in one statement: a 10,000-task
-        sweep is one INSERT of tasks and one of events, not 20,000 updates.
+        sweep is one INSERT of tasks and one of events, not 20,000 updates. With
+        ``queue=False`` the caller hands them to the ready queues itself (paced, for a
+        big run, once this change is queued for the store).
         """
         roots = [t for t in run.tasks.values() if not t.upstream]
         for t in roots:
@@ -165,8 +167,10 @@ class StateMachine:
                     self._watchers.publish(run, ev)
 
             txn.after(publish)
-        for t in roots:
-            self._on_ready(run, t)
+        if queue:
+            for t in roots:
+                self._on_ready(run, t)
+        return roots
 
     def end_run(self, txn: Txn, run: Run, to: RunState, message: str, emit: bool = True) -> None:
         """Move a run to ``to`` (checked against RUN_TRANSITIONS) and record it."""

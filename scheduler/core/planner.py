@@ -17,6 +17,7 @@ from scheduler import matcher
 from scheduler.core.fairness import FairShare
 from scheduler.core.lifecycle import StateMachine
 from scheduler.core.model import NO_PLACEMENT, Needs, Placement, TaskState, narrowed
+from scheduler.core.pacing import INLINE_TASKS, Pacer, offload
 from scheduler.core.queues import ReadyQueues
 from scheduler.core.registry import AgentRegistry
 from scheduler.core.spec import PipelineSpec
@@ -24,6 +25,8 @@ from scheduler.core.views import Explanation, TaskPlan
 
 #: Agents named one by one in a plan's rejections (the counts cover all of them).
 MAX_REJECTIONS_LISTED = 100
+#: Warnings spelled out for one submission (the rest are counted).
+MAX_WARNINGS = 50
 
 
 def _clock_time(wall: float) -> str:
@@ -89,17 +92,33 @@ class Planner:
 
     def warnings(self, spec: PipelineSpec, base: dict[str, Needs]) -> list[str]:
         """What is wrong with a pipeline's placement before it runs (submit warns; strict refuses)."""
-        static, conflicts = static_needs(spec, base)
-        out = []
+        return self.warnings_of(*static_needs(spec, base))
+
+    def warnings_of(self, static: dict[str, Needs], conflicts: dict[str, list[str]]) -> list[str]:
+        """:meth:`warnings`, from the pipeline's :func:`static_needs` (worked out off the loop).
+
+        At most :data:`MAX_WARNINGS` are spelled out; the rest are counted in one line.
+        """
+        out: list[str] = []
+        more = 0
         agents = self._registry.agents
+        suggestions: dict[Needs, str] = {}  # tasks alike get the same advice: worked out once
         for name, needs in static.items():
             if name in conflicts:
-                out.append(f"task {name!r}: residency conflict: {'; '.join(conflicts[name])}")
+                problem = f"task {name!r}: residency conflict: {'; '.join(conflicts[name])}"
             elif agents and not self._registry.feasible_somewhere(needs):
-                out.append(
-                    f"task {name!r}: no registered agent can run it: "
-                    + "; ".join(matcher.suggest(needs, self._registry.views())[:3])
-                )
+                why = suggestions.get(needs)
+                if why is None:
+                    why = suggestions[needs] = "; ".join(matcher.suggest(needs, self._registry.views())[:3])
+                problem = f"task {name!r}: no registered agent can run it: {why}"
+            else:
+                continue
+            if len(out) < MAX_WARNINGS:
+                out.append(problem)
+            else:
+                more += 1
+        if more:
+            out.append(f"... and {more} more task(s) with the same kinds of problem")
         return out
 
     def plan(self, spec: PipelineSpec) -> list[TaskPlan]:
@@ -107,6 +126,18 @@ class Planner:
         candidates with their score breakdown, and what change would make it feasible."""
         static, conflicts = static_needs(spec)
         return [self.plan_task(ts.name, static[ts.name], NO_PLACEMENT, conflicts.get(ts.name, [])) for ts in spec.tasks]
+
+    async def plan_paced(self, spec: PipelineSpec) -> list[TaskPlan]:
+        """:meth:`plan` for a pipeline of any size: the pure part on a worker thread, the part
+        that reads the agents in slices on the loop (:mod:`scheduler.core.pacing`)."""
+        big = len(spec.tasks) > INLINE_TASKS
+        static, conflicts = await offload(big, static_needs, spec)
+        pacer = Pacer()
+        out = []
+        for ts in spec.tasks:
+            out.append(self.plan_task(ts.name, static[ts.name], NO_PLACEMENT, conflicts.get(ts.name, [])))
+            await pacer.step()
+        return out
 
     def plan_task(self, name: str, needs: Needs, placement: Placement, conflicts: list[str]) -> TaskPlan:
         agents = sorted(self._registry.agents.values(), key=lambda a: a.name)

@@ -217,6 +217,46 @@ def test_scheduler_unknown_key_names_it(tmp_path: Path) -> None:
     assert "lisen" in str(exc.value) and toml in str(exc.value)
 
 
+def test_scheduler_paths_are_made_absolute_flags_against_cwd_file_against_its_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 7, fault 6: a relative path in the config never reaches the running daemon."""
+    from scheduler.main import load_config
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    toml = write(etc / "s.toml", 'state_dir = "state"\npki_dir = "../pki"\nready_file = "run/ready"\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = load_config(["--config", toml])
+    assert (cfg.state_dir, cfg.pki_dir, cfg.ready_file) == (
+        str(etc / "state"), str(tmp_path / "pki"), str(etc / "run" / "ready"))
+    cfg = load_config(["--config", toml, "--state-dir", "mine", "--pki-dir", "./p", "--ready-file", "r"])
+    assert (cfg.state_dir, cfg.pki_dir, cfg.ready_file) == (str(work / "mine"), str(work / "p"), str(work / "r"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_config(["--state-dir", "~/s"]).state_dir == str(tmp_path / "s")
+    assert load_config([]).ready_file == ""  # empty stays empty (no ready file)
+
+
+def test_scheduler_pipeline_limits(tmp_path: Path) -> None:
+    from scheduler.main import load_config
+
+    cfg = load_config([])
+    assert (cfg.max_pipeline_tasks, cfg.max_pipeline_bytes) == (100_000, 32 << 20)
+    toml = write(tmp_path / "s.toml", 'max_pipeline_tasks = 500\nmax_pipeline_bytes = "4MiB"\n')
+    cfg = load_config(["--config", toml])
+    assert (cfg.max_pipeline_tasks, cfg.max_pipeline_bytes) == (500, 4 << 20)
+    cfg = load_config(["--config", toml, "--max-pipeline-tasks", "7", "--max-pipeline-bytes", "1MiB"])
+    assert (cfg.max_pipeline_tasks, cfg.max_pipeline_bytes) == (7, 1 << 20)
+    for bad in ("max_pipeline_tasks = 0", "max_pipeline_tasks = -1", 'max_pipeline_tasks = "many"',
+                'max_pipeline_bytes = "lots"', 'max_pipeline_bytes = "1GiB"', "max_pipeline_bytes = 10"):
+        key = bad.split()[0]
+        with pytest.raises(ConfigError) as exc:
+            load_config(["--config", write(tmp_path / "bad.toml", bad + "\n")])
+        assert key in str(exc.value), (bad, str(exc.value))
+
+
 def test_scheduler_missing_or_invalid_file(tmp_path: Path) -> None:
     from scheduler.main import load_config
 
