@@ -196,12 +196,14 @@ class ListRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[RunStatus, _Mapping]]] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("run_id", "run_only")
+    __slots__ = ("run_id", "run_only", "after_seq")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ONLY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     run_only: bool
-    def __init__(self, run_id: _Optional[str] = ..., run_only: _Optional[bool] = ...) -> None: ...
+    after_seq: int
+    def __init__(self, run_id: _Optional[str] = ..., run_only: _Optional[bool] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("run_id", "task", "state", "attempt", "agent", "message", "ts", "snapshot", "warnings", "seq")

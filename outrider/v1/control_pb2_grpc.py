@@ -135,7 +135,8 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRun(self, request, context):
-        """A snapshot of the run, then one event per change, ending after the run ends.
+        """A snapshot of the run (seq 0), then its recorded history (after after_seq), then one
+        event per change, each once and in seq order, ending after the run ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
