@@ -4,7 +4,9 @@ The TLS layer already refused any peer without a certificate from our CA. Here
 the peer's SPIFFE ID (``spiffe://<domain>/<role>/<name>``) is read from its
 certificate, checked against our trust domain, and its role against the RPC's
 service: agents may call only the agent service, users only the control
-service. The identity is then available to servicers via :func:`current_identity`.
+service (and, where a method needs more than its service, against the method:
+``DrainAgent`` is for admins only). The identity is then available to servicers via
+:func:`current_identity`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from outrider.tls import identity_from_auth_context
 log = logging.getLogger(__name__)
 
 ANY_ROLE = frozenset({"agent", "submitter", "admin"})
-# Method prefix -> roles allowed. Anything not listed is refused.
+ADMIN = frozenset({"admin"})
+# Method or method prefix -> roles allowed; the first match wins, so a method's own rule
+# comes before its service's. Anything not listed is refused.
 RULES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("/outrider.v1.ControlService/DrainAgent", ADMIN),
     ("/outrider.v1.AgentService/", frozenset({"agent"})),
     ("/outrider.v1.ControlService/", frozenset({"submitter", "admin"})),
     ("/outrider.v1.ArtifactService/", ANY_ROLE),

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from outrider.errors import OutriderError
-from outrider.v1 import agent_pb2, agent_pb2_grpc
+from outrider.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from scheduler.api import bounds, wire
 from scheduler.api.status import status_code, unary
 from scheduler.auth import current_identity
 from scheduler.core.channel import Channel
 from scheduler.core.engine import Engine
-from scheduler.core.messages import Ack, HeartbeatReply, LeaseRef
+from scheduler.core.messages import Ack, CheckpointAck, HeartbeatReply, LeaseRef
 
 log = logging.getLogger(__name__)
 MAX_POLL_WAIT_S = 60.0
@@ -51,6 +51,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             wire.capabilities_from_proto(request.capabilities),
             wire.clocks_from_proto(request.clock),
             wire.leases_from_proto(request.leases),
+            bounds.text("instance_id", request.instance_id),
         )
         return agent_pb2.RegisterResponse(
             agent_id=ident.name,
@@ -64,7 +65,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         bounds.number("heartbeat.client_time", hb.client_time)
         bounds.integer("heartbeat.free_slots", hb.free_slots, 0, bounds.MAX_SLOTS)
         caps = wire.capabilities_from_proto(hb.capabilities) if hb.HasField("capabilities") else None
-        lost = self.engine.heartbeat(name, wire.leases_from_proto(hb.leases), wire.clocks_from_proto(hb.clock), caps)
+        lost = self.engine.heartbeat(
+            name,
+            wire.leases_from_proto(hb.leases),
+            wire.clocks_from_proto(hb.clock),
+            caps,
+            unhealthy=bounds.clip(hb.unhealthy, bounds.MAX_REASON),
+            draining=hb.draining,
+        )
         return self._reply(lost, hb.client_time)
 
     @unary
@@ -104,6 +112,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 self.engine.append_logs(name, wire.logs_from_proto(msg.logs))
             except OutriderError as exc:
                 log.warning("log chunks from %s refused: %s", name, exc)
+        # Checkpoints before completions: a stage that checkpoints and then ends (or is
+        # released) sends both in one message, and its checkpoint belongs to the live lease.
+        for cp in msg.checkpoints[: bounds.MAX_CHECKPOINTS]:
+            self._checkpoint(name, ch, cp)
         for c in msg.completions:
             self._complete(name, ch, c)
         if msg.HasField("heartbeat"):
@@ -127,6 +139,23 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             ch.push(acks=[Ack(ref, exc)])
             return
         fut.add_done_callback(lambda f: ch.push(acks=[Ack(ref, _refusal(f))]))
+
+    def _checkpoint(self, name: str, ch: Channel, cp: common_pb2.Checkpoint) -> None:
+        ref, seq = wire.ack_lease(cp.lease), cp.seq
+        try:
+            fut, note = self.engine.report_checkpoint(name, wire.checkpoint_from_proto(cp))
+        except OutriderError as exc:
+            ch.push(checkpoint_acks=[CheckpointAck(ref, seq, exc)])
+            return
+        fut.add_done_callback(lambda f: ch.push(checkpoint_acks=[CheckpointAck(ref, seq, _refusal(f), note)]))
+
+    @unary
+    async def ReportCheckpoint(
+        self, request: agent_pb2.ReportCheckpointRequest, context: Any
+    ) -> agent_pb2.ReportCheckpointResponse:
+        fut, _ = self.engine.report_checkpoint(current_identity().name, wire.checkpoint_from_proto(request.checkpoint))
+        await fut
+        return agent_pb2.ReportCheckpointResponse()
 
     @unary
     async def PollTasks(self, request: agent_pb2.PollRequest, context: Any) -> agent_pb2.PollResponse:

@@ -19,7 +19,7 @@ from typing import Any
 
 from outrider.errors import InvalidArgument
 from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc
-from scheduler.api import wire
+from scheduler.api import bounds, wire
 from scheduler.api.status import streaming, unary
 from scheduler.auth import current_identity
 from scheduler.core.engine import Engine
@@ -125,11 +125,16 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @streaming
     async def WatchRun(self, request: control_pb2.WatchRunRequest, context: Any) -> AsyncIterator[control_pb2.RunEvent]:
+        """The run's snapshot (seq 0), then its durable history after ``after_seq``, then live
+        events until it ends: a watch that reconnects resumes where it left off."""
+        after = bounds.integer("after_seq", request.after_seq, 0, bounds.MAX_SEQ)
         watcher, run = self.engine.watch(request.run_id, request.run_only)
         try:
             await self.engine.barrier()
-            first = RunEvent(run.run_id, "", run.state.value, ts=time.time(), snapshot=run_status(run))
-            async for ev in self._follow(run, watcher, first):
+            status = run_status(run)
+            first = RunEvent(run.run_id, "", run.state.value, ts=time.time(), snapshot=status)
+            yield await offload(len(status.tasks) > INLINE_TASKS, wire.run_event_to_proto, first)
+            async for ev in self.engine.follow(watcher, run, after):
                 yield wire.run_event_to_proto(ev)
         finally:
             self.engine.unwatch(watcher)
@@ -150,6 +155,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @unary
     async def ListAgents(self, request: control_pb2.ListAgentsRequest, context: Any) -> control_pb2.ListAgentsResponse:
         return control_pb2.ListAgentsResponse(agents=[wire.agent_info_to_proto(a) for a in self.engine.list_agents()])
+
+    @unary
+    async def DrainAgent(self, request: control_pb2.DrainAgentRequest, context: Any) -> control_pb2.AgentInfo:
+        return wire.agent_info_to_proto(self.engine.drain(bounds.text("agent", request.agent)))
 
     @streaming
     async def GetLogs(self, request: control_pb2.GetLogsRequest, context: Any) -> AsyncIterator[control_pb2.LogLine]:

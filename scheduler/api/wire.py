@@ -25,6 +25,8 @@ from scheduler.core.messages import (
     ArtifactRef,
     Assignment,
     Capabilities,
+    Checkpoint,
+    CheckpointAck,
     ClockSample,
     Completion,
     Gpu,
@@ -33,7 +35,7 @@ from scheduler.core.messages import (
     LogChunk,
     Power,
 )
-from scheduler.core.model import Output
+from scheduler.core.model import Attempt, Output
 from scheduler.core.spec import Affinity, Expr, InputRef, Needs, PipelineSpec, TaskSpec
 from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan
 
@@ -333,8 +335,32 @@ def logs_from_proto(chunks: Sequence[agent_pb2.LogChunk], field: str = "logs") -
     return [LogChunk(LeaseRef(c.lease.run_id, c.lease.task, c.lease.epoch), c.stream, c.data, c.ts) for c in chunks]
 
 
+def checkpoint_from_proto(cp: common_pb2.Checkpoint, field: str = "checkpoint") -> Checkpoint:
+    bounds.check_checkpoint(field, cp)
+    return Checkpoint(
+        LeaseRef(cp.lease.run_id, cp.lease.task, cp.lease.epoch), cp.digest, cp.size, cp.kind, cp.seq, cp.created_at
+    )
+
+
+def checkpoint_to_proto(cp: Checkpoint) -> common_pb2.Checkpoint:
+    return common_pb2.Checkpoint(
+        lease=lease_to_proto(cp.lease),
+        digest=cp.digest,
+        size=cp.size,
+        kind=cp.kind,
+        seq=cp.seq,
+        created_at=cp.created_at,
+    )
+
+
+def checkpoint_ack_to_proto(ack: CheckpointAck) -> agent_pb2.CheckpointAck:
+    code = 0 if ack.error is None else _status_number(ack.error)
+    message = ack.message if ack.error is None else str(ack.error)
+    return agent_pb2.CheckpointAck(lease=lease_to_proto(ack.lease), seq=ack.seq, code=code, message=message)
+
+
 def assignment_to_proto(a: Assignment) -> agent_pb2.Assignment:
-    return agent_pb2.Assignment(
+    msg = agent_pb2.Assignment(
         lease=lease_to_proto(a.lease),
         spec=task_to_proto(a.spec),
         inputs=[common_pb2.ArtifactRef(name=i.name, digest=i.digest, size=i.size, kind=i.kind) for i in a.inputs],
@@ -343,6 +369,9 @@ def assignment_to_proto(a: Assignment) -> agent_pb2.Assignment:
         traceparent=a.traceparent,
         lease_ttl_s=a.lease_ttl_s,
     )
+    if a.resume_from is not None:
+        msg.resume_from.CopyFrom(checkpoint_to_proto(a.resume_from))
+    return msg
 
 
 def ack_to_proto(ack: Ack) -> agent_pb2.CompletionAck:
@@ -367,6 +396,8 @@ def scheduler_message(out: Outbound) -> agent_pb2.SchedulerMessage:
         assignments=[assignment_to_proto(a) for a in out.assignments],
         acks=[ack_to_proto(a) for a in out.acks],
         cancel=[lease_to_proto(r) for r in out.cancel],
+        checkpoint_acks=[checkpoint_ack_to_proto(a) for a in out.checkpoint_acks],
+        drain=out.drain,
     )
     if out.heartbeat is not None:
         msg.heartbeat.CopyFrom(heartbeat_to_proto(out.heartbeat))
@@ -420,11 +451,26 @@ def run_status_to_proto(s: RunStatus) -> control_pb2.RunStatus:
                 started_at=t.started_at,
                 finished_at=t.finished_at,
                 not_before=t.not_before,
+                history=[_attempt_proto(a) for a in t.history],
+                checkpoint=None if t.checkpoint is None else checkpoint_to_proto(t.checkpoint),
+                resumed_from=None if t.resumed_from is None else checkpoint_to_proto(t.resumed_from),
             )
             for t in s.tasks
         ),
     )
     return msg
+
+
+def _attempt_proto(a: Attempt) -> control_pb2.AttemptStatus:
+    return control_pb2.AttemptStatus(
+        attempt=a.attempt,
+        agent=a.agent,
+        state=a.state.value,
+        started_at=a.started_at,
+        finished_at=a.finished_at,
+        exit_code=a.exit_code,
+        error=a.error,
+    )
 
 
 def run_event_to_proto(ev: RunEvent) -> control_pb2.RunEvent:
@@ -437,6 +483,7 @@ def run_event_to_proto(ev: RunEvent) -> control_pb2.RunEvent:
         message=ev.message,
         ts=ev.ts,
         warnings=ev.warnings,
+        seq=ev.seq,
     )
     if ev.snapshot is not None:
         msg.snapshot.CopyFrom(run_status_to_proto(ev.snapshot))
@@ -484,6 +531,9 @@ def agent_info_to_proto(a: AgentInfo) -> control_pb2.AgentInfo:
         registered_at=a.registered_at,
         clock_suspect=a.clock_suspect,
         clock_skew_s=a.clock_skew_s,
+        draining=a.draining,
+        unhealthy=a.unhealthy,
+        instance_id=a.instance_id,
     )
 
 

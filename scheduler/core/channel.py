@@ -1,8 +1,8 @@
 """One way to reach an agent: its work stream, or one unary long-poll.
 
 A channel holds the agent's credits (free slots it asked work for) and what waits
-to go down to it: assignments, acks of its completions, leases to cancel, a
-heartbeat answer. Whatever is queued while the previous message was being written
+to go down to it: assignments, acks of its completions and checkpoints, leases to
+cancel, a heartbeat answer, the request to drain. Whatever is queued while the previous message was being written
 leaves together in the next one (:meth:`Channel.take`), so under load one message
 carries many items. The items are domain values; the servicer converts a
 :class:`Outbound` into the wire message.
@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from scheduler.core.messages import Ack, Assignment, HeartbeatReply, LeaseRef
+from scheduler.core.messages import Ack, Assignment, CheckpointAck, HeartbeatReply, LeaseRef
 
 
 @dataclass(slots=True)
@@ -26,6 +26,8 @@ class Outbound:
     acks: list[Ack] = field(default_factory=list)
     cancel: list[LeaseRef] = field(default_factory=list)
     heartbeat: HeartbeatReply | None = None
+    checkpoint_acks: list[CheckpointAck] = field(default_factory=list)
+    drain: bool = False
 
 
 class Channel:
@@ -43,11 +45,15 @@ class Channel:
         acks: Iterable[Ack] = (),
         cancel: Iterable[LeaseRef] = (),
         heartbeat: HeartbeatReply | None = None,
+        checkpoint_acks: Iterable[CheckpointAck] = (),
+        drain: bool = False,
     ) -> None:
         out = self._out
         out.assignments.extend(assignments)
         out.acks.extend(acks)
         out.cancel.extend(cancel)
+        out.checkpoint_acks.extend(checkpoint_acks)
+        out.drain = out.drain or drain
         if heartbeat is not None:
             out.heartbeat = heartbeat
         self._event.set()
@@ -57,7 +63,9 @@ class Channel:
 
     def _pending(self) -> bool:
         out = self._out
-        return bool(out.assignments or out.acks or out.cancel or out.heartbeat is not None)
+        return bool(
+            out.assignments or out.acks or out.cancel or out.checkpoint_acks or out.drain or out.heartbeat is not None
+        )
 
     def take(self) -> Outbound:
         """Everything queued, as one message; the channel starts empty again."""

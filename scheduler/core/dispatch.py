@@ -115,6 +115,9 @@ class Dispatcher:
                 credited.pop(ch, None)
                 continue
             agent = self._registry.agents[ch.agent]
+            if not agent.available:  # unhealthy or draining: its credits wait until it is back
+                credited.pop(ch, None)
+                continue
             agent.view.free_slots = ch.credits
             out = []
             memo: dict[int, bool] = {}
@@ -206,6 +209,7 @@ class Dispatcher:
             pipeline=run.pipeline,
             traceparent=f"00-{run.trace_id}-{os.urandom(8).hex()}-01",
             lease_ttl_s=self._leases.ttl,
+            resume_from=t.resumed_from,  # the latest checkpoint accepted from an earlier attempt
         )
 
     # ------------------------------------------------------------------ tasks no agent can run

@@ -16,7 +16,8 @@ Where each concern lives (see docs/architecture.md for the whole map):
 * :mod:`~scheduler.core.dispatch`: the pull path (with queues, fairness, delay scheduling, admission);
 * :mod:`~scheduler.core.planner`: plan and explain;
 * :mod:`~scheduler.core.watch`: run watchers and log followers;
-* :mod:`~scheduler.core.residency`: who may download what.
+* :mod:`~scheduler.core.residency`: who may download what;
+* :mod:`~scheduler.core.checkpoints`: which checkpoint each task resumes from.
 
 An expired lease requeues the task as a new attempt without counting it against
 the task's retries: losing an agent is not the task's fault.
@@ -25,20 +26,22 @@ the task's retries: losing an agent is not the task's fault.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from outrider.errors import FailedPrecondition, InvalidArgument, NotFound
 from scheduler.core.channel import Channel
+from scheduler.core.checkpoints import Checkpoints
 from scheduler.core.delay import DelayScheduler
 from scheduler.core.dispatch import Dispatcher
 from scheduler.core.fairness import FairShare
 from scheduler.core.leases import LeaseTable, lease_ref
 from scheduler.core.lifecycle import StateMachine
-from scheduler.core.messages import Capabilities, ClockSample, Completion, LeaseRef, LogChunk
+from scheduler.core.messages import Capabilities, Checkpoint, ClockSample, Completion, LeaseRef, LogChunk
 from scheduler.core.model import AttemptState, Run, RunState, Task, TaskState
 from scheduler.core.pacing import INLINE_TASKS, Pacer, offload
 from scheduler.core.planner import Planner, static_needs
@@ -48,8 +51,8 @@ from scheduler.core.reports import LogSink, Reports
 from scheduler.core.residency import ResidencyIndex
 from scheduler.core.spec import PipelineSpec
 from scheduler.core.txn import Journal, Txn
-from scheduler.core.views import AgentInfo, Explanation, LogLine, RunStatus, TaskPlan, run_status
-from scheduler.core.watch import LogFollower, Watcher, Watchers
+from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan, run_status
+from scheduler.core.watch import LogFollower, Watcher, Watchers, replay_then_follow
 from scheduler.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,15 @@ class Engine:
             artifact_exists=artifact_exists,
             log_sink=log_sink,
             kick=self._kick,
+        )
+        self.checkpoints = Checkpoints(
+            self.sm,
+            self.registry,
+            self.leases,
+            self.residency,
+            self.journal,
+            wall=wall,
+            artifact_exists=artifact_exists,
         )
         self.planner = Planner(
             self.sm,
@@ -326,6 +338,15 @@ class Engine:
         run = self.sm.run(run_id)
         return self.watchers.watch(run_id, run_only), run
 
+    def follow(self, watcher: Watcher, run: Run, after_seq: int = 0) -> AsyncIterator[RunEvent]:
+        """A registered watcher's events: the run's durable history after ``after_seq``, then
+        live ones, without gaps or duplicates (see :func:`~scheduler.core.watch.replay_then_follow`)."""
+        return replay_then_follow(watcher, run, after_seq, self.barrier, functools.partial(self._history, run.run_id))
+
+    async def _history(self, run_id: str, after: int, limit: int) -> list[RunEvent]:
+        rows = await asyncio.to_thread(self.journal.store.events, run_id, after, limit)
+        return [RunEvent(r.run_id, r.task, r.state, r.attempt, r.agent, r.detail, r.ts, seq=r.seq) for r in rows]
+
     def unwatch(self, w: Watcher) -> None:
         self.watchers.unwatch(w)
 
@@ -351,20 +372,45 @@ class Engine:
     # ------------------------------------------------------------------ agents (see reports.py)
 
     def register(
-        self, name: str, identity: str, caps: Capabilities, clocks: Iterable[ClockSample], leases: Iterable[LeaseRef]
+        self,
+        name: str,
+        identity: str,
+        caps: Capabilities,
+        clocks: Iterable[ClockSample],
+        leases: Iterable[LeaseRef],
+        instance_id: str = "",
     ) -> list[LeaseRef]:
         """(Re)register an agent; returns the leases it listed that it must stop."""
-        return self.reports.register(name, identity, caps, clocks, leases)
+        return self.reports.register(name, identity, caps, clocks, leases, instance_id)
 
     def heartbeat(
-        self, name: str, leases: Iterable[LeaseRef], clocks: Iterable[ClockSample], caps: Capabilities | None = None
+        self,
+        name: str,
+        leases: Iterable[LeaseRef],
+        clocks: Iterable[ClockSample],
+        caps: Capabilities | None = None,
+        unhealthy: str = "",
+        draining: bool = False,
     ) -> list[LeaseRef]:
         """Renew an agent's leases; returns those it no longer holds."""
-        return self.reports.heartbeat(name, leases, clocks, caps)
+        return self.reports.heartbeat(name, leases, clocks, caps, unhealthy, draining)
+
+    def drain(self, name: str) -> AgentInfo:
+        """An admin asks an agent to drain (no new work; its stages checkpoint and are released)."""
+        agent = self.registry.get(name)
+        if agent is None:
+            raise NotFound(f"no agent {name!r}")
+        self.registry.drain(agent)
+        return next(a for a in self.registry.infos() if a.name == name)
 
     def complete(self, agent_name: str, c: Completion) -> asyncio.Future[None]:
         """Apply the end of an attempt; the future resolves once it is durable."""
         return self.reports.complete(agent_name, c)
+
+    def report_checkpoint(self, agent_name: str, cp: Checkpoint) -> tuple[asyncio.Future[None], str]:
+        """Accept a checkpoint from the current lease (see checkpoints.py); the future resolves
+        once it is durable, the note says why nothing changed (not newer) or is empty."""
+        return self.checkpoints.report(agent_name, cp)
 
     def append_logs(self, agent_name: str, chunks: Iterable[LogChunk]) -> None:
         self.reports.append_logs(agent_name, chunks)

@@ -11,18 +11,23 @@ report goes through it:
   re-delivery of what was already recorded), else ``ABORTED``
   (:class:`~outrider.errors.StaleEpoch`) and nothing changes;
 * heartbeats renew only ``CURRENT`` leases and tell the agent which it lost;
-* log chunks are kept from a ``CURRENT`` or just ``ENDED`` lease.
+* log chunks are kept from a ``CURRENT`` or just ``ENDED`` lease;
+* checkpoints are accepted only from a ``CURRENT`` lease (:mod:`scheduler.core.checkpoints`).
+
+Each attempt is also kept in the task's history (``Task.history``, the attempts
+table), so that a lost attempt says what happened to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import heapq
 from collections.abc import Callable, Iterable, Iterator
 
 from outrider.errors import NotFound, StaleEpoch
 from scheduler.core.messages import LeaseRef
-from scheduler.core.model import AttemptState, Task, TaskState
+from scheduler.core.model import Attempt, AttemptState, Task, TaskState
 from scheduler.core.txn import Txn
 
 
@@ -82,7 +87,8 @@ class LeaseTable:
         return mono + self.ttl + min(uncertainty, self.ttl)
 
     def grant(self, txn: Txn, t: Task, agent: str, uncertainty: float, wall: float, mono: float) -> None:
-        """Start a new attempt of ``t`` on ``agent``: the next epoch, recorded with the attempt."""
+        """Start a new attempt of ``t`` on ``agent``: the next epoch, recorded with the attempt
+        and the checkpoint it resumes from (the latest accepted, if any)."""
         t.attempts += 1
         t.agent = agent
         t.started_at = wall
@@ -90,6 +96,7 @@ class LeaseTable:
         t.leased_at = mono
         t.lease_expires = self.expiry(uncertainty, mono)
         heapq.heappush(self._expiry, (t.lease_expires, t.run_id, t.name, t.attempts))
+        t.history.append(Attempt(t.attempts, agent, AttemptState.RUNNING, wall, resumed_from=t.checkpoint))
         txn.changes.insert_attempt(t, wall)
 
     def renew(
@@ -125,4 +132,8 @@ class LeaseTable:
     @staticmethod
     def end(txn: Txn, t: Task, how: AttemptState, when: float, exit_code: int, error: str) -> None:
         """Record how the current attempt ended."""
+        if t.history and t.history[-1].attempt == t.attempts:
+            t.history[-1] = dataclasses.replace(
+                t.history[-1], state=how, finished_at=when, exit_code=exit_code, error=error
+            )
         txn.changes.finish_attempt(t, how, when, exit_code, error)

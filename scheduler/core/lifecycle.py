@@ -23,6 +23,8 @@ from scheduler.core.model import (
     RUN_TRANSITIONS,
     TASK_TRANSITIONS,
     TERMINAL_TASK_STATES,
+    Attempt,
+    AttemptState,
     EventKind,
     Needs,
     Output,
@@ -78,6 +80,7 @@ class StateMachine:
         self.runs: dict[str, Run] = {}
         self.open_tasks = 0  # tasks not yet terminal, for admission control
         self.seq = 0  # the last submission's sequence number
+        self.event_seq = 0  # the last event's sequence number (RunEvent.seq; the events table's key)
         self._watchers = watchers
         self._wall = wall
         self._rng = rng
@@ -158,9 +161,12 @@ class StateMachine:
         txn.changes.insert_run(run)
         self._emit(txn, run, "", EventKind.RUNNING, message=f"submitted by {run.submitter}")
         now = self._wall()
-        txn.changes.events([(now, run.run_id, t.name, EventKind.READY.value, 0, "", "") for t in roots])
+        first = self.event_seq + 1
+        self.event_seq += len(roots)
+        ready = EventKind.READY.value
+        txn.changes.events([(first + i, now, run.run_id, t.name, ready, 0, "", "") for i, t in enumerate(roots)])
         if self._watchers.wants(run.run_id, task_event=True):
-            events = [RunEvent(run.run_id, t.name, EventKind.READY.value, ts=now) for t in roots]
+            events = [RunEvent(run.run_id, t.name, ready, ts=now, seq=first + i) for i, t in enumerate(roots)]
 
             def publish() -> None:
                 for ev in events:
@@ -307,15 +313,22 @@ class StateMachine:
     ) -> None:
         """Record one event; hand it to watchers once durable (built only if someone watches)."""
         ts = self._wall()
-        txn.changes.event(ts, run.run_id, task, kind.value, attempt, agent, message)
+        self.event_seq += 1
+        seq = self.event_seq
+        txn.changes.event(seq, ts, run.run_id, task, kind.value, attempt, agent, message)
         if self._watchers.wants(run.run_id, task_event=bool(task)):
-            ev = RunEvent(run.run_id, task, kind.value, attempt, agent, message, ts)
+            ev = RunEvent(run.run_id, task, kind.value, attempt, agent, message, ts, seq=seq)
             txn.after(lambda: self._watchers.publish(run, ev))
+
+    def note(self, txn: Txn, run: Run, t: Task, kind: EventKind, message: str) -> None:
+        """An event about a task that changes none of its state (a checkpoint was accepted)."""
+        self._emit(txn, run, t.name, kind, t.attempts, t.agent, message)
 
     # ------------------------------------------------------------------ restart
 
     def restore(self, loaded: Loaded, needs: Callable[[Needs], Needs]) -> Iterable[Output]:
-        """Rebuild the runs from the store; returns every recorded output (for the residency index)."""
+        """Rebuild the runs from the store (with every attempt and the latest checkpoint of each
+        task); returns every recorded output and checkpoint (for the residency index)."""
         for row in loaded.runs:
             run = self.build(row.run_id, row.spec, row.submitter, row.created_at, row.trace_id, row.seq, needs)
             run.state = RunState(row.state)
@@ -333,6 +346,25 @@ class StateMachine:
             out = Output(o.name, o.digest, o.size, o.kind, o.residency)
             self.runs[o.run_id].tasks[o.task].outputs[o.name] = out
             outputs.append(out)
+        for a in loaded.attempts:  # in (run, task, attempt) order
+            t = self.runs[a.run_id].tasks[a.task]
+            t.history.append(
+                Attempt(
+                    a.attempt,
+                    a.agent,
+                    AttemptState(a.state),
+                    a.started_at,
+                    a.finished_at,
+                    a.exit_code,
+                    a.error,
+                    a.resumed,
+                )
+            )
+        for c in loaded.checkpoints:
+            self.runs[c.checkpoint.lease.run_id].tasks[c.checkpoint.lease.task].checkpoint = c.checkpoint
+            cp = c.checkpoint
+            outputs.append(Output("checkpoint", cp.digest, cp.size, cp.kind, c.residency))  # its bytes' residency
+        self.event_seq = max(self.event_seq, loaded.event_seq)
         for run in self.runs.values():
             run.unfinished = sum(1 for t in run.tasks.values() if not t.terminal)
             self.open_tasks += run.unfinished

@@ -121,6 +121,7 @@ class Assignment:
     pipeline: str
     traceparent: str
     lease_ttl_s: float
+    resume_from: Checkpoint | None = None  # the latest checkpoint accepted from an earlier attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,29 @@ class Ack:
 
     lease: LeaseRef
     error: OutriderError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A checkpoint of a task's progress saved by one attempt (``lease``): content-addressed
+    bytes already in the artifact store; ``seq`` orders the checkpoints of one attempt."""
+
+    lease: LeaseRef
+    digest: str
+    size: int
+    kind: str
+    seq: int
+    created_at: float  # the agent's wall clock in a report; ours once accepted
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointAck:
+    """The scheduler's answer to one checkpoint report: recorded (``error`` None) or refused."""
+
+    lease: LeaseRef
+    seq: int
+    error: OutriderError | None = None
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)

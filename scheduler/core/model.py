@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from scheduler.core.messages import Checkpoint
 from scheduler.core.spec import Expr, Needs, PipelineSpec, TaskSpec
 
 
@@ -68,6 +69,7 @@ class EventKind(str, enum.Enum):
     RETRYING = "retrying"  #: an attempt failed; the task runs again after a backoff
     LOST = "lost"  #: an attempt's lease ended without a report; the task runs again
     RELEASED = "released"  #: an attempt's agent gave it back unfinished; the task runs again
+    CHECKPOINT = "checkpoint"  #: a checkpoint of the running attempt was accepted; a new attempt resumes from it
 
     @classmethod
     def entering(cls, state: TaskState | RunState) -> EventKind:
@@ -91,6 +93,8 @@ TERMINAL_TASK_STATES = frozenset(
     {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED}
 )
 RETRYABLE_TASK_STATES = frozenset({TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.CANCELLED})
+#: Run-level events that say the run ended.
+TERMINAL_RUN_EVENTS = frozenset({RunState.SUCCEEDED.value, RunState.FAILED.value, RunState.CANCELLED.value})
 
 _T = TaskState
 #: Every task transition the chart above allows: from-state -> allowed to-states.
@@ -111,6 +115,21 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     _R.FAILED: frozenset({_R.RUNNING}),
     _R.CANCELLED: frozenset({_R.RUNNING}),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt (lease) of a task, as the attempts table records it: where it ran, how it
+    ended, and the checkpoint it resumed from. Immutable: an ending replaces it."""
+
+    attempt: int  # the epoch
+    agent: str
+    state: AttemptState
+    started_at: float
+    finished_at: float = 0.0
+    exit_code: int = 0
+    error: str = ""
+    resumed_from: Checkpoint | None = None
 
 
 @dataclass(slots=True)
@@ -159,6 +178,8 @@ class Task:
     finished_at: float = 0.0
     not_before: float = 0.0  # wall time; retry backoff
     outputs: dict[str, Output] = field(default_factory=dict)
+    history: list[Attempt] = field(default_factory=list)  # every attempt, oldest first
+    checkpoint: Checkpoint | None = None  # the latest accepted; the next attempt resumes from it
     # Lease bookkeeping, on the scheduler's monotonic clock; meaningful while RUNNING.
     lease_expires: float = 0.0
     leased_at: float = 0.0
@@ -172,6 +193,11 @@ class Task:
     @property
     def key(self) -> tuple[str, str]:
         return (self.run_id, self.name)
+
+    @property
+    def resumed_from(self) -> Checkpoint | None:
+        """The checkpoint the current (or last) attempt resumed from."""
+        return self.history[-1].resumed_from if self.history else None
 
     @property
     def max_attempts(self) -> int:

@@ -236,9 +236,12 @@ class Planner:
                 t.wait_until,
             )
         agents = self._registry.agents
-        free = [a for a in plan.feasible_agents if agents[a].connected and agents[a].credits > 0]
+        free = [a for a in plan.feasible_agents if agents[a].available and agents[a].credits > 0]
         if not free:
-            return say("no_free_slot", f"all {len(plan.feasible_agents)} feasible agent(s) are busy or disconnected")
+            return say(
+                "no_free_slot",
+                f"all {len(plan.feasible_agents)} feasible agent(s) are busy, disconnected, unhealthy or draining",
+            )
         key = self._fairness.key
         ahead = [r for r in self._queues.runs() if r is not run and key(r) < key(run)]
         if ahead:

@@ -1,10 +1,13 @@
 """The agent registry: who is registered, what each can do, and how to reach it.
 
 For every agent it keeps the capabilities it advertised, its clock samples (and
-whether its clock is suspect), the tasks it holds, and its channels with their
-credits; across agents, the index of which agent caches which artifact (data
-locality), the connected capacity (the denominator of fair shares), and version
-counters that tell placement caches when what they depend on changed:
+whether its clock is suspect), the tasks it holds, its channels with their
+credits, the instance (state dir) it runs from, and whether it takes work: an
+agent that reports itself unhealthy (with the reason) or draining, or that an
+admin asked to drain, gets none (:attr:`AgentState.available`); across agents,
+the index of which agent caches which artifact (data locality), the connected
+capacity (the denominator of fair shares), and version counters that tell
+placement caches when what they depend on changed:
 
 * ``labels_version``: the set of connected agents, or what feasibility and
   preferences look at, changed;
@@ -42,10 +45,23 @@ class AgentState:
     channels: list[Channel] = field(default_factory=list)
     running: set[tuple[str, str]] = field(default_factory=set)  # (run id, task) of the leases it holds
     sched_offset: float = 0.0  # add to the agent's wall clock to get ours (from its "scheduler" sample)
+    instance_id: str = ""  # names the agent's state dir; "" for an agent that sends none
+    unhealthy: str = ""  # why it cannot run work, as its last heartbeat said ("": healthy)
+    draining_reported: bool = False  # its last heartbeat said it is draining
+    drain_requested: bool = False  # an admin asked it to drain; cleared once it reports draining
 
     @property
     def connected(self) -> bool:
         return bool(self.channels)
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_requested or self.draining_reported
+
+    @property
+    def available(self) -> bool:
+        """Does it take new work? Not while unhealthy or draining."""
+        return not self.unhealthy and not self.draining
 
     @property
     def clock_uncertainty(self) -> float:
@@ -128,6 +144,9 @@ class AgentRegistry:
                 registered_at=a.registered_at,
                 clock_suspect=a.view.clock_suspect,
                 clock_skew_s=a.view.clock_skew,
+                draining=a.draining,
+                unhealthy=a.unhealthy,
+                instance_id=a.instance_id,
             )
             for a in sorted(self.agents.values(), key=lambda a: a.name)
         ]
@@ -135,9 +154,15 @@ class AgentRegistry:
     # ------------------------------------------------------------------ registration
 
     def register(
-        self, name: str, identity: str, caps: Capabilities, clocks: Iterable[ClockSample], now: float
+        self,
+        name: str,
+        identity: str,
+        caps: Capabilities,
+        clocks: Iterable[ClockSample],
+        now: float,
+        instance_id: str = "",
     ) -> AgentState:
-        """(Re)register an agent with what it advertises now."""
+        """(Re)register an agent with what it advertises now (see :meth:`admit` first)."""
         agent = self.agents.get(name)
         if agent is None:
             agent = AgentState(
@@ -154,8 +179,75 @@ class AgentRegistry:
         else:
             self.apply_caps(agent, caps)
             agent.identity, agent.last_seen = identity, now
+        if instance_id:
+            agent.instance_id = instance_id
         self.observe_clocks(agent, tuple(clocks))
         return agent
+
+    def admit(self, name: str, instance_id: str) -> tuple[AgentState | None, str]:
+        """Decide whether ``instance_id`` may register as ``name``, before anything changes.
+
+        Returns (the agent now registered under the name or None, the instance whose
+        session is being taken over by another instance, else ""). An agent's instance id
+        names its state dir, kept across its restarts:
+
+        * the same instance again (a restart, a reconnect): it takes over its session; its
+          stale channels (a stream the old process left half-open) are closed here;
+        * another instance while the name is connected: refused (FailedPrecondition naming
+          both instances): two agents share one name, and neither may replace the other;
+        * another instance while the name is not connected: it takes over; the caller
+          expires the old instance's leases at once (their processes died with it);
+        * no instance id on either side (an older agent): as before, no check.
+        """
+        agent = self.agents.get(name)
+        if agent is None or not instance_id or not agent.instance_id:
+            return agent, ""
+        if agent.instance_id == instance_id:
+            for ch in list(agent.channels):
+                self.detach(ch)
+            return agent, ""
+        if agent.connected:
+            log.warning("agent %s: instance %s refused: connected as instance %s", name, instance_id, agent.instance_id)
+            raise FailedPrecondition(
+                f"agent name {name!r} is connected as instance {agent.instance_id}; instance {instance_id} is "
+                "refused: two agents run under one name (one certificate). Stop one, or give each its own name"
+            )
+        log.warning("agent %s: instance %s takes over from instance %s", name, instance_id, agent.instance_id)
+        return agent, agent.instance_id
+
+    def set_condition(self, agent: AgentState, unhealthy: str, draining: bool) -> None:
+        """What the agent's heartbeat says of itself: unhealthy (why) and draining."""
+        was = agent.available
+        if unhealthy != agent.unhealthy:
+            if unhealthy:
+                log.warning("agent %s is unhealthy, no work for it: %s", agent.name, unhealthy)
+            else:
+                log.info("agent %s is healthy again", agent.name)
+        agent.unhealthy = unhealthy
+        agent.draining_reported = draining
+        if draining:
+            agent.drain_requested = False  # it heard us
+        self._availability_changed(agent, was)
+
+    def drain(self, agent: AgentState) -> None:
+        """An admin asks the agent to drain: no new work from now on, and it is told so
+        down each of its channels (and again on every reconnect until it says it drains)."""
+        was = agent.available
+        agent.drain_requested = True
+        for ch in agent.channels:
+            ch.push(drain=True)
+        log.info("agent %s asked to drain", agent.name)
+        self._availability_changed(agent, was)
+
+    def _availability_changed(self, agent: AgentState, was: bool) -> None:
+        if agent.available and not was:  # its offered slots count again
+            for ch in agent.channels:
+                if ch.credits > 0 and not ch.closed:
+                    self.credited[ch] = None
+            self._kick()
+        elif was and not agent.available:
+            for ch in agent.channels:
+                self.credited.pop(ch, None)
 
     def apply_caps(self, agent: AgentState, caps: Capabilities) -> None:
         """Take an agent's new capabilities (re-register, or a heartbeat that carries them)."""
@@ -207,6 +299,7 @@ class AgentRegistry:
                 view=view_from_caps(row.name, row.capabilities),
                 registered_at=row.registered_at,
                 last_seen=row.last_seen,
+                instance_id=row.instance_id,
             )
             agent.view.connected = False
             self.agents[row.name] = agent
@@ -222,8 +315,10 @@ class AgentRegistry:
             self.labels_version += 1
         agent.channels.append(ch)
         agent.view.connected = True
-        if credits > 0:
+        if credits > 0 and agent.available:
             self.credited[ch] = None
+        if agent.drain_requested:
+            ch.push(drain=True)
         self._kick()
         return ch
 
@@ -242,9 +337,9 @@ class AgentRegistry:
     def add_credits(self, ch: Channel, n: int) -> None:
         if n < 0:
             raise InvalidArgument(f"credits must not be negative, got {n}")
-        slots = self.agents[ch.agent].caps.slots or 1
-        ch.credits = min(ch.credits + n, slots)
-        if ch.credits > 0 and not ch.closed:
+        agent = self.agents[ch.agent]
+        ch.credits = min(ch.credits + n, agent.caps.slots or 1)
+        if ch.credits > 0 and not ch.closed and agent.available:
             self.credited[ch] = None
         self._kick()
 

@@ -94,30 +94,63 @@ class Reports:
     # ------------------------------------------------------------------ agents
 
     def register(
-        self, name: str, identity: str, caps: Capabilities, clocks: Iterable[ClockSample], leases: Iterable[LeaseRef]
+        self,
+        name: str,
+        identity: str,
+        caps: Capabilities,
+        clocks: Iterable[ClockSample],
+        leases: Iterable[LeaseRef],
+        instance_id: str = "",
     ) -> list[LeaseRef]:
-        """(Re)register an agent; returns the leases it listed that it must stop."""
+        """(Re)register an agent; returns the leases it listed that it must stop.
+
+        Raises FailedPrecondition, changing nothing, when another instance is connected
+        under the name (:meth:`AgentRegistry.admit`). When a new instance takes over a
+        name that is not connected, the old instance's leases expire at once: their
+        processes belong to the old instance, which is gone.
+        """
+        clocks = tuple(clocks)
+        existing, replaced = self._registry.admit(name, instance_id)
+        if existing is not None and replaced:
+            why = f"agent {name} now runs as instance {instance_id}; instance {replaced} and its stages are gone"
+            for key in sorted(existing.running):
+                t = self._sm.runs[key[0]].tasks[key[1]]
+                if t.state is TaskState.RUNNING and t.agent == name:
+                    self.expire(t, why)
         now = self._wall()
-        agent = self._registry.register(name, identity, caps, clocks, now)
+        agent = self._registry.register(name, identity, caps, clocks, now, instance_id)
         txn = Txn()
-        txn.changes.upsert_agent(name, identity, caps, now)
+        txn.changes.upsert_agent(name, identity, caps, now, agent.instance_id)
         self._journal.commit(txn)
         lost = self._renew(agent, leases)
         log.info(
-            "agent %s registered (%d cpus, %d gpus, labels %s)", name, caps.cpu_cores, len(caps.gpus), dict(caps.labels)
+            "agent %s registered (%d cpus, %d gpus, labels %s%s)",
+            name,
+            caps.cpu_cores,
+            len(caps.gpus),
+            dict(caps.labels),
+            f", instance {instance_id}" if instance_id else "",
         )
         self._kick()
         return lost
 
     def heartbeat(
-        self, name: str, leases: Iterable[LeaseRef], clocks: Iterable[ClockSample], caps: Capabilities | None = None
+        self,
+        name: str,
+        leases: Iterable[LeaseRef],
+        clocks: Iterable[ClockSample],
+        caps: Capabilities | None = None,
+        unhealthy: str = "",
+        draining: bool = False,
     ) -> list[LeaseRef]:
-        """Renew an agent's leases; returns those it no longer holds."""
+        """Renew an agent's leases and take what it says of itself; returns the leases it
+        no longer holds."""
         agent = self._registry.require(name)
         leases = list(leases)
         self._registry.observe_clocks(agent, tuple(clocks))
         if caps is not None:
             self._registry.apply_caps(agent, caps)
+        self._registry.set_condition(agent, unhealthy, draining)
         agent.last_seen = self._wall()
         lost = self._renew(agent, leases)
         # Leases we granted that the agent does not list never reached it (the stream

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scheduler.core.messages import Capabilities, ClockSample
-from scheduler.core.model import Output, Run, Task
+from scheduler.core.messages import Capabilities, Checkpoint, ClockSample
+from scheduler.core.model import Attempt, Output, Run, Task
 from scheduler.matcher.scores import Candidate
 
 
@@ -26,6 +26,9 @@ class TaskStatus:
     started_at: float
     finished_at: float
     not_before: float
+    history: tuple[Attempt, ...] = ()  # every attempt, oldest first (immutable records)
+    checkpoint: Checkpoint | None = None  # the latest accepted
+    resumed_from: Checkpoint | None = None  # what the current (or last) attempt resumed from
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,9 @@ def task_status(t: Task) -> TaskStatus:
         started_at=t.started_at,
         finished_at=t.finished_at,
         not_before=t.not_before,
+        history=tuple(t.history),
+        checkpoint=t.checkpoint,
+        resumed_from=t.resumed_from,
     )
 
 
@@ -81,6 +87,7 @@ class RunEvent:
     ts: float = 0.0
     snapshot: RunStatus | None = None  # on the first event of a watch, and the run's last
     warnings: tuple[str, ...] = ()  # SubmitAndWatch: on the first event
+    seq: int = 0  # its place in the run's durable history; 0: the snapshot that opens a watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,3 +143,6 @@ class AgentInfo:
     registered_at: float
     clock_suspect: bool
     clock_skew_s: float
+    draining: bool = False
+    unhealthy: str = ""  # why it takes no work ("": healthy)
+    instance_id: str = ""

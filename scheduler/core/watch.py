@@ -4,15 +4,27 @@ The state machine (:mod:`scheduler.core.lifecycle`) hands every event here after
 the commit that recorded it; this module decides which watchers get it. Log
 chunks are handed to a task's followers as they arrive, and followers are told
 when the task ends.
+
+A watch first replays the run's durable history (the events table, in ``seq``
+order, after the ``seq`` the watcher already saw), then follows live events, with
+neither gaps nor duplicates (:func:`replay_then_follow`): the watcher is registered
+*before* the history is read, so every event recorded after the read reaches its
+queue; a barrier first makes every event emitted before the registration durable,
+so the read holds it; and queued events the read already returned are dropped by
+their ``seq``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from scheduler.core.model import Run
+from scheduler.core.model import TERMINAL_RUN_EVENTS, Run
 from scheduler.core.views import LogLine, RunEvent, run_status
+
+#: Events read from the history per page.
+HISTORY_PAGE = 2000
 
 
 @dataclass(eq=False)
@@ -88,3 +100,53 @@ class Watchers:
     def task_ended(self, run_id: str, task: str) -> None:
         for f in self._logs.get((run_id, task), ()):
             f.queue.put_nowait(None)
+
+
+async def replay_then_follow(
+    watcher: Watcher,
+    run: Run,
+    after: int,
+    barrier: Callable[[], Awaitable[None]],
+    history: Callable[[int, int], Awaitable[list[RunEvent]]],
+) -> AsyncIterator[RunEvent]:
+    """The run's events after ``after``: first its durable history, then live ones, each
+    once and in ``seq`` order; ends once the run has ended and its last event was sent.
+
+    ``watcher`` must be registered already; ``history(after, limit)`` reads recorded
+    events (off the loop); ``barrier()`` resolves once everything emitted is durable.
+    """
+    await barrier()
+    last = after
+    ended = False  # the last run-level event sent says the run ended
+    while True:
+        page = await history(last, HISTORY_PAGE)
+        for ev in page:
+            last = max(last, ev.seq)
+            if watcher.run_only and ev.task:
+                continue
+            if not ev.task:
+                ended = ev.state in TERMINAL_RUN_EVENTS
+            yield ev
+        if len(page) < HISTORY_PAGE:
+            break
+    # What the queue caught meanwhile: the part the read already returned is dropped.
+    caught = []
+    while not watcher.queue.empty():
+        ev = watcher.queue.get_nowait()
+        if ev.seq > last:
+            caught.append(ev)
+    if run.terminal and ended and not caught:
+        return
+    for ev in caught:
+        last = ev.seq
+        yield ev
+        if not ev.task and ev.state in TERMINAL_RUN_EVENTS:
+            return
+    while True:
+        ev = await watcher.queue.get()
+        if ev.seq and ev.seq <= last:
+            continue
+        last = max(last, ev.seq)
+        yield ev
+        if not ev.task and ev.state in TERMINAL_RUN_EVENTS:
+            return

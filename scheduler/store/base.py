@@ -38,11 +38,11 @@ import asyncio
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from outrider.errors import OutriderError
-from scheduler.core.messages import Capabilities
+from scheduler.core.messages import Capabilities, Checkpoint
 from scheduler.core.spec import PipelineSpec
 from scheduler.store.changes import Changes, Record
 
@@ -103,6 +103,27 @@ class AgentRow:
     capabilities: Capabilities
     registered_at: float
     last_seen: float
+    instance_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    run_id: str
+    task: str
+    attempt: int
+    agent: str
+    state: str
+    started_at: float
+    finished_at: float
+    exit_code: int
+    error: str
+    resumed: Checkpoint | None  # the checkpoint it resumed from
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    checkpoint: Checkpoint  # a task's latest accepted checkpoint (its lease names the task)
+    residency: frozenset[str] | None  # where its bytes may be processed
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +146,9 @@ class Loaded:
     tasks: list[TaskRow]
     outputs: list[OutputRow]
     agents: list[AgentRow]
+    attempts: list[AttemptRow] = field(default_factory=list)  # in (run, task, attempt) order
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+    event_seq: int = 0  # the last event's sequence number
 
 
 class Store(abc.ABC):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from scheduler.core.messages import Capabilities
+from scheduler.core.messages import Capabilities, Checkpoint
 from scheduler.core.model import AttemptState, Run, Task
 
 
@@ -24,12 +24,15 @@ class Op(enum.Enum):
     UPDATE_RUN = "update_run"  #: (state, finished_at, run_id)
     UPDATE_TASK = "update_task"  #: (state, attempts, failures, agent, error, exit_code, started_at,
     #: finished_at, not_before, run_id, name)
-    INSERT_ATTEMPT = "insert_attempt"  #: (run_id, task, attempt, agent, state, started_at)
+    INSERT_ATTEMPT = "insert_attempt"  #: (run_id, task, attempt, agent, state, started_at,
+    #: resume_epoch, resume_seq, resume_digest, resume_size, resume_kind, resume_created_at)
     FINISH_ATTEMPT = "finish_attempt"  #: (state, finished_at, exit_code, error, run_id, task, attempt)
     UPSERT_OUTPUTS_MANY = "upsert_outputs"  #: [(run_id, task, name, digest, size, kind, residency)]
     INSERT_ARTIFACTS_MANY = "insert_artifacts"  #: [(digest, size, kind, created_at)], existing kept
-    UPSERT_AGENT = "upsert_agent"  #: (name, identity, capabilities, registered_at, last_seen)
-    INSERT_EVENTS_MANY = "insert_events"  #: [(ts, run_id, task, state, attempt, agent, detail)]
+    UPSERT_AGENT = "upsert_agent"  #: (name, identity, capabilities, registered_at, last_seen, instance_id)
+    INSERT_EVENTS_MANY = "insert_events"  #: [(seq, ts, run_id, task, state, attempt, agent, detail)]
+    UPSERT_CHECKPOINT = "upsert_checkpoint"  #: (run_id, task, epoch, seq, digest, size, kind, created_at,
+    #: residency): the latest accepted checkpoint of a task
 
 
 Record = tuple[Op, Any]
@@ -105,9 +108,27 @@ class Changes:
         )
 
     def insert_attempt(self, t: Task, started_at: float) -> None:
-        self.records.append(
-            (Op.INSERT_ATTEMPT, (t.run_id, t.name, t.attempts, t.agent, AttemptState.RUNNING.value, started_at))
+        cp = t.resumed_from
+        resume = (0, 0, "", 0, "", 0.0)
+        if cp is not None:
+            resume = (cp.lease.epoch, cp.seq, cp.digest, cp.size, cp.kind, cp.created_at)
+        row = (t.run_id, t.name, t.attempts, t.agent, AttemptState.RUNNING.value, started_at, *resume)
+        self.records.append((Op.INSERT_ATTEMPT, row))
+
+    def upsert_checkpoint(self, t: Task, cp: Checkpoint, residency: frozenset[str] | None) -> None:
+        """A task's latest accepted checkpoint (replacing the one before)."""
+        row = (
+            t.run_id,
+            t.name,
+            cp.lease.epoch,
+            cp.seq,
+            cp.digest,
+            cp.size,
+            cp.kind,
+            cp.created_at,
+            zones_text(residency),
         )
+        self.records.append((Op.UPSERT_CHECKPOINT, row))
 
     def finish_attempt(self, t: Task, state: AttemptState, finished_at: float, exit_code: int, error: str) -> None:
         self.records.append(
@@ -130,14 +151,17 @@ class Changes:
         """Artifacts now in the store: (digest, size, kind, created_at); known ones are kept as they are."""
         self.records.append((Op.INSERT_ARTIFACTS_MANY, rows))
 
-    def upsert_agent(self, name: str, identity: str, caps: Capabilities, now: float) -> None:
+    def upsert_agent(self, name: str, identity: str, caps: Capabilities, now: float, instance_id: str = "") -> None:
         """Record an agent; on a re-registration its first ``registered_at`` is kept."""
-        self.records.append((Op.UPSERT_AGENT, (name, identity, caps, now, now)))
+        self.records.append((Op.UPSERT_AGENT, (name, identity, caps, now, now, instance_id)))
 
-    def events(self, rows: list[tuple[float, str, str, str, int, str, str]]) -> None:
-        """Events: (ts, run_id, task, state, attempt, agent, detail) each."""
+    def events(self, rows: list[tuple[int, float, str, str, str, int, str, str]]) -> None:
+        """Events: (seq, ts, run_id, task, state, attempt, agent, detail) each; ``seq`` is the
+        event's place in the durable history, given by the state machine."""
         if rows:
             self.records.append((Op.INSERT_EVENTS_MANY, rows))
 
-    def event(self, ts: float, run_id: str, task: str, state: str, attempt: int, agent: str, detail: str) -> None:
-        self.records.append((Op.INSERT_EVENTS_MANY, [(ts, run_id, task, state, attempt, agent, detail)]))
+    def event(
+        self, seq: int, ts: float, run_id: str, task: str, state: str, attempt: int, agent: str, detail: str
+    ) -> None:
+        self.records.append((Op.INSERT_EVENTS_MANY, [(seq, ts, run_id, task, state, attempt, agent, detail)]))

@@ -16,7 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.api import wire
-from scheduler.store.base import AgentRow, EventRow, Loaded, OutputRow, RunRow, Store, TaskRow, log
+from scheduler.core.messages import Checkpoint, LeaseRef
+from scheduler.store.base import (
+    AgentRow,
+    AttemptRow,
+    CheckpointRow,
+    EventRow,
+    Loaded,
+    OutputRow,
+    RunRow,
+    Store,
+    TaskRow,
+    log,
+)
 from scheduler.store.changes import Op, Record, zones_of
 
 # Numbered migrations: append only, never edit a released one.
@@ -98,6 +110,31 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE outputs ADD COLUMN residency TEXT;
     """,
+    # 3: the instance (state dir) each agent name was last registered from
+    """
+    ALTER TABLE agents ADD COLUMN instance_id TEXT NOT NULL DEFAULT '';
+    """,
+    # 4: checkpoints: the latest accepted per task, and the one each attempt resumed from
+    """
+    CREATE TABLE checkpoints (
+        run_id     TEXT NOT NULL,
+        task       TEXT NOT NULL,
+        epoch      INTEGER NOT NULL,
+        seq        INTEGER NOT NULL,
+        digest     TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        residency  TEXT,
+        PRIMARY KEY (run_id, task)
+    ) WITHOUT ROWID;
+    ALTER TABLE attempts ADD COLUMN resume_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN resume_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN resume_digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE attempts ADD COLUMN resume_size INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN resume_kind TEXT NOT NULL DEFAULT '';
+    ALTER TABLE attempts ADD COLUMN resume_created_at REAL NOT NULL DEFAULT 0;
+    """,
 )
 
 #: One statement per kind of write; ``*_MANY`` kinds run with executemany.
@@ -108,16 +145,20 @@ SQL: dict[Op, str] = {
     Op.UPDATE_RUN: "UPDATE runs SET state=?, finished_at=? WHERE run_id=?",
     Op.UPDATE_TASK: "UPDATE tasks SET state=?, attempts=?, failures=?, agent=?, error=?, exit_code=?,"
     " started_at=?, finished_at=?, not_before=? WHERE run_id=? AND name=?",
-    Op.INSERT_ATTEMPT: "INSERT INTO attempts(run_id, task, attempt, agent, state, started_at) VALUES (?,?,?,?,?,?)",
+    Op.INSERT_ATTEMPT: "INSERT INTO attempts(run_id, task, attempt, agent, state, started_at, resume_epoch, resume_seq,"
+    " resume_digest, resume_size, resume_kind, resume_created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
     Op.FINISH_ATTEMPT: "UPDATE attempts SET state=?, finished_at=?, exit_code=?, error=?"
     " WHERE run_id=? AND task=? AND attempt=?",
     Op.UPSERT_OUTPUTS_MANY: "INSERT OR REPLACE INTO outputs(run_id, task, name, digest, size, kind, residency)"
     " VALUES (?,?,?,?,?,?,?)",
     Op.INSERT_ARTIFACTS_MANY: "INSERT OR IGNORE INTO artifacts(digest, size, kind, created_at) VALUES (?,?,?,?)",
-    Op.UPSERT_AGENT: "INSERT INTO agents(name, identity, capabilities, registered_at, last_seen) VALUES (?,?,?,?,?)"
-    " ON CONFLICT(name) DO UPDATE SET identity=excluded.identity,"
-    " capabilities=excluded.capabilities, last_seen=excluded.last_seen",
-    Op.INSERT_EVENTS_MANY: "INSERT INTO events(ts, run_id, task, state, attempt, agent, detail) VALUES (?,?,?,?,?,?,?)",
+    Op.UPSERT_AGENT: "INSERT INTO agents(name, identity, capabilities, registered_at, last_seen, instance_id)"
+    " VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET identity=excluded.identity,"
+    " capabilities=excluded.capabilities, last_seen=excluded.last_seen, instance_id=excluded.instance_id",
+    Op.INSERT_EVENTS_MANY: "INSERT INTO events(seq, ts, run_id, task, state, attempt, agent, detail)"
+    " VALUES (?,?,?,?,?,?,?,?)",
+    Op.UPSERT_CHECKPOINT: "INSERT OR REPLACE INTO checkpoints(run_id, task, epoch, seq, digest, size, kind, created_at,"
+    " residency) VALUES (?,?,?,?,?,?,?,?,?)",
 }
 _MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
 assert set(SQL) == set(Op), "every kind of write needs its statement"
@@ -224,9 +265,49 @@ class SqliteStore(Store):
                     wire.decode_capabilities(r["capabilities"]),
                     r["registered_at"],
                     r["last_seen"],
+                    r["instance_id"],
                 )
                 for r in q("SELECT * FROM agents")
             ],
+            attempts=[
+                AttemptRow(
+                    r["run_id"],
+                    r["task"],
+                    r["attempt"],
+                    r["agent"],
+                    r["state"],
+                    r["started_at"],
+                    r["finished_at"],
+                    r["exit_code"],
+                    r["error"],
+                    None
+                    if not r["resume_digest"]
+                    else Checkpoint(
+                        LeaseRef(r["run_id"], r["task"], r["resume_epoch"]),
+                        r["resume_digest"],
+                        r["resume_size"],
+                        r["resume_kind"],
+                        r["resume_seq"],
+                        r["resume_created_at"],
+                    ),
+                )
+                for r in q("SELECT * FROM attempts ORDER BY run_id, task, attempt")
+            ],
+            checkpoints=[
+                CheckpointRow(
+                    Checkpoint(
+                        LeaseRef(r["run_id"], r["task"], r["epoch"]),
+                        r["digest"],
+                        r["size"],
+                        r["kind"],
+                        r["seq"],
+                        r["created_at"],
+                    ),
+                    zones_of(r["residency"]),
+                )
+                for r in q("SELECT * FROM checkpoints")
+            ],
+            event_seq=q("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0],
         )
 
     def events(self, run_id: str, after: int = 0, limit: int = 0) -> list[EventRow]:

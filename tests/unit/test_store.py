@@ -351,8 +351,8 @@ def test_events_readable_while_writer_runs(tmp_path: Path) -> None:
         futs = []
         for i in range(50):
             b = Changes()
-            b.event(float(i), "run-1", f"t{i}", "ready", 0, "", "")
-            b.event(float(i), "run-2", "x", "ready", 0, "", "")
+            b.event(2 * i + 1, float(i), "run-1", f"t{i}", "ready", 0, "", "")
+            b.event(2 * i + 2, float(i), "run-2", "x", "ready", 0, "", "")
             futs.append(store.commit(b))
         # Read while commits are still queued / in flight: never blocks, never errors.
         partial = store.events("run-1")
@@ -363,5 +363,11 @@ def test_events_readable_while_writer_runs(tmp_path: Path) -> None:
         assert [r.seq for r in rows] == sorted(r.seq for r in rows)
         assert len(store.events("run-2")) == 50
         assert store.events("nope") == []
+        # Resume after a seq, a page at a time.
+        assert [r.seq for r in store.events("run-1", after=41)] == [43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63, 65,
+                                                                    67, 69, 71, 73, 75, 77, 79, 81, 83, 85, 87, 89,
+                                                                    91, 93, 95, 97, 99]
+        assert [r.seq for r in store.events("run-1", after=41, limit=3)] == [43, 45, 47]
 
     with_store(db, body)
+    assert Store(db).load().event_seq == 100

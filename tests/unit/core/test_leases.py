@@ -11,7 +11,7 @@ import pytest
 from outrider.errors import NotFound, StaleEpoch
 from scheduler.core.leases import LeaseStatus, LeaseTable, lease_ref
 from scheduler.core.messages import LeaseRef
-from scheduler.core.model import AttemptState, Needs, Task, TaskState
+from scheduler.core.model import Attempt, AttemptState, Needs, Task, TaskState
 from scheduler.core.spec import TaskSpec
 from scheduler.core.txn import Txn
 from scheduler.store.changes import Op
@@ -114,7 +114,11 @@ def test_grant_starts_the_next_epoch_padded_by_the_clock_uncertainty(uncertainty
     assert t.attempts == 5
     assert (t.agent, t.started_at, t.finished_at, t.leased_at) == ("a1", WALL0, 0.0, MONO0)
     assert t.lease_expires == MONO0 + TTL + pad  # the pad never exceeds one TTL
-    assert txn.changes.records == [(Op.INSERT_ATTEMPT, ("r1", "t", 5, "a1", AttemptState.RUNNING.value, WALL0))]
+    no_checkpoint = (0, 0, "", 0, "", 0.0)
+    assert txn.changes.records == [
+        (Op.INSERT_ATTEMPT, ("r1", "t", 5, "a1", AttemptState.RUNNING.value, WALL0, *no_checkpoint))
+    ]
+    assert t.history[-1] == Attempt(5, "a1", AttemptState.RUNNING, WALL0)
     assert len(h.table) == 1
 
 

@@ -112,7 +112,12 @@ class Harness:
 
 
 def events(txn: Txn) -> list[Event]:
-    return [row for op, rows in txn.changes.records if op is Op.INSERT_EVENTS_MANY for row in rows]
+    """The events recorded, without their sequence numbers (see the test of those)."""
+    return [row[1:] for op, rows in txn.changes.records if op is Op.INSERT_EVENTS_MANY for row in rows]
+
+
+def seqs(txn: Txn) -> list[int]:
+    return [row[0] for op, rows in txn.changes.records if op is Op.INSERT_EVENTS_MANY for row in rows]
 
 
 def ops(txn: Txn) -> list[Op]:
@@ -188,10 +193,9 @@ def test_every_run_transition_is_applied_or_refused_per_the_table(frm: RunState,
     finished = 0.0 if to is RunState.RUNNING else T1
     assert run.state is to
     assert run.finished_at == finished
-    assert txn.changes.records == [
-        (Op.UPDATE_RUN, (to.value, finished, "r1")),
-        (Op.INSERT_EVENTS_MANY, [(T1, "r1", "", EventKind.entering(to).value, 0, "", "why")]),
-    ]
+    assert ops(txn) == [Op.UPDATE_RUN, Op.INSERT_EVENTS_MANY]
+    assert txn.changes.records[0] == (Op.UPDATE_RUN, (to.value, finished, "r1"))
+    assert events(txn) == [(T1, "r1", "", EventKind.entering(to).value, 0, "", "why")]
 
 
 def test_end_run_without_emit_records_the_state_but_no_event() -> None:
@@ -226,6 +230,22 @@ def test_create_readies_the_roots_only_with_events_naming_no_attempt() -> None:
     ]
     assert (run.unfinished, h.sm.open_tasks, h.sm.seq) == (3, 3, 1)
     assert run.tasks["a"].downstream == ["b"]
+
+
+def test_every_event_gets_the_next_sequence_number_in_one_history() -> None:
+    """RunEvent.seq: the events table's key, given here, so a watch can replay and dedupe."""
+    h = Harness()
+    txn = Txn()
+    run = StateMachine.build("r1", PipelineSpec("p", (spec("a"), spec("b"))), "alice", WALL0, "tr", 1, lambda n: n)
+    h.sm.create(txn, run)
+    assert seqs(txn) == [1, 2, 3]
+    assert h.sm.event_seq == 3
+    txn2 = Txn()
+    h.start(run, run.tasks["a"])  # running: one more event, in its own transaction
+    h.sm.note(txn2, run, run.tasks["a"], EventKind.CHECKPOINT, "seq 1")
+    assert seqs(txn2) == [h.sm.event_seq]
+    assert events(txn2) == [(WALL0, "r1", "a", "checkpoint", run.tasks["a"].attempts, AGENT, "seq 1")]
+    assert run.tasks["a"].state is TaskState.RUNNING  # a note changes no state
 
 
 # --------------------------------------------------------------------------- the queues' hooks
