@@ -8,15 +8,19 @@ stable contract. Errors print ``outrider: error: …`` and exit 2; ``watch`` exi
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from outrider import cli_agents
 from outrider.errors import OutriderError
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+#: How long a watch keeps trying to reconnect to a scheduler that went away.
+RECONNECT_FOR_S = 300.0
 
 
 # ---------------------------------------------------------------------------- output helpers
@@ -71,9 +75,35 @@ def run_json(run: Any) -> dict[str, Any]:
                 "exit_code": t.exit_code,
                 "started_at": t.started_at,
                 "finished_at": t.finished_at,
+                "history": [
+                    {
+                        "attempt": a.attempt,
+                        "agent": a.agent,
+                        "state": a.state,
+                        "started_at": a.started_at,
+                        "finished_at": a.finished_at,
+                        "exit_code": a.exit_code,
+                        "error": a.error,
+                    }
+                    for a in t.history
+                ],
+                "checkpoint": checkpoint_json(t.checkpoint) if t.HasField("checkpoint") else None,
+                "resumed_from": checkpoint_json(t.resumed_from) if t.HasField("resumed_from") else None,
             }
             for t in run.tasks
         },
+    }
+
+
+def checkpoint_json(c: Any) -> dict[str, Any]:
+    """A checkpoint in ``--json``: the attempt (epoch) that saved it and its bytes."""
+    return {
+        "digest": c.digest,
+        "epoch": c.lease.epoch,
+        "seq": c.seq,
+        "size": c.size,
+        "kind": c.kind,
+        "created_at": c.created_at,
     }
 
 
@@ -87,6 +117,21 @@ def print_run(run: Any) -> None:
         detail = t.error or ", ".join(f"{o.name}={o.digest[:12]}" for o in t.outputs)
         rows.append((t.name, t.state, str(t.attempts), t.agent or "-", _dur(t.started_at, t.finished_at), detail))
     _table(rows, ("TASK", "STATE", "ATTEMPTS", "AGENT", "TIME", "OUTPUTS / ERROR"))
+    for t in run.tasks:  # what became of each earlier attempt, and what a task resumed from
+        earlier = [a for a in t.history if a.state != "running" and (a.state != "succeeded" or len(t.history) > 1)]
+        if len(t.history) < 2 and not t.HasField("checkpoint"):
+            continue
+        print(f"  {t.name}:")
+        for a in earlier:
+            why = f": {a.error}" if a.error else ""
+            print(f"    attempt {a.attempt} on {a.agent or '-'} {a.state}{why}")
+        if t.HasField("resumed_from"):
+            c = t.resumed_from
+            print(f"    attempt {t.attempts} resumed from checkpoint {c.seq} of attempt {c.lease.epoch}", end="")
+            print(f" ({c.digest[:12]})")
+        if t.HasField("checkpoint"):
+            c = t.checkpoint
+            print(f"    latest checkpoint: {c.seq} of attempt {c.lease.epoch} ({c.digest[:12]}, {_bytes(c.size)})")
 
 
 # ---------------------------------------------------------------------------- verbs
@@ -194,10 +239,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     pipeline = _load(args.file)
     with _client(args) as client:
         if args.watch:
-            events = client.submit_and_watch(pipeline, strict=args.strict)
+            events = client.submit_and_watch(
+                pipeline, strict=args.strict, reconnect_for=RECONNECT_FOR_S, on_reconnect=_reconnecting
+            )
             first = next(events)
             _announce(first.run_id, list(first.warnings), args.json)
-            return _watch(client, first.run_id, args.json, quiet=args.json, events=events, first=first)
+            return _watch(client, first.run_id, args.json, quiet=args.json, events=itertools.chain([first], events))
         res = client.submit(pipeline, strict=args.strict)
         _announce(res.run_id, res.warnings, args.json)
     return 0
@@ -247,14 +294,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False, events: Any = None, first: Any = None) -> int:
-    import itertools
+def _reconnecting(tries: int, exc: OutriderError) -> None:
+    print(f"outrider: connection lost ({exc}); reconnecting (try {tries})", file=sys.stderr, flush=True)
 
+
+def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False, events: Any = None) -> int:
+    """Print a run's events until it ends: its recorded history first, then live ones; a lost
+    connection (a scheduler restart) is resumed after the last event shown."""
     final = None
-    stream = client.watch(run_id) if events is None else itertools.chain([first], events)
+    stream = client.follow(run_id, on_reconnect=_reconnecting) if events is None else events
     for ev in stream:
         if ev.HasField("snapshot"):
             final = ev.snapshot
+        if not ev.seq:
+            continue  # a snapshot that opens a connection: no event of its own
         if as_json:
             if not quiet or (not ev.task and ev.state in TERMINAL):
                 print(
@@ -267,6 +320,7 @@ def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False, events:
                             "agent": ev.agent,
                             "message": ev.message,
                             "ts": ev.ts,
+                            "seq": ev.seq,
                         }
                     ),
                     flush=True,
@@ -279,7 +333,7 @@ def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False, events:
             )
         elif ev.state in TERMINAL:
             print(f"{time.strftime('%H:%M:%S', time.localtime(ev.ts))}  run {ev.state}", flush=True)
-    if final is None:
+    if final is None or final.state not in TERMINAL:
         final = client.get_run(run_id)
     if as_json:
         _json(run_json(final))
@@ -341,90 +395,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
             print(f"run {run.run_id} {run.state}: rerunning {', '.join(again) or 'nothing'}")
         if args.watch:
             return _watch(client, run.run_id, args.json)
-    return 0
-
-
-def agent_json(a: Any) -> dict[str, Any]:
-    c = a.capabilities
-    return {
-        "name": a.name,
-        "identity": a.identity,
-        "state": a.state,
-        "running": a.running,
-        "clock_suspect": a.clock_suspect,
-        "clock_skew_s": a.clock_skew_s,
-        "free_slots": a.free_slots,
-        "last_seen": a.last_seen,
-        "registered_at": a.registered_at,
-        "capabilities": {
-            "cpu_cores": c.cpu_cores,
-            "arch": c.arch,
-            "cpu_model": c.cpu_model,
-            "memory_bytes": c.memory_bytes,
-            "disk_bytes": c.disk_bytes,
-            "disk_free_bytes": c.disk_free_bytes,
-            "os": c.os,
-            "os_release": c.os_release,
-            "python_version": c.python_version,
-            "hostname": c.hostname,
-            "slots": c.slots,
-            "labels": dict(c.labels),
-            "agent_version": c.agent_version,
-            "gpu_probe": c.gpu_probe,
-            "zones": list(c.zones),
-            "bandwidth_bps": c.bandwidth_bps,
-            "rtt_s": c.rtt_s,
-            "cached_artifacts": len(c.cached),
-            "cached_bytes": sum(x.size for x in c.cached),
-            "power": {
-                "has_battery": c.power.has_battery,
-                "on_battery": c.power.on_battery,
-                "battery_percent": c.power.battery_percent,
-            },
-            "gpus": [
-                {
-                    "index": g.index,
-                    "model": g.model,
-                    "memory_bytes": g.memory_bytes,
-                    "driver": g.driver,
-                    "uuid": g.uuid,
-                    "compute_capability": g.compute_capability,
-                }
-                for g in c.gpus
-            ],
-        },
-        "clock": [{"source": s.source, "offset_s": s.offset_s, "uncertainty_s": s.uncertainty_s} for s in a.clock],
-    }
-
-
-def cmd_agents(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        agents = client.list_agents()
-    if args.json:
-        _json([agent_json(a) for a in agents])
-        return 0
-    rows = []
-    for a in agents:
-        c = a.capabilities
-        best = min(a.clock, key=lambda s: s.uncertainty_s, default=None)
-        clock = f"{best.offset_s * 1000:+.1f}ms ±{best.uncertainty_s * 1000:.1f}" if best else "-"
-        if a.clock_suspect:
-            clock += " clock_suspect"
-        gpus = f"{len(c.gpus)}x {c.gpus[0].model}" if c.gpus else "0"
-        rows.append(
-            (
-                a.name,
-                a.state,
-                f"{a.running}/{c.slots}",
-                str(c.cpu_cores),
-                _bytes(c.memory_bytes),
-                gpus,
-                ",".join(c.zones) or "-",
-                ",".join(f"{k}={v}" for k, v in sorted(c.labels.items())) or "-",
-                clock,
-            )
-        )
-    _table(rows, ("AGENT", "STATE", "RUNNING", "CPUS", "MEMORY", "GPUS", "ZONES", "LABELS", "CLOCK"))
     return 0
 
 
@@ -508,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("retry", cmd_retry, "rerun a run's failed, upstream_failed and cancelled tasks")
     sp.add_argument("run")
     sp.add_argument("--watch", action="store_true")
-    verb("agents", cmd_agents, "list agents, their capabilities and clocks")
+    verb("agents", cli_agents.cmd_agents, "list agents, their health, capabilities and clocks")
+    sp = verb("drain", cli_agents.cmd_drain, "ask an agent to drain: no new work; its stages checkpoint, move (admin)")
+    sp.add_argument("agent")
     sp = verb("explain", cmd_explain, "why a task is pending (and until when), or why it runs where it does")
     sp.add_argument("run")
     sp.add_argument("task")

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,17 @@ class ConnectionFailed(errors.OutriderError):
 
     code = "UNAVAILABLE"
 
+    def __init__(self, message: str, status: str = "UNAVAILABLE") -> None:
+        super().__init__(message)
+        #: The gRPC status it ended with: UNAVAILABLE (worth retrying), UNAUTHENTICATED, DEADLINE_EXCEEDED.
+        self.status = status
+
+
+#: A watch that lost its connection tries again for this long before it gives up.
+RECONNECT_FOR_S = 300.0
+#: Between tries: from the first delay, doubling up to the last (with jitter).
+RECONNECT_BACKOFF_S = (0.2, 5.0)
+
 
 def _translate(exc: grpc.RpcError) -> errors.OutriderError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
@@ -67,9 +80,13 @@ def _translate(exc: grpc.RpcError) -> errors.OutriderError:
     if cls is not None:
         return cls(details)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ConnectionFailed(f"{code.name}: {details}")
+        return ConnectionFailed(f"{code.name}: {details}", code.name)
     err = errors.OutriderError(f"{code.name}: {details}")
     return err
+
+
+def _unavailable(exc: errors.OutriderError) -> bool:
+    return isinstance(exc, ConnectionFailed) and exc.status == "UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -218,12 +235,50 @@ class Client:
         return SubmitResult(resp.run_id, list(resp.warnings))
 
     def submit_and_watch(
-        self, pipeline: Any, run_only: bool = False, timeout: float | None = None, strict: bool = False
+        self,
+        pipeline: Any,
+        run_only: bool = False,
+        timeout: float | None = None,
+        strict: bool = False,
+        reconnect_for: float = 0.0,
+        on_reconnect: Callable[[int, errors.OutriderError], None] | None = None,
     ) -> Iterator[control_pb2.RunEvent]:
         """Submit and follow in one call: the first event (the run's snapshot, with
-        ``warnings``) is the durable acknowledgement; events follow until the run ends."""
+        ``warnings``) is the durable acknowledgement; events follow until the run ends.
+
+        With ``reconnect_for`` > 0, a connection lost after the acknowledgement is resumed
+        as :meth:`follow` does (a connection lost before it raises: the submission may or
+        may not have been recorded)."""
         req = control_pb2.SubmitAndWatchRequest(pipeline=self._spec(pipeline), run_only=run_only, strict=strict)
-        return self._stream(self.control.SubmitAndWatch, req, timeout)
+        events = self._stream(self.control.SubmitAndWatch, req, timeout)
+        if reconnect_for <= 0:
+            return events
+        return self._resumed(events, run_only, reconnect_for, on_reconnect)
+
+    def _resumed(
+        self,
+        events: Iterator[control_pb2.RunEvent],
+        run_only: bool,
+        reconnect_for: float,
+        on_reconnect: Callable[[int, errors.OutriderError], None] | None,
+    ) -> Iterator[control_pb2.RunEvent]:
+        run_id, last, ended = "", 0, False
+        try:
+            for ev in events:
+                run_id, last = ev.run_id, max(last, ev.seq)
+                if not ev.task:
+                    ended = ev.state in TERMINAL_RUN_STATES
+                yield ev
+            if ended:
+                return
+            exc: errors.OutriderError = ConnectionFailed("the watch ended before the run did", "UNAVAILABLE")
+        except errors.OutriderError as lost:
+            if not run_id or not _unavailable(lost):
+                raise
+            exc = lost
+        if on_reconnect is not None:
+            on_reconnect(1, exc)
+        yield from self.follow(run_id, run_only, last, reconnect_for, on_reconnect)
 
     def run(self, pipeline: Any, timeout: float | None = None) -> control_pb2.RunStatus:
         """Submit a pipeline and block until its run ends; return the final status."""
@@ -247,12 +302,60 @@ class Client:
         return list(self._call(self.control.ListRuns, control_pb2.ListRunsRequest(limit=limit, state=state)).runs)
 
     def watch(
-        self, run_id: str, run_only: bool = False, timeout: float | None = None
+        self, run_id: str, run_only: bool = False, timeout: float | None = None, after_seq: int = 0
     ) -> Iterator[control_pb2.RunEvent]:
-        """The run's snapshot, then its events as they happen, until it ends."""
-        return self._stream(
-            self.control.WatchRun, control_pb2.WatchRunRequest(run_id=run_id, run_only=run_only), timeout
-        )
+        """The run's snapshot (``seq`` 0), then its recorded history after ``after_seq``, then
+        its events as they happen, each once and in ``seq`` order, until it ends."""
+        req = control_pb2.WatchRunRequest(run_id=run_id, run_only=run_only, after_seq=after_seq)
+        return self._stream(self.control.WatchRun, req, timeout)
+
+    def follow(
+        self,
+        run_id: str,
+        run_only: bool = False,
+        after_seq: int = 0,
+        reconnect_for: float = RECONNECT_FOR_S,
+        on_reconnect: Callable[[int, errors.OutriderError], None] | None = None,
+    ) -> Iterator[control_pb2.RunEvent]:
+        """:meth:`watch` that survives a lost connection (a scheduler restart, a network blip).
+
+        On UNAVAILABLE it reconnects, with a backoff from 0.2 s doubling to 5 s (jittered),
+        and resumes after the last event it yielded: no event twice, none missed. Each
+        connection opens with a snapshot (``seq`` 0). It gives up (raising the last error)
+        once ``reconnect_for`` seconds pass without a connection; ``on_reconnect(tries,
+        error)`` is called before each try.
+        """
+        last, tries = after_seq, 0
+        delay, cap = RECONNECT_BACKOFF_S
+        given_up_at = 0.0
+        while True:
+            try:
+                ended = False  # what this connection last said of the run
+                for ev in self.watch(run_id, run_only, after_seq=last):
+                    if ev.seq and ev.seq <= last:
+                        continue  # already shown (the scheduler never sends these; belt and braces)
+                    tries, given_up_at, delay = 0, 0.0, RECONNECT_BACKOFF_S[0]
+                    last = max(last, ev.seq)
+                    if not ev.task:
+                        ended = ev.state in TERMINAL_RUN_STATES
+                    yield ev
+                if ended:
+                    return
+                # The stream ended before the run did: the server went away (a graceful stop
+                # cancels its streams). Resume like after any lost connection.
+                raise ConnectionFailed("the watch ended before the run did", "UNAVAILABLE")
+            except errors.OutriderError as exc:
+                if not _unavailable(exc):
+                    raise
+                now = time.monotonic()
+                given_up_at = given_up_at or now + reconnect_for
+                if now >= given_up_at:
+                    raise
+                tries += 1
+                if on_reconnect is not None:
+                    on_reconnect(tries, exc)
+                time.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, given_up_at - now)))
+                delay = min(cap, delay * 2)
 
     def wait(self, run_id: str, timeout: float | None = None) -> control_pb2.RunStatus:
         """Block until the run ends; return its final status."""
@@ -270,6 +373,10 @@ class Client:
 
     def list_agents(self) -> list[control_pb2.AgentInfo]:
         return list(self._call(self.control.ListAgents, control_pb2.ListAgentsRequest()).agents)
+
+    def drain(self, agent: str) -> control_pb2.AgentInfo:
+        """Ask an agent to drain (admin): no new work; its stages checkpoint and are released."""
+        return self._call(self.control.DrainAgent, control_pb2.DrainAgentRequest(agent=agent))
 
     def logs(self, run_id: str, task: str, attempt: int = 0, follow: bool = False) -> Iterator[control_pb2.LogLine]:
         req = control_pb2.GetLogsRequest(run_id=run_id, task=task, attempt=attempt, follow=follow)

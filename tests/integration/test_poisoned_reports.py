@@ -51,6 +51,7 @@ def test_complete_with_nan_started_at_is_refused_and_the_scheduler_survives(clus
         agent.register()
         run_id = _one_task(client, {"who": "rogue"})
         a = agent.take_one()
+        alive = agent.keep_alive([a.lease])
         now = time.time()
         for field, value in (("started_at", math.nan), ("finished_at", math.inf), ("started_at", -math.inf)):
             code = agent.complete(a.lease, started_at=value if field == "started_at" else now,
@@ -58,10 +59,12 @@ def test_complete_with_nan_started_at_is_refused_and_the_scheduler_survives(clus
             assert code == grpc.StatusCode.INVALID_ARGUMENT, (field, value, code)
         assert _serving(cluster)
         # The lease is untouched, and still there after a restart: the scheduler stays up.
+        alive.set()
         _restart(cluster)
         assert _serving(cluster)
     with RawAgent(cluster, "rogue", labels={"who": "rogue"}) as agent, cluster.client() as client:
         agent.register(leases=[a.lease])
+        agent.keep_alive([a.lease])
         assert agent.complete(a.lease, started_at=math.nan, finished_at=now) == grpc.StatusCode.INVALID_ARGUMENT
         assert _serving(cluster)
         assert agent.complete(a.lease, started_at=now, finished_at=time.time()) == grpc.StatusCode.OK
@@ -78,6 +81,7 @@ def test_nan_clock_sample_is_refused_so_a_later_ordinary_completion_is_safe(clus
         agent.register(clock=[good])
         run_id = _one_task(client, {"who": "skewed"})
         a = agent.take_one()
+        agent.keep_alive([a.lease])
         for bad in (
             common_pb2.ClockSample(offset_s=math.nan, uncertainty_s=0.001, source="scheduler"),
             common_pb2.ClockSample(offset_s=0.0, uncertainty_s=math.inf, source="ntp:x"),

@@ -118,6 +118,23 @@ def test_agent_certificate_cannot_use_control_service(scheduler: LocalCluster, c
     assert _runs(scheduler) == []
 
 
+@pytest.mark.parametrize(("role", "expected"), [("submitter", grpc.StatusCode.PERMISSION_DENIED),
+                                               ("agent", grpc.StatusCode.PERMISSION_DENIED),
+                                               ("admin", grpc.StatusCode.NOT_FOUND)])
+def test_only_an_admin_may_drain_an_agent(
+    scheduler: LocalCluster, channels: list[grpc.Channel], role: str, expected: grpc.StatusCode
+) -> None:
+    """DrainAgent has a rule of its own, stricter than its service's (admin only)."""
+    control = control_pb2_grpc.ControlServiceStub(_identity_channel(scheduler, channels, role, f"who-{role}"))
+    assert _code(control.DrainAgent, control_pb2.DrainAgentRequest(agent="nope")) == expected
+    if role == "submitter":
+        try:
+            control.DrainAgent(control_pb2.DrainAgentRequest(agent="nope"), timeout=RPC_TIMEOUT)
+        except grpc.RpcError as exc:
+            assert "role submitter" in exc.details() and "DrainAgent" in exc.details(), exc.details()
+        assert _code(control.ListAgents, control_pb2.ListAgentsRequest()) == grpc.StatusCode.OK  # the rest as before
+
+
 @pytest.mark.parametrize("role", ["submitter", "admin"])
 def test_user_certificate_cannot_act_as_agent(
     scheduler: LocalCluster, channels: list[grpc.Channel], role: str
