@@ -315,6 +315,8 @@ class StateMachine:
         ts = self._wall()
         self.event_seq += 1
         seq = self.event_seq
+        if not task:
+            run.state_seq = seq
         txn.changes.event(seq, ts, run.run_id, task, kind.value, attempt, agent, message)
         if self._watchers.wants(run.run_id, task_event=bool(task)):
             ev = RunEvent(run.run_id, task, kind.value, attempt, agent, message, ts, seq=seq)
@@ -333,6 +335,7 @@ class StateMachine:
             run = self.build(row.run_id, row.spec, row.submitter, row.created_at, row.trace_id, row.seq, needs)
             run.state = RunState(row.state)
             run.finished_at = row.finished_at
+            run.state_seq = loaded.run_event_seq.get(row.run_id, 0)
             self.runs[run.run_id] = run
             self.seq = max(self.seq, run.seq)
         for tr in loaded.tasks:

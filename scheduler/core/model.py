@@ -219,6 +219,7 @@ class Run:
     seq: int  # submission order
     state: RunState = RunState.RUNNING
     finished_at: float = 0.0
+    state_seq: int = 0  # seq of its last run-level event (the one that says its state)
     tasks: dict[str, Task] = field(default_factory=dict)
     unfinished: int = 0  # tasks not terminal; kept so completion is O(1)
     priority: int = 0

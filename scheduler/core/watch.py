@@ -117,15 +117,12 @@ async def replay_then_follow(
     """
     await barrier()
     last = after
-    ended = False  # the last run-level event sent says the run ended
     while True:
         page = await history(last, HISTORY_PAGE)
         for ev in page:
             last = max(last, ev.seq)
             if watcher.run_only and ev.task:
                 continue
-            if not ev.task:
-                ended = ev.state in TERMINAL_RUN_EVENTS
             yield ev
         if len(page) < HISTORY_PAGE:
             break
@@ -135,8 +132,8 @@ async def replay_then_follow(
         ev = watcher.queue.get_nowait()
         if ev.seq > last:
             caught.append(ev)
-    if run.terminal and ended and not caught:
-        return
+    if run.terminal and run.state_seq <= last and not caught:
+        return  # the event that ended the run was sent (or was before ``after``)
     for ev in caught:
         last = ev.seq
         yield ev

@@ -149,6 +149,7 @@ class Loaded:
     attempts: list[AttemptRow] = field(default_factory=list)  # in (run, task, attempt) order
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     event_seq: int = 0  # the last event's sequence number
+    run_event_seq: dict[str, int] = field(default_factory=dict)  # run -> seq of its last run-level event
 
 
 class Store(abc.ABC):

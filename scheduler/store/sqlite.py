@@ -135,6 +135,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE attempts ADD COLUMN resume_kind TEXT NOT NULL DEFAULT '';
     ALTER TABLE attempts ADD COLUMN resume_created_at REAL NOT NULL DEFAULT 0;
     """,
+    # 5: each run's last run-level event, found without reading its task events (watch replay)
+    """
+    CREATE INDEX events_run_level ON events(run_id, seq) WHERE task = '';
+    """,
 )
 
 #: One statement per kind of write; ``*_MANY`` kinds run with executemany.
@@ -308,6 +312,9 @@ class SqliteStore(Store):
                 for r in q("SELECT * FROM checkpoints")
             ],
             event_seq=q("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0],
+            run_event_seq={
+                r[0]: r[1] for r in q("SELECT run_id, max(seq) FROM events WHERE task = '' GROUP BY run_id")
+            },
         )
 
     def events(self, run_id: str, after: int = 0, limit: int = 0) -> list[EventRow]:

@@ -263,6 +263,12 @@ def test_a_watch_survives_a_restart_by_resuming_after_its_last_event(h: Harness)
         rest = [e async for e in h.engine.follow(watcher, run, seen[-1].seq)]
         assert [e.seq for e in seen + rest] == [r.seq for r in h.store.events(run_id)]
         assert rest[-1].state == "succeeded" and len({e.seq for e in seen + rest}) == len(seen + rest)
+        # After another restart, a watch that already saw the end ends at once.
+        await h.settle()
+        h.restart()
+        watcher, run = h.engine.watch(run_id, False)
+        assert run.state_seq == rest[-1].seq
+        assert [e async for e in h.engine.follow(watcher, run, rest[-1].seq)] == []
 
     h.run(body())
 

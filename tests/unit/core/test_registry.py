@@ -399,3 +399,60 @@ def test_infos_describe_each_agent_sorted_by_name() -> None:
         ("a", "ready", 3, True),
         ("b", "disconnected", 0, False),
     ]
+
+
+# --------------------------------------------------------------------------- instances, health, draining
+
+
+def test_admit_decides_between_instances_of_one_name() -> None:
+    h = Harness()
+    assert h.reg.admit("a", "i1") == (None, "")  # unknown name: anyone
+    h.reg.register("a", "id", caps(), [], WALL0, "i1")
+    agent = h.reg.agents["a"]
+    assert agent.instance_id == "i1"
+    ch = h.reg.attach("a")
+    assert h.reg.admit("a", "i1") == (agent, "")  # the same instance: takes over its session
+    assert ch.closed and agent.channels == []
+    h.reg.attach("a")
+    with pytest.raises(FailedPrecondition, match="i1.*i2"):
+        h.reg.admit("a", "i2")  # another instance while connected
+    h.reg.detach(agent.channels[0])
+    assert h.reg.admit("a", "i2") == (agent, "i1")  # another, while not connected: takes over from i1
+    assert h.reg.admit("a", "") == (agent, "")  # no instance id: no check
+    restored = AgentRegistry(max_clock_offset=1.0, wall=h.wall, kick=lambda: None)
+    restored.restore([AgentRow("a", "id", caps(), WALL0, WALL0, "i1")])
+    assert restored.agents["a"].instance_id == "i1"
+
+
+def test_an_unavailable_agents_credit_waits_until_it_is_back() -> None:
+    h = Harness()
+    h.reg.register("a", "id", caps(slots=2), [], WALL0)
+    agent = h.reg.agents["a"]
+    ch = h.reg.attach("a", credits=2)
+    assert ch in h.reg.credited and agent.available
+    h.reg.set_condition(agent, "disk full", draining=False)
+    assert not agent.available and ch not in h.reg.credited
+    h.reg.add_credits(ch, 0)
+    assert ch not in h.reg.credited  # credit is not offered while unhealthy
+    assert h.reg.infos()[0].unhealthy == "disk full"
+    kicks = h.kicks
+    h.reg.set_condition(agent, "", draining=False)
+    assert agent.available and ch in h.reg.credited and h.kicks > kicks
+
+
+def test_drain_is_pushed_down_every_channel_and_lasts_until_the_agent_reports_it() -> None:
+    h = Harness()
+    h.reg.register("a", "id", caps(), [], WALL0)
+    agent = h.reg.agents["a"]
+    ch = h.reg.attach("a", credits=1)
+    h.reg.drain(agent)
+    assert agent.draining and not agent.available and ch not in h.reg.credited
+    assert ch.take().drain
+    h.reg.set_condition(agent, "", draining=False)  # a heartbeat sent before it heard
+    assert agent.draining
+    h.reg.detach(ch)
+    assert h.reg.attach("a").take().drain  # told again on reconnect
+    h.reg.set_condition(agent, "", draining=True)  # it heard
+    assert agent.draining and not agent.drain_requested
+    h.reg.set_condition(agent, "", draining=False)  # it stopped draining (restarted)
+    assert agent.available and h.reg.infos()[0].draining is False

@@ -124,3 +124,64 @@ def test_a_watcher_can_await_its_events_on_a_loop() -> None:
         assert loop.run_until_complete(fut) is ev
     finally:
         loop.close()
+
+
+# --------------------------------------------------------------------------- replay, then follow
+
+
+def test_replay_then_follow_has_no_gap_and_no_duplicate_when_events_land_during_the_read() -> None:
+    """Events committed while the history is being read reach both the read and the queue:
+    each is yielded once, in seq order, and the stream ends with the run."""
+    from scheduler.core.watch import replay_then_follow
+
+    ws = Watchers()
+    run = make_run()
+    log = [RunEvent("r1", "", "running", seq=1), RunEvent("r1", "a", "ready", seq=2)]
+    w = ws.watch("r1", run_only=False)
+
+    async def barrier() -> None:
+        return None
+
+    async def history(after: int, limit: int) -> list[RunEvent]:
+        # While the read runs, two more events are committed (into the log) and published.
+        for ev in (RunEvent("r1", "a", "running", seq=3), RunEvent("r1", "a", "succeeded", seq=4)):
+            if ev not in log:
+                log.append(ev)
+                ws.publish(run, ev)
+        return [e for e in log if e.seq > after][:limit]
+
+    async def main() -> list[int]:
+        seen = []
+        async for ev in replay_then_follow(w, run, 0, barrier, history):
+            seen.append(ev.seq)
+            if ev.seq == 4:  # then the run ends, live
+                run.state, run.state_seq = RunState.SUCCEEDED, 5
+                ws.publish(run, RunEvent("r1", "", "succeeded", seq=5))
+        return seen
+
+    assert asyncio.run(main()) == [1, 2, 3, 4, 5]
+
+
+def test_replay_of_an_ended_run_ends_after_its_last_event_and_resumes_after_a_seq() -> None:
+    from scheduler.core.watch import replay_then_follow
+
+    ws = Watchers()
+    run = make_run()
+    run.state, run.state_seq = RunState.FAILED, 3
+    log = [RunEvent("r1", "", "running", seq=1), RunEvent("r1", "a", "failed", seq=2),
+           RunEvent("r1", "", "failed", seq=3)]
+
+    async def barrier() -> None:
+        return None
+
+    async def history(after: int, limit: int) -> list[RunEvent]:
+        return [e for e in log if e.seq > after][:limit]
+
+    async def collect(after: int, run_only: bool) -> list[int]:
+        w = ws.watch("r1", run_only)
+        return [ev.seq async for ev in replay_then_follow(w, run, after, barrier, history)]
+
+    assert asyncio.run(collect(0, False)) == [1, 2, 3]
+    assert asyncio.run(collect(1, False)) == [2, 3]
+    assert asyncio.run(collect(0, True)) == [1, 3]
+    assert asyncio.run(collect(3, False)) == []  # nothing after its last event: it ends at once
