@@ -16,11 +16,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# System packages the tests use: systemd-analyze (unit-file checks).
+# System packages the tests use: systemd-analyze (unit-file checks); ip, tc (iproute2) and
+# nft (nftables) for the fault suite's network lab (tests/faults, which needs root: without
+# it those tests skip, so nothing is installed for them either).
 sysdeps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  echo "installing systemd (for systemd-analyze)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+	@missing=""; \
+	command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing=" iproute2"; \
+	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing (for the fault suite's network lab)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not root: tests/faults will skip (it needs root, and$$missing)"; fi; \
+	fi
 
 demo: install
 	$(PY) examples/demo.py
