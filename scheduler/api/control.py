@@ -92,7 +92,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 run.run_id, "", run.state.value, ts=time.time(), snapshot=run_status(run), warnings=tuple(warnings)
             )
             async for ev in self._follow(run, watcher, first):
-                yield wire.run_event_to_proto(ev)
+                big = ev.snapshot is not None and len(ev.snapshot.tasks) > INLINE_TASKS
+                yield await offload(big, wire.run_event_to_proto, ev)
         finally:
             self.engine.unwatch(watcher)
 
@@ -135,7 +136,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             first = RunEvent(run.run_id, "", run.state.value, ts=time.time(), snapshot=status)
             yield await offload(len(status.tasks) > INLINE_TASKS, wire.run_event_to_proto, first)
             async for ev in self.engine.follow(watcher, run, after):
-                yield wire.run_event_to_proto(ev)
+                big = ev.snapshot is not None and len(ev.snapshot.tasks) > INLINE_TASKS
+                yield await offload(big, wire.run_event_to_proto, ev)
         finally:
             self.engine.unwatch(watcher)
 
