@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 MAX_POLL_WAIT_S = 60.0
 
 
+def _peer(context: Any) -> str:
+    """The transport address of the call ("ipv4:10.0.0.5:53422"): one per connection."""
+    try:
+        return str(context.peer() or "")
+    except Exception:  # a test double without it
+        return ""
+
+
 def _refusal(fut: asyncio.Future[None]) -> OutriderError | None:
     """What a resolved commit future says: None (durable), or why the store refused it."""
     exc = None if fut.cancelled() else fut.exception()
@@ -52,6 +60,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             wire.clocks_from_proto(request.clock),
             wire.leases_from_proto(request.leases),
             bounds.text("instance_id", request.instance_id),
+            _peer(context),
         )
         return agent_pb2.RegisterResponse(
             agent_id=ident.name,
@@ -82,7 +91,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Any) -> None:
         name = current_identity().name
         try:
-            ch = self.engine.attach(name)
+            ch = self.engine.attach(name, peer=_peer(context))
         except OutriderError as exc:
             await context.abort(status_code(exc), str(exc))
         reader = asyncio.ensure_future(self._read(name, ch, request_iterator))
@@ -170,7 +179,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 acks.append(wire.ack_to_proto(Ack(ref)))
             except OutriderError as exc:
                 acks.append(wire.ack_to_proto(Ack(ref, exc)))
-        ch = self.engine.attach(name, credits=0)
+        ch = self.engine.attach(name, credits=0, peer=_peer(context))
         self.engine.add_credits(ch, max(0, request.free_slots))
         try:
             await ch.wait_assignments(min(max(request.wait_s, 0.0), MAX_POLL_WAIT_S))

@@ -379,9 +379,10 @@ class Engine:
         clocks: Iterable[ClockSample],
         leases: Iterable[LeaseRef],
         instance_id: str = "",
+        peer: str = "",
     ) -> list[LeaseRef]:
         """(Re)register an agent; returns the leases it listed that it must stop."""
-        return self.reports.register(name, identity, caps, clocks, leases, instance_id)
+        return self.reports.register(name, identity, caps, clocks, leases, instance_id, peer)
 
     def heartbeat(
         self,
@@ -415,8 +416,8 @@ class Engine:
     def append_logs(self, agent_name: str, chunks: Iterable[LogChunk]) -> None:
         self.reports.append_logs(agent_name, chunks)
 
-    def attach(self, name: str, credits: int = 0) -> Channel:
-        return self.registry.attach(name, credits)
+    def attach(self, name: str, credits: int = 0, peer: str = "") -> Channel:
+        return self.registry.attach(name, credits, peer)
 
     def detach(self, ch: Channel) -> None:
         self.registry.detach(ch)

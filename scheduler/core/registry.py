@@ -46,6 +46,7 @@ class AgentState:
     running: set[tuple[str, str]] = field(default_factory=set)  # (run id, task) of the leases it holds
     sched_offset: float = 0.0  # add to the agent's wall clock to get ours (from its "scheduler" sample)
     instance_id: str = ""  # names the agent's state dir; "" for an agent that sends none
+    peer: str = ""  # the connection its instance registered over (see AgentRegistry.attach)
     unhealthy: str = ""  # why it cannot run work, as its last heartbeat said ("": healthy)
     draining_reported: bool = False  # its last heartbeat said it is draining
     drain_requested: bool = False  # an admin asked it to drain; cleared once it reports draining
@@ -161,6 +162,7 @@ class AgentRegistry:
         clocks: Iterable[ClockSample],
         now: float,
         instance_id: str = "",
+        peer: str = "",
     ) -> AgentState:
         """(Re)register an agent with what it advertises now (see :meth:`admit` first)."""
         agent = self.agents.get(name)
@@ -181,6 +183,7 @@ class AgentRegistry:
             agent.identity, agent.last_seen = identity, now
         if instance_id:
             agent.instance_id = instance_id
+        agent.peer = peer
         self.observe_clocks(agent, tuple(clocks))
         return agent
 
@@ -307,8 +310,20 @@ class AgentRegistry:
 
     # ------------------------------------------------------------------ channels and credits
 
-    def attach(self, name: str, credits: int = 0) -> Channel:
+    def attach(self, name: str, credits: int = 0, peer: str = "") -> Channel:
+        """A new way to reach the agent (its work stream, or one long-poll).
+
+        When its instance registered over a known connection (``peer``, the transport
+        address), a stream from another connection is refused: between one instance's
+        Register and its Connect, another instance under the name may have taken it over,
+        and the first one must not then work under the name beside it. It registers again.
+        """
         agent = self.require(name)
+        if agent.instance_id and agent.peer and peer and peer != agent.peer:
+            raise FailedPrecondition(
+                f"agent {name}: this connection ({peer}) is not the one instance {agent.instance_id} registered "
+                f"over ({agent.peer}); register again"
+            )
         ch = Channel(name, credits)
         if not agent.channels:
             self._count_capacity(agent, +1)

@@ -101,6 +101,7 @@ class Reports:
         clocks: Iterable[ClockSample],
         leases: Iterable[LeaseRef],
         instance_id: str = "",
+        peer: str = "",
     ) -> list[LeaseRef]:
         """(Re)register an agent; returns the leases it listed that it must stop.
 
@@ -118,7 +119,7 @@ class Reports:
                 if t.state is TaskState.RUNNING and t.agent == name:
                     self.expire(t, why)
         now = self._wall()
-        agent = self._registry.register(name, identity, caps, clocks, now, instance_id)
+        agent = self._registry.register(name, identity, caps, clocks, now, instance_id, peer)
         txn = Txn()
         txn.changes.upsert_agent(name, identity, caps, now, agent.instance_id)
         self._journal.commit(txn)

@@ -112,3 +112,24 @@ def test_drain_is_for_admins_and_reaches_the_agent(cluster: LocalCluster) -> Non
         assert "draining" in _cli(cluster, "viewer", "submitter", "agents").stdout
         stream.close()
         assert code_of(agent.stub.Heartbeat, agent_pb2.HeartbeatRequest(draining=True)) == grpc.StatusCode.OK
+
+
+def test_an_instance_taken_over_between_its_register_and_its_stream_cannot_connect(cluster: LocalCluster) -> None:
+    """Two agents under one name starting together: A registers, B registers before A's stream
+    is open (so B takes the name over), then A opens its stream: refused. Only B works."""
+    cluster.start_scheduler()
+    a = RawAgent(cluster, "twin", instance_id="inst-a")
+    b = RawAgent(cluster, "twin", instance_id="inst-b")
+    try:
+        a.register()
+        b.register()
+        late = Stream(a)
+        assert late.wait_for(lambda m: m == grpc.StatusCode.FAILED_PRECONDITION) is not None
+        assert code_of(a.stub.PollTasks, agent_pb2.PollRequest(free_slots=1)) == grpc.StatusCode.FAILED_PRECONDITION
+        ok = Stream(b)
+        wait_for(lambda: _agents(cluster)["twin"]["state"] == "ready", 15, "twin (inst-b) to connect")
+        assert _agents(cluster)["twin"]["instance_id"] == "inst-b"
+        ok.close()
+    finally:
+        a.close()
+        b.close()

@@ -456,3 +456,13 @@ def test_drain_is_pushed_down_every_channel_and_lasts_until_the_agent_reports_it
     assert agent.draining and not agent.drain_requested
     h.reg.set_condition(agent, "", draining=False)  # it stopped draining (restarted)
     assert agent.available and h.reg.infos()[0].draining is False
+
+
+def test_a_stream_from_another_connection_than_the_instance_registered_over_is_refused() -> None:
+    h = Harness()
+    h.reg.register("a", "id", caps(), [], WALL0, "i1", peer="ipv4:10.0.0.1:5000")
+    with pytest.raises(FailedPrecondition, match="register again"):
+        h.reg.attach("a", peer="ipv4:10.0.0.2:6000")
+    assert h.reg.attach("a", peer="ipv4:10.0.0.1:5000").agent == "a"
+    h.reg.register("b", "id", caps(), [], WALL0)  # no instance id (an older agent): no check
+    assert h.reg.attach("b", peer="ipv4:10.0.0.9:1").agent == "b"
