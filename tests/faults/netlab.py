@@ -167,9 +167,14 @@ def unsupported_reason() -> str | None:
         return f"a kernel feature the lab needs is missing: {exc}"
     finally:
         kill_netns(name)
-    if not netem_available() and not os.path.exists("/dev/net/tun"):
-        return "neither the netem qdisc nor /dev/net/tun is available to delay packets"
     return None
+
+
+def delay_unsupported_reason() -> str | None:
+    """Why delay, jitter, duplication and reordering cannot be emulated here (None: they can)."""
+    if netem_available() or os.path.exists("/dev/net/tun"):
+        return None
+    return "neither the netem qdisc nor /dev/net/tun is available to delay packets"
 
 
 _netem: bool | None = None
@@ -588,7 +593,7 @@ class NetLab:
             if netem:
                 sh(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem", *imp.netem_args()])
             if imp.rate_kbit:
-                parent = ["parent", "1:", "handle", "2:"] if netem else ["root"]
+                parent = ["parent", "1:1", "handle", "10:"] if netem else ["root"]  # netem's one class
                 sh(["tc", "-n", ns, "qdisc", "add", "dev", dev, *parent, *_tbf_args(imp.rate_kbit)])
         if self.emulator == "tun":
             if h.up.delays() or h.down.delays():

@@ -24,9 +24,9 @@ from tests.faults.workload import Figures, Shape, max_step, reassign_seconds
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 LEASE_S = 3.0
-SHAPE = Shape(steps=30, every=5, step_s=0.1)
-# Long enough that an orphan which does not stop by itself is still running well past a lease.
-LONG = Shape(steps=60, every=5, step_s=0.1)
+# 6 s of work, checkpointed every second; the agent is killed at step 33 (see Shape.fault_step),
+# so an orphan that does not stop by itself is still running well past a lease.
+SHAPE = Shape()
 
 
 def test_agent_sigkill_then_restart_resumes_on_the_same_agent(
@@ -38,7 +38,7 @@ def test_agent_sigkill_then_restart_resumes_on_the_same_agent(
     c.wait_agents(["a1"])
     s = Scenario("1. agent SIGKILL mid-stage, then restart", c, SHAPE)
     runs = s.submit(3)
-    s.wait_steps(runs, 7)  # mid-interval: checkpoints were saved after step 5
+    s.wait_steps(runs, SHAPE.fault_step)
     before = {r: s.task(r, "train").attempts for r in runs}
     t_kill = time.time()
     c.agents["a1"].proc.kill()
@@ -64,9 +64,9 @@ def test_agent_sigkill_never_restarted_resumes_elsewhere_from_its_checkpoint(
     for name in ("a1", "a2"):
         c.add_agent(name, labels={"pool": "x"}, slots=2)
     c.wait_agents(["a1", "a2"])
-    s = Scenario("2. agent SIGKILL, never restarted", c, LONG)
+    s = Scenario("2. agent SIGKILL, never restarted", c, SHAPE)
     runs = s.submit(4)
-    s.wait_steps(runs, 7)
+    s.wait_steps(runs, SHAPE.fault_step)
     trains = {r: s.task(r, "train") for r in runs}
     victim = max(("a1", "a2"), key=lambda a: sum(1 for t in trains.values() if t.agent == a))
     hit = [r for r, t in trains.items() if t.agent == victim]

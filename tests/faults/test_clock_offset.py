@@ -24,7 +24,7 @@ from tests.faults.workload import Figures, Shape
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 OFFSETS = {"ahead": 3600.0, "behind": -600.0}
-SHAPE = Shape(steps=40, every=5, step_s=0.1)  # 4 s per train: longer than the 3 s lease
+SHAPE = Shape(steps=40)  # 4 s per train: longer than the 3 s lease
 
 
 def test_agent_clock_offsets_cause_no_false_lease_expiry(

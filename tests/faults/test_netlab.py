@@ -66,6 +66,8 @@ def report(what: str, asked: str, measured: str) -> None:
 def emulator(request: pytest.FixtureRequest, lab_support: None) -> str:
     if request.param == "netem" and not netlab.netem_available():
         pytest.skip("this kernel has no netem qdisc (the TUN forwarder stands in for it)")
+    if request.param == "tun" and not os.path.exists("/dev/net/tun"):
+        pytest.skip("no /dev/net/tun for the user-space link emulator")
     return str(request.param)
 
 

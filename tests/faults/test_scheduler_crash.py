@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 LEASE_S = 3.0
 CRASHES = 20
-SHAPE = Shape(steps=30, every=5, step_s=0.1)
+SHAPE = Shape(steps=30)
 
 
 def test_scheduler_sigkill_at_random_points(
