@@ -1,0 +1,396 @@
+"""The stage keeper: one small process per agent that starts its stages, outlives it, and
+stops any stage whose lease lapsed.
+
+Why a separate process. Stages must survive an agent restart within their lease (a crash,
+``systemctl restart``, an upgrade) and be picked up again by the next agent process, with
+their exit codes; yet a stage whose agent died and did not come back must stop by itself
+within one lease lifetime, instead of running on, unsupervised, beside the attempt the
+scheduler starts elsewhere. Only a stage's parent learns its exit code, so the parent must
+outlive the agent: the keeper starts every stage (it is their parent and reaper), and it
+kills a stage whose lease the agent stopped renewing, whether the agent is dead, frozen
+(SIGSTOP) or cut off. ``PR_SET_PDEATHSIG`` cannot do this: it kills at once, so no stage
+would survive a restart.
+
+Lifecycle::
+
+    agent starts its first stage ──▶ keeper started (own session, cwd = state dir)
+                                        │ serves one agent at a time on STATE/keeper.sock
+    agent dies ─────────────────────────┤ stages run on; exit codes are kept
+                                        │ each lease lapses at renewed + ttl: SIGTERM,
+                                        │ SIGKILL after the grace
+    next agent connects ────────────────┤ "hello": the stages (running, or exited with code)
+                                        │ are handed over; renewals resume
+    no agent and nothing running ───────┴▶ exits (exit codes are kept until their lease lapses)
+
+The protocol is one JSON object per line on a Unix socket that only the agent's user can
+open (it starts programs). Agent → keeper: ``hello`` {env, grace} (answered with
+``stages``), ``spawn`` {key, argv, env, cwd, stdout, stderr, renewed, ttl} (answered with
+``failed`` {errno, filename, error} if it cannot start, and with ``spawned`` {pid} only if it
+asks, ``reply``; it may carry ``forget`` too), ``renew`` {keys, renewed, ttl}, ``kill`` {key,
+sig}, ``forget`` {keys} (their exits are dealt with). Keeper → agent: ``exited`` {key, pid,
+code, expired}. A spawn is not answered on success: per stage, one message each way.
+Times are ``time.monotonic()`` values: one clock for every process of a boot.
+
+Standard library only, run as a script (``python -I -S keeper.py STATE_DIR``): it must
+start fast and stay small beside the stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+SOCKET_NAME = "keeper.sock"
+LOCK_NAME = "keeper.lock"
+LOG_NAME = "keeper.log"
+#: How often the keeper looks at lease deadlines when nothing else wakes it.
+TICK_S = 0.25
+#: A keeper no agent connected to within this long after its start exits.
+FIRST_CONNECT_S = 60.0
+#: Unsent messages to an agent that does not read them (frozen): past this it is dropped
+#: (it gets the whole state again with its next ``hello``).
+MAX_OUT_BYTES = 4 << 20
+
+
+class Entry:
+    """One stage the keeper started."""
+
+    __slots__ = ("code", "expired", "key", "killed", "pid", "renewed", "term_at", "ttl")
+
+    def __init__(self, key: str, pid: int, renewed: float, ttl: float) -> None:
+        self.key = key
+        self.pid = pid
+        self.renewed = renewed
+        self.ttl = ttl
+        self.code: int | None = None  # exit code once reaped (negative: signal)
+        self.expired = False  # the keeper stopped it: its lease lapsed
+        self.term_at = 0.0
+        self.killed = False
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "pid": self.pid,
+            "code": self.code,
+            "expired": self.expired,
+            "renewed": self.renewed,
+            "ttl": self.ttl,
+        }
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class Keeper:
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.entries: dict[str, Entry] = {}
+        self.by_pid: dict[int, Entry] = {}
+        self.env: dict[str, str] = dict(os.environ)
+        self.grace = 5.0
+        self.client: socket.socket | None = None
+        self._buf = b""
+        self._out = bytearray()
+        self._want_write = False
+        self.sel = selectors.DefaultSelector()
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._paths: dict[tuple[str, str | None], str] = {}
+
+    # ------------------------------------------------------------------ the loop
+
+    def serve(self) -> int:
+        lock = os.open(os.path.join(self.state_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 0  # another keeper serves this state dir
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+        path = os.path.join(self.state_dir, SOCKET_NAME)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        listener.listen(4)
+        listener.setblocking(False)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        # Handlers, not SIG_IGN: an ignored signal stays ignored in every stage started
+        # (exec resets only handled ones), and a stage must be able to die of SIGTERM.
+        # The keeper itself lives on through SIGTERM and SIGINT: its stages need it.
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        self.sel.register(listener, selectors.EVENT_READ, "accept")
+        self.sel.register(wake_r, selectors.EVENT_READ, "signal")
+        served = False
+        started = time.monotonic()
+        while True:
+            for sk, events in self.sel.select(TICK_S):
+                if sk.data == "accept":
+                    self._accept(listener)
+                    served = True
+                elif sk.data == "signal":
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(wake_r, 512):
+                            pass
+                elif sk.data == "client":
+                    if events & selectors.EVENT_WRITE:
+                        self._flush()
+                    if events & selectors.EVENT_READ and self.client is not None:
+                        self._read()
+            self._reap()
+            now = time.monotonic()
+            self._watch(now)
+            if self.client is None and not self._keeping() and (served or now > started + FIRST_CONNECT_S):
+                break
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return 0
+
+    def _keeping(self) -> bool:
+        """Whether anything needs the keeper: a stage running, or an exit code whose lease
+        has not lapsed (the next agent may still report it)."""
+        now = time.monotonic()
+        return any(e.code is None or now <= e.renewed + e.ttl for e in self.entries.values())
+
+    # ------------------------------------------------------------------ the agent
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        if self.client is not None:  # the new agent process replaces the old one
+            self._drop_client()
+        conn.setblocking(False)
+        self.client = conn
+        self._buf = b""
+        self._out.clear()
+        self.sel.register(conn, selectors.EVENT_READ, "client")
+
+    def _drop_client(self) -> None:
+        if self.client is not None:
+            self.sel.unregister(self.client)
+            self.client.close()
+            self.client = None
+            self._out.clear()
+            self._want_write = False
+
+    def _read(self) -> None:
+        assert self.client is not None
+        try:
+            data = self.client.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_client()
+            return
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            if line:
+                self._handle(json.loads(line))
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        """Queue a message for the agent; never blocks (a frozen agent must not stop the
+        keeper from stopping stages whose lease lapsed)."""
+        if self.client is None:
+            return
+        pending = bool(self._out)
+        self._out += json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        if len(self._out) > MAX_OUT_BYTES:
+            self._drop_client()
+        elif not pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.client is None:
+            return
+        try:
+            sent = self.client.send(self._out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._drop_client()
+            return
+        del self._out[:sent]
+        want = bool(self._out)
+        if want != self._want_write:
+            self._want_write = want
+            self.sel.modify(self.client, selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0), "client")
+
+    def _handle(self, m: dict[str, Any]) -> None:
+        op = m.get("op")
+        if op == "spawn":
+            self._spawn(m)
+        elif op == "renew":
+            for key in m["keys"]:
+                e = self.entries.get(key)
+                if e is not None:
+                    e.renewed = max(e.renewed, m["renewed"])
+                    e.ttl = m["ttl"]
+        elif op == "kill":
+            e = self.entries.get(m["key"])
+            if e is not None and e.code is None:
+                _killpg(e.pid, int(m["sig"]))
+        elif op == "forget":
+            self._forget(m.get("keys") or [])
+        elif op == "hello":
+            self.env = dict(m.get("env") or self.env)
+            self.grace = float(m.get("grace", self.grace))
+            self._send({"op": "stages", "stages": [e.view() for e in self.entries.values()]})
+
+    def _forget(self, keys: list[str]) -> None:
+        for key in keys:
+            e = self.entries.get(key)
+            if e is not None and e.code is not None:
+                del self.entries[key]
+
+    def _spawn(self, m: dict[str, Any]) -> None:
+        self._forget(m.get("forget") or [])
+        key = m["key"]
+        env = dict(self.env)
+        env.update(m.get("env") or {})
+        argv = list(m["argv"])
+        try:
+            pid = self._launch(argv, env, m["cwd"], m["stdout"], m["stderr"])
+        except OSError as exc:
+            self._send(
+                {
+                    "op": "failed",
+                    "key": key,
+                    "errno": exc.errno or 0,
+                    "filename": str(exc.filename or ""),
+                    "error": exc.strerror or str(exc),
+                }
+            )
+            return
+        entry = Entry(key, pid, float(m.get("renewed") or time.monotonic()), float(m.get("ttl") or 0))
+        old = self.entries.get(key)
+        if old is not None:
+            self.by_pid.pop(old.pid, None)
+        self.entries[key] = entry
+        self.by_pid[pid] = entry
+        if m.get("reply"):  # only when asked: one message fewer per stage
+            self._send({"op": "spawned", "key": key, "pid": pid})
+
+    def _launch(self, argv: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> int:
+        """Start ``argv`` in ``cwd`` in a new session, output to the two files; its pid.
+
+        ``posix_spawn`` (vfork underneath) costs a fraction of ``subprocess.Popen``; it has
+        no working directory argument, so the keeper (single-threaded) steps into ``cwd``
+        for the call. OSError names what failed: the work dir, an output file, or the
+        program as the stage named it (exit 127/126 material: the task's fault).
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(stdout, flags, 0o644)
+        try:
+            err = os.open(stderr, flags, 0o644)
+            try:
+                program = self._resolve(argv[0], env.get("PATH"))
+                os.chdir(cwd)
+                try:
+                    return os.posix_spawn(
+                        program,
+                        argv,
+                        env,
+                        file_actions=[
+                            (os.POSIX_SPAWN_DUP2, self._devnull, 0),
+                            (os.POSIX_SPAWN_DUP2, out, 1),
+                            (os.POSIX_SPAWN_DUP2, err, 2),
+                        ],
+                        setsid=True,  # its own session and process group: it and its children stop together
+                    )
+                except OSError as exc:
+                    if exc.filename == program:
+                        exc.filename = argv[0]
+                    if exc.errno == errno.ENOENT:
+                        self._paths.clear()  # a cached path may be stale
+                    raise
+                finally:
+                    os.chdir(self.state_dir)
+            finally:
+                os.close(err)
+        finally:
+            os.close(out)
+
+    def _resolve(self, name: str, path: str | None) -> str:
+        """The program a name means, searched in the stage's PATH as a shell would (cached)."""
+        if "/" in name:
+            return name
+        cached = self._paths.get((name, path))
+        if cached is not None:
+            return cached
+        for d in (path if path is not None else os.defpath).split(os.pathsep):
+            candidate = os.path.join(d or ".", name)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                self._paths[(name, path)] = candidate
+                return candidate
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+    # ------------------------------------------------------------------ stages
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.by_pid.pop(pid, None)
+            if entry is None:
+                continue
+            entry.code = os.waitstatus_to_exitcode(status)
+            _killpg(entry.pid, signal.SIGKILL)  # children it left behind die with it
+            self._send(
+                {"op": "exited", "key": entry.key, "pid": entry.pid, "code": entry.code, "expired": entry.expired}
+            )
+
+    def _watch(self, now: float) -> None:
+        """Stop every stage whose lease lapsed (renewed + ttl): SIGTERM, SIGKILL after the grace;
+        forget exit codes nobody can report any more."""
+        for e in list(self.entries.values()):
+            if e.code is not None:
+                if self.client is None and now > e.renewed + e.ttl:
+                    del self.entries[e.key]
+                continue
+            if not e.ttl or now <= e.renewed + e.ttl:
+                continue
+            if not e.expired:
+                e.expired, e.term_at = True, now
+                print(f"keeper: lease of {e.key} lapsed; stopping pid {e.pid}", file=sys.stderr, flush=True)
+                _killpg(e.pid, signal.SIGTERM)
+            elif not e.killed and now > e.term_at + self.grace:
+                e.killed = True
+                _killpg(e.pid, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: keeper.py STATE_DIR", file=sys.stderr)
+        return 2
+    return Keeper(argv[1]).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
