@@ -2,19 +2,38 @@
 
 Where things are decided::
 
-    agent.session     dial, Register, the Connect work stream, heartbeats, reconnect with backoff
-    agent.uplink      what goes up the stream next (credits, completions, logs, a heartbeat)
-    agent.supervisor  the running stages, the outbox of results, the lease watchdog tick(now)
-    agent.runner      one stage: work dir, inputs, process group, outputs
-    agent.transfers   artifacts in and out through the cache; the link's measurements
-    agent.cache       the content-addressed blob cache and its index
-    agent.probe       what this machine offers (agent.gpu, agent.clock)
-    agent.memory      keeping an idle agent small
+    agent.session      dial, Register, the Connect work stream, heartbeats, reconnect with backoff
+    agent.uplink       what goes up the stream next (credits, completions, logs, checkpoints, a heartbeat)
+    agent.supervisor   the running stages, their leases, the lease watchdog tick(now), drain
+    agent.outbox       results on disk until acknowledged (agent.journal: leases and outbox in diskcache)
+    agent.runner       one stage: work dir, inputs, process group, outputs (agent.workdirs, agent.logtail)
+    agent.keeper       the process that starts stages and outlives the agent (agent.keeper_client)
+    agent.checkpoints  stage checkpoints: snapshot, keep, upload, report, restore
+    agent.recovery     taking over from a previous agent process
+    agent.health       the self-check of an unhealthy agent
+    agent.transfers    artifacts in and out through the cache; the link's measurements
+    agent.cache        the content-addressed blob cache and its index
+    agent.probe        what this machine offers (agent.gpu, agent.clock)
+    agent.memory       keeping an idle agent small
+
+The agent's own lifecycle::
+
+    ┌──────────┐ Register ok ┌─────────┐ 1st SIGTERM, drain message,  ┌──────────┐ stages released,
+    │ starting │────────────▶│ serving │─────────────────────────────▶│ draining │ results acknowledged
+    └──────────┘ (takes over └─────────┘ preemption notice file        └──────────┘──┐ (SIGTERM only)
+      state dir lock;          │     ▲   (no work; stages checkpoint       │          ▼
+      leases, outbox, stages)  │     │    and are released)               │     ┌─────────┐
+                               ▼     │ self-check passes        2nd SIGTERM│────▶│ stopped │
+                          ┌───────────┐                          or SIGINT      └─────────┘
+                          │ unhealthy │ (its own failure: no work)   (stages killed, not reported:
+                          └───────────┘                               their leases are kept on disk)
 
 Signals::
 
-    SIGTERM: stop asking for work, let running stages finish (drain); a second SIGTERM kills them.
-    SIGINT: stop now, killing running stages (their leases expire and they run elsewhere).
+    SIGTERM: drain (no new work; running stages checkpoint and are released), then exit;
+             a second SIGTERM kills them.
+    SIGINT: stop now, killing running stages (their leases stay on disk: a restart within
+            their TTL resumes them from their checkpoints; else they run elsewhere).
 """
 
 from __future__ import annotations
@@ -23,31 +42,40 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from agent.cache import BlobCache
+from agent.checkpoints import Checkpoints, CheckpointStore
 from agent.config import AgentConfig
+from agent.health import CHECK_INTERVAL_S, SelfCheck
 from agent.instance import load_or_create
+from agent.journal import Journal
+from agent.keeper_client import KeeperClient
 from agent.link import LinkMeter
 from agent.memory import shed, tune_malloc
+from agent.recovery import plan, probe_keeper
 from agent.runner import Runner, reap_orphans
 from agent.session import Session
-from agent.stage import StopReason
+from agent.stage import Stage, StopReason
 from agent.supervisor import Supervisor
 from agent.transfers import Transfers
 from agent.uplink import Uplink
 from outrider.statedir import StateDirLock
 
-__all__ = ["NTP_INTERVAL_S", "Agent"]
+__all__ = ["NTP_INTERVAL_S", "PREEMPTION_POLL_S", "Agent"]
 
 log = logging.getLogger(__name__)
 
 #: How often the configured NTP servers are queried.
 NTP_INTERVAL_S = 300.0
+#: How often the preemption notice file is looked for.
+PREEMPTION_POLL_S = 1.0
 
 
 class Agent:
-    """One agent process: probes the machine, then runs the session until stopped."""
+    """One agent process: probes the machine, takes over from its predecessor, then runs
+    the session until stopped."""
 
     def __init__(self, cfg: AgentConfig) -> None:
         from agent.clock import ClockTracker
@@ -74,7 +102,15 @@ class Agent:
         self.cache.scan()
         self.cache.evict()
         log.info("artifact cache: %d blobs, %d bytes", len(self.cache), self.cache.total)
-        reap_orphans(self.work_root)
+
+        # What the previous process left: leases, results, and the stages its keeper still holds.
+        self.journal = Journal(self.state_dir / "journal")
+        records, outbox, renewed = self.journal.load()
+        env = dict(os.environ)
+        held = probe_keeper(self.state_dir, env, cfg.kill_grace) if records or self._keeper_exists() else []
+        self.recovered = plan(records, renewed, held, time.time(), time.monotonic())
+        reap_orphans(self.work_root, keep=self.recovered.keep)
+
         self.uplink = Uplink()
         self.transfers = Transfers(
             self.cache,
@@ -83,10 +119,25 @@ class Agent:
             ride_out=lambda: self.supervisor.lease_ttl,
             probe_bytes=cfg.bandwidth_probe_bytes,
         )
+        self.keeper = KeeperClient(self.state_dir, env, grace=cfg.kill_grace)
+        self.checkpoints = Checkpoints(CheckpointStore(self.state_dir / "checkpoints"), self.transfers, self.uplink)
         self.runner = Runner(
-            self.work_root, self.transfers.fetch, self.transfers.publish, self.uplink.log, kill_grace=cfg.kill_grace
+            self.work_root,
+            self.keeper,
+            self.transfers.fetch,
+            self.transfers.publish,
+            self.uplink.log,
+            kill_grace=cfg.kill_grace,
+            lease_ttl=lambda: self.supervisor.lease_ttl,
+            hooks=self.checkpoints,
+            on_fault=lambda reason: self.supervisor.set_unhealthy(reason),
+            keep=self.recovered.keep,
         )
-        self.supervisor = Supervisor(self.runner, self.uplink, slots, on_drained=self.stop_now)
+        self.supervisor = Supervisor(self.runner, self.uplink, slots, journal=self.journal, drain_grace=cfg.drain_grace)
+        self.supervisor.outbox.restore(outbox)
+        self.supervisor.before_report = self.checkpoints.flush
+        self.supervisor.on_done = self._stage_done
+        self.supervisor.on_renew = lambda stages, at, ttl: self.keeper.renew([s.key_text for s in stages], at, ttl)
         self.session = Session(
             cfg,
             supervisor=self.supervisor,
@@ -97,23 +148,61 @@ class Agent:
             cache=self.cache,
             caps=caps,
             instance_id=load_or_create(self.state_dir),
+            checkpoints=self.checkpoints,
+            on_drain=lambda: self.drain("the scheduler asked this agent to drain"),
         )
+        self.supervisor.on_change = self.session.beat_now
+        self.self_check = SelfCheck(self.work_root, self.keeper)
+        self._terminating = False
+
+    def _keeper_exists(self) -> bool:
+        from agent.keeper import SOCKET_NAME
+
+        return (self.state_dir / SOCKET_NAME).exists()
+
+    def _stage_done(self, stage: Stage, outcome: str) -> None:
+        self.runner.done(stage)
+        self.checkpoints.done(stage, outcome)
+
+    async def _take_over(self) -> None:
+        """Act on what the previous process left (agent.recovery)."""
+        rec = self.recovered
+        if rec.dropped:
+            self.journal.write_later(deletes=[Journal.lease_key(k) for k in rec.dropped])
+        if rec.kill or rec.reattach:
+            await self.keeper.connect(start=False)
+            for key in rec.kill:
+                self.keeper.kill(key, signal.SIGKILL)
+                self.keeper.forget(key)
+        for stage in rec.reattach:
+            self.supervisor.adopt(stage, self.runner.reattach)
+        for stage in rec.resume:
+            self.supervisor.adopt(stage, self.runner.run)
 
     async def run(self) -> None:
-        """Run until stopped: signals, the lease watchdog, NTP, and the session."""
+        """Run until stopped: signals, the lease watchdog, NTP, the self-check, the session."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
         loop.add_signal_handler(signal.SIGINT, self.stop_now)
-        watchdog = asyncio.ensure_future(self.supervisor.watch(lambda: min(1.0, self.session.heartbeat_interval / 2)))
-        ntp = asyncio.ensure_future(self._ntp_loop()) if self.cfg.ntp_servers else None
+        await self._take_over()
+        tasks = [
+            asyncio.ensure_future(self.supervisor.watch(lambda: min(1.0, self.session.heartbeat_interval / 2))),
+            asyncio.ensure_future(self._health_loop()),
+        ]
+        if self.cfg.ntp_servers:
+            tasks.append(asyncio.ensure_future(self._ntp_loop()))
+        if self.cfg.preemption_file:
+            tasks.append(asyncio.ensure_future(self._preemption_loop(Path(self.cfg.preemption_file))))
         try:
             await self.session.run()
         finally:
-            watchdog.cancel()
-            if ntp is not None:
-                ntp.cancel()
+            for t in tasks:
+                t.cancel()
             await self.supervisor.kill_all(StopReason.AGENT_STOPPED)
             await self.session.close()
+            await self.keeper.close()
+            self.journal.flush_later()
+            await asyncio.to_thread(self.journal.flush)
 
     def stop_now(self) -> None:
         """Stop: the session ends, and running stages are killed without reporting."""
@@ -121,16 +210,36 @@ class Agent:
         self.supervisor.mark_all(StopReason.AGENT_STOPPED)
         self.session.stop()
 
+    def drain(self, reason: str) -> None:
+        """Take no more work; running stages checkpoint and are released (the agent stays)."""
+        self.supervisor.drain(reason)
+
     def on_sigterm(self) -> None:
-        """SIGTERM: drain (no new work; running stages finish), or stop now when already
-        draining or nothing runs."""
-        if not self.supervisor.drain():  # already draining, or nothing to drain
+        """SIGTERM: drain, then stop; the second one (or nothing to drain) stops now."""
+        sup = self.supervisor
+        if self._terminating or (not sup.stages and not len(sup.outbox)):
             self.stop_now()
             return
-        log.info(
-            "draining: no new work; %d running stages finish first (SIGTERM again to kill them)",
-            len(self.supervisor.stages),
-        )
+        self._terminating = True
+        sup.on_drained = self.stop_now
+        if not sup.drain("SIGTERM; SIGTERM again to kill the stages") and not sup.stages:
+            self.stop_now()  # an earlier drain had finished already
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            if not self.supervisor.unhealthy:
+                continue
+            problem = await self.self_check.run()
+            if problem is None:
+                self.supervisor.set_healthy()
+            else:
+                self.supervisor.set_unhealthy(problem)
+
+    async def _preemption_loop(self, notice: Path) -> None:
+        while not notice.exists():
+            await asyncio.sleep(PREEMPTION_POLL_S)
+        self.drain(f"preemption notice {notice}")
 
     async def _ntp_loop(self) -> None:
         while True:

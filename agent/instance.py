@@ -12,7 +12,6 @@ instead of letting it replace the first one's capabilities.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 __all__ = ["FILE_NAME", "load_or_create"]
@@ -30,7 +29,7 @@ def load_or_create(state_dir: Path) -> str:
         text = ""
     if text:
         return text
-    new = uuid.uuid4().hex
+    new = os.urandom(16).hex()
     tmp = path.with_name(f".{FILE_NAME}.tmp")
     with open(tmp, "w") as fh:
         fh.write(new + "\n")

@@ -1,215 +1,281 @@
-"""Runs one stage: work dir, inputs, subprocess in its own process group, outputs.
+"""Runs one stage: work dir, inputs, a process group started by the keeper, outputs.
 
 A stage gets a fresh work dir holding a copy of the pipeline's code bundle and
 this environment: ``OUTRIDER_INPUTS`` (each declared input under its name),
-``OUTRIDER_OUTPUTS`` (where it writes each declared output), ``OUTRIDER_RUN_ID``,
-``OUTRIDER_TASK``, ``OUTRIDER_ATTEMPT`` (1-based), ``TRACEPARENT`` (W3C trace
-context), plus the task's own ``env``.
+``OUTRIDER_OUTPUTS`` (where it writes each declared output),
+``OUTRIDER_CHECKPOINT_DIR`` (where it saves checkpoints: :mod:`outrider.checkpoint`),
+``OUTRIDER_RUN_ID``, ``OUTRIDER_TASK``, ``OUTRIDER_ATTEMPT`` (1-based),
+``TRACEPARENT`` (W3C trace context), plus the task's own ``env``.
 
-The stage runs in a new session (its own process group), so a timeout, a
-cancel or a lost lease kills the stage *and every child it started*: SIGTERM to
-the group, then SIGKILL after a grace period.
+The stage is started by the agent's keeper (:mod:`agent.keeper`) in a new session (its
+own process group), so a timeout, a cancel or a lost lease kills the stage *and every
+child it started*: SIGTERM to the group, then SIGKILL after a grace period. Its output
+goes to files in its work dir that the agent forwards (:mod:`agent.logtail`): no pipe
+ties it to the agent process, so it survives an agent restart within its lease and the
+next agent process takes it over (:meth:`Runner.reattach`).
+
+How an attempt ends, as the runner reports it::
+
+    exit 0, every output published ─────────────────────▶ succeeded
+    exit ≠ 0, or a declared output missing ─────────────▶ failed (a retry is spent)
+    past its timeout ───────────────────────────────────▶ timeout
+    stopped by the agent (cancel, lease lost, ...) ─────▶ cancelled (not reported)
+    drained (asked to checkpoint and stop) ─────────────▶ released (no retry spent),
+                                                          or succeeded if it finished
+    the agent's own failure (:class:`AgentFault`) ──────▶ released, and the agent is
+                                                          unhealthy until its self-check passes
+    the scheduler unreachable for a lease TTL ──────────▶ released
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import itertools
+import errno
 import logging
 import os
-import queue
-import shutil
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-from agent.stage import Stage, StopReason
+from agent.keeper_client import KeeperClient, KeeperLost
+from agent.logtail import LogSink, LogTail
+from agent.stage import AgentFault, Stage, StopReason
+from agent.workdirs import WorkdirPool
 from outrider.protocol import Outcome
 from outrider.v1 import agent_pb2, common_pb2
 
+__all__ = ["LOG_POLL_S", "Runner", "StageHooks", "reap_orphans"]
+
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 64 * 1024
+#: How often the output of running stages is forwarded.
+LOG_POLL_S = 0.2
+#: Why an exec fails when the *command* is wrong (the task's fault, as a shell says 127/126).
+_EXEC_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.EISDIR})
+#: Errors of the agent's own machine while writing outputs (not the task's fault).
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE})
 
-
-LogSink = Callable[[common_pb2.LeaseRef, str, bytes], None]
 Fetch = Callable[[common_pb2.ArtifactRef, Path], Awaitable[None]]
 Publish = Callable[[str, Path], Awaitable[common_pb2.ArtifactRef]]
 
 
-class WorkdirPool:
-    """Fresh, empty work dirs made ahead of time; used ones removed in the background.
+class StageHooks(Protocol):
+    """What happens around a stage's process (checkpoints: :class:`agent.checkpoints.Checkpoints`)."""
 
-    On a journaling filesystem, making and deleting a work dir (three directories)
-    costs about a millisecond of kernel time; done inline it was most of the
-    agent's own cost for a short stage (measured with py-spy). A thread keeps a
-    few ready and deletes used ones, so the event loop never waits on either.
-    """
+    async def before_start(self, stage: Stage, checkpoint_dir: Path) -> None:
+        """Before the process starts: restore the checkpoint it resumes from."""
+        ...
 
-    def __init__(self, root: Path, size: int) -> None:
-        self.root = root
-        self.size = max(2, size)
-        self._ready: collections.deque[Path] = collections.deque()
-        self._jobs: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
-        self._names = itertools.count()
-        self._prefix = f"w{os.getpid()}-{int(time.time())}-"
-        leftovers = list(root.iterdir()) if root.exists() else []
-        root.mkdir(parents=True, exist_ok=True)
-        for old in leftovers:  # work dirs of a previous agent process
-            self._jobs.put(old)
-        for _ in range(self.size):
-            self._jobs.put(None)
-        self._thread = threading.Thread(target=self._work, name="workdirs", daemon=True)
-        self._thread.start()
+    def started(self, stage: Stage, checkpoint_dir: Path) -> None:
+        """The process runs (or was taken over): watch its checkpoints."""
+        ...
 
-    def _make(self) -> Path:
-        path = self.root / f"{self._prefix}{next(self._names)}"
-        (path / ".outrider" / "inputs").mkdir(parents=True)
-        (path / ".outrider" / "outputs").mkdir()
-        return path
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                if job is None:
-                    if len(self._ready) < self.size:
-                        self._ready.append(self._make())
-                else:
-                    shutil.rmtree(job, ignore_errors=True)
-            except OSError:
-                log.warning("work dir housekeeping failed", exc_info=True)
-
-    def take(self) -> Path:
-        """A fresh work dir with .outrider/inputs and .outrider/outputs."""
-        self._jobs.put(None)  # replace the one taken
-        try:
-            return self._ready.popleft()
-        except IndexError:
-            return self._make()
-
-    def release(self, path: Path) -> None:
-        """Give back a used work dir: recycled when the stage left nothing in it
-        (then it is indistinguishable from a fresh one), else removed in the background."""
-        if _pristine(path):
-            self._ready.append(path)  # the refill take() queued then finds the pool full
-        else:
-            self._jobs.put(path)
+    async def ended(self, stage: Stage, checkpoint_dir: Path) -> None:
+        """The process ended: keep its last checkpoint before the work dir goes."""
+        ...
 
 
-def _pristine(path: Path) -> bool:
-    """True when ``path`` holds only empty .outrider/inputs and .outrider/outputs."""
-    try:
-        with os.scandir(path) as it:
-            top = [e.name for e in it]
-        if top != [".outrider"]:
-            return False
-        with os.scandir(path / ".outrider") as it:
-            if sorted(e.name for e in it) != ["inputs", "outputs"]:
-                return False
-        return not any(os.scandir(path / ".outrider" / "inputs")) and not any(
-            os.scandir(path / ".outrider" / "outputs")
-        )
-    except OSError:
-        return False
+class _NoHooks:
+    async def before_start(self, stage: Stage, checkpoint_dir: Path) -> None:
+        return None
+
+    def started(self, stage: Stage, checkpoint_dir: Path) -> None:
+        return None
+
+    async def ended(self, stage: Stage, checkpoint_dir: Path) -> None:
+        return None
 
 
 class Runner:
-    """Turns an Assignment into a Completion."""
+    """Turns an Assignment into a Completion.
+
+    Args:
+        work_root: where work dirs are made.
+        keeper: starts the processes (and outlives this agent process).
+        fetch, publish: inputs in, outputs out (:class:`agent.transfers.Transfers`).
+        log_sink: where stage output goes (the uplink).
+        kill_grace: SIGTERM → SIGKILL when stopping a stage.
+        lease_ttl: the current lease TTL (the keeper stops a stage whose lease lapses).
+        hooks: checkpoints around each process.
+        on_fault: told the reason whenever the agent itself failed a stage.
+        keep: work dirs of stages taken over from a previous agent process.
+    """
 
     def __init__(
-        self, work_root: Path, fetch: Fetch, publish: Publish, log_sink: LogSink, kill_grace: float = 5.0
+        self,
+        work_root: Path,
+        keeper: KeeperClient,
+        fetch: Fetch,
+        publish: Publish,
+        log_sink: LogSink,
+        *,
+        kill_grace: float = 5.0,
+        lease_ttl: Callable[[], float] = lambda: 15.0,
+        hooks: StageHooks | None = None,
+        on_fault: Callable[[str], None] | None = None,
+        keep: tuple[Path, ...] = (),
     ) -> None:
         self.work_root = work_root
-        self.workdirs = WorkdirPool(work_root, 4)
+        self.workdirs = WorkdirPool(work_root, 4, keep=keep)
+        self.keeper = keeper
         self.fetch = fetch
         self.publish = publish
         self.log_sink = log_sink
         self.kill_grace = kill_grace
-        self._base_env = dict(os.environ)
-        self._devnull = os.open(os.devnull, os.O_RDONLY)  # shared stdin for every stage
+        self.lease_ttl = lease_ttl
+        self.hooks: StageHooks = hooks or _NoHooks()
+        self.on_fault = on_fault
+        self._tails: dict[str, LogTail] = {}
+        self._tail_task: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ one attempt
 
     async def run(self, stage: Stage) -> agent_pb2.Completion:
+        """Prepare, start and watch a stage, then say how it ended."""
         a = stage.assignment
-        ref = a.lease
-        started = time.time()
-        workdir = self.workdirs.take()
-        completion = agent_pb2.Completion(lease=ref, started_at=started)
+        stage.started_at = stage.started_at or time.time()
+        completion = agent_pb2.Completion(lease=a.lease, started_at=stage.started_at)
         try:
-            inputs, outputs = await self._prepare(a, workdir)
+            try:
+                stage.workdir = self.workdirs.take()
+            except OSError as exc:
+                raise AgentFault(f"cannot make a work dir in {self.work_root}: {exc.strerror or exc}") from None
+            await self._prepare(a, stage)
             if stage.stop_reason is not None:
                 return self._stopped(completion, stage, stage.stop_reason)
-            rc = await self._execute(stage, workdir, inputs, outputs)
-            completion.exit_code = rc
-            if stage.stop_reason is not None:
-                return self._stopped(completion, stage, stage.stop_reason)
-            if rc != 0:
-                completion.outcome = Outcome.FAILED.value
-                completion.error = f"exit code {rc}" if rc > 0 else f"killed by signal {-rc}"
-                return completion
-            missing = [name for name in a.spec.outputs if not (outputs / name).exists()]
-            if missing:
-                completion.outcome = Outcome.FAILED.value
-                completion.error = (
-                    f"declared output(s) missing: {', '.join(missing)} "
-                    f"(the stage must write each under $OUTRIDER_OUTPUTS)"
-                )
-                return completion
-            for name in a.spec.outputs:
-                out = await self.publish(name, outputs / name)
-                completion.outputs.append(out)
-            completion.outcome = Outcome.SUCCEEDED.value
-            return completion
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a broken input, a full disk: the attempt fails, the agent goes on
-            log.warning(
-                "stage %s/%s attempt %d failed to run: %s",
-                ref.run_id,
-                ref.task,
-                ref.epoch,
-                exc,
-                exc_info=log.isEnabledFor(logging.DEBUG),
-            )
-            completion.outcome = Outcome.FAILED.value
-            completion.error = f"agent could not run the stage: {exc}"
-            return completion
+            await self.hooks.before_start(stage, stage.checkpoint_dir)
+            if stage.resume_dir is not None:  # its newest checkpoint was taken from there
+                self.workdirs.remove(stage.resume_dir)
+                stage.resume_dir = None
+            await self._start(stage)
+            return await self._finish(stage, completion)
+        except Exception as exc:
+            return self._broken(stage, completion, exc)
         finally:
             completion.finished_at = time.time()
-            self.workdirs.release(workdir)
+            if stage.workdir is not None:
+                self.workdirs.release(stage.workdir)
+
+    async def reattach(self, stage: Stage) -> agent_pb2.Completion:
+        """Watch a stage a previous agent process started (the keeper still has it), to its end."""
+        completion = agent_pb2.Completion(lease=stage.lease, started_at=stage.started_at)
+        try:
+            self._watch(stage, resume=True)
+            return await self._finish(stage, completion)
+        except Exception as exc:
+            return self._broken(stage, completion, exc)
+        finally:
+            completion.finished_at = time.time()
+            if stage.workdir is not None:
+                self.workdirs.release(stage.workdir)
+
+    def _broken(self, stage: Stage, completion: agent_pb2.Completion, exc: Exception) -> agent_pb2.Completion:
+        """An attempt that did not get to its own end: whose fault, and what to report."""
+        ref = stage.lease
+        if isinstance(exc, KeeperLost):
+            exc = AgentFault(f"the stage keeper went away: {exc}")
+        if isinstance(exc, AgentFault):
+            log.error("agent failure running %s/%s attempt %d: %s", ref.run_id, ref.task, ref.epoch, exc)
+            completion.outcome = Outcome.RELEASED.value
+            completion.error = f"agent failure: {exc}"
+            if self.on_fault is not None:
+                self.on_fault(str(exc))
+            return completion
+        if isinstance(exc, ConnectionError):  # the scheduler stayed away for a lease TTL
+            completion.outcome = Outcome.RELEASED.value
+            completion.error = f"agent could not reach the scheduler: {exc}"
+            return completion
+        # A broken input, an output that is no file: the attempt fails, the agent goes on.
+        log.warning(
+            "stage %s/%s attempt %d failed to run: %s",
+            ref.run_id,
+            ref.task,
+            ref.epoch,
+            exc,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        completion.outcome = Outcome.FAILED.value
+        completion.error = f"agent could not run the stage: {exc}"
+        return completion
+
+    async def _finish(self, stage: Stage, completion: agent_pb2.Completion) -> agent_pb2.Completion:
+        """Wait for the process, keep its last checkpoint, publish its outputs."""
+        a = stage.assignment
+        assert stage.workdir is not None
+        try:
+            rc = await self._wait(stage)
+        except KeeperLost:
+            raise
+        except OSError as exc:
+            rc = self._spawn_failed(stage, exc)
+        completion.exit_code = rc
+        await self.hooks.ended(stage, stage.checkpoint_dir)
+        reason = stage.stop_reason
+        draining = reason is StopReason.DRAINING
+        if reason is not None and not (draining and rc == 0):
+            return self._stopped(completion, stage, reason)
+        if rc != 0:
+            completion.outcome = Outcome.FAILED.value
+            completion.error = f"exit code {rc}" if rc > 0 else f"killed by signal {-rc}"
+            return completion
+        outputs = stage.outrider_dir / "outputs"
+        missing = [name for name in a.spec.outputs if not (outputs / name).exists()]
+        if missing:
+            if draining:
+                return self._stopped(completion, stage, reason)  # type: ignore[arg-type]
+            completion.outcome = Outcome.FAILED.value
+            completion.error = (
+                f"declared output(s) missing: {', '.join(missing)} (the stage must write each under $OUTRIDER_OUTPUTS)"
+            )
+            return completion
+        for name in a.spec.outputs:
+            try:
+                completion.outputs.append(await self.publish(name, outputs / name))
+            except OSError as exc:
+                if not isinstance(exc, ConnectionError) and exc.errno in _DISK_ERRNOS:
+                    raise AgentFault(f"cannot publish output {name!r}: {exc.strerror or exc}") from None
+                raise
+        completion.outcome = Outcome.SUCCEEDED.value
+        return completion
 
     @staticmethod
     def _stopped(c: agent_pb2.Completion, stage: Stage, reason: StopReason) -> agent_pb2.Completion:
         if reason is StopReason.TIMEOUT:
             c.outcome = Outcome.TIMEOUT.value
             c.error = f"timed out after {stage.assignment.spec.timeout_s:g}s; the process group was killed"
+        elif reason is StopReason.DRAINING:
+            c.outcome = Outcome.RELEASED.value
+            c.error = reason.value
         else:
             c.outcome = Outcome.CANCELLED.value
             c.error = f"stopped: {reason.value}"
         return c
 
-    async def _prepare(self, a: agent_pb2.Assignment, workdir: Path) -> tuple[Path, Path]:
-        if a.code_digest:
-            bundle = common_pb2.ArtifactRef(name="code", digest=a.code_digest, kind="dir")
-            await self.fetch(bundle, workdir)  # the work dir starts as a copy of the code
-        inputs = workdir / ".outrider" / "inputs"
-        outputs = workdir / ".outrider" / "outputs"
-        for ref in a.inputs:
-            await self.fetch(ref, inputs / ref.name)
-        return inputs, outputs
+    async def _prepare(self, a: agent_pb2.Assignment, stage: Stage) -> None:
+        assert stage.workdir is not None
+        try:
+            if a.code_digest:
+                bundle = common_pb2.ArtifactRef(name="code", digest=a.code_digest, kind="dir")
+                await self.fetch(bundle, stage.workdir)  # the work dir starts as a copy of the code
+            if a.inputs:
+                inputs = stage.outrider_dir / "inputs"
+                for ref in a.inputs:
+                    await self.fetch(ref, inputs / ref.name)
+        except OSError as exc:
+            if isinstance(exc, ConnectionError):
+                raise
+            # Writing into the cache or the work dir failed: this machine's fault, not the task's.
+            raise AgentFault(f"cannot prepare the work dir: {exc.strerror or exc}") from None
 
-    def _env(self, a: agent_pb2.Assignment, inputs: Path, outputs: Path) -> dict[str, str]:
-        env = dict(self._base_env)
-        env.update(a.spec.env)
+    def _env(self, a: agent_pb2.Assignment, odir: str) -> dict[str, str]:
+        """What a stage's environment adds to the agent's own (the keeper merges them)."""
+        env = dict(a.spec.env)
         env.update(
-            OUTRIDER_INPUTS=str(inputs),
-            OUTRIDER_OUTPUTS=str(outputs),
+            OUTRIDER_INPUTS=odir + "inputs",
+            OUTRIDER_OUTPUTS=odir + "outputs",
+            OUTRIDER_CHECKPOINT_DIR=odir + "checkpoint",
             OUTRIDER_RUN_ID=a.lease.run_id,
             OUTRIDER_TASK=a.lease.task,
             OUTRIDER_ATTEMPT=str(a.lease.epoch),
@@ -218,142 +284,134 @@ class Runner:
         )
         return env
 
-    async def _execute(self, stage: Stage, workdir: Path, inputs: Path, outputs: Path) -> int:
+    async def _start(self, stage: Stage) -> None:
+        """Hand the process to the keeper (without waiting for it: a failure to start
+        comes back through its exit, :meth:`_spawn_failed`)."""
         a = stage.assignment
+        assert stage.workdir is not None
         argv = ["/bin/sh", "-c", a.spec.argv[0]] if a.spec.shell else list(a.spec.argv)
-        loop = asyncio.get_running_loop()
+        work = str(stage.workdir)
+        o = work + "/.outrider/"
+        env = self._env(a, o)
+        await self.keeper.start(
+            stage.key_text, argv, env, work, o + "stdout", o + "stderr", stage.last_renewed, self.lease_ttl()
+        )
+        self._watch(stage)
+
+    def _spawn_failed(self, stage: Stage, exc: OSError) -> int:
+        """The process could not start: the task's fault if its command is wrong (exit
+        127/126, as a shell says), else the agent's (AgentFault)."""
+        a = stage.assignment
+        program = "/bin/sh" if a.spec.shell else a.spec.argv[0]
+        if exc.filename == program and exc.errno in _EXEC_ERRNOS:
+            self.log_sink(a.lease, "stderr", f"outrider: cannot start {program!r}: {exc.strerror}\n".encode())
+            return 127 if exc.errno == errno.ENOENT else 126
+        raise AgentFault(f"cannot start a process: {exc.strerror or exc} ({exc.filename or program})") from None
+
+    def _watch(self, stage: Stage, resume: bool = False) -> None:
+        """Follow a started process: its exit, its output, its checkpoints."""
+        assert stage.workdir is not None
+        fut = self.keeper.exit_of(stage.key_text)
+        stage.exited = fut
+
+        def exited(f: asyncio.Future[tuple[int, bool]]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result()[1] and stage.stop_reason is None:
+                stage.stop_reason = StopReason.LEASE_EXPIRED  # the keeper stopped it first
+
+        fut.add_done_callback(exited)
+        tail = LogTail(stage.lease, stage.outrider_dir, self.log_sink)
+        if resume:
+            tail.resume()
+        self._tails[stage.key_text] = tail
+        if self._tail_task is None:
+            self._tail_task = asyncio.ensure_future(self._tail_loop())
+        self.hooks.started(stage, stage.checkpoint_dir)
+
+    async def _wait(self, stage: Stage) -> int:
+        assert stage.exited is not None
+        a = stage.assignment
+        timeout: float | None = None
+        if a.spec.timeout_s:
+            timeout = max(0.0, a.spec.timeout_s - (time.time() - stage.started_at))
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=workdir,
-                env=self._env(a, inputs, outputs),
-                stdin=self._devnull,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # own process group: kill the stage and all its children together
-            )
-        except OSError as exc:
-            self.log_sink(a.lease, "stderr", f"outrider: cannot start {argv[0]!r}: {exc}\n".encode())
-            return 127
-        stage.proc = proc
-        stage.exited = self._watch_exit(loop, proc)
-        eofs = [self._pump(loop, a.lease, "stdout", proc.stdout), self._pump(loop, a.lease, "stderr", proc.stderr)]
-        timeout = a.spec.timeout_s or None
-        try:
-            rc = await asyncio.wait_for(asyncio.shield(stage.exited), timeout)
-        except asyncio.TimeoutError:
-            stage.stop_reason = StopReason.TIMEOUT
-            self.log_sink(a.lease, "stderr", f"outrider: timed out after {timeout:g}s; killing\n".encode())
-            rc = await self.kill(stage)
-        # Children the stage left behind die with it, and cannot hold our pipes open.
-        _killpg(proc.pid, signal.SIGKILL)
-        _, pending = await asyncio.wait(eofs, timeout=2.0)
-        for fut in pending:  # a grandchild that left the group still holds a pipe: stop reading
-            fut.cancel()
+            try:
+                rc, _ = await asyncio.wait_for(asyncio.shield(stage.exited), timeout)
+            except asyncio.TimeoutError:
+                if stage.stop_reason is None:
+                    stage.stop_reason = StopReason.TIMEOUT
+                self.log_sink(a.lease, "stderr", f"outrider: timed out after {a.spec.timeout_s:g}s; killing\n".encode())
+                rc = await self.kill(stage)
+        finally:
+            tail = self._tails.pop(stage.key_text, None)
+            if tail is not None:
+                tail.finish()
         return rc
 
-    @staticmethod
-    def _watch_exit(loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes]) -> asyncio.Future[int]:
-        """A future for the exit code, without a thread per child.
-
-        Linux: a pidfd becomes readable when the child exits, so the event loop
-        itself notices (asyncio's default child watcher starts a thread per child).
-        Elsewhere, a thread waits.
-        """
-        fut: asyncio.Future[int] = loop.create_future()
-        pidfd_open = getattr(os, "pidfd_open", None)
+    async def _tail_loop(self) -> None:
         try:
-            pidfd = pidfd_open(proc.pid) if pidfd_open else -1
-        except OSError:
-            pidfd = -1
-        if pidfd < 0:
-            thread_fut = asyncio.ensure_future(asyncio.to_thread(proc.wait))
+            while self._tails:
+                await asyncio.sleep(LOG_POLL_S)
+                for tail in list(self._tails.values()):
+                    if tail.poll():
+                        tail.save()
+        finally:
+            self._tail_task = None
 
-            def waited(f: asyncio.Future[int]) -> None:
-                if not fut.done():
-                    fut.set_result(f.result())
+    def done(self, stage: Stage) -> None:
+        """The stage's end is recorded (its result is on disk, or it is not reported):
+        the keeper may forget it."""
+        if stage.exited is not None:
+            self.keeper.forget(stage.key_text)
 
-            thread_fut.add_done_callback(waited)
-            return fut
-
-        def on_exit() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            if not fut.done():
-                fut.set_result(proc.wait())
-
-        loop.add_reader(pidfd, on_exit)
-        return fut
-
-    def _pump(
-        self, loop: asyncio.AbstractEventLoop, lease: common_pb2.LeaseRef, stream: str, pipe: Any
-    ) -> asyncio.Future[None]:
-        """Forward a pipe to the log sink as data arrives; the future resolves at EOF."""
-        eof: asyncio.Future[None] = loop.create_future()
-        fd = pipe.fileno()
-        os.set_blocking(fd, False)
-
-        def close() -> None:
-            loop.remove_reader(fd)
-            pipe.close()
-
-        def on_readable() -> None:
-            try:
-                data = os.read(fd, READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if data:
-                self.log_sink(lease, stream, data)
-                return
-            close()
-            if not eof.done():
-                eof.set_result(None)
-
-        loop.add_reader(fd, on_readable)
-        eof.add_done_callback(lambda f: close() if f.cancelled() else None)
-        return eof
-
-    async def kill(self, stage: Stage) -> int:
+    async def kill(self, stage: Stage, grace: float | None = None) -> int:
         """SIGTERM the stage's process group, SIGKILL it after the grace period."""
-        proc, exited = stage.proc, stage.exited
-        if proc is None or exited is None:
+        exited = stage.exited
+        if exited is None:
             return -signal.SIGKILL
         if exited.done():
-            return exited.result()
-        _killpg(proc.pid, signal.SIGTERM)
+            return _code(exited)
+        key = stage.key_text
         try:
-            return await asyncio.wait_for(asyncio.shield(exited), self.kill_grace)
-        except asyncio.TimeoutError:
-            _killpg(proc.pid, signal.SIGKILL)
-            return await exited
+            self.keeper.kill(key, signal.SIGTERM)
+            try:
+                return (await asyncio.wait_for(asyncio.shield(exited), self.kill_grace if grace is None else grace))[0]
+            except asyncio.TimeoutError:
+                self.keeper.kill(key, signal.SIGKILL)
+                return (await exited)[0]
+        except KeeperLost:  # nobody reaps it any more: kill what is left directly
+            if stage.workdir is not None:
+                await asyncio.to_thread(reap_orphans, stage.workdir)
+            return -signal.SIGKILL
 
 
-def reap_orphans(work_root: Path) -> int:
-    """Kill stages a previous agent process left running (it was SIGKILLed or crashed).
+def _code(fut: asyncio.Future[tuple[int, bool]]) -> int:
+    if fut.cancelled() or fut.exception() is not None:
+        return -signal.SIGKILL
+    return fut.result()[0]
 
-    Their leases are gone with that process, so they must not run on beside the
-    new attempts the scheduler starts elsewhere (invariant 3). A stage is known by
-    its working directory, which is always inside ``work_root``.
+
+def reap_orphans(work_root: Path, keep: tuple[Path, ...] = ()) -> int:
+    """Kill stages a previous agent process left running that nobody supervises (their
+    keeper died with it): they must not run on beside the new attempts the scheduler
+    starts elsewhere (invariant 3). A stage is known by its working directory, inside
+    ``work_root``; those under ``keep`` (taken over) are spared.
     """
     import psutil
 
     root = str(work_root.resolve()) + os.sep
+    spared = tuple(str(p.resolve()) + os.sep for p in keep)
     killed = 0
     for proc in psutil.process_iter(["pid", "cwd"]):
         try:
             cwd = proc.info["cwd"]
-            if cwd and (cwd + os.sep).startswith(root) and proc.pid != os.getpid():
-                _killpg(os.getpgid(proc.pid), signal.SIGKILL)
+            if not cwd or proc.pid == os.getpid():
+                continue
+            cwd += os.sep
+            if cwd.startswith(root) and not cwd.startswith(spared):
+                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
                 killed += 1
         except (psutil.Error, OSError):
             continue
     if killed:
         log.warning("killed %d stage process(es) left running by a previous agent", killed)
     return killed
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone (or not ours any more)
-        os.killpg(pgid, sig)

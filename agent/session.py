@@ -38,6 +38,7 @@ from collections.abc import Callable
 import grpc
 
 from agent.cache import BlobCache
+from agent.checkpoints import Checkpoints
 from agent.clock import ClockTracker
 from agent.config import AgentConfig
 from agent.link import LinkMeter
@@ -71,6 +72,8 @@ class Session:
         cache: its inventory is reported in the capabilities.
         caps: the capabilities probed at start.
         instance_id: this agent's instance (:mod:`agent.instance`), sent in every Register.
+        checkpoints: takes checkpoint acks; its unacknowledged reports go again on a fresh stream.
+        on_drain: called when the scheduler asks this agent to drain.
         wall: the wall clock (``time.time``), injectable for tests.
     """
 
@@ -86,6 +89,8 @@ class Session:
         cache: BlobCache,
         caps: common_pb2.Capabilities,
         instance_id: str = "",
+        checkpoints: Checkpoints | None = None,
+        on_drain: Callable[[], None] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
@@ -97,6 +102,8 @@ class Session:
         self.cache = cache
         self.base_caps = caps
         self.instance_id = instance_id
+        self.checkpoints = checkpoints
+        self.on_drain = on_drain
         self._wall = wall
         #: Seconds between heartbeats; the scheduler's Register reply sets it.
         self.heartbeat_interval = 3.0
@@ -215,8 +222,10 @@ class Session:
             len(sup.stages),
             len(sup.outbox),
         )
-        # A fresh stream: all free slots as credit, and every undelivered completion.
-        self.uplink.restart(sup.credits(), sup.undelivered())
+        # A fresh stream: all free slots as credit, every undelivered result, every
+        # unacknowledged checkpoint report.
+        pending = self.checkpoints.pending() if self.checkpoints is not None else []
+        self.uplink.restart(sup.credits(), sup.undelivered(), pending)
         call = stub.Connect()
         self.transfers.attach(artifacts)
         sender = asyncio.ensure_future(self.uplink.pump(call))
@@ -254,8 +263,13 @@ class Session:
             sup.start(a)
         for ack in msg.acks:
             sup.ack(ack)
+        if self.checkpoints is not None:
+            for cack in msg.checkpoint_acks:
+                self.checkpoints.acked(cack)
         if msg.cancel:
             sup.cancelled(msg.cancel)
+        if msg.drain and self.on_drain is not None:
+            self.on_drain()
         if msg.HasField("heartbeat"):
             hb = msg.heartbeat
             if hb.client_time:
@@ -272,6 +286,10 @@ class Session:
             await asyncio.sleep(self.heartbeat_interval * random.uniform(0.9, 1.0))
             self.uplink.heartbeat(self.make_heartbeat(self.uplink.unsent_heartbeat))
 
+    def beat_now(self) -> None:
+        """Send a heartbeat now (draining or health changed: the scheduler must know at once)."""
+        self.uplink.heartbeat(self.make_heartbeat(self.uplink.unsent_heartbeat))
+
     def make_heartbeat(self, unsent: agent_pb2.HeartbeatRequest | None = None) -> agent_pb2.HeartbeatRequest:
         """The next heartbeat; it carries the whole capabilities only when they changed
         since the last ones sent (or when ``unsent``, the one it replaces, carried them)."""
@@ -283,6 +301,8 @@ class Session:
             clock=self.clock.samples(),
             client_time=self._wall(),
             free_slots=self.supervisor.free_slots(),
+            unhealthy=self.supervisor.unhealthy,
+            draining=self.supervisor.draining,
         )
         caps = self.capabilities()
         if capabilities_changed(self.caps_sent, caps) or (unsent is not None and unsent.HasField("capabilities")):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from outrider.v1 import agent_pb2, common_pb2
@@ -43,13 +43,27 @@ class StopReason(str, enum.Enum):
     LEASE_EXPIRED = "lease expired"
     #: The agent itself is stopping (SIGINT, a second SIGTERM, or the end of a drain).
     AGENT_STOPPED = "agent stopped"
+    #: The agent is draining (SIGTERM, a preemption notice, ``outrider drain``): the stage
+    #: was asked to checkpoint and stop; its lease is released (outcome ``released``) once
+    #: its checkpoint is reported, unless it finished with a result first.
+    DRAINING = "agent draining"
 
     @property
     def reports_result(self) -> bool:
         """Whether the stage's result is still reported (and its lease still renewed)
-        after this stop. Only a timeout is: the scheduler is waiting for that result;
-        for every other reason it has moved on, or will, and would refuse a report."""
-        return self is StopReason.TIMEOUT
+        after this stop. A timeout's is (the scheduler is waiting for it), and a drained
+        stage's (its release, after its checkpoint); for every other reason the
+        scheduler has moved on, or will, and would refuse a report."""
+        return self is StopReason.TIMEOUT or self is StopReason.DRAINING
+
+
+class AgentFault(Exception):
+    """Raised when the agent itself cannot run a stage: it cannot make a work dir, cannot
+    start a process, or its disk is full while preparing or publishing (issue 7, fault 7).
+
+    Not the task's fault: the attempt is released (outcome ``released``, no retry spent)
+    and the agent reports itself unhealthy, taking no work until its self-check passes.
+    """
 
 
 @dataclass(eq=False)
@@ -59,11 +73,38 @@ class Stage:
     assignment: agent_pb2.Assignment
     #: Monotonic time the lease was last known renewed (the supervisor's clock).
     last_renewed: float = field(default_factory=time.monotonic)
-    proc: subprocess.Popen[bytes] | None = None
-    exited: asyncio.Future[int] | None = None  # resolves to the exit code (negative: signal)
+    #: Its process (group leader), once started; 0 before.
+    pid: int = 0
+    #: Resolves to (exit code (negative: signal), whether the keeper stopped it for its lease).
+    exited: asyncio.Future[tuple[int, bool]] | None = None
+    #: Its work dir, once it has one.
+    workdir: Path | None = None
+    #: Wall time the attempt started here (kept across an agent restart).
+    started_at: float = 0.0
+    #: The work dir a previous agent process ran this attempt in (its process is gone): the
+    #: newest complete checkpoint there is where it resumes.
+    resume_dir: Path | None = None
     #: Why the agent stopped it; None while it runs on its own.
     stop_reason: StopReason | None = None
     task: asyncio.Task[Any] | None = None
+    _dirs: tuple[Path, Path] | None = field(default=None, repr=False)
+
+    @property
+    def outrider_dir(self) -> Path:
+        """``WORKDIR/.outrider`` (inputs, outputs, checkpoint, the output files)."""
+        return self._paths()[0]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """``$OUTRIDER_CHECKPOINT_DIR``."""
+        return self._paths()[1]
+
+    def _paths(self) -> tuple[Path, Path]:
+        if self._dirs is None:
+            assert self.workdir is not None
+            o = self.workdir / ".outrider"
+            self._dirs = (o, o / "checkpoint")
+        return self._dirs
 
     @property
     def lease(self) -> common_pb2.LeaseRef:
@@ -73,3 +114,21 @@ class Stage:
     def key(self) -> StageKey:
         ref = self.assignment.lease
         return (ref.run_id, ref.task, ref.epoch)
+
+    @property
+    def key_text(self) -> str:
+        """The key as one string (how the keeper and the journal name the attempt)."""
+        return key_text(self.key)
+
+
+def key_text(key: StageKey) -> str:
+    """``RUN\\tTASK\\tEPOCH``: a stage key as one string."""
+    return f"{key[0]}\t{key[1]}\t{key[2]}"
+
+
+def parse_key_text(text: str) -> StageKey | None:
+    """The inverse of :func:`key_text`; None for anything else."""
+    parts = text.split("\t")
+    if len(parts) != 3 or not parts[2].isdigit():
+        return None
+    return (parts[0], parts[1], int(parts[2]))

@@ -1,59 +1,73 @@
-"""The stages running on this agent: starting them, their leases, their results.
+"""The stages running on this agent: starting them, their leases, their results, draining.
 
 A stage's lifecycle, as this module enforces it::
 
-     Assignment
-         │ start()
-         ▼
-    ┌─────────┐ exits by itself (any exit code)               ┌────────────┐  ack   ┌──────┐
-    │ running │──────────────────────────────────────────────▶│ in outbox  │───────▶│ done │
-    └─────────┘                                               │ (reported) │        └──────┘
-       │    │ runs past its timeout: StopReason.TIMEOUT       └────────────┘
-       │    ▼                                                       ▲
-       │  ┌───────────┐ killed; outcome "timeout"                   │
-       │  │ timing out│─────────────────────────────────────────────┘
-       │  └───────────┘ (heartbeats still carry its lease: the result is wanted)
-       │
-       │ cancelled(): CANCELLED          renewed(): LEASE_LOST       registered(): LEASE_UNKNOWN
-       │ tick(now), lease not renewed within the TTL: LEASE_EXPIRED
-       │ the agent stops: AGENT_STOPPED
-       ▼
+     Assignment ─ draining or unhealthy ──────────────────────────────────────┐ released at once
+         │ start()                                                             ▼
+         ▼                                                              ┌────────────┐  ack   ┌──────┐
+    ┌─────────┐ exits by itself (any exit code)                        │ in outbox  │───────▶│ done │
+    │ running │───────────────────────────────────────────────────────▶│ (on disk,  │        └──────┘
+    └─────────┘                                                        │  reported) │
+     │  │  │ runs past its timeout: TIMEOUT ─▶ killed; outcome "timeout" └────────────┘
+     │  │  │                                                                 ▲
+     │  │  └ drain(): DRAINING ─▶ SIGTERM, drain grace, SIGKILL;             │
+     │  │      its last checkpoint is reported first, then "released"        │
+     │  │      (or "succeeded" if it finished) ────────────────────────────────┘
+     │  │    (a stage stopping for TIMEOUT or DRAINING keeps its lease in heartbeats: its result is wanted)
+     │  │
+     │  │ the agent's own failure (no work dir, cannot spawn, disk full): "released", agent unhealthy
+     │  │
+     │  └ cancelled(): CANCELLED    renewed(): LEASE_LOST    registered(): LEASE_UNKNOWN
+     │    tick(now), lease not renewed within the TTL: LEASE_EXPIRED (the keeper too, if we are gone)
+     │    the agent stops: AGENT_STOPPED
+     ▼
     ┌──────────┐ killed (SIGTERM to its process group, SIGKILL after the grace)  ┌─────────────────────┐
     │ stopping │─────────────────────────────────────────────────────────────────▶│ dropped: no report  │
-    └──────────┘ (heartbeats no longer carry its lease; the scheduler moved on)   └─────────────────────┘
+    └──────────┘ (heartbeats no longer carry its lease; the scheduler moved on)   │ (checkpoints kept)  │
+                                                                                  └─────────────────────┘
 
 A stage is stopped at most once: the first :class:`~agent.stage.StopReason` wins.
 Every stage that leaves (reported or dropped) gives its slot back as a credit,
-except while draining.
+except while draining or unhealthy (then the credit is withheld until the agent
+can take work again).
 
 Invariant 3: a stage whose lease the agent could not renew within the lease TTL
-is killed by the agent itself (:meth:`Supervisor.tick`), so an old holder never
-runs beside a new attempt elsewhere. The clocks are injectable, so a test drives
-``tick(now)`` with a fake clock instead of waiting a TTL.
+is killed by the agent itself (:meth:`Supervisor.tick`), and by the keeper if the
+agent is dead or frozen, so an old holder never runs beside a new attempt elsewhere.
+The clocks are injectable, so a test drives ``tick(now)`` with a fake clock.
 
-A completion stays in the outbox until the scheduler acknowledged it; a new
-stream re-sends the whole outbox (:meth:`Supervisor.undelivered`).
+Durability (:mod:`agent.journal`): a stage still running after
+:data:`LEASE_RECORD_DELAY_S` has its lease written down (assignment, pid, start),
+so the next agent process can take it over or resume it; its result replaces that
+record in one transaction and is sent only once on disk (:mod:`agent.outbox`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
+from agent.journal import Journal, LeaseRecord
+from agent.outbox import Outbox
 from agent.stage import Stage, StageKey, StopReason
 from agent.uplink import Uplink
+from outrider.protocol import Outcome
 from outrider.v1 import agent_pb2, common_pb2
 
-__all__ = ["DRAIN_ACK_TIMEOUT_S", "StageRunner", "Supervisor"]
+__all__ = ["DRAIN_ACK_TIMEOUT_S", "LEASE_RECORD_DELAY_S", "StageRunner", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
 #: A drained agent waits this long at most for its last results to be acknowledged.
 DRAIN_ACK_TIMEOUT_S = 30.0
+#: A stage's lease is written down once it has run this long: a shorter one is cheaper to
+#: run again than to journal (its lease expires and it runs elsewhere if the agent dies).
+LEASE_RECORD_DELAY_S = 0.5
 
 
 class StageRunner(Protocol):
@@ -63,7 +77,7 @@ class StageRunner(Protocol):
         """Run the stage to its end and say how it went."""
         ...
 
-    async def kill(self, stage: Stage) -> int:
+    async def kill(self, stage: Stage, grace: float | None = None) -> int:
         """Stop the stage's processes; returns its exit code."""
         ...
 
@@ -82,6 +96,8 @@ class Supervisor:
         lease_ttl: the lease TTL until the scheduler says otherwise (seconds).
         on_drained: called once a drain finished (every stage done, results
             acknowledged or :data:`DRAIN_ACK_TIMEOUT_S` passed).
+        journal: where leases and results are kept (None: memory only).
+        drain_grace: how long a draining stage has after SIGTERM to checkpoint and exit.
         monotonic, wall: the clocks (``time.monotonic``, ``time.time``), injectable
             so that tests drive :meth:`tick` and :meth:`renewed` with a fake clock.
     """
@@ -94,6 +110,8 @@ class Supervisor:
         *,
         lease_ttl: float = 15.0,
         on_drained: Callable[[], None] | None = None,
+        journal: Journal | None = None,
+        drain_grace: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -102,54 +120,158 @@ class Supervisor:
         self.slots = slots
         self.lease_ttl = lease_ttl
         self.on_drained = on_drained
+        self.journal = journal
+        self.drain_grace = drain_grace
         self._monotonic = monotonic
         self._wall = wall
         self.stages: dict[StageKey, Stage] = {}
-        self.outbox: dict[StageKey, agent_pb2.Completion] = {}
+        self.outbox = Outbox(uplink, journal)
         self.draining = False
-        self._outbox_empty = asyncio.Event()
-        self._outbox_empty.set()
+        #: Why the agent takes no work (empty: it can): its own failure, until the self-check passes.
+        self.unhealthy = ""
+        self._withheld = 0
+        #: Called when draining or health changed (the session sends a heartbeat at once).
+        self.on_change: Callable[[], None] | None = None
+        #: Called with (stage keys, monotonic renewal time, TTL) whenever leases are renewed (the keeper).
+        self.on_renew: Callable[[list[Stage], float, float], None] | None = None
+        #: Awaited before a stage's result other than success is reported: its last checkpoint goes first.
+        self.before_report: Callable[[Stage], Awaitable[None]] | None = None
+        #: Called with a stage whose end is dealt with, and its outcome ("" when not reported).
+        self.on_done: Callable[[Stage, str], None] | None = None
         # Kills and the drain in flight: referenced so that they are not collected mid-way.
         self._background: set[asyncio.Future[Any]] = set()
+        self._recorded: set[StageKey] = set()
 
     # ------------------------------------------------------------------ stages
 
     def start(self, assignment: agent_pb2.Assignment) -> Stage | None:
-        """Start running an assignment; None if it is a duplicate delivery."""
-        stage = Stage(assignment, last_renewed=self._monotonic())
-        if stage.key in self.stages:
+        """Start running an assignment; None if it is a duplicate delivery, or refused
+        (draining or unhealthy: it is released at once)."""
+        key = _key(assignment.lease)
+        if key in self.stages or key in self.outbox:
             return None
-        self.stages[stage.key] = stage
-        stage.task = asyncio.ensure_future(self._run(stage))
+        if self.draining or self.unhealthy:
+            why = StopReason.DRAINING.value if self.draining else f"agent unhealthy: {self.unhealthy}"
+            self._release_unstarted(assignment, why)
+            return None
+        stage = Stage(assignment, last_renewed=self._monotonic())
+        self._launch(stage, self.runner.run)
         return stage
 
-    async def _run(self, stage: Stage) -> None:
+    def adopt(self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]]) -> None:
+        """Take over a stage of a previous agent process (its lease is on disk already)."""
+        self._recorded.add(stage.key)
+        self._launch(stage, run)
+
+    def _launch(self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]]) -> None:
+        self.stages[stage.key] = stage
+        stage.task = asyncio.ensure_future(self._run(stage, run))
+        if self.journal is not None and stage.key not in self._recorded:
+            asyncio.get_running_loop().call_later(LEASE_RECORD_DELAY_S, self._record, stage)
+
+    def _record(self, stage: Stage) -> None:
+        """Write down the lease of a stage that is still running (see LEASE_RECORD_DELAY_S)."""
+        if self.journal is None or self.stages.get(stage.key) is not stage or stage.stop_reason is not None:
+            return
+        rec = LeaseRecord(stage.assignment, stage.started_at, stage.pid, str(stage.workdir or ""))
+        self.journal.write_later({Journal.lease_key(stage.key): rec.encode()})
+        self._recorded.add(stage.key)
+        self._note_renewal(self._wall())
+
+    async def _run(self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]]) -> None:
         ref = stage.lease
+        outcome = ""
+        freed = False
         try:
-            completion = await self.runner.run(stage)
+            completion = await run(stage)
+            reason = stage.stop_reason
+            recorded = stage.key in self._recorded
+            if reason is not None and not reason.reports_result:
+                # Cancelled, lease lost, or the agent is stopping: the scheduler has moved on
+                # (or will, when the lease expires); a report would be refused.
+                log.info("%s/%s attempt %d stopped (%s)", ref.run_id, ref.task, ref.epoch, reason.value)
+                if recorded and self.journal is not None and reason is not StopReason.AGENT_STOPPED:
+                    self.journal.write_later(deletes=[Journal.lease_key(stage.key)])
+            else:
+                logs = self.uplink.take_logs(ref)
+                if completion.outcome == Outcome.SUCCEEDED.value:
+                    # Its slot is free now: offered again while the result is made durable.
+                    freed = self._free(stage)
+                elif self.before_report is not None:
+                    # Its last checkpoint is reported first (the lease is held meanwhile).
+                    await self.before_report(stage)
+                # While other stages run, more goes up soon: the result may leave with it.
+                await self.outbox.put(stage.key, completion, logs, lease=recorded, linger=bool(self.stages))
+                outcome = completion.outcome
         finally:
-            self.stages.pop(stage.key, None)
-        reason = stage.stop_reason
-        if reason is not None and not reason.reports_result:
-            # Cancelled, lease lost, or the agent is stopping: the scheduler has moved on
-            # (or will, when the lease expires); a report would be refused.
-            log.info("%s/%s attempt %d stopped (%s)", ref.run_id, ref.task, ref.epoch, reason.value)
-        else:
-            self.outbox[stage.key] = completion
-            self._outbox_empty.clear()
-            self.uplink.complete(completion)
-        if not self.draining:
-            self.uplink.credit()
+            if not freed:
+                self._free(stage)
+            if self.on_done is not None:
+                self.on_done(stage, outcome)
         if self.draining and not self.stages:
             self._spawn(self._finish_drain())
+
+    def _free(self, stage: Stage) -> bool:
+        """The stage leaves the table and its slot is offered again."""
+        self.stages.pop(stage.key, None)
+        self._recorded.discard(stage.key)
+        self._give_credit()
+        return True
+
+    def _release_unstarted(self, assignment: agent_pb2.Assignment, why: str) -> None:
+        ref = assignment.lease
+        log.info("releasing %s/%s attempt %d unstarted: %s", ref.run_id, ref.task, ref.epoch, why)
+        now = self._wall()
+        c = agent_pb2.Completion(lease=ref, outcome=Outcome.RELEASED.value, error=why, started_at=now, finished_at=now)
+        self._spawn(self.outbox.put(_key(ref), c, lease=False))
+        self._give_credit()
 
     def free_slots(self) -> int:
         """Slots not taken by a stage."""
         return max(0, self.slots - len(self.stages))
 
     def credits(self) -> int:
-        """The credits a fresh work stream starts with: the free slots, none while draining."""
-        return 0 if self.draining else self.free_slots()
+        """The credits a fresh work stream starts with: the free slots, none while draining
+        or unhealthy (those are withheld until the agent can take work)."""
+        if self.draining:
+            return 0
+        if self.unhealthy:
+            self._withheld = self.free_slots()
+            return 0
+        self._withheld = 0
+        return self.free_slots()
+
+    def _give_credit(self) -> None:
+        if self.draining:
+            return
+        if self.unhealthy:
+            self._withheld += 1
+        else:
+            self.uplink.credit()
+
+    # ------------------------------------------------------------------ health
+
+    def set_unhealthy(self, reason: str) -> None:
+        """The agent itself failed (``reason``): take no work until :meth:`set_healthy`."""
+        if self.unhealthy:
+            self.unhealthy = reason
+            return
+        log.error("agent unhealthy: %s; taking no work until a self-check passes", reason)
+        self.unhealthy = reason
+        if self.on_change is not None:
+            self.on_change()
+
+    def set_healthy(self) -> None:
+        """The self-check passed: offer the withheld slots again."""
+        if not self.unhealthy:
+            return
+        log.info("agent healthy again (was: %s); taking work", self.unhealthy)
+        self.unhealthy = ""
+        if not self.draining and self._withheld:
+            self.uplink.credit(self._withheld)
+        self._withheld = 0
+        if self.on_change is not None:
+            self.on_change()
 
     # ------------------------------------------------------------------ leases
 
@@ -158,17 +280,19 @@ class Supervisor:
         return [s.lease for s in self.stages.values()]
 
     def held_leases(self) -> list[common_pb2.LeaseRef]:
-        """The leases a heartbeat renews: stages running, or stopping for their timeout
-        (their result is coming)."""
+        """The leases a heartbeat renews: stages running, or stopping with a result to come
+        (a timeout, a drain)."""
         return [s.lease for s in self.stages.values() if s.stop_reason is None or s.stop_reason.reports_result]
 
     def registered(self, lost: Iterable[common_pb2.LeaseRef]) -> None:
         """The scheduler took our Register: every lease is renewed as of now, except
         those it listed in ``lost``, whose stages are stopped."""
         now = self._monotonic()
+        gone = {_key(r) for r in lost}
         for stage in self.stages.values():
             stage.last_renewed = now
         self._stop_refs(lost, StopReason.LEASE_UNKNOWN)
+        self._renewed([s for k, s in self.stages.items() if k not in gone], now)
 
     def renewed(self, sent_at: float, lost: Iterable[common_pb2.LeaseRef]) -> None:
         """A heartbeat reply: the heartbeat sent at wall time ``sent_at`` renewed every
@@ -180,10 +304,24 @@ class Supervisor:
         if sent_at:
             gone = {_key(r) for r in lost}
             renewed_at = self._monotonic() - (self._wall() - sent_at)
+            kept = []
             for key, stage in self.stages.items():
                 if key not in gone:
                     stage.last_renewed = max(stage.last_renewed, renewed_at)
+                    kept.append(stage)
+            self._renewed(kept, renewed_at)
         self._stop_refs(lost, StopReason.LEASE_LOST)
+
+    def _renewed(self, stages: list[Stage], at: float) -> None:
+        if stages and self.on_renew is not None:
+            self.on_renew(stages, at, self.lease_ttl)
+        if self._recorded:
+            self._note_renewal(self._wall() - (self._monotonic() - at))
+
+    def _note_renewal(self, wall: float) -> None:
+        """Write down when the leases were last renewed (a restart judges them by it)."""
+        if self.journal is not None:
+            self.journal.write_later({"renewed": json.dumps({"wall": wall, "ttl": self.lease_ttl}).encode()})
 
     def cancelled(self, refs: Iterable[common_pb2.LeaseRef]) -> None:
         """The scheduler cancelled these attempts: stop their stages."""
@@ -191,7 +329,8 @@ class Supervisor:
 
     def tick(self, now: float) -> list[Stage]:
         """One round of the lease watchdog at monotonic time ``now``: stop every running
-        stage whose lease was not renewed within the TTL (invariant 3); returns them."""
+        stage whose lease was not renewed within the TTL (invariant 3); returns them.
+        Its checkpoints stay on disk (a later attempt here can resume from them)."""
         expired: list[Stage] = []
         for stage in list(self.stages.values()):
             if stage.stop_reason is None and now - stage.last_renewed > self.lease_ttl:
@@ -219,45 +358,49 @@ class Supervisor:
                 log.info("stopping %s/%s attempt %d: %s", ref.run_id, ref.task, ref.epoch, reason.value)
                 self._stop(stage, reason)
 
-    def _stop(self, stage: Stage, reason: StopReason) -> None:
+    def _stop(self, stage: Stage, reason: StopReason, grace: float | None = None) -> None:
         stage.stop_reason = reason
-        self._spawn(self.runner.kill(stage))
+        self._spawn(self.runner.kill(stage, grace))
 
     # ------------------------------------------------------------------ results
 
     def ack(self, ack: agent_pb2.CompletionAck) -> None:
         """The scheduler took (or refused, for good) a result: it leaves the outbox."""
-        self.outbox.pop(_key(ack.lease), None)
-        if not self.outbox:
-            self._outbox_empty.set()
-        if ack.code != 0:
-            log.warning(
-                "scheduler refused the result of %s/%s attempt %d: %s",
-                ack.lease.run_id,
-                ack.lease.task,
-                ack.lease.epoch,
-                ack.message,
-            )
+        self.outbox.ack(ack)
 
-    def undelivered(self) -> list[agent_pb2.Completion]:
+    def undelivered(self) -> list[agent_pb2.AgentMessage]:
         """Results not acknowledged yet, to send again on a fresh stream."""
-        return list(self.outbox.values())
+        return self.outbox.undelivered()
 
     # ------------------------------------------------------------------ stopping
 
-    def drain(self) -> bool:
-        """Stop taking work and let the running stages finish; False (and nothing
-        changes) when already draining or nothing runs, so there is nothing to drain."""
-        if self.draining or not self.stages:
+    def drain(self, reason: str) -> bool:
+        """Take no more work, and ask every running stage to checkpoint and stop (SIGTERM,
+        then SIGKILL after the drain grace); their leases are released once their last
+        checkpoints are reported. False (and nothing changes) when already draining."""
+        if self.draining:
             return False
         self.draining = True
+        log.warning(
+            "draining (%s): no new work; %d running stage(s) asked to checkpoint and stop within %gs",
+            reason,
+            len(self.stages),
+            self.drain_grace,
+        )
+        for stage in list(self.stages.values()):
+            if stage.stop_reason is None:
+                self._stop(stage, StopReason.DRAINING, self.drain_grace)
+        if self.on_change is not None:
+            self.on_change()
+        if not self.stages:
+            self._spawn(self._finish_drain())
         return True
 
     async def _finish_drain(self) -> None:
         """Drained: wait (bounded) for the last results to be acknowledged, then say so."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._outbox_empty.wait(), DRAIN_ACK_TIMEOUT_S)
-        log.info("drained (%d results undelivered); stopping", len(self.outbox))
+            await asyncio.wait_for(self.outbox.empty.wait(), DRAIN_ACK_TIMEOUT_S)
+        log.info("drained (%d results undelivered)", len(self.outbox))
         if self.on_drained is not None:
             self.on_drained()
 
@@ -265,7 +408,7 @@ class Supervisor:
         """Give every stage not stopping yet ``reason``, without killing it yet: a stage
         that exits from now on is not reported (:meth:`kill_all` kills them)."""
         for stage in self.stages.values():
-            if stage.stop_reason is None:
+            if stage.stop_reason is None or stage.stop_reason is StopReason.DRAINING:
                 stage.stop_reason = reason
 
     async def kill_all(self, reason: StopReason) -> None:

@@ -244,6 +244,20 @@ class Transfers:
                 self.cache.evict()
         return common_pb2.ArtifactRef(name=name, digest=digest, size=size, kind=kind)
 
+    async def upload(self, what: str, path: Path, digest: str, size: int, kind: str) -> None:
+        """Upload a file already hashed (a checkpoint's tar) unless the scheduler has it,
+        riding out a broken link for up to one lease TTL (ConnectionError past it)."""
+        from outrider.artifacts import upload_chunks
+
+        async def push(stub: Any) -> None:
+            info = await stub.Stat(artifact_pb2.StatRequest(digest=digest))
+            if not info.exists:
+                t0 = time.monotonic()
+                await stub.Upload(_aiter(upload_chunks(path, digest, size, kind)))
+                self.link.observe_transfer(size, time.monotonic() - t0)
+
+        await self._with_scheduler(what, push)
+
     def _stash_output(self, path: Path) -> tuple[str, int, str, Path | None, Path]:
         """(digest, size, kind, temporary copy inside the cache or None, original) of an output.
 

@@ -1,7 +1,7 @@
 """What goes up the work stream next: credits, completions, logs and a heartbeat.
 
-The supervisor (credits, completions), the runner (logs) and the session
-(heartbeats) each drop what they have here; :meth:`Uplink.pump` writes it to the
+The supervisor (credits, completions), the runner (logs), the checkpoint keeper
+(checkpoints) and the session (heartbeats) each drop what they have here; :meth:`Uplink.pump` writes it to the
 ``Connect`` stream as one ``AgentMessage``. Whatever accumulates while one
 message is being written leaves in the next one, so a burst of short stages
 costs a few writes, not one per event.
@@ -25,6 +25,8 @@ __all__ = ["MAX_PENDING_LOG_BYTES", "Uplink"]
 
 #: Logs buffered while disconnected; past this the oldest go first.
 MAX_PENDING_LOG_BYTES = 8 << 20
+#: How long a result may wait to leave with the next message, while other stages run.
+LINGER_S = 0.005
 
 
 class Uplink:
@@ -34,9 +36,11 @@ class Uplink:
         self.max_log_bytes = max_log_bytes
         self._credits = 0
         self._completions: list[agent_pb2.Completion] = []
+        self._checkpoints: list[common_pb2.Checkpoint] = []
         self._logs: list[agent_pb2.LogChunk] = []
         self._log_bytes = 0
         self._heartbeat: agent_pb2.HeartbeatRequest | None = None
+        self._linger: asyncio.TimerHandle | None = None
         #: Set whenever there is something to send (or the sender must look again).
         self.wake = asyncio.Event()
 
@@ -47,10 +51,37 @@ class Uplink:
         self._credits += n
         self.wake.set()
 
-    def complete(self, completion: agent_pb2.Completion) -> None:
-        """A result to report (the supervisor keeps it in its outbox until acknowledged)."""
+    def complete(
+        self, completion: agent_pb2.Completion, logs: Iterable[agent_pb2.LogChunk] = (), *, linger: bool = False
+    ) -> None:
+        """A result to report, after the last of its stage's output (the outbox keeps both
+        until acknowledged). With ``linger`` (other stages run: more is about to go up), it
+        may wait up to :data:`LINGER_S` to leave with the next message instead of alone."""
+        for chunk in logs:
+            self._logs.append(chunk)
+            self._log_bytes += len(chunk.data)
         self._completions.append(completion)
+        if not linger:
+            self.wake.set()
+        elif self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(LINGER_S, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._linger = None
         self.wake.set()
+
+    def checkpoint(self, ckpt: common_pb2.Checkpoint) -> None:
+        """A checkpoint uploaded, to report (re-reported until acknowledged)."""
+        self._checkpoints.append(ckpt)
+        self.wake.set()
+
+    def take_logs(self, lease: common_pb2.LeaseRef) -> list[agent_pb2.LogChunk]:
+        """Take back the output of one stage that has not left yet (it goes with its result)."""
+        mine = [c for c in self._logs if c.lease == lease]
+        if mine:
+            self._logs = [c for c in self._logs if c.lease != lease]
+            self._log_bytes -= sum(len(c.data) for c in mine)
+        return mine
 
     def log(self, lease: common_pb2.LeaseRef, stream: str, data: bytes) -> None:
         """A piece of a stage's stdout or stderr (the runner's log sink)."""
@@ -72,23 +103,41 @@ class Uplink:
 
     # -- the stream
 
-    def restart(self, credits: int, completions: Iterable[agent_pb2.Completion]) -> None:
-        """Start over for a fresh stream: these credits, these completions, no heartbeat.
+    def restart(
+        self,
+        credits: int,
+        results: Iterable[agent_pb2.AgentMessage],
+        checkpoints: Iterable[common_pb2.Checkpoint] = (),
+    ) -> None:
+        """Start over for a fresh stream: these credits, these results (each a completion
+        and its last output), these checkpoint reports, no heartbeat.
 
         Buffered logs are kept: they were produced while the link was down.
         """
         self._credits = credits
-        self._completions = list(completions)
+        self._completions = []
+        for msg in results:
+            for chunk in msg.logs:
+                self._logs.append(chunk)
+                self._log_bytes += len(chunk.data)
+            self._completions.extend(msg.completions)
+        self._checkpoints = list(checkpoints)
         self._heartbeat = None
 
     def take(self) -> agent_pb2.AgentMessage | None:
         """Everything pending as one message (and forget it), or None if nothing is."""
-        if not (self._credits or self._completions or self._logs or self._heartbeat):
+        if not (self._credits or self._completions or self._logs or self._heartbeat or self._checkpoints):
             return None
-        msg = agent_pb2.AgentMessage(credits=self._credits, completions=self._completions, logs=self._logs)
+        msg = agent_pb2.AgentMessage(
+            credits=self._credits, completions=self._completions, logs=self._logs, checkpoints=self._checkpoints
+        )
         if self._heartbeat is not None:
             msg.heartbeat.CopyFrom(self._heartbeat)
         self._credits, self._completions, self._logs, self._log_bytes, self._heartbeat = 0, [], [], 0, None
+        self._checkpoints = []
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         return msg
 
     async def pump(self, call: Any) -> None:

@@ -43,7 +43,7 @@ def make_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **cfg_kw: Any) -
             slots=slots, labels=labels, zones=list(zones)
         ),
     )
-    monkeypatch.setattr(daemon, "reap_orphans", lambda root: 0)
+    monkeypatch.setattr(daemon, "reap_orphans", lambda root, keep=(): 0)
     cfg = AgentConfig(scheduler="s:1", state_dir=str(tmp_path / "state"), slots=1, **cfg_kw)
     return daemon.Agent(cfg)
 
@@ -67,6 +67,8 @@ class FakeRunner:
         #: (stage key, stop reason at the time) of every kill, in order.
         self.kills: list[tuple[StageKey, StopReason | None]] = []
         self.killed = asyncio.Event()
+        #: When set, a kill does not end the stage (it takes its time, as a checkpointing one does).
+        self.hold_kills = False
 
     def _exit_of(self, key: StageKey) -> asyncio.Future[int]:
         fut = self._exits.get(key)
@@ -85,14 +87,18 @@ class FakeRunner:
         c = agent_pb2.Completion(lease=stage.lease, exit_code=rc)
         if stage.stop_reason is StopReason.TIMEOUT:
             c.outcome = Outcome.TIMEOUT.value
+        elif stage.stop_reason is StopReason.DRAINING:
+            c.outcome, c.error = Outcome.RELEASED.value, StopReason.DRAINING.value
         elif stage.stop_reason is not None:
             c.outcome, c.error = Outcome.CANCELLED.value, f"stopped: {stage.stop_reason.value}"
         else:
             c.outcome = (Outcome.SUCCEEDED if rc == 0 else Outcome.FAILED).value
         return c
 
-    async def kill(self, stage: Stage) -> int:
+    async def kill(self, stage: Stage, grace: float | None = None) -> int:
         self.kills.append((stage.key, stage.stop_reason))
         self.killed.set()
+        if self.hold_kills:
+            return await self._exit_of(stage.key)
         self.exit(stage.key, -15)
         return -15

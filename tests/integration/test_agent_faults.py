@@ -118,3 +118,41 @@ def test_a_second_instance_under_a_live_name_is_refused(cluster: LocalCluster) -
     with cluster.client() as client:
         (dup,) = [a for a in client.list_agents() if a.name == "dup"]
         assert dup.instance_id == first_id and dup.capabilities.labels["where"] == "first"
+
+
+# --------------------------------------------------------------------------- fault 7
+
+
+def test_the_agents_own_failure_releases_the_attempt_and_it_recovers(cluster: LocalCluster) -> None:
+    """Before: "agent could not run the stage" failed the task and spent its retries, and the
+    broken agent kept taking work. Now the attempt is released (no retry spent), the agent
+    reports itself unhealthy and takes no work until its self-check passes."""
+    cluster.start_scheduler()
+    sick = cluster.add_agent("sick", labels={"pool": "x", "who": "sick"}, slots=1)
+    cluster.wait_agents(["sick"])
+    work = cluster.state_dir("sick") / "work"
+    work.rename(work.with_name("work.broken"))
+    work.write_text("not a directory: no work dir can be made here\n")  # as a broken disk would
+    p = Pipeline("unlucky")
+    p.task("job", run='echo ok > "$OUTRIDER_OUTPUTS/out"', outputs=["out"], requires={"labels": {"pool": "x"}})
+    with cluster.client() as client:
+        run_id = client.submit(p).run_id
+        wait_for(lambda: "agent unhealthy: cannot make a work dir" in sick.log_path.read_text(), 30,
+                 "the agent to say it is unhealthy")
+        cluster.add_agent("well", labels={"pool": "x", "who": "well"}, slots=1)
+        status = client.wait(run_id, timeout=60)
+        job = _tasks(status)["job"]
+        # No retries were allowed, yet the task succeeded elsewhere: the release was not charged.
+        assert status.state == "succeeded", status
+        assert job.agent == "well" and job.attempts == 2, job  # type: ignore[attr-defined]
+        unhealthy = {a.name: a.unhealthy for a in client.list_agents()}
+        assert "cannot make a work dir" in unhealthy.get("sick", "cannot make a work dir")  # where the scheduler shows it
+
+        # Repaired: the self-check passes and the agent takes work again.
+        work.unlink()
+        work.with_name("work.broken").rename(work)
+        wait_for(lambda: "agent healthy again" in sick.log_path.read_text(), 30, "the self-check to pass")
+        q = Pipeline("after")
+        q.task("there", run="true", requires={"labels": {"who": "sick"}})
+        after = client.wait(client.submit(q).run_id, timeout=30)
+        assert after.state == "succeeded", after

@@ -32,11 +32,12 @@ def test_sigterm_drains_and_a_second_one_stops(tmp_path: Path, monkeypatch: pyte
     async def scenario() -> None:
         agent = make_agent(tmp_path, monkeypatch)
         runner = FakeRunner()
+        runner.hold_kills = True  # the stage takes its time to checkpoint
         agent.supervisor.runner = runner
         stage = agent.supervisor.start(assignment("a"))
         agent.on_sigterm()
         assert agent.supervisor.draining and not agent.session.stopped
-        assert stage.stop_reason is None  # it finishes first
+        assert stage.stop_reason is StopReason.DRAINING  # asked to checkpoint and stop
         agent.on_sigterm()
         assert agent.session.stopped
         assert stage.stop_reason is StopReason.AGENT_STOPPED

@@ -139,9 +139,9 @@ def test_messages_down_the_stream_reach_the_supervisor(tmp_path: Path, monkeypat
         stage_c = sup.stages[("r1", "c", 1)]
         assert stage_c.task is not None
         await stage_c.task
-        assert list(sup.outbox) == [("r1", "c", 1)]
+        assert list(sup.outbox.items) == [("r1", "c", 1)]
         session.on_message(agent_pb2.SchedulerMessage(acks=[agent_pb2.CompletionAck(lease=c.lease)]))
-        assert sup.outbox == {}
+        assert sup.outbox.items == {}
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
 

@@ -18,6 +18,7 @@ from tests.helpers.agents import assignment
         (StopReason.LEASE_UNKNOWN, "scheduler no longer knows this lease"),
         (StopReason.LEASE_EXPIRED, "lease expired"),
         (StopReason.AGENT_STOPPED, "agent stopped"),
+        (StopReason.DRAINING, "agent draining"),
     ],
 )
 def test_stop_reason_texts(reason: StopReason, text: str) -> None:
@@ -25,8 +26,15 @@ def test_stop_reason_texts(reason: StopReason, text: str) -> None:
     assert StopReason(text) is reason
 
 
-def test_only_a_timeout_still_reports_its_result() -> None:
-    assert [r for r in StopReason if r.reports_result] == [StopReason.TIMEOUT]
+def test_only_a_timeout_and_a_drain_still_report_their_result() -> None:
+    assert [r for r in StopReason if r.reports_result] == [StopReason.TIMEOUT, StopReason.DRAINING]
+
+
+def test_a_key_as_text_and_back() -> None:
+    from agent.stage import key_text, parse_key_text
+
+    assert parse_key_text(key_text(("run-7", "train", 3))) == ("run-7", "train", 3)
+    assert parse_key_text("nonsense") is None
 
 
 def test_a_stage_is_known_by_its_lease() -> None:

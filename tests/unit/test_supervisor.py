@@ -70,7 +70,7 @@ def test_tick_stops_a_stage_whose_lease_lapsed() -> None:
         assert stage.task is not None
         await stage.task
         # Stopped, not reported: the scheduler has given the attempt away.
-        assert rig.sup.stages == {} and rig.sup.outbox == {}
+        assert rig.sup.stages == {} and rig.sup.outbox.items == {}
         msg = rig.uplink.take()
         assert msg is not None and msg.credits == 1 and list(msg.completions) == []
         # A later tick has nothing left to stop.
@@ -168,8 +168,8 @@ def test_a_stage_stopping_for_its_timeout_keeps_its_lease_in_heartbeats() -> Non
         await rig.killed()
         assert slow.task is not None and gone.task is not None
         await asyncio.gather(slow.task, gone.task)
-        assert list(rig.sup.outbox) == [slow.key]
-        assert rig.sup.outbox[slow.key].outcome == "timeout"
+        assert list(rig.sup.outbox.items) == [slow.key]
+        assert rig.sup.outbox.items[slow.key].completions[0].outcome == "timeout"
         msg = rig.uplink.take()
         assert msg is not None and [c.lease.task for c in msg.completions] == ["slow"] and msg.credits == 2
 
@@ -243,11 +243,11 @@ def test_results_stay_in_the_outbox_until_acknowledged(caplog: pytest.LogCapture
         assert {c.lease.task: c.outcome for c in msg.completions} == {"ok": "succeeded", "bad": "failed"}
         assert rig.uplink.take() is None
         # Not acknowledged yet: a fresh stream sends them again.
-        assert {c.lease.task for c in rig.sup.undelivered()} == {"ok", "bad"}
+        assert {m.completions[0].lease.task for m in rig.sup.undelivered()} == {"ok", "bad"}
         rig.sup.ack(agent_pb2.CompletionAck(lease=ok.lease))
         with caplog.at_level(logging.WARNING, logger="agent.supervisor"):
             rig.sup.ack(agent_pb2.CompletionAck(lease=bad.lease, code=10, message="stale epoch"))
-        assert rig.sup.outbox == {} and rig.sup.undelivered() == []
+        assert rig.sup.outbox.items == {} and rig.sup.undelivered() == []
         assert "scheduler refused the result of r1/bad attempt 1: stale epoch" in caplog.text
 
     run(scenario)
@@ -256,24 +256,62 @@ def test_results_stay_in_the_outbox_until_acknowledged(caplog: pytest.LogCapture
 # --------------------------------------------------------------------------- stopping
 
 
-def test_drain_stops_giving_credits_and_finishes_when_results_are_acknowledged() -> None:
+def test_drain_asks_stages_to_stop_releases_them_and_finishes_when_acknowledged() -> None:
     async def scenario() -> None:
         drained = asyncio.Event()
-        rig = Rig(on_drained=drained.set)
-        assert not rig.sup.drain()  # nothing runs: nothing to drain
-        assert not rig.sup.draining
+        changes: list[bool] = []
+        rig = Rig(on_drained=drained.set, drain_grace=42.0)
+        rig.sup.on_change = lambda: changes.append(rig.sup.draining)
         stage = rig.sup.start(assignment("a"))
         assert stage is not None
-        assert rig.sup.drain()
-        assert not rig.sup.drain()  # already draining
+        assert rig.sup.drain("test")
+        assert not rig.sup.drain("again")  # already draining
+        assert changes == [True]  # the session sends a heartbeat (draining=true) at once
         assert rig.sup.credits() == 0
-        rig.runner.exit(stage.key)
+        # Asked to checkpoint and stop: SIGTERM first (the fake runner's kill), with the drain grace.
+        await rig.killed()
+        assert rig.runner.kills == [(stage.key, StopReason.DRAINING)]
         assert stage.task is not None
         await stage.task
         msg = rig.uplink.take()
-        assert msg is not None and msg.credits == 0 and len(msg.completions) == 1
-        assert not drained.is_set()  # its result is not acknowledged yet
+        assert msg is not None and msg.credits == 0
+        assert [(c.outcome, c.error) for c in msg.completions] == [("released", "agent draining")]
+        assert not drained.is_set()  # its release is not acknowledged yet
         rig.sup.ack(agent_pb2.CompletionAck(lease=stage.lease))
+        await asyncio.wait_for(drained.wait(), 5)
+        # Work that arrives while draining is released at once, unstarted.
+        assert rig.sup.start(assignment("late")) is None
+        await asyncio.sleep(0)
+        msg = rig.uplink.take()
+        assert msg is not None and [(c.lease.task, c.outcome) for c in msg.completions] == [("late", "released")]
+
+    run(scenario)
+
+
+def test_a_draining_stage_keeps_its_lease_until_released() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        rig.runner.hold_kills = True  # the stage takes its time to checkpoint
+        stage = rig.sup.start(assignment("a"))
+        assert stage is not None
+        rig.sup.drain("test")
+        await rig.killed()
+        assert [r.task for r in rig.sup.held_leases()] == ["a"]  # renewed while it checkpoints
+        rig.advance(TTL + 1)
+        assert rig.sup.tick(rig.mono()) == []  # the watchdog leaves a stopping stage alone
+        rig.runner.exit(stage.key, -15)
+        assert stage.task is not None
+        await stage.task
+        assert rig.sup.held_leases() == []
+
+    run(scenario)
+
+
+def test_drain_with_nothing_running_finishes_at_once() -> None:
+    async def scenario() -> None:
+        drained = asyncio.Event()
+        rig = Rig(on_drained=drained.set)
+        assert rig.sup.drain("test") and rig.sup.draining
         await asyncio.wait_for(drained.wait(), 5)
 
     run(scenario)
@@ -287,10 +325,9 @@ def test_drain_gives_up_waiting_for_acks(monkeypatch: pytest.MonkeyPatch) -> Non
         rig = Rig(on_drained=drained.set)
         stage = rig.sup.start(assignment("a"))
         assert stage is not None
-        rig.sup.drain()
-        rig.runner.exit(stage.key)
+        rig.sup.drain("test")
         await asyncio.wait_for(drained.wait(), 5)
-        assert list(rig.sup.outbox) == [stage.key]  # undelivered, and the agent stops anyway
+        assert list(rig.sup.outbox.items) == [stage.key]  # undelivered, and the agent stops anyway
 
     run(scenario)
 
@@ -310,6 +347,6 @@ def test_stopping_the_agent_kills_every_stage_without_reporting() -> None:
         assert a.task is not None and b.task is not None
         await asyncio.gather(a.task, b.task)
         assert rig.sup.stages == {}
-        assert list(rig.sup.outbox) == [b.key]  # a timed-out stage's result still counts
+        assert list(rig.sup.outbox.items) == [b.key]  # a timed-out stage's result still counts
 
     run(scenario)

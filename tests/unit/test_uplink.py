@@ -43,11 +43,30 @@ def test_a_fresh_stream_keeps_logs_but_not_credits_or_heartbeats() -> None:
     up.credit(5)
     up.log(LEASE, "stdout", b"while disconnected\n")
     up.heartbeat(agent_pb2.HeartbeatRequest())
-    up.restart(2, [agent_pb2.Completion(lease=LEASE)])
+    kept = agent_pb2.AgentMessage(
+        completions=[agent_pb2.Completion(lease=LEASE)],
+        logs=[agent_pb2.LogChunk(lease=LEASE, stream="stderr", data=b"last words\n")],
+    )
+    ckpt = common_pb2.Checkpoint(lease=LEASE, digest="d" * 64, seq=3)
+    up.restart(2, [kept], [ckpt])
     msg = up.take()
     assert msg is not None
     assert msg.credits == 2 and len(msg.completions) == 1 and not msg.HasField("heartbeat")
-    assert [c.data for c in msg.logs] == [b"while disconnected\n"]
+    # The result's own last output comes with it (the outbox kept both); buffered logs stay.
+    assert [c.data for c in msg.logs] == [b"while disconnected\n", b"last words\n"]
+    assert [c.seq for c in msg.checkpoints] == [3]
+
+
+def test_a_result_takes_its_stages_unsent_output_with_it() -> None:
+    up = Uplink()
+    other = common_pb2.LeaseRef(run_id="r1", task="b", epoch=1)
+    up.log(LEASE, "stdout", b"mine\n")
+    up.log(other, "stdout", b"theirs\n")
+    mine = up.take_logs(LEASE)
+    assert [c.data for c in mine] == [b"mine\n"] and up.take_logs(LEASE) == []
+    up.complete(agent_pb2.Completion(lease=LEASE), mine)
+    msg = up.take()
+    assert msg is not None and [c.data for c in msg.logs] == [b"theirs\n", b"mine\n"]
 
 
 def test_pump_writes_what_is_pending() -> None:

@@ -1,0 +1,136 @@
+"""The agent's durable state: the journal (leases, outbox) in diskcache, and the outbox on it.
+
+Results are on disk before they are sent and leave only when acknowledged; writes are
+grouped (one sync per batch); nothing is pickled; diskcache's evicting, NORMAL-sync
+defaults are overridden; what a killed process acknowledged is there for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.journal import Journal, LeaseRecord, open_store
+from agent.outbox import Outbox
+from agent.uplink import Uplink
+from outrider.v1 import agent_pb2, common_pb2
+from tests.helpers.agents import assignment
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def completion(task: str, outcome: str = "succeeded") -> agent_pb2.Completion:
+    return agent_pb2.Completion(lease=common_pb2.LeaseRef(run_id="r1", task=task, epoch=1), outcome=outcome)
+
+
+def test_the_stores_lose_nothing_and_keep_bytes_only(tmp_path: Path) -> None:
+    cache = open_store(tmp_path / "s")
+    assert cache.eviction_policy == "none"  # diskcache's default evicts past 1 GB
+    assert cache.sqlite_synchronous == 2  # FULL; the default NORMAL may lose a commit on power loss
+    assert cache.cull_limit == 0
+    cache.set("k", b"\x00bytes")
+    assert cache.get("k") == b"\x00bytes"
+    with pytest.raises(TypeError, match="bytes only"):
+        cache.set("obj", {"a": 1})  # would be pickled
+    # A pickled value put there behind our back is never loaded.
+    import diskcache
+
+    diskcache.Cache(str(tmp_path / "s")).set("evil", {"a": 1})
+    with pytest.raises(ValueError, match="unpickle"):
+        cache.get("evil")
+    cache.close()
+
+
+def test_leases_and_results_survive_a_new_process_object(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        j = Journal(tmp_path / "journal")
+        assert not j.exists() and j.load() == ({}, {}, {})
+        a = assignment("train", epoch=2)
+        rec = LeaseRecord(a, started=1700.0, pid=4242, workdir="/w/x")
+        await j.write({Journal.lease_key(("r1", "train", 2)): rec.encode(), "renewed": b'{"wall": 1.5, "ttl": 9}'})
+        msg = agent_pb2.AgentMessage(completions=[completion("prep")], logs=[agent_pb2.LogChunk(data=b"bye")])
+        await j.write({Journal.outbox_key(("r1", "prep", 1)): msg.SerializeToString()})
+        j.close()
+        leases, outbox, renewed = Journal(tmp_path / "journal").load()
+        assert leases[("r1", "train", 2)].assignment == a
+        assert (leases[("r1", "train", 2)].pid, leases[("r1", "train", 2)].workdir) == (4242, "/w/x")
+        assert outbox[("r1", "prep", 1)] == msg
+        assert renewed == {"wall": 1.5, "ttl": 9.0}
+
+    asyncio.run(scenario())
+
+
+def test_writes_are_grouped(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        j = Journal(tmp_path / "journal")
+        await asyncio.gather(*(j.write({f"k{i}": b"v"}) for i in range(200)))
+        assert len(j.load()[0]) == 0  # (not lease or outbox keys)
+        assert j.batches < 200 / 4, j.batches  # a burst shares its syncs
+
+    asyncio.run(scenario())
+
+
+def test_a_result_is_on_disk_before_it_is_sent_and_leaves_when_acknowledged(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        journal = Journal(tmp_path / "journal")
+        uplink = Uplink()
+        seen_on_disk: list[bool] = []
+        real_complete = uplink.complete
+
+        def complete(c: agent_pb2.Completion, logs: object = (), linger: bool = False) -> None:
+            seen_on_disk.append(("r1", "a", 1) in Journal(tmp_path / "journal").load()[1])
+            real_complete(c, logs)  # type: ignore[arg-type]
+
+        uplink.complete = complete  # type: ignore[method-assign]
+        box = Outbox(uplink, journal)
+        lease_key = Journal.lease_key(("r1", "a", 1))
+        await journal.write({lease_key: LeaseRecord(assignment("a")).encode()})
+        await box.put(("r1", "a", 1), completion("a"), [agent_pb2.LogChunk(data=b"tail")], lease=True)
+        assert seen_on_disk == [True]
+        leases, outbox, _ = Journal(tmp_path / "journal").load()
+        assert leases == {}  # the lease became the result in one transaction
+        assert list(outbox[("r1", "a", 1)].logs)[0].data == b"tail"
+        assert not box.empty.is_set()
+        box.ack(agent_pb2.CompletionAck(lease=completion("a").lease))
+        assert box.empty.is_set() and box.undelivered() == []
+        journal.flush_later()  # (an acknowledgement rides with the next write, or within 0.2 s)
+        assert journal.flush()
+        assert Journal(tmp_path / "journal").load()[1] == {}
+
+    asyncio.run(scenario())
+
+
+def test_what_a_killed_process_wrote_is_there_for_the_next(tmp_path: Path) -> None:
+    """The write returned: the process dies at once (SIGKILL), and the next one finds it."""
+    code = f"""
+import asyncio, os, signal
+from pathlib import Path
+from agent.journal import Journal
+from outrider.v1 import agent_pb2, common_pb2
+
+async def main():
+    j = Journal(Path({str(tmp_path / "journal")!r}))
+    c = agent_pb2.Completion(lease=common_pb2.LeaseRef(run_id="r1", task="t", epoch=1), outcome="failed")
+    await j.write({{Journal.outbox_key(("r1", "t", 1)): agent_pb2.AgentMessage(completions=[c]).SerializeToString()}})
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    _, outbox, _ = Journal(tmp_path / "journal").load()
+    assert outbox[("r1", "t", 1)].completions[0].outcome == "failed"
+
+
+def test_a_damaged_record_is_dropped_not_fatal(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        j = Journal(tmp_path / "journal")
+        await j.write({Journal.outbox_key(("r1", "x", 1)): b"\xff\xff not protobuf"})
+        leases, outbox, _ = j.load()
+        assert outbox == {} and leases == {}
+
+    asyncio.run(scenario())
