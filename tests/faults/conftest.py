@@ -7,8 +7,9 @@
 * ``make_lab(hosts)`` / ``make_cluster(hosts, ...)``: a ``NetLab`` / an ``NsCluster`` on
   one, closed after the test whatever happened (daemons first, then the namespaces).
   A failing test prints the daemons' log tails.
-* ``figures``: scenarios hand their ``Figures`` to it; they are printed at the end of the
-  session (``pytest -q`` hides a passing test's output), with each test's duration.
+* ``figures`` / ``measured``: scenarios hand their ``Figures``, the emulator self-test its
+  asked-vs-measured lines; all are printed at the end of the session (``pytest -q`` hides
+  a passing test's output), with each test's duration.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.faults.nscluster import NsCluster
 from tests.faults.workload import Figures
 
 _FIGURES: list[Figures] = []
+_MEASURED: list[str] = []
 _DURATIONS: dict[str, float] = {}
 
 
@@ -103,6 +105,18 @@ def figures() -> Callable[[Figures], None]:
     return _FIGURES.append
 
 
+@pytest.fixture
+def measured() -> Callable[[str, str, str], None]:
+    """The emulator self-test's figures: what was asked of a link, what a packet got."""
+
+    def note(what: str, asked: str, got: str) -> None:
+        line = f"[netlab] {what}: asked {asked}, measured {got}"
+        print(line)
+        _MEASURED.append(line)
+
+    return note
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
@@ -125,6 +139,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     tr = terminalreporter
     tr.section("fault suite: figures and durations")
+    for line in _MEASURED:
+        tr.write_line(line)
     for f in _FIGURES:
         tr.write_line(f.summary())
     for nodeid, secs in _DURATIONS.items():

@@ -3,7 +3,8 @@
 Measured inside the namespaces with ``probe.py``: numbered, timestamped UDP datagrams
 (one-way delay is exact here: every namespace shares this machine's clock), UDP round
 trips, and a TCP transfer for rate. Each test prints asked vs measured. The delay-type
-tests run on the TUN forwarder always and on ``netem`` where the kernel has it.
+tests run on the TUN forwarder always and on ``netem`` where the kernel has it. The
+figures are listed at the end of the session (the ``measured`` fixture).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pytest
 
 from tests.faults import netlab
 from tests.faults.netlab import Impairment, NetLab
+
+Measured = Callable[[str, str, str], None]  # the `measured` fixture: what, asked, measured
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -56,10 +59,6 @@ def rtts(lab: NetLab, src: str, dst: str, count: int, interval: float, timeout: 
         )
     finally:
         echo.kill()
-
-
-def report(what: str, asked: str, measured: str) -> None:
-    print(f"[netlab] {what}: asked {asked}, measured {measured}")
 
 
 @pytest.fixture(params=["tun", "netem"])
@@ -128,16 +127,16 @@ def test_the_sweeper_removes_what_a_dead_run_left(lab_support: None) -> None:
 # --------------------------------------------------------------------------- delay, jitter
 
 
-def test_delay_and_jitter(make_lab: Callable[..., NetLab], emulator: str) -> None:
+def test_delay_and_jitter(make_lab: Callable[..., NetLab], emulator: str, measured: Measured) -> None:
     lab = make_lab(["a", "edge"], emulator=emulator)
     lab.impair("edge", Impairment(delay_ms=100))
     got = one_way(lab, "a", "edge", count=200, interval=0.005)
     mean = statistics.mean(got["one_way_ms"])
-    report(f"{emulator} delay (one way)", "100ms", f"{mean:.1f}ms over {got['unique']} datagrams")
+    measured(f"{emulator} delay (one way)", "100ms", f"{mean:.1f}ms over {got['unique']} datagrams")
     assert got["unique"] == 200 and within(mean, 100)
     rt = rtts(lab, "a", "edge", count=50, interval=0.01)
     rtt = statistics.mean(rt["rtts_ms"])
-    report(f"{emulator} delay (round trip)", "200ms", f"{rtt:.1f}ms")
+    measured(f"{emulator} delay (round trip)", "200ms", f"{rtt:.1f}ms")
     assert within(rtt, 200)
 
     lab.impair("edge", Impairment(delay_ms=100, jitter_ms=40))
@@ -145,7 +144,7 @@ def test_delay_and_jitter(make_lab: Callable[..., NetLab], emulator: str) -> Non
     d = got["one_way_ms"]
     mean, sd = statistics.mean(d), statistics.pstdev(d)
     want_sd = 40 / 3**0.5  # uniform on [-40, +40]
-    report(
+    measured(
         f"{emulator} jitter",
         f"100ms ±40ms (sd {want_sd:.1f}ms)",
         f"mean {mean:.1f}ms sd {sd:.1f}ms range {min(d):.1f}-{max(d):.1f}ms, {got['late']} arrived out of order",
@@ -155,12 +154,12 @@ def test_delay_and_jitter(make_lab: Callable[..., NetLab], emulator: str) -> Non
     assert got["late"] > 0  # jitter reorders, as it does under netem
 
 
-def test_reorder(make_lab: Callable[..., NetLab], emulator: str) -> None:
+def test_reorder(make_lab: Callable[..., NetLab], emulator: str, measured: Measured) -> None:
     lab = make_lab(["a", "edge"], emulator=emulator)
     lab.impair("edge", Impairment(delay_ms=60, reorder_pct=25))
     got = one_way(lab, "a", "edge", count=1000, interval=0.002)
     early = sum(1 for x in got["one_way_ms"] if x < 30) / got["unique"]
-    report(
+    measured(
         f"{emulator} reorder",
         "25% sent at once, the rest 60ms later",
         f"{early:.1%} at once, {got['late']} of {got['unique']} arrived after a later one",
@@ -168,34 +167,34 @@ def test_reorder(make_lab: Callable[..., NetLab], emulator: str) -> None:
     assert within(early, 0.25) and got["late"] > 0
 
 
-def test_duplicate(make_lab: Callable[..., NetLab], emulator: str) -> None:
+def test_duplicate(make_lab: Callable[..., NetLab], emulator: str, measured: Measured) -> None:
     lab = make_lab(["a", "edge"], emulator=emulator)
     lab.impair("edge", down=Impairment(delay_ms=1, duplicate_pct=10))
     got = one_way(lab, "a", "edge", count=3000, interval=0.0005)
     dup = (got["received"] - got["unique"]) / got["unique"]
-    report(f"{emulator} duplicate", "10%", f"{dup:.1%} ({got['received']} received, {got['unique']} distinct)")
+    measured(f"{emulator} duplicate", "10%", f"{dup:.1%} ({got['received']} received, {got['unique']} distinct)")
     assert got["unique"] == 3000 and within(dup, 0.10)
 
 
 # --------------------------------------------------------------------------- loss, rate, partition
 
 
-def test_loss(make_lab: Callable[..., NetLab]) -> None:
+def test_loss(make_lab: Callable[..., NetLab], measured: Measured) -> None:
     lab = make_lab(["a", "edge"])
     lab.impair("edge", down=Impairment(loss_pct=20))
     got = one_way(lab, "a", "edge", count=3000, interval=0.0005, idle=1.0)
     loss = 1 - got["unique"] / 3000
-    report("nft loss (one way)", "20%", f"{loss:.1%} of 3000")
+    measured("nft loss (one way)", "20%", f"{loss:.1%} of 3000")
     assert within(loss, 0.20)
     lab.impair("edge", Impairment(loss_pct=20))
     rt = rtts(lab, "a", "edge", count=1000, interval=0.001, timeout=1.0)
     ok = rt["received"] / 1000
-    report("nft loss (both ways)", "64% of round trips survive", f"{ok:.1%}")
+    measured("nft loss (both ways)", "64% of round trips survive", f"{ok:.1%}")
     assert within(ok, 0.64)
 
 
 @pytest.mark.parametrize("kbit, nbytes", [(1000, 256 << 10), (256, 64 << 10)])
-def test_rate(make_lab: Callable[..., NetLab], kbit: int, nbytes: int) -> None:
+def test_rate(make_lab: Callable[..., NetLab], kbit: int, nbytes: int, measured: Measured) -> None:
     lab = make_lab(["a", "edge"])
     lab.impair("edge", Impairment(rate_kbit=kbit))
     for src, dst, direction in (("a", "edge", "down"), ("edge", "a", "up")):
@@ -207,7 +206,7 @@ def test_rate(make_lab: Callable[..., NetLab], kbit: int, nbytes: int) -> None:
             sink.kill()
         goodput = got["bytes"] * 8 / got["seconds"] / 1000
         # TCP/IP/Ethernet headers take ~4.5% of each full frame: goodput is a little under the rate.
-        report(f"tbf rate ({direction})", f"{kbit}kbit/s", f"{goodput:.0f}kbit/s TCP goodput over {nbytes} bytes")
+        measured(f"tbf rate ({direction})", f"{kbit}kbit/s", f"{goodput:.0f}kbit/s TCP goodput over {nbytes} bytes")
         assert got["bytes"] == nbytes and within(goodput, kbit)
 
 
@@ -223,7 +222,7 @@ def test_partition_and_heal(make_lab: Callable[..., NetLab]) -> None:
 # --------------------------------------------------------------------------- the flaky edge link of scenario 5
 
 
-def test_the_flaky_edge_link(make_lab: Callable[..., NetLab], emulator: str) -> None:
+def test_the_flaky_edge_link(make_lab: Callable[..., NetLab], emulator: str, measured: Measured) -> None:
     """netem delay 300ms 200ms loss 20% duplicate 2% reorder 25% + 256 kbit/s, as scenario 5 uses it."""
     lab = make_lab(["a", "edge"], emulator=emulator)
     flaky = Impairment(delay_ms=300, jitter_ms=200, loss_pct=20, duplicate_pct=2, reorder_pct=25, rate_kbit=256)
@@ -235,7 +234,7 @@ def test_the_flaky_edge_link(make_lab: Callable[..., NetLab], emulator: str) -> 
     delayed = [x for x in d if x >= 50]
     loss = 1 - got["unique"] / n
     dup = (got["received"] - got["unique"]) / got["unique"]
-    report(
+    measured(
         f"{emulator} flaky link",
         str(flaky),
         f"delay {statistics.mean(delayed):.0f}ms (range {min(delayed):.0f}-{max(delayed):.0f}), "
