@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 #: The file that marks a checkpoint subdirectory complete (created last).
 MARKER = ".complete"
 #: How often running stages' checkpoint directories are looked at.
-CHECKPOINT_SCAN_S = 1.0
+CHECKPOINT_SCAN_S = 0.5
 #: How long a result waits for its stage's last checkpoint to be acknowledged.
 FLUSH_TIMEOUT_S = 30.0
 #: Where a restored checkpoint goes, in ``$OUTRIDER_CHECKPOINT_DIR``.

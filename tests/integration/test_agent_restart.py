@@ -2,54 +2,26 @@
 whose process is gone resumes from its checkpoint, a stage whose agent never comes back stops
 by itself within one lease lifetime, and results not yet acknowledged are delivered.
 
-Stages are small Python programs (the test's own interpreter, so ``outrider.checkpoint`` is
-importable) that append every step they finish to a record outside the cluster: the record
-shows what ran, and what was done twice.
+The stage works in steps and keeps its own record of them (tests/helpers/step_stage.py): the
+record shows what ran, and what was done twice.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from outrider.localcluster import LocalCluster, wait_for
-from outrider.pipeline import Pipeline
+from tests.helpers.step_stage import alive, pids, recorded, redone, steps_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 TTL = 6.0
-
-#: Steps of STEP_S seconds, each recorded and checkpointed (outrider.checkpoint); resumes
-#: from the checkpoint; records its pid first.
-STEPS = """
-import os, sys, time
-from outrider import checkpoint
-marks = os.environ["MARKS"]
-attempt = os.environ["OUTRIDER_ATTEMPT"]
-with open(os.path.join(marks, "pids"), "a") as f:
-    f.write(f"{os.getpid()}\\n")
-state = checkpoint.load() or {"step": 0}
-quiet = os.environ.get("QUIET")
-if not quiet:
-    print(f"attempt {attempt} starts after step {state['step']}", flush=True)
-for step in range(state["step"] + 1, int(os.environ["STEPS"]) + 1):
-    time.sleep(float(os.environ["STEP_S"]))
-    with open(os.path.join(marks, "steps"), "a") as f:
-        f.write(f"{attempt} {step}\\n")
-    checkpoint.save({"step": step})
-    if not quiet:
-        print(f"step {step} done", flush=True)
-with open(os.path.join(os.environ["OUTRIDER_OUTPUTS"], "out"), "w") as f:
-    f.write("done\\n")
-"""
-
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
@@ -63,38 +35,6 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalClu
             for d in [c.scheduler, *c.agents.values()]:
                 if d is not None:
                     print(f"\n----- {d.name} log (tail) -----\n{d.tail(80)}")
-
-
-def steps_pipeline(
-    marks: Path, steps: int, step_s: float, outputs: tuple[str, ...] = ("out",), quiet: bool = False
-) -> Pipeline:
-    env = {"MARKS": str(marks), "STEPS": str(steps), "STEP_S": str(step_s), "PYTHONUNBUFFERED": "1"}
-    if quiet:
-        env["QUIET"] = "1"  # writes nothing to its output: no broken pipe would ever stop it
-    p = Pipeline("steps")
-    p.task("work", run=[sys.executable, "-c", STEPS], outputs=list(outputs), env=env)
-    return p
-
-
-def recorded(marks: Path) -> list[tuple[int, int]]:
-    try:
-        return [tuple(map(int, line.split())) for line in (marks / "steps").read_text().splitlines()]  # type: ignore[misc]
-    except FileNotFoundError:
-        return []
-
-
-def pids(marks: Path) -> list[int]:
-    try:
-        return [int(x) for x in (marks / "pids").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def keeper_pid(cluster: LocalCluster, agent: str) -> int:
@@ -154,8 +94,7 @@ def test_a_stage_whose_process_is_gone_resumes_from_its_checkpoint(cluster: Loca
         assert task_of(client, run_id).attempts == 1  # type: ignore[attr-defined]  # same lease, resumed
         steps = [s for _, s in recorded(marks)]
         assert sorted(set(steps)) == list(range(1, 11))
-        redone = len(steps) - len(set(steps))
-        assert redone <= 1, steps  # at most one checkpoint interval of work was lost
+        assert redone(marks) <= 1, steps  # at most one checkpoint interval of work was lost
         assert len(pids(marks)) == 2  # started again once, by the restarted agent
         resumed_at = steps[done_before]  # the first step of the second process
         assert resumed_at >= done_before, (steps, done_before)  # it did not start over from step 1

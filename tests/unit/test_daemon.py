@@ -72,3 +72,39 @@ def test_a_finished_drain_stops_the_agent(tmp_path: Path, monkeypatch: pytest.Mo
         await asyncio.wait_for(stopped.wait(), 5)
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_a_drain_from_the_scheduler_keeps_the_agent_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch)
+        runner = FakeRunner()
+        agent.supervisor.runner = runner
+        stage = agent.supervisor.start(assignment("a"))
+        agent.session.on_message(agent_pb2.SchedulerMessage(drain=True))
+        assert agent.supervisor.draining and stage.stop_reason is StopReason.DRAINING
+        await stage.task
+        agent.session.on_message(agent_pb2.SchedulerMessage(acks=[agent_pb2.CompletionAck(lease=stage.lease)]))
+        await asyncio.sleep(0.05)
+        assert not agent.session.stopped  # drained, and still there: it takes no work
+        hb = agent.session.make_heartbeat()
+        assert hb.draining and hb.unhealthy == ""
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_a_preemption_notice_drains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "PREEMPTION_POLL_S", 0.01)
+    notice = tmp_path / "notice"
+
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch, preemption_file=str(notice))
+        watch = asyncio.ensure_future(agent._preemption_loop(notice))
+        await asyncio.sleep(0.05)
+        assert not agent.supervisor.draining
+        notice.touch()
+        await asyncio.wait_for(watch, 5)
+        assert agent.supervisor.draining and not agent.session.stopped
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))

@@ -350,3 +350,41 @@ def test_stopping_the_agent_kills_every_stage_without_reporting() -> None:
         assert list(rig.sup.outbox.items) == [b.key]  # a timed-out stage's result still counts
 
     run(scenario)
+
+
+# --------------------------------------------------------------------------- health (issue 7, fault 7)
+
+
+def test_an_unhealthy_agent_withholds_its_slots_and_releases_new_work() -> None:
+    async def scenario() -> None:
+        rig = Rig(slots=2)
+        changes: list[str] = []
+        rig.sup.on_change = lambda: changes.append(rig.sup.unhealthy)
+        a = rig.sup.start(assignment("a"))
+        assert a is not None
+        rig.sup.set_unhealthy("cannot make a work dir in /x: Not a directory")
+        assert changes == ["cannot make a work dir in /x: Not a directory"]  # a heartbeat goes at once
+        rig.runner.exit(a.key)
+        assert a.task is not None
+        await a.task
+        msg = rig.uplink.take()
+        assert msg is not None and msg.credits == 0  # its slot is withheld
+        # Work already on its way is given back at once, unstarted and uncharged.
+        assert rig.sup.start(assignment("late")) is None
+        await asyncio.sleep(0)
+        msg = rig.uplink.take()
+        assert msg is not None and [(c.lease.task, c.outcome) for c in msg.completions] == [("late", "released")]
+        assert "agent unhealthy: cannot make a work dir" in msg.completions[0].error
+        rig.sup.set_healthy()
+        assert changes[-1] == ""
+        msg = rig.uplink.take()
+        assert msg is not None and msg.credits == 2  # every slot offered again
+        assert rig.sup.credits() == 2
+        # A fresh stream while unhealthy offers nothing, and gives it all back once healthy.
+        rig.sup.set_unhealthy("disk nearly full")
+        assert rig.sup.credits() == 0
+        rig.sup.set_healthy()
+        msg = rig.uplink.take()
+        assert msg is not None and msg.credits == 2
+
+    run(scenario)

@@ -1,0 +1,182 @@
+"""The runner with a real keeper and real processes (no scheduler): whose fault a failure is
+(issue 7, fault 7), output forwarded from files, work dirs recycled, a drained stage."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent.keeper_client import KeeperClient
+from agent.runner import Runner
+from agent.stage import Stage, StopReason
+from outrider.v1 import agent_pb2, common_pb2
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+class Rig:
+    def __init__(self, tmp_path: Path) -> None:
+        self.state = tmp_path / "state"
+        self.state.mkdir()
+        self.keeper = KeeperClient(self.state)
+        self.logs: list[tuple[str, bytes]] = []
+        self.faults: list[str] = []
+        self.published: list[str] = []
+        self.publish_error: OSError | None = None
+        self.runner = Runner(
+            self.state / "work",
+            self.keeper,
+            self.fetch,
+            self.publish,
+            lambda lease, stream, data: self.logs.append((stream, data)),
+            kill_grace=1.0,
+            on_fault=self.faults.append,
+        )
+
+    async def fetch(self, ref: common_pb2.ArtifactRef, dest: Path) -> None:
+        return None
+
+    async def publish(self, name: str, path: Path) -> common_pb2.ArtifactRef:
+        if self.publish_error is not None:
+            raise self.publish_error
+        self.published.append(path.read_text())
+        return common_pb2.ArtifactRef(name=name, digest="0" * 64)
+
+    def stage(self, argv: list[str], shell: bool = False, outputs: tuple[str, ...] = (), task: str = "t") -> Stage:
+        return Stage(
+            agent_pb2.Assignment(
+                lease=common_pb2.LeaseRef(run_id="r1", task=task, epoch=1),
+                spec=common_pb2.TaskSpec(argv=argv, shell=shell, outputs=list(outputs)),
+            )
+        )
+
+    async def close(self) -> None:
+        await self.keeper.close()
+        try:
+            pid = int((self.state / "keeper.lock").read_text())
+            psutil.Process(pid).kill()
+        except (FileNotFoundError, ValueError, psutil.Error):
+            pass
+
+
+@pytest.fixture
+def tmp_rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path)
+
+
+def test_output_comes_from_files_and_a_clean_work_dir_is_reused(tmp_rig: Rig) -> None:
+    async def scenario() -> None:
+        rig = tmp_rig
+        try:
+            script = 'echo out; echo err >&2; echo hi > "$OUTRIDER_OUTPUTS/o"; test -d "$OUTRIDER_CHECKPOINT_DIR"'
+            st = rig.stage([script], shell=True, outputs=("o",))
+            c = await rig.runner.run(st)
+            assert (c.outcome, c.exit_code) == ("succeeded", 0), c.error
+            assert sorted(rig.logs) == [("stderr", b"err\n"), ("stdout", b"out\n")]
+            assert rig.published == ["hi\n"]
+            plain = rig.stage(["true"], task="plain")
+            c = await rig.runner.run(plain)
+            assert c.outcome == "succeeded"
+            assert plain.workdir is not None and plain.workdir.is_dir()  # untouched: back in the pool
+            assert not (plain.workdir / ".outrider" / "stdout").exists()  # its output files went
+        finally:
+            await rig.close()
+
+    run(scenario)
+
+
+def test_a_wrong_command_is_the_tasks_fault(tmp_rig: Rig) -> None:
+    async def scenario() -> None:
+        rig = tmp_rig
+        try:
+            c = await rig.runner.run(rig.stage(["no-such-program-anywhere"]))
+            assert (c.outcome, c.exit_code) == ("failed", 127)
+            assert any(b"cannot start 'no-such-program-anywhere'" in d for _, d in rig.logs)
+            assert rig.faults == []
+        finally:
+            await rig.close()
+
+    run(scenario)
+
+
+def test_no_work_dir_is_the_agents_fault(tmp_rig: Rig) -> None:
+    async def scenario() -> None:
+        rig = tmp_rig
+        try:
+            work = rig.state / "work"
+            work.rename(rig.state / "work.old")
+            work.write_text("a file where the work root was")
+            c = await rig.runner.run(rig.stage(["true"]))
+            assert c.outcome == "released" and c.error.startswith("agent failure: cannot make a work dir")
+            assert len(rig.faults) == 1
+        finally:
+            await rig.close()
+
+    run(scenario)
+
+
+def test_a_full_disk_while_publishing_is_the_agents_fault(tmp_rig: Rig) -> None:
+    async def scenario() -> None:
+        rig = tmp_rig
+        try:
+            rig.publish_error = OSError(errno.ENOSPC, "No space left on device")
+            c = await rig.runner.run(rig.stage(['echo x > "$OUTRIDER_OUTPUTS/o"'], shell=True, outputs=("o",)))
+            assert c.outcome == "released" and "No space left on device" in c.error
+            assert rig.faults and "cannot publish output 'o'" in rig.faults[0]
+        finally:
+            await rig.close()
+
+    run(scenario)
+
+
+def test_a_drained_stage_is_released_unless_it_finished(tmp_rig: Rig) -> None:
+    async def scenario() -> None:
+        rig = tmp_rig
+        try:
+            st = rig.stage(["sleep", "30"])
+            task = asyncio.ensure_future(rig.runner.run(st))
+            while st.exited is None:
+                await asyncio.sleep(0.01)
+            st.stop_reason = StopReason.DRAINING
+            await rig.runner.kill(st, grace=5.0)
+            c = await task
+            assert (c.outcome, c.error, c.exit_code) == ("released", "agent draining", -signal.SIGTERM)
+            # Asked to stop, it finished its work anyway: that is a result, not a release.
+            done = rig.stage(["sh", "-c", 'trap "" TERM; sleep 0.3; echo x > "$OUTRIDER_OUTPUTS/o"'],
+                             outputs=("o",), task="done")
+            task = asyncio.ensure_future(rig.runner.run(done))
+            while done.exited is None:
+                await asyncio.sleep(0.01)
+            done.stop_reason = StopReason.DRAINING
+            await rig.runner.kill(done, grace=5.0)
+            c = await task
+            assert c.outcome == "succeeded"
+        finally:
+            await rig.close()
+
+    run(scenario)
+
+
+def test_the_keeper_stopping_a_lapsed_stage_reads_as_a_lease_expiry(tmp_rig: Rig) -> None:
+    async def scenario() -> None:
+        rig = tmp_rig
+        rig.runner.lease_ttl = lambda: 0.3  # nobody renews it
+        try:
+            st = rig.stage(["sleep", "30"])
+            c = await rig.runner.run(st)
+            assert st.stop_reason is StopReason.LEASE_EXPIRED
+            assert c.outcome == "cancelled" and c.error == "stopped: lease expired"
+        finally:
+            await rig.close()
+
+    run(scenario)
+
+
