@@ -48,6 +48,11 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: while the agent holds no call (permit_without_calls) and no data flows
 #: (max_pings_without_data 0 = unlimited). Reconnect backoff is capped at 30 s so
 #: an edge box comes back quickly after its link returns.
+#:
+#: ``grpc.min_reconnect_backoff_ms`` is left at gRPC's default on purpose: gRPC core
+#: also uses it as the *minimum connect timeout* (grpc/grpc#12830), and at 1 s a TLS
+#: handshake over a slow, lossy edge link (300 ms ± 200 ms, 20 % loss) never finished:
+#: every attempt was cut off before the server's SETTINGS frame arrived.
 DEFAULT_CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -56,7 +61,6 @@ DEFAULT_CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.initial_reconnect_backoff_ms", 1_000),
-    ("grpc.min_reconnect_backoff_ms", 1_000),
     ("grpc.max_reconnect_backoff_ms", 30_000),
 ]
 

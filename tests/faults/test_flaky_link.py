@@ -48,8 +48,8 @@ def _cluster(make_cluster: Callable[..., NsCluster]) -> NsCluster:
 def test_an_edge_agent_connects_through_the_flaky_link(make_cluster: Callable[..., NsCluster]) -> None:
     """An edge box boots behind the bad link: TCP, TLS and HTTP/2 set-up take several seconds there.
 
-    Fails today: outrider/tls.py sets ``grpc.min_reconnect_backoff_ms`` to 1 s, which gRPC
-    also takes as its minimum *connect timeout*, so every attempt is cut off after 1 s
+    This failed while outrider/tls.py set ``grpc.min_reconnect_backoff_ms`` to 1 s, which gRPC
+    also takes as its minimum *connect timeout*: every attempt was cut off after 1 s
     ("connection attempt timed out before receiving SETTINGS frame").
     """
     c = _cluster(make_cluster)
