@@ -102,10 +102,6 @@ _Op = tuple[str, bytes | None]
 _Job = tuple[list[_Op], _Waiter]
 #: How long a write nobody waits for may wait for company.
 LATER_S = 0.2
-#: How long a result may wait for others to share its sync, while other stages run.
-GROUP_S = 0.005
-#: A group this large is written at once.
-GROUP_MAX = 64
 
 
 def _key(kind: str, key: StageKey) -> str:
@@ -152,7 +148,6 @@ class Journal:
         self.path = path
         self._pending: list[_Job] = []
         self._scheduled = False
-        self._group_timer: asyncio.TimerHandle | None = None
         self._cache: Any = None
         self._jobs: queue.SimpleQueue[list[_Job]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -216,24 +211,18 @@ class Journal:
     def outbox_key(key: StageKey) -> str:
         return _key("outbox", key)
 
-    async def write(
-        self, puts: dict[str, bytes] | None = None, deletes: Iterable[str] = (), *, linger: bool = False
-    ) -> None:
+    async def write(self, puts: dict[str, bytes] | None = None, deletes: Iterable[str] = ()) -> None:
         """Write (in one transaction with whatever else is pending) and return once it is on
-        disk. With ``linger`` (more writes are coming: other stages run), the write may wait
-        up to :data:`GROUP_S` for company, so a busy agent syncs once per group of results
-        instead of once per result; without, it is committed at the end of this turn of the
-        event loop (still with whatever else came in that turn)."""
+        disk. What is written during one turn of the event loop goes to the writer thread
+        together, and the writer commits everything that queued up while it was busy in one
+        transaction: a busy agent syncs once per group of results, not once per result."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         ops = self._take_later()
         ops += [(k, v) for k, v in (puts or {}).items()]
         ops += [(k, None) for k in deletes]
         self._pending.append((ops, fut))
-        if linger and len(self._pending) < GROUP_MAX:
-            if not self._scheduled and self._group_timer is None:
-                self._group_timer = loop.call_later(GROUP_S, self._commit_pending)
-        elif not self._scheduled:
+        if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._commit_pending)
         await fut
@@ -241,9 +230,6 @@ class Journal:
     def _commit_pending(self) -> None:
         """Hand everything pending to the writer thread, as one transaction."""
         self._scheduled = False
-        if self._group_timer is not None:
-            self._group_timer.cancel()
-            self._group_timer = None
         batch, self._pending = self._pending, []
         if batch:
             self._submit_batch(batch)

@@ -141,12 +141,15 @@ class Keeper:
         self.sel.register(wake_r, selectors.EVENT_READ, "signal")
         served = False
         started = time.monotonic()
+        next_watch = started
         while True:
+            signalled = False
             for sk, events in self.sel.select(TICK_S):
                 if sk.data == "accept":
                     self._accept(listener)
                     served = True
                 elif sk.data == "signal":
+                    signalled = True
                     with contextlib.suppress(BlockingIOError):
                         while os.read(wake_r, 512):
                             pass
@@ -155,9 +158,12 @@ class Keeper:
                         self._flush()
                     if events & selectors.EVENT_READ and self.client is not None:
                         self._read()
-            self._reap()
+            if signalled:
+                self._reap()
             now = time.monotonic()
-            self._watch(now)
+            if now >= next_watch:  # leases are looked at every TICK_S, not on every message
+                next_watch = now + TICK_S
+                self._watch(now)
             if self.client is None and not self._keeping() and (served or now > started + FIRST_CONNECT_S):
                 break
         with contextlib.suppress(FileNotFoundError):

@@ -58,21 +58,19 @@ class Outbox:
         logs: Iterable[agent_pb2.LogChunk] = (),
         *,
         lease: bool,
-        linger: bool = False,
     ) -> None:
-        """Keep a result (dropping the stage's lease record when ``lease``), then send it
-        (``linger``: with the next message up, see :meth:`agent.uplink.Uplink.complete`)."""
+        """Keep a result (dropping the stage's lease record when ``lease``), then send it."""
         msg = agent_pb2.AgentMessage(completions=[completion], logs=list(logs))
         self.items[key] = msg
         self.empty.clear()
         if self.journal is not None:
             deletes = [Journal.lease_key(key)] if lease else []
             try:
-                await self.journal.write({Journal.outbox_key(key): msg.SerializeToString()}, deletes, linger=linger)
+                await self.journal.write({Journal.outbox_key(key): msg.SerializeToString()}, deletes)
             except Exception as exc:  # the disk failed us: the result still goes up, undurable
                 log.error("result of %s/%s attempt %d not kept on disk: %s", *key, exc)
         if key in self.items:  # not acknowledged meanwhile (a repeat after a restart can be)
-            self.uplink.complete(completion, msg.logs, linger=linger)
+            self.uplink.complete(completion, msg.logs)
 
     def restore(self, items: dict[StageKey, agent_pb2.AgentMessage]) -> None:
         """Results a previous agent process left undelivered."""

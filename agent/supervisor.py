@@ -181,7 +181,6 @@ class Supervisor:
     async def _run(self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]]) -> None:
         ref = stage.lease
         outcome = ""
-        freed = False
         try:
             completion = await run(stage)
             reason = stage.stop_reason
@@ -193,30 +192,21 @@ class Supervisor:
                 if recorded and self.journal is not None and reason is not StopReason.AGENT_STOPPED:
                     self.journal.write_later(deletes=[Journal.lease_key(stage.key)])
             else:
-                logs = self.uplink.take_logs(ref)
-                if completion.outcome == Outcome.SUCCEEDED.value:
-                    # Its slot is free now: offered again while the result is made durable.
-                    freed = self._free(stage)
-                elif self.before_report is not None:
+                if completion.outcome != Outcome.SUCCEEDED.value and self.before_report is not None:
                     # Its last checkpoint is reported first (the lease is held meanwhile).
                     await self.before_report(stage)
-                # While other stages run, more goes up soon: the result may leave with it.
-                await self.outbox.put(stage.key, completion, logs, lease=recorded, linger=bool(self.stages))
+                # On disk (grouped with whatever else is being written), then sent with its
+                # slot's credit: one message for both.
+                await self.outbox.put(stage.key, completion, self.uplink.take_logs(ref), lease=recorded)
                 outcome = completion.outcome
         finally:
-            if not freed:
-                self._free(stage)
+            self.stages.pop(stage.key, None)
+            self._recorded.discard(stage.key)
+            self._give_credit()
             if self.on_done is not None:
                 self.on_done(stage, outcome)
         if self.draining and not self.stages:
             self._spawn(self._finish_drain())
-
-    def _free(self, stage: Stage) -> bool:
-        """The stage leaves the table and its slot is offered again."""
-        self.stages.pop(stage.key, None)
-        self._recorded.discard(stage.key)
-        self._give_credit()
-        return True
 
     def _release_unstarted(self, assignment: agent_pb2.Assignment, why: str) -> None:
         ref = assignment.lease

@@ -25,8 +25,6 @@ __all__ = ["MAX_PENDING_LOG_BYTES", "Uplink"]
 
 #: Logs buffered while disconnected; past this the oldest go first.
 MAX_PENDING_LOG_BYTES = 8 << 20
-#: How long a result may wait to leave with the next message, while other stages run.
-LINGER_S = 0.005
 
 
 class Uplink:
@@ -40,7 +38,6 @@ class Uplink:
         self._logs: list[agent_pb2.LogChunk] = []
         self._log_bytes = 0
         self._heartbeat: agent_pb2.HeartbeatRequest | None = None
-        self._linger: asyncio.TimerHandle | None = None
         #: Set whenever there is something to send (or the sender must look again).
         self.wake = asyncio.Event()
 
@@ -51,23 +48,13 @@ class Uplink:
         self._credits += n
         self.wake.set()
 
-    def complete(
-        self, completion: agent_pb2.Completion, logs: Iterable[agent_pb2.LogChunk] = (), *, linger: bool = False
-    ) -> None:
+    def complete(self, completion: agent_pb2.Completion, logs: Iterable[agent_pb2.LogChunk] = ()) -> None:
         """A result to report, after the last of its stage's output (the outbox keeps both
-        until acknowledged). With ``linger`` (other stages run: more is about to go up), it
-        may wait up to :data:`LINGER_S` to leave with the next message instead of alone."""
+        until acknowledged)."""
         for chunk in logs:
             self._logs.append(chunk)
             self._log_bytes += len(chunk.data)
         self._completions.append(completion)
-        if not linger:
-            self.wake.set()
-        elif self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(LINGER_S, self._linger_over)
-
-    def _linger_over(self) -> None:
-        self._linger = None
         self.wake.set()
 
     def checkpoint(self, ckpt: common_pb2.Checkpoint) -> None:
@@ -135,9 +122,6 @@ class Uplink:
             msg.heartbeat.CopyFrom(self._heartbeat)
         self._credits, self._completions, self._logs, self._log_bytes, self._heartbeat = 0, [], [], 0, None
         self._checkpoints = []
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
         return msg
 
     async def pump(self, call: Any) -> None:
