@@ -56,6 +56,7 @@ class Dispatcher:
         wall: Callable[[], float],
         max_queue_depth: int = 0,
         infeasible_timeout: float = 600.0,
+        silent_after: float = float("inf"),
     ) -> None:
         self._sm = sm
         self._queues = queues
@@ -68,6 +69,7 @@ class Dispatcher:
         self._wall = wall
         self.max_queue_depth = max_queue_depth  # admission control; 0: no limit
         self.infeasible_timeout = infeasible_timeout  # fail tasks no agent can run after this long
+        self.silent_after = silent_after  # an agent not heard from for this long gets no new work
         self.scheduled = False  # a pass is scheduled for the end of this loop turn
         self._rr = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,6 +120,9 @@ class Dispatcher:
             if not agent.available:  # unhealthy or draining: its credits wait until it is back
                 credited.pop(ch, None)
                 continue
+            if mono - agent.heard_at > self.silent_after:
+                continue  # silent past a heartbeat: its link may be down; its credit waits until it is heard
+
             agent.view.free_slots = ch.credits
             out = []
             memo: dict[int, bool] = {}

@@ -90,7 +90,7 @@ class Engine:
         self.sm = StateMachine(
             self.watchers, wall=wall, rng=self.rng, on_ready=self.queues.put, on_unready=self.queues.remove
         )
-        self.registry = AgentRegistry(max_clock_offset=max_clock_offset, wall=wall, kick=self._kick)
+        self.registry = AgentRegistry(max_clock_offset=max_clock_offset, wall=wall, kick=self._kick, clock=clock)
         self.leases = LeaseTable(ttl=lease_ttl, find=self.sm.find)
         self.fairness = FairShare(self.registry.capacity)
         self.delay = DelayScheduler(self.registry, placement_wait=placement_wait, kick=self._kick)
@@ -107,6 +107,7 @@ class Engine:
             wall=wall,
             max_queue_depth=max_queue_depth,
             infeasible_timeout=infeasible_timeout,
+            silent_after=2 * heartbeat_interval + 1.0,
         )
         self.reports = Reports(
             self.sm,

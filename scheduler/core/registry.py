@@ -18,6 +18,7 @@ placement caches when what they depend on changed:
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class AgentState:
     unhealthy: str = ""  # why it cannot run work, as its last heartbeat said ("": healthy)
     draining_reported: bool = False  # its last heartbeat said it is draining
     drain_requested: bool = False  # an admin asked it to drain; cleared once it reports draining
+    heard_at: float = float("-inf")  # monotonic time of its last sign of life (register, heartbeat, credit)
 
     @property
     def connected(self) -> bool:
@@ -95,9 +97,17 @@ def clock_skew(samples: Iterable[ClockSample]) -> float:
 
 
 class AgentRegistry:
-    def __init__(self, *, max_clock_offset: float, wall: Callable[[], float], kick: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        *,
+        max_clock_offset: float,
+        wall: Callable[[], float],
+        kick: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_clock_offset = max_clock_offset  # past this an agent is clock_suspect
         self._wall = wall
+        self._clock = clock
         self._kick = kick
         self.agents: dict[str, AgentState] = {}
         self.capacity = [0.0, 0.0, 0.0]  # cpus, memory, gpus of connected agents
@@ -310,6 +320,14 @@ class AgentRegistry:
 
     # ------------------------------------------------------------------ channels and credits
 
+    def heard(self, agent: AgentState, silent_after: float = float("inf")) -> bool:
+        """The agent showed a sign of life now. True if it had been silent longer than
+        ``silent_after`` (dispatch skipped it meanwhile, so it should look again)."""
+        now = self._clock()
+        was_silent = now - agent.heard_at > silent_after
+        agent.heard_at = now
+        return was_silent
+
     def attach(self, name: str, credits: int = 0, peer: str = "") -> Channel:
         """A new way to reach the agent (its work stream, or one long-poll).
 
@@ -330,6 +348,7 @@ class AgentRegistry:
             self.labels_version += 1
         agent.channels.append(ch)
         agent.view.connected = True
+        self.heard(agent)
         if credits > 0 and agent.available:
             self.credited[ch] = None
         if agent.drain_requested:
@@ -353,6 +372,7 @@ class AgentRegistry:
         if n < 0:
             raise InvalidArgument(f"credits must not be negative, got {n}")
         agent = self.agents[ch.agent]
+        self.heard(agent)  # asking for work is a sign of life
         ch.credits = min(ch.credits + n, agent.caps.slots or 1)
         if ch.credits > 0 and not ch.closed and agent.available:
             self.credited[ch] = None

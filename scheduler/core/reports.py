@@ -87,6 +87,9 @@ class Reports:
         self._clock = clock
         self._wall = wall
         self.heartbeat_interval = heartbeat_interval
+        #: An agent not heard from for this long gets no new work until it is heard again: it
+        #: missed a heartbeat, so its link may be down while its stream still looks open.
+        self.silent_after = 2 * heartbeat_interval + 1.0
         self._artifact_exists = artifact_exists
         self.log_sink = log_sink
         self._kick = kick
@@ -120,6 +123,7 @@ class Reports:
                     self.expire(t, why)
         now = self._wall()
         agent = self._registry.register(name, identity, caps, clocks, now, instance_id, peer)
+        self._registry.heard(agent)
         txn = Txn()
         txn.changes.upsert_agent(name, identity, caps, now, agent.instance_id)
         self._journal.commit(txn)
@@ -153,6 +157,8 @@ class Reports:
             self._registry.apply_caps(agent, caps)
         self._registry.set_condition(agent, unhealthy, draining)
         agent.last_seen = self._wall()
+        if self._registry.heard(agent, self.silent_after):
+            self._kick()  # dispatch skipped it while it was silent
         lost = self._renew(agent, leases)
         # Leases we granted that the agent does not list never reached it (the stream
         # broke in between): expire them now rather than at TTL. The grace covers an

@@ -6,6 +6,7 @@ fake monotonic and wall clocks (plain callables whose value the test sets) and
 a seeded RNG. No processes, no network, no sleeping: the tests yield to the
 event loop and await the store's commit futures, which resolve in FIFO order.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,12 @@ class Harness:
     def _build(self) -> tuple[Store, WireEngine]:
         store = Store(self.db)
         engine = Engine(
-            store, lease_ttl=TTL, heartbeat_interval=HB, clock=self.mono, wall=self.wall, rng=random.Random(0),
+            store,
+            lease_ttl=TTL,
+            heartbeat_interval=HB,
+            clock=self.mono,
+            wall=self.wall,
+            rng=random.Random(0),
             artifact_exists=lambda d: self.uploaded is None or d in self.uploaded,
         )
         return store, WireEngine(engine)
@@ -59,7 +65,7 @@ class Harness:
         """Crash-restart: a new Store and Engine on the same file, state reloaded."""
         self.store.close()
         self.mono.t += 500.0  # a new process: its monotonic clock has nothing to do with the old one
-        self.wall.t += 30.0   # and a restart takes time (run ids embed the wall time)
+        self.wall.t += 30.0  # and a restart takes time (run ids embed the wall time)
         self.store, self.engine = self._build()
         self.engine.load()
         self.start()
@@ -76,11 +82,23 @@ class Harness:
 
     # -- agents
 
-    def register(self, name: str, *, cpus: int = 4, memory: int = 16 * GiB, gpus: int = 0, slots: int = 4,
-                 labels: dict[str, str] | None = None, uncertainty: float | None = None,
-                 leases: list[common_pb2.LeaseRef] | None = None) -> list[common_pb2.LeaseRef]:
+    def register(
+        self,
+        name: str,
+        *,
+        cpus: int = 4,
+        memory: int = 16 * GiB,
+        gpus: int = 0,
+        slots: int = 4,
+        labels: dict[str, str] | None = None,
+        uncertainty: float | None = None,
+        leases: list[common_pb2.LeaseRef] | None = None,
+    ) -> list[common_pb2.LeaseRef]:
         caps = common_pb2.Capabilities(
-            cpu_cores=cpus, memory_bytes=memory, slots=slots, labels=labels or {},
+            cpu_cores=cpus,
+            memory_bytes=memory,
+            slots=slots,
+            labels=labels or {},
             gpus=[common_pb2.Gpu(index=i, model="H100") for i in range(gpus)],
         )
         clocks = [] if uncertainty is None else [common_pb2.ClockSample(uncertainty_s=uncertainty, source="ntp:x")]
@@ -109,7 +127,8 @@ class Harness:
         conn = sqlite3.connect(self.db)
         try:
             rows = conn.execute(
-                "SELECT name, state, attempts, failures, agent FROM tasks WHERE run_id=?", (run_id,)).fetchall()
+                "SELECT name, state, attempts, failures, agent FROM tasks WHERE run_id=?", (run_id,)
+            ).fetchall()
         finally:
             conn.close()
         return {r[0]: r[1:] for r in rows}
@@ -144,12 +163,17 @@ def digest(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
 
 
-def done(run_id: str, task: str, epoch: int, *outputs: str, outcome: str = "succeeded",
-         exit_code: int = 0, error: str = "") -> agent_pb2.Completion:
+def done(
+    run_id: str, task: str, epoch: int, *outputs: str, outcome: str = "succeeded", exit_code: int = 0, error: str = ""
+) -> agent_pb2.Completion:
     return agent_pb2.Completion(
-        lease=ref(run_id, task, epoch), outcome=outcome, exit_code=exit_code, error=error,
-        outputs=[common_pb2.ArtifactRef(name=o, digest=digest(f"{task}.{o}"), size=len(o), kind="file")
-                 for o in outputs],
+        lease=ref(run_id, task, epoch),
+        outcome=outcome,
+        exit_code=exit_code,
+        error=error,
+        outputs=[
+            common_pb2.ArtifactRef(name=o, digest=digest(f"{task}.{o}"), size=len(o), kind="file") for o in outputs
+        ],
     )
 
 
@@ -326,7 +350,10 @@ def test_failure_with_retries_left_backs_off_then_retries(h: Harness) -> None:
         assert (t.state, t.attempts, t.failures) == (TaskState.FAILED, 3, 3)
         assert h.engine.runs[run_id].state is RunState.FAILED
         assert h.db_one("SELECT attempt, state FROM attempts WHERE run_id=? ORDER BY attempt", (run_id,)) == [
-            (1, "failed"), (2, "failed"), (3, "failed")]
+            (1, "failed"),
+            (2, "failed"),
+            (3, "failed"),
+        ]
 
     h.run(body())
 
@@ -346,8 +373,13 @@ def test_permanent_failure_fails_downstream_and_spares_independent_branch(h: Har
 
         await h.engine.complete("w1", failed(run_id, "a", 1))
         await h.settle()
-        assert h.states(run_id) == {"a": "failed", "b": "upstream_failed", "c": "upstream_failed",
-                                    "d": "running", "e": "pending"}
+        assert h.states(run_id) == {
+            "a": "failed",
+            "b": "upstream_failed",
+            "c": "upstream_failed",
+            "d": "running",
+            "e": "pending",
+        }
         assert "'a'" in h.engine.runs[run_id].tasks["b"].error
         assert h.engine.runs[run_id].state is RunState.RUNNING  # d and e still to go
 
@@ -514,7 +546,7 @@ def test_lease_expiry_requeues_without_counting_a_failure(h: Harness) -> None:
         assert "lost" in t.error
         await h.settle()
         msg = take(ch)
-        assert list(msg.cancel) == [ref(run_id, "t", 1)]   # the old holder is told to stop
+        assert list(msg.cancel) == [ref(run_id, "t", 1)]  # the old holder is told to stop
         assert [a.lease.epoch for a in msg.assignments] == [2]  # a new attempt, new epoch
         assert (t.state, t.attempts, t.failures) == (TaskState.RUNNING, 2, 0)
         assert h.db_one("SELECT attempt, state FROM attempts ORDER BY attempt") == [(1, "lost"), (2, "running")]
@@ -614,7 +646,9 @@ def test_cancel_cancels_everything_unfinished(h: Harness) -> None:
         assert (v.running, v.used_cpus) == (0, 0.0)
         assert h.db_one("SELECT state FROM runs") == [("cancelled",)]
         assert sorted(h.db_one("SELECT task, state FROM attempts WHERE state='cancelled'")) == [
-            ("a", "cancelled"), ("c", "cancelled")]
+            ("a", "cancelled"),
+            ("c", "cancelled"),
+        ]
         # Cancelling again is a no-op; nothing is dispatched from a cancelled run.
         assert (await h.engine.cancel(run_id)) is run
         h.engine.add_credits(ch, 3)
@@ -643,6 +677,7 @@ def test_cancel_of_ended_run_is_refused(h: Harness) -> None:
 def test_cancel_records_no_failed_run_state(h: Harness) -> None:
     """A cancelled run goes RUNNING -> CANCELLED; it must never be recorded (or
     shown to watchers) as FAILED on the way."""
+
     async def body() -> None:
         p = Pipeline("cancel")
         p.task("a", run="true")
@@ -811,8 +846,13 @@ def test_plan_lists_feasible_agents_and_reasons(h: Harness) -> None:
 @pytest.mark.parametrize(
     ("tasks", "problem"),
     [
-        ([common_pb2.TaskSpec(name="a", argv=["x"], after=["b"]),
-          common_pb2.TaskSpec(name="b", argv=["x"], after=["a"])], "cycle"),
+        (
+            [
+                common_pb2.TaskSpec(name="a", argv=["x"], after=["b"]),
+                common_pb2.TaskSpec(name="b", argv=["x"], after=["a"]),
+            ],
+            "cycle",
+        ),
         ([common_pb2.TaskSpec(name="a", argv=["x"], inputs={"i": "nope.out"})], "nope"),
         ([common_pb2.TaskSpec(name="a", argv=["x"], after=["ghost"])], "ghost"),
     ],
@@ -866,8 +906,7 @@ def test_restart_restores_runs_tasks_outputs_and_leases(h: Harness) -> None:
         e = h.engine
         run = e.runs[run_id]
         assert run.state is RunState.RUNNING
-        assert h.states(run_id) == {"a": "succeeded", "b": "running", "c": "pending", "d": "pending",
-                                    "flaky": "ready"}
+        assert h.states(run_id) == {"a": "succeeded", "b": "running", "c": "pending", "d": "pending", "flaky": "ready"}
         a, b, flaky = run.tasks["a"], run.tasks["b"], run.tasks["flaky"]
         assert a.outputs["out"].digest == digest("a.out")
         assert (b.attempts, b.agent) == (1, "w1")
@@ -992,7 +1031,28 @@ def test_released_attempt_runs_again_without_spending_a_retry(h: Harness) -> Non
         await h.settle()
         assert assigned(ch)["t"].lease.epoch == 2  # the same retries=0 task runs again
         assert h.db_one("SELECT attempt, state, error FROM attempts WHERE run_id=?", (run_id,))[0][:2] == (
-            1, "released")
+            1,
+            "released",
+        )
         assert [r.state for r in h.store.events(run_id) if r.task == "t"][-2:] == ["released", "running"]
+
+    h.run(body())
+
+
+def test_an_agent_silent_past_a_heartbeat_gets_no_new_work_until_heard(h: Harness) -> None:
+    """Its stream may look open while its link is down: new work waits for a sign of life
+    instead of going to an agent whose lease on it would only be lost again."""
+
+    async def body() -> None:
+        ch = h.connect("w1", credits=2)
+        h.mono.t += 2 * HB + 1.5  # no heartbeat for longer than two intervals
+        p = Pipeline("quiet")
+        p.task("t", run="true")
+        run_id = await h.submit(p)
+        await h.settle()
+        assert not ch.has_assignments() and h.state(run_id, "t") is TaskState.READY
+        h.engine.heartbeat("w1", [], [])  # heard again: dispatch looks at once
+        await h.settle()
+        assert assigned(ch)["t"].lease.epoch == 1
 
     h.run(body())
