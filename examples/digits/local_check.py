@@ -4,7 +4,8 @@
 For each task, in dependency order, this:
   * makes a fresh work dir holding a copy of the `code:` directory (./stages),
   * fills an inputs dir with copies of the upstream outputs, each under its input name,
-  * sets OUTRIDER_INPUTS / OUTRIDER_OUTPUTS / OUTRIDER_RUN_ID / OUTRIDER_TASK /
+  * sets OUTRIDER_INPUTS / OUTRIDER_OUTPUTS / OUTRIDER_CHECKPOINT_DIR (one per task, kept
+    across its attempts, so a retry resumes) / OUTRIDER_RUN_ID / OUTRIDER_TASK /
     OUTRIDER_ATTEMPT / TRACEPARENT plus the task's `env:`,
   * runs `run:` (a string via /bin/sh -c, a list exec'd directly) with the task's timeout,
   * retries up to `retries:` times, and fails the task if a declared output is missing.
@@ -16,6 +17,7 @@ spec against the demo's three agents (labels, <= 2 cores, no GPUs).
     .venv/bin/python examples/digits/local_check.py --keep          # keep the temp dir
     .venv/bin/python examples/digits/local_check.py --set ingest.DIGITS_CORRUPT=nan    # validate must fail
     .venv/bin/python examples/digits/local_check.py --set train.TRAIN_FAIL_ATTEMPTS=1  # one retry
+    .venv/bin/python examples/digits/local_check.py --set train.TRAIN_FAIL_AFTER_EPOCH=20  # resumes at 21
 
 `python3` in the run commands resolves to the interpreter running this script
 (its bin dir is put first on PATH), so run it with a Python that has numpy and
@@ -121,6 +123,9 @@ def run_task(name: str, t: dict, *, root: Path, code_dir: Path, artifacts: dict,
         env.update(t["env"])
         env.update(overrides.get(name, {}))
         env.update({
+            # One checkpoint dir per task, shared by its attempts: a retry finds the
+            # previous attempt's checkpoint, as an agent would restore it.
+            "OUTRIDER_CHECKPOINT_DIR": str(root / name / "checkpoint"),
             "OUTRIDER_INPUTS": str(inputs), "OUTRIDER_OUTPUTS": str(outputs),
             "OUTRIDER_RUN_ID": run_id, "OUTRIDER_TASK": name, "OUTRIDER_ATTEMPT": str(attempt),
             "TRACEPARENT": f"00-{trace_id}-{secrets.token_hex(8)}-01",

@@ -3,6 +3,7 @@
 A stage runs in a fresh work dir (its cwd) holding a copy of ./stages, with:
   OUTRIDER_INPUTS   dir: each declared input under its input name (file or dir)
   OUTRIDER_OUTPUTS  dir: write each declared output under its output name
+  OUTRIDER_CHECKPOINT_DIR  dir: checkpoints (outrider.checkpoint; restored on resume)
   OUTRIDER_RUN_ID, OUTRIDER_TASK, OUTRIDER_ATTEMPT (1-based), TRACEPARENT
 plus the task's `env:`. A missing declared output fails the task.
 """
