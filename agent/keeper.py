@@ -25,10 +25,11 @@ Lifecycle::
 The protocol is one JSON object per line on a Unix socket that only the agent's user can
 open (it starts programs). Agent → keeper: ``hello`` {env, grace} (answered with
 ``stages``), ``spawn`` {key, argv, env, cwd, stdout, stderr, renewed, ttl} (answered with
-``failed`` {errno, filename, error} if it cannot start, and with ``spawned`` {pid} only if it
-asks, ``reply``; it may carry ``forget`` too), ``renew`` {keys, renewed, ttl}, ``kill`` {key,
-sig}, ``forget`` {keys} (their exits are dealt with). Keeper → agent: ``exited`` {key, pid,
-code, expired}. A spawn is not answered on success: per stage, one message each way.
+``failed`` {errno, filename, error} if it cannot start, and with ``spawned`` {pid} only if
+it asks, ``reply``, or once it has run a while; it may carry ``forget`` too), ``renew``
+{keys, renewed, ttl}, ``kill`` {key, sig}, ``forget`` {keys} (their exits are dealt with).
+Keeper → agent: ``exited`` {key, pid, code, expired}. A short stage costs one message
+each way.
 Times are ``time.monotonic()`` values: one clock for every process of a boot.
 
 Standard library only, run as a script (``python -I -S keeper.py STATE_DIR``): it must
@@ -54,6 +55,9 @@ LOCK_NAME = "keeper.lock"
 LOG_NAME = "keeper.log"
 #: How often the keeper looks at lease deadlines when nothing else wakes it.
 TICK_S = 0.25
+#: A stage still running this long after its start has its pid told to the agent (a
+#: shorter one never needs it: one message fewer per stage).
+ANNOUNCE_AFTER_S = 0.25
 #: A keeper no agent connected to within this long after its start exits.
 FIRST_CONNECT_S = 60.0
 #: Unsent messages to an agent that does not read them (frozen): past this it is dropped
@@ -64,7 +68,7 @@ MAX_OUT_BYTES = 4 << 20
 class Entry:
     """One stage the keeper started."""
 
-    __slots__ = ("code", "expired", "key", "killed", "pid", "renewed", "term_at", "ttl")
+    __slots__ = ("announced", "code", "expired", "key", "killed", "pid", "renewed", "started", "term_at", "ttl")
 
     def __init__(self, key: str, pid: int, renewed: float, ttl: float) -> None:
         self.key = key
@@ -75,6 +79,8 @@ class Entry:
         self.expired = False  # the keeper stopped it: its lease lapsed
         self.term_at = 0.0
         self.killed = False
+        self.started = time.monotonic()
+        self.announced = False  # its pid told to the agent
 
     def view(self) -> dict[str, Any]:
         return {
@@ -296,7 +302,8 @@ class Keeper:
             self.by_pid.pop(old.pid, None)
         self.entries[key] = entry
         self.by_pid[pid] = entry
-        if m.get("reply"):  # only when asked: one message fewer per stage
+        if m.get("reply"):  # only when asked (else once it has run ANNOUNCE_AFTER_S)
+            entry.announced = True
             self._send({"op": "spawned", "key": key, "pid": pid})
 
     def _launch(self, argv: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> int:
@@ -380,6 +387,9 @@ class Keeper:
                 if self.client is None and now > e.renewed + e.ttl:
                     del self.entries[e.key]
                 continue
+            if not e.announced and now - e.started >= ANNOUNCE_AFTER_S:
+                e.announced = True  # a stage that lasts: the agent writes its pid down
+                self._send({"op": "spawned", "key": e.key, "pid": e.pid})
             if not e.ttl or now <= e.renewed + e.ttl:
                 continue
             if not e.expired:

@@ -17,7 +17,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class KeeperClient:
         self._exits: dict[str, asyncio.Future[StageExit]] = {}
         self._forgets: list[str] = []
         self._forget_timer: asyncio.TimerHandle | None = None
+        #: Told (key, pid) of every stage that lasts (the keeper announces them).
+        self.on_pid: Callable[[str, int], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -141,6 +143,8 @@ class KeeperClient:
             spawn = self._spawns.pop(m["key"], None)
             if spawn is not None and not spawn.done():
                 spawn.set_result(int(m["pid"]))
+            if self.on_pid is not None:
+                self.on_pid(m["key"], int(m["pid"]))
         elif op == "failed":
             err = OSError(int(m["errno"]), m["error"], m["filename"] or None)
             spawn = self._spawns.pop(m["key"], None)

@@ -129,6 +129,13 @@ class Runner:
         self.on_fault = on_fault
         self._tails: dict[str, LogTail] = {}
         self._tail_task: asyncio.Future[None] | None = None
+        self._running: dict[str, Stage] = {}
+        keeper.on_pid = self._on_pid
+
+    def _on_pid(self, key: str, pid: int) -> None:
+        stage = self._running.get(key)
+        if stage is not None:
+            stage.pid = pid  # (the lease record has it: agent.supervisor)
 
     # ------------------------------------------------------------------ one attempt
 
@@ -323,6 +330,7 @@ class Runner:
         if resume:
             tail.resume()
         self._tails[stage.key_text] = tail
+        self._running[stage.key_text] = stage
         if self._tail_task is None:
             self._tail_task = asyncio.ensure_future(self._tail_loop())
         self.hooks.started(stage, stage.checkpoint_dir)
@@ -342,6 +350,7 @@ class Runner:
                 self.log_sink(a.lease, "stderr", f"outrider: timed out after {a.spec.timeout_s:g}s; killing\n".encode())
                 rc = await self.kill(stage)
         finally:
+            self._running.pop(stage.key_text, None)
             tail = self._tails.pop(stage.key_text, None)
             if tail is not None:
                 tail.finish()
