@@ -68,7 +68,19 @@ MAX_OUT_BYTES = 4 << 20
 class Entry:
     """One stage the keeper started."""
 
-    __slots__ = ("announced", "code", "expired", "key", "killed", "pid", "renewed", "started", "term_at", "ttl")
+    __slots__ = (
+        "announced",
+        "code",
+        "expired",
+        "key",
+        "killed",
+        "pid",
+        "renewed",
+        "started",
+        "stopped",
+        "term_at",
+        "ttl",
+    )
 
     def __init__(self, key: str, pid: int, renewed: float, ttl: float) -> None:
         self.key = key
@@ -81,6 +93,7 @@ class Entry:
         self.killed = False
         self.started = time.monotonic()
         self.announced = False  # its pid told to the agent
+        self.stopped = False  # the agent had it signalled: its exit is not its own
 
     def view(self) -> dict[str, Any]:
         return {
@@ -88,6 +101,7 @@ class Entry:
             "pid": self.pid,
             "code": self.code,
             "expired": self.expired,
+            "stopped": self.stopped,
             "renewed": self.renewed,
             "ttl": self.ttl,
         }
@@ -263,6 +277,7 @@ class Keeper:
         elif op == "kill":
             e = self.entries.get(m["key"])
             if e is not None and e.code is None:
+                e.stopped = True
                 _killpg(e.pid, int(m["sig"]))
         elif op == "forget":
             self._forget(m.get("keys") or [])

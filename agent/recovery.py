@@ -5,8 +5,8 @@ What the next agent process finds, and what it does with it::
     lease record (journal) ─┬─ lease lapsed ──────────────────────────▶ dropped; its process killed
                             ├─ its process runs (the keeper has it) ──▶ re-attached: watched to its end
                             ├─ it ended (the keeper kept its code) ───▶ re-attached: its result reported
-                            └─ no process (reboot, keeper gone) ──────▶ resumed: started again under the
-                                                                         same lease, from its own latest
+                            └─ no process (reboot, keeper gone), or ──▶ resumed: started again under the
+                               it ended because the agent stopped it    same lease, from its newest
                                                                          checkpoint
     a stage the keeper runs without a lease record ──────────────────▶ killed (nothing to report it against)
     a stage process nobody supervises (in the work root) ────────────▶ killed (agent.runner.reap_orphans)
@@ -86,6 +86,11 @@ def plan(
             log.info("lease of %s/%s attempt %d lapsed while the agent was away: dropped", *key)
             continue
         stage = Stage(rec.assignment, last_renewed=last_mono, started_at=rec.started)
+        if k is not None and k.get("stopped") and k["code"] is not None:
+            # The previous process was stopping it (and did not live to say so): its exit
+            # says nothing about the task. Run it again from its checkpoint, same lease.
+            out.kill.append(key_text(key))  # (forgets it)
+            k = None
         if k is not None and rec.workdir:
             stage.pid = int(k["pid"])
             stage.workdir = Path(rec.workdir)

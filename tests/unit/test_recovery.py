@@ -61,3 +61,11 @@ def test_no_keeper_to_probe(tmp_path: Path) -> None:
     assert probe_keeper(tmp_path, {}, 5.0) == []
     (tmp_path / "keeper.sock").touch()  # a stale socket file: nobody listens
     assert probe_keeper(tmp_path, {}, 5.0, timeout=1.0) == []
+
+
+def test_a_stage_the_old_process_was_stopping_is_resumed_not_reported() -> None:
+    """Its exit (SIGTERM from the agent that was stopping) says nothing about the task."""
+    records = {("r1", "cut", 1): rec("cut")}
+    p = plan(records, {}, [held("cut", renewed=MONO - 1, code=-15) | {"stopped": True}], WALL, MONO)
+    assert p.reattach == [] and [s.lease.task for s in p.resume] == ["cut"]
+    assert p.kill == [key_text(("r1", "cut", 1))]  # the keeper forgets it
