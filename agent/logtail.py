@@ -6,7 +6,8 @@ whose agent died got SIGPIPE at its next write, or blocked once the pipe filled)
 files let the next agent process pick up the output of a stage it took over. How far each
 file was forwarded is kept in ``.outrider/logpos`` (written when something was forwarded
 while the stage ran; no sync: it only has to survive the agent process, not the machine),
-so a taken-over stage's output is neither lost nor sent twice.
+so a taken-over stage's output is neither lost nor sent twice. The files stay when the
+stage is done (an empty pair lets its work dir be recycled: :mod:`agent.workdirs`).
 """
 
 from __future__ import annotations
@@ -89,12 +90,12 @@ class LogTail:
             self._wrote_pos = True
 
     def finish(self) -> None:
-        """Forward the rest, then remove the files (their content went up)."""
+        """Forward the rest (the files stay: a work dir whose stage printed nothing is
+        recycled with them, one that printed something is removed)."""
         self.poll(limit=1 << 62)  # the process has ended: what is there is all there is
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        names = (*STREAMS, "logpos") if self._wrote_pos else STREAMS
-        for name in names:
+        if self._wrote_pos:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._prefix + name)
+                os.unlink(self._prefix + "logpos")

@@ -86,7 +86,9 @@ def test_output_comes_from_files_and_a_clean_work_dir_is_reused(tmp_rig: Rig) ->
             c = await rig.runner.run(plain)
             assert c.outcome == "succeeded"
             assert plain.workdir is not None and plain.workdir.is_dir()  # untouched: back in the pool
-            assert not (plain.workdir / ".outrider" / "stdout").exists()  # its output files went
+            # Its output files are still there, empty: it printed nothing, so the work dir is recycled as is.
+            assert (plain.workdir / ".outrider" / "stdout").stat().st_size == 0
+            assert st.workdir not in rig.runner.workdirs._ready  # the first one printed: not recycled
         finally:
             await rig.close()
 
