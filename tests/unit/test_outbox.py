@@ -134,3 +134,45 @@ def test_a_damaged_record_is_dropped_not_fatal(tmp_path: Path) -> None:
         assert outbox == {} and leases == {}
 
     asyncio.run(scenario())
+
+
+def test_rows_are_diskcache_rows_and_big_values_stay_in_the_database(tmp_path: Path) -> None:
+    """The journal writes diskcache's rows itself: diskcache reads them back, counts them,
+    and a big value (a result with a long log tail) is kept in the database, whose commits
+    are synced, never in a file of its own (diskcache does not sync those)."""
+
+    async def scenario() -> None:
+        j = Journal(tmp_path / "journal")
+        big = b"x" * (1 << 20)
+        await j.write({"a": b"1", "big": big, "gone": b"2"})
+        await asyncio.gather(j.write({"a": b"3"}), j.write(deletes=["gone"]), j.write({"b": b"4"}, deletes=["b"]))
+        await j.write({f"many{i}": b"m" for i in range(100)})  # more rows than one statement takes
+        await j.write(deletes=[f"many{i}" for i in range(1, 100)])
+        j.close()
+        cache = open_store(tmp_path / "journal")
+        assert cache.get("a") == b"3" and cache.get("big") == big and cache.get("many0") == b"m"
+        assert cache.get("gone") is None and cache.get("b") is None  # a put then a delete: the last one counts
+        assert len(cache) == 3 and cache.check() == []
+        files = [p for p in (tmp_path / "journal").rglob("*") if p.is_file() and not p.name.startswith("cache.db")]
+        assert files == []
+        cache.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_value_an_older_agent_kept_in_a_file_is_replaced_and_its_file_removed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        old = open_store(tmp_path / "journal")
+        old.set("old", b"y" * (1 << 16))  # diskcache puts it in a file
+        old.set("old2", b"z" * (1 << 16))
+        old.close()
+        assert len([p for p in (tmp_path / "journal").rglob("*.val")]) == 2
+        j = Journal(tmp_path / "journal")
+        await j.write({"old": b"small now"}, deletes=["old2"])
+        j.close()
+        cache = open_store(tmp_path / "journal")
+        assert cache.get("old") == b"small now" and cache.get("old2") is None
+        assert list((tmp_path / "journal").rglob("*.val")) == [] and cache.check() == []
+        cache.close()
+
+    asyncio.run(scenario())
