@@ -11,7 +11,6 @@ reader task that resolves the futures waiting for them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -54,9 +53,7 @@ class KeeperClient:
         self.socket_path = state_dir / keeper_mod.SOCKET_NAME
         self.env = dict(os.environ if env is None else env)
         self.grace = grace
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.WriteTransport | None = None
         self._connecting: asyncio.Future[list[dict[str, Any]]] | None = None
         self._hello: asyncio.Future[list[dict[str, Any]]] | None = None
         self._spawns: dict[str, asyncio.Future[int]] = {}
@@ -68,7 +65,7 @@ class KeeperClient:
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None
+        return self._transport is not None
 
     # ------------------------------------------------------------------ connecting
 
@@ -81,14 +78,13 @@ class KeeperClient:
         return await asyncio.shield(self._connecting)
 
     async def _connect(self, start: bool) -> list[dict[str, Any]]:
-        if self._writer is None:
+        if self._transport is None:
             try:
-                self._reader, self._writer = await asyncio.open_unix_connection(str(self.socket_path))
+                await self._open()
             except (FileNotFoundError, ConnectionRefusedError):
                 if not start:
                     return []
                 await self._start()
-            self._task = asyncio.ensure_future(self._read_loop())
         self._hello = asyncio.get_running_loop().create_future()
         self._send({"op": "hello", "env": self.env, "grace": self.grace})
         stages = await self._hello
@@ -97,6 +93,13 @@ class KeeperClient:
             if s["code"] is not None and not fut.done():
                 fut.set_result((int(s["code"]), bool(s["expired"])))
         return stages
+
+    async def _open(self) -> None:
+        # A protocol, not a stream reader and its task: a message is acted on as it arrives
+        # (one turn of the event loop less per message; two per stage).
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_unix_connection(lambda: _KeeperProtocol(self), str(self.socket_path))
+        self._transport = transport
 
     async def _start(self) -> None:
         """Start a keeper for the state dir and wait until it listens."""
@@ -112,23 +115,13 @@ class KeeperClient:
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
         while True:
             try:
-                self._reader, self._writer = await asyncio.open_unix_connection(str(self.socket_path))
+                await self._open()
                 log.info("started the stage keeper (%s)", self.socket_path)
                 return
             except (FileNotFoundError, ConnectionRefusedError):
                 if asyncio.get_running_loop().time() > deadline:
                     raise KeeperLost(f"the stage keeper did not start within {START_TIMEOUT_S:g}s") from None
                 await asyncio.sleep(0.01)
-
-    async def _read_loop(self) -> None:
-        assert self._reader is not None
-        try:
-            while line := await self._reader.readline():
-                self._on_message(json.loads(line))
-        except (OSError, ValueError) as exc:
-            log.warning("stage keeper connection broke: %s", exc)
-        finally:
-            self._lost()
 
     def _on_message(self, m: dict[str, Any]) -> None:
         op = m.get("op")
@@ -159,9 +152,9 @@ class KeeperClient:
 
     def _lost(self) -> None:
         """The keeper is gone: whatever waited on it learns so."""
-        if self._writer is not None:
-            self._writer.close()
-        self._reader = self._writer = None
+        if self._transport is not None:
+            self._transport.close()
+        self._transport = None
         err = KeeperLost("the stage keeper went away")
         waiting: list[asyncio.Future[Any]] = [*self._spawns.values(), *self._exits.values()]
         for fut in waiting:
@@ -174,9 +167,9 @@ class KeeperClient:
             self._hello.set_exception(err)
 
     def _send(self, msg: dict[str, Any]) -> None:
-        if self._writer is None:
+        if self._transport is None:
             raise KeeperLost("not connected to the stage keeper")
-        self._writer.write(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+        self._transport.write(_encode(msg))
 
     # ------------------------------------------------------------------ stages
 
@@ -196,7 +189,7 @@ class KeeperClient:
         cannot start (the exec, or the chdir into ``cwd``, failed), its exit future
         (:meth:`exit_of`) raises the OSError. With ``reply``, returns a future of its pid.
         KeeperLost if the keeper is gone."""
-        if self._writer is None:
+        if self._transport is None:
             await self.connect()
         fut: asyncio.Future[int] | None = None
         if reply:
@@ -248,12 +241,12 @@ class KeeperClient:
     def renew(self, keys: Iterable[str], renewed: float, ttl: float) -> None:
         """These stages' leases were renewed as of monotonic time ``renewed``."""
         keys = list(keys)
-        if keys and self._writer is not None:
+        if keys and self._transport is not None:
             self._send({"op": "renew", "keys": keys, "renewed": renewed, "ttl": ttl})
 
     def kill(self, key: str, sig: int) -> None:
         """Signal a stage's process group (if it still runs)."""
-        if self._writer is not None:
+        if self._transport is not None:
             self._send({"op": "kill", "key": key, "sig": sig})
 
     def forget(self, key: str) -> None:
@@ -267,7 +260,7 @@ class KeeperClient:
 
     def flush_forgets(self) -> None:
         self._forget_timer = None
-        if self._forgets and self._writer is not None:
+        if self._forgets and self._transport is not None:
             keys, self._forgets = self._forgets, []
             self._send({"op": "forget", "keys": keys})
 
@@ -276,10 +269,38 @@ class KeeperClient:
         if self._forget_timer is not None:
             self._forget_timer.cancel()
             self._forget_timer = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._writer is not None:
-            self._writer.close()
-            self._reader = self._writer = None
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            transport.close()
+
+
+def _encode(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+class _KeeperProtocol(asyncio.Protocol):
+    """Reads the keeper's messages (one JSON object per line) and hands each to the client."""
+
+    def __init__(self, client: KeeperClient) -> None:
+        self.client = client
+        self._buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self._buf:
+            data = self._buf + data
+        *lines, self._buf = data.split(b"\n")
+        for line in lines:
+            if not line:
+                continue
+            try:
+                m = json.loads(line)
+            except ValueError as exc:
+                log.warning("stage keeper connection broke: %s", exc)
+                self.client._lost()
+                return
+            self.client._on_message(m)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.warning("stage keeper connection broke: %s", exc)
+        self.client._lost()
