@@ -67,6 +67,10 @@ def newest_complete(directory: Path) -> tuple[int, str] | None:
     """(mtime_ns of its marker, name) of the newest complete checkpoint in ``directory``."""
     best: tuple[int, str] | None = None
     try:
+        if os.stat(directory).st_nlink == 2:
+            # No subdirectory, so no checkpoint (what a short stage leaves): one stat, not
+            # a directory listing. (A filesystem that does not count subdirectories says 1.)
+            return None
         with os.scandir(directory) as it:
             for e in it:
                 if e.name.startswith(".") or not e.is_dir(follow_symlinks=False):

@@ -162,8 +162,6 @@ class Runner:
             return self._broken(stage, completion, exc)
         finally:
             completion.finished_at = time.time()
-            if stage.workdir is not None:
-                self.workdirs.release(stage.workdir)
 
     async def reattach(self, stage: Stage) -> agent_pb2.Completion:
         """Watch a stage a previous agent process started (the keeper still has it), to its end."""
@@ -175,8 +173,6 @@ class Runner:
             return self._broken(stage, completion, exc)
         finally:
             completion.finished_at = time.time()
-            if stage.workdir is not None:
-                self.workdirs.release(stage.workdir)
 
     def _broken(self, stage: Stage, completion: agent_pb2.Completion, exc: Exception) -> agent_pb2.Completion:
         """An attempt that did not get to its own end: whose fault, and what to report."""
@@ -367,10 +363,14 @@ class Runner:
             self._tail_task = None
 
     def done(self, stage: Stage) -> None:
-        """The stage's end is recorded (its result is on disk, or it is not reported):
-        the keeper may forget it."""
+        """The stage's end is recorded (its result is on disk, or it is not reported): the
+        keeper may forget it, and its work dir goes back to the pool (not before: until its
+        result is on disk, the next agent process may need what is in it)."""
         if stage.exited is not None:
             self.keeper.forget(stage.key_text)
+        if stage.workdir is not None:
+            self.workdirs.release(stage.workdir)
+            stage.workdir = None
 
     async def kill(self, stage: Stage, grace: float | None = None) -> int:
         """SIGTERM the stage's process group, SIGKILL it after the grace period."""

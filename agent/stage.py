@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,12 +111,12 @@ class Stage:
     def lease(self) -> common_pb2.LeaseRef:
         return self.assignment.lease
 
-    @property
+    @functools.cached_property
     def key(self) -> StageKey:
         ref = self.assignment.lease
         return (ref.run_id, ref.task, ref.epoch)
 
-    @property
+    @functools.cached_property
     def key_text(self) -> str:
         """The key as one string (how the keeper and the journal name the attempt)."""
         return key_text(self.key)

@@ -141,6 +141,9 @@ class Supervisor:
         # Kills and the drain in flight: referenced so that they are not collected mid-way.
         self._background: set[asyncio.Future[Any]] = set()
         self._recorded: set[StageKey] = set()
+        #: Stages whose lease is not written down yet, in start order, with when it is due.
+        self._unrecorded: dict[StageKey, tuple[float, Stage]] = {}
+        self._record_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ stages
 
@@ -167,7 +170,26 @@ class Supervisor:
         self.stages[stage.key] = stage
         stage.task = asyncio.ensure_future(self._run(stage, run))
         if self.journal is not None and stage.key not in self._recorded:
-            asyncio.get_running_loop().call_later(LEASE_RECORD_DELAY_S, self._record, stage)
+            loop = asyncio.get_running_loop()
+            due = loop.time() + LEASE_RECORD_DELAY_S
+            self._unrecorded[stage.key] = (due, stage)
+            if self._record_timer is None:
+                self._record_timer = loop.call_at(due, self._record_due)
+
+    def _record_due(self) -> None:
+        """Write down the leases of the stages still running :data:`LEASE_RECORD_DELAY_S`
+        after their start. One timer for all of them (in start order), not one per stage:
+        most stages are gone before theirs would fire."""
+        self._record_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._unrecorded:
+            key, (due, stage) = next(iter(self._unrecorded.items()))
+            if due > now:
+                self._record_timer = loop.call_at(due, self._record_due)
+                return
+            del self._unrecorded[key]
+            self._record(stage)
 
     def _record(self, stage: Stage) -> None:
         """Write down the lease of a stage that is still running (see LEASE_RECORD_DELAY_S)."""
@@ -202,9 +224,12 @@ class Supervisor:
         finally:
             self.stages.pop(stage.key, None)
             self._recorded.discard(stage.key)
+            self._unrecorded.pop(stage.key, None)
             self._give_credit()
             if self.on_done is not None:
-                self.on_done(stage, outcome)
+                # The rest of the bookkeeping (work dir, keeper, checkpoints) after the
+                # result and its credit have gone up: the uplink's sender runs first.
+                asyncio.get_running_loop().call_soon(self.on_done, stage, outcome)
         if self.draining and not self.stages:
             self._spawn(self._finish_drain())
 

@@ -82,13 +82,18 @@ def test_output_comes_from_files_and_a_clean_work_dir_is_reused(tmp_rig: Rig) ->
             assert (c.outcome, c.exit_code) == ("succeeded", 0), c.error
             assert sorted(rig.logs) == [("stderr", b"err\n"), ("stdout", b"out\n")]
             assert rig.published == ["hi\n"]
+            used = st.workdir
+            rig.runner.done(st)  # (its result is on disk: the work dir goes)
+            assert used is not None and used not in rig.runner.workdirs._ready  # it printed: not recycled
             plain = rig.stage(["true"], task="plain")
             c = await rig.runner.run(plain)
             assert c.outcome == "succeeded"
-            assert plain.workdir is not None and plain.workdir.is_dir()  # untouched: back in the pool
+            untouched = plain.workdir
+            assert untouched is not None and untouched not in rig.runner.workdirs._ready  # kept until done
+            rig.runner.done(plain)
+            assert untouched in rig.runner.workdirs._ready and untouched.is_dir()  # back in the pool
             # Its output files are still there, empty: it printed nothing, so the work dir is recycled as is.
-            assert (plain.workdir / ".outrider" / "stdout").stat().st_size == 0
-            assert st.workdir not in rig.runner.workdirs._ready  # the first one printed: not recycled
+            assert (untouched / ".outrider" / "stdout").stat().st_size == 0
         finally:
             await rig.close()
 
