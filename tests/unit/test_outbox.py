@@ -176,3 +176,66 @@ def test_a_value_an_older_agent_kept_in_a_file_is_replaced_and_its_file_removed(
         cache.close()
 
     asyncio.run(scenario())
+
+
+def test_the_event_loop_commits_while_the_disk_is_fast_and_the_thread_when_it_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handoff to the writer thread costs more CPU than a fast commit: once the thread has
+    seen FAST_RUN fast commits in a row, the loop commits itself (the write is on disk when
+    ``write`` returns); one slow commit on the loop sends the next ones to the thread again."""
+    import agent.journal as journal_mod
+
+    monkeypatch.setattr(journal_mod, "FAST_RUN", 3)
+
+    async def scenario() -> None:
+        j = Journal(tmp_path / "journal")
+        for i in range(3):  # the thread's: the journal does not know the disk yet
+            fut = j.write({f"t{i}": b"x"})
+            assert not fut.done()
+            await fut
+        fut = j.write({"inline": b"y"}, deletes=["t0"])
+        assert fut.done() and fut.exception() is None  # committed on the loop, synced
+        assert j._thread is not None and j._inflight == 0
+        j.write_later(deletes=["t1"])
+        j.flush_later()  # (on the loop too)
+        cache = open_store(tmp_path / "journal")
+        assert cache.get("inline") == b"y" and cache.get("t0") is None and cache.get("t1") is None
+        cache.close()
+        # The disk turns slow: that commit is still made (and synced), the next go to the thread.
+        monkeypatch.setattr(journal_mod, "SLOW_S", -1.0)
+        assert j.write({"slow": b"z"}).done()
+        fut = j.write({"after": b"w"})
+        assert not fut.done()
+        await fut
+        monkeypatch.setattr(journal_mod, "SLOW_S", 10.0)
+        for i in range(3):
+            await j.write({f"again{i}": b"x"})
+        assert j.write({"back": b"v"}).done()
+        j.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_on_the_loop_waits_for_the_threads_writes_before_it(tmp_path: Path) -> None:
+    """Order: while the writer thread has writes in hand, later ones queue behind them,
+    even when the loop would commit itself."""
+
+    async def scenario() -> None:
+        j = Journal(tmp_path / "journal")
+        j._inline = True  # as if the disk were known fast
+        j._inflight = 0
+        first = j.write({"k": b"1"})  # on the loop
+        assert first.done()
+        j._inline = False
+        second = j.write({"k": b"2"})  # in the thread
+        j._inline = True
+        third = j.write({"k": b"3"})  # the thread has one in hand: this one queues behind it
+        assert not third.done()
+        await asyncio.gather(second, third)
+        j.close()
+        cache = open_store(tmp_path / "journal")
+        assert cache.get("k") == b"3"
+        cache.close()
+
+    asyncio.run(scenario())
