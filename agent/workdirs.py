@@ -102,10 +102,11 @@ class WorkdirPool:
                 return path
             # made ahead, then removed behind our back (the work root was replaced): next
 
-    def release(self, path: Path) -> None:
+    def release(self, path: Path, output_empty: bool = False) -> None:
         """Give back a used work dir: recycled when the stage left nothing in it
-        (then it is indistinguishable from a fresh one), else removed in the background."""
-        if _pristine(path):
+        (then it is indistinguishable from a fresh one), else removed in the background.
+        ``output_empty``: the caller saw both output files empty (no need to look again)."""
+        if _pristine(path, output_empty):
             self._ready.append(path)  # the refill take() queued then finds the pool full
         else:
             self._jobs.put(path)
@@ -115,26 +116,37 @@ class WorkdirPool:
         self._jobs.put(path)
 
 
-def _pristine(path: Path) -> bool:
-    """True when ``path`` holds only the empty ``.outrider`` subdirectories and output files."""
+def _pristine(path: Path, output_empty: bool = False) -> bool:
+    """True when ``path`` holds only the empty ``.outrider`` subdirectories and output files.
+
+    Nothing in it may be a symbolic link, even one to an empty directory: the next stage's
+    inputs, outputs, checkpoints and output would go wherever it points.
+    """
     base = str(path)
     try:
         with os.scandir(base) as it:
-            top = [e.name for e in it]
-        if top != [".outrider"]:
+            top = list(it)
+        if len(top) != 1 or top[0].name != ".outrider" or not top[0].is_dir(follow_symlinks=False):
             return False
         o = base + "/.outrider"
         with os.scandir(o) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=_name)
         if tuple(e.name for e in entries) != _PRISTINE:
             return False
         for e in entries:
-            if e.name in OUTPUT_FILES and (not e.is_file(follow_symlinks=False) or e.stat().st_size):
+            if e.name in OUTPUT_FILES:
+                if not e.is_file(follow_symlinks=False) or (not output_empty and e.stat(follow_symlinks=False).st_size):
+                    return False
+            elif not e.is_dir(follow_symlinks=False):
                 return False
         for sub in SUBDIRS:
             with os.scandir(f"{o}/{sub}") as it:
-                if any(it):
+                if next(it, None) is not None:
                     return False
         return True
     except OSError:
         return False
+
+
+def _name(e: os.DirEntry[str]) -> str:
+    return e.name
