@@ -53,6 +53,7 @@ from typing import Any
 SOCKET_NAME = "keeper.sock"
 LOCK_NAME = "keeper.lock"
 LOG_NAME = "keeper.log"
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 #: How often the keeper looks at lease deadlines when nothing else wakes it.
 TICK_S = 0.25
 #: A stage still running this long after its start has its pid told to the agent (a
@@ -242,7 +243,7 @@ class Keeper:
         if self.client is None:
             return
         pending = bool(self._out)
-        self._out += json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        self._out += _ENCODER.encode(msg).encode() + b"\n"
         if len(self._out) > MAX_OUT_BYTES:
             self._drop_client()
         elif not pending:
@@ -295,11 +296,13 @@ class Keeper:
     def _spawn(self, m: dict[str, Any]) -> None:
         self._forget(m.get("forget") or [])
         key = m["key"]
-        env = dict(self.env)
-        env.update(m.get("env") or {})
+        env = {**self.env, **m["env"]} if m.get("env") else self.env
         argv = list(m["argv"])
         try:
-            pid = self._launch(argv, env, m["cwd"], m["stdout"], m["stderr"])
+            try:
+                pid = self._launch(argv, env, m["cwd"], m["stdout"], m["stderr"])
+            except ValueError as exc:  # a NUL byte in a path: never the end of the keeper
+                raise OSError(errno.EINVAL, str(exc)) from None
         except OSError as exc:
             self._send(
                 {
@@ -326,16 +329,18 @@ class Keeper:
 
         ``posix_spawn`` (vfork underneath) costs a fraction of ``subprocess.Popen``; it has
         no working directory argument, so the keeper (single-threaded) steps into ``cwd``
-        for the call. OSError names what failed: the work dir, an output file, or the
-        program as the stage named it (exit 127/126 material: the task's fault).
+        for the call and stays there until the next one (it names every other path in
+        full). OSError names what failed: the work dir, an output file, or the program as
+        the stage named it (exit 127/126 material: the task's fault); a program or
+        environment the OS cannot take (a NUL byte, a name with "=") is EINVAL.
         """
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         out = os.open(stdout, flags, 0o644)
         try:
             err = os.open(stderr, flags, 0o644)
             try:
+                os.chdir(cwd)  # (a relative program, or PATH entry, is the stage's: relative to its cwd)
                 program = self._resolve(argv[0], env.get("PATH"))
-                os.chdir(cwd)
                 try:
                     return os.posix_spawn(
                         program,
@@ -354,8 +359,8 @@ class Keeper:
                     if exc.errno == errno.ENOENT:
                         self._paths.clear()  # a cached path may be stale
                     raise
-                finally:
-                    os.chdir(self.state_dir)
+                except ValueError as exc:
+                    raise OSError(errno.EINVAL, str(exc), argv[0]) from None
             finally:
                 os.close(err)
         finally:
@@ -368,10 +373,12 @@ class Keeper:
         cached = self._paths.get((name, path))
         if cached is not None:
             return cached
-        for d in (path if path is not None else os.defpath).split(os.pathsep):
+        dirs = (path if path is not None else os.defpath).split(os.pathsep)
+        for d in dirs:
             candidate = os.path.join(d or ".", name)
             if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                self._paths[(name, path)] = candidate
+                if all(os.path.isabs(x) for x in dirs):  # (a relative entry depends on the stage's cwd)
+                    self._paths[(name, path)] = candidate
                 return candidate
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 

@@ -274,8 +274,11 @@ class KeeperClient:
             transport.close()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # (json.dumps with options makes one per call)
+
+
 def _encode(msg: dict[str, Any]) -> bytes:
-    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+    return _ENCODER.encode(msg).encode() + b"\n"
 
 
 class _KeeperProtocol(asyncio.Protocol):

@@ -89,6 +89,11 @@ class LogTail:
             self._saved = now
             self._wrote_pos = True
 
+    @property
+    def empty(self) -> bool:
+        """Nothing was forwarded (after :meth:`finish`: the stage printed nothing)."""
+        return not (self.offsets["stdout"] or self.offsets["stderr"])
+
     def finish(self) -> None:
         """Forward the rest (the files stay: a work dir whose stage printed nothing is
         recycled with them, one that printed something is removed)."""

@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 #: How often the output of running stages is forwarded.
 LOG_POLL_S = 0.2
 #: Why an exec fails when the *command* is wrong (the task's fault, as a shell says 127/126).
-_EXEC_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.EISDIR})
+_EXEC_ERRNOS = frozenset(
+    {errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.EISDIR, errno.EINVAL}
+)
 #: Errors of the agent's own machine while writing outputs (not the task's fault).
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE})
 
@@ -339,7 +341,10 @@ class Runner:
             timeout = max(0.0, a.spec.timeout_s - (time.time() - stage.started_at))
         try:
             try:
-                rc, _ = await asyncio.wait_for(asyncio.shield(stage.exited), timeout)
+                if timeout is None:  # (no shield, no timer: its exit wakes this task directly)
+                    rc, _ = await stage.exited
+                else:
+                    rc, _ = await asyncio.wait_for(asyncio.shield(stage.exited), timeout)
             except asyncio.TimeoutError:
                 if stage.stop_reason is None:
                     stage.stop_reason = StopReason.TIMEOUT
@@ -350,6 +355,7 @@ class Runner:
             tail = self._tails.pop(stage.key_text, None)
             if tail is not None:
                 tail.finish()
+                stage.output_empty = tail.empty
         return rc
 
     async def _tail_loop(self) -> None:
@@ -369,7 +375,7 @@ class Runner:
         if stage.exited is not None:
             self.keeper.forget(stage.key_text)
         if stage.workdir is not None:
-            self.workdirs.release(stage.workdir)
+            self.workdirs.release(stage.workdir, stage.output_empty)
             stage.workdir = None
 
     async def kill(self, stage: Stage, grace: float | None = None) -> int:

@@ -87,6 +87,8 @@ class Stage:
     resume_dir: Path | None = None
     #: Why the agent stopped it; None while it runs on its own.
     stop_reason: StopReason | None = None
+    #: Its output files were empty when it ended (its work dir may be recycled as it is).
+    output_empty: bool = False
     task: asyncio.Task[Any] | None = None
     _dirs: tuple[Path, Path] | None = field(default=None, repr=False)
 

@@ -187,3 +187,25 @@ def test_the_keeper_stopping_a_lapsed_stage_reads_as_a_lease_expiry(tmp_rig: Rig
     run(scenario)
 
 
+
+
+def test_a_program_the_os_cannot_take_is_the_tasks_fault_and_the_keeper_lives_on(tmp_rig: Rig) -> None:
+    """A NUL byte in the command (the scheduler refuses such a spec; this is defence in depth)
+    fails the attempt like a wrong command, without ending the keeper or the agent's health."""
+
+    async def scenario() -> None:
+        rig = tmp_rig
+        try:
+            c = await rig.runner.run(rig.stage(["tr\0ue"]))
+            assert (c.outcome, c.exit_code) == ("failed", 127), c.error  # no such program
+            bad_env = rig.stage(["true"], task="env")
+            bad_env.assignment.spec.env["X"] = "a\0b"
+            c = await rig.runner.run(bad_env)
+            assert (c.outcome, c.exit_code) == ("failed", 126), c.error  # the OS cannot take it
+            assert rig.faults == []
+            c = await rig.runner.run(rig.stage(["true"], task="after"))
+            assert c.outcome == "succeeded"
+        finally:
+            await rig.close()
+
+    run(scenario)
