@@ -191,6 +191,22 @@ class KeeperClient:
         KeeperLost if the keeper is gone."""
         if self._transport is None:
             await self.connect()
+        return self.launch(key, argv, env, cwd, stdout, stderr, renewed, ttl, reply)
+
+    def launch(
+        self,
+        key: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        stdout: str,
+        stderr: str,
+        renewed: float,
+        ttl: float,
+        reply: bool = False,
+    ) -> asyncio.Future[int] | None:
+        """:meth:`start` on a connected client, at once (KeeperLost if not connected):
+        nothing can happen between the caller's last look at the stage and its spawn."""
         fut: asyncio.Future[int] | None = None
         if reply:
             fut = asyncio.get_running_loop().create_future()

@@ -146,6 +146,8 @@ class Runner:
         a = stage.assignment
         stage.started_at = stage.started_at or time.time()
         completion = agent_pb2.Completion(lease=a.lease, started_at=stage.started_at)
+        if stage.stop_reason is not None:  # stopped before it began
+            return self._stopped(completion, stage, stage.stop_reason)
         try:
             try:
                 stage.workdir = self.workdirs.take()
@@ -158,7 +160,8 @@ class Runner:
             if stage.resume_dir is not None:  # its newest checkpoint was taken from there
                 self.workdirs.remove(stage.resume_dir)
                 stage.resume_dir = None
-            await self._start(stage)
+            if not await self._start(stage):
+                return self._stopped(completion, stage, stage.stop_reason)  # type: ignore[arg-type]
             return await self._finish(stage, completion)
         except Exception as exc:
             return self._broken(stage, completion, exc)
@@ -289,19 +292,25 @@ class Runner:
         )
         return env
 
-    async def _start(self, stage: Stage) -> None:
+    async def _start(self, stage: Stage) -> bool:
         """Hand the process to the keeper (without waiting for it: a failure to start
-        comes back through its exit, :meth:`_spawn_failed`)."""
+        comes back through its exit, :meth:`_spawn_failed`); False if the stage was stopped
+        before its process started (a cancel, a newer attempt: it never starts)."""
+        if not self.keeper.connected:
+            await self.keeper.connect()
+        if stage.stop_reason is not None:  # (nothing waits between this look and the spawn)
+            return False
         a = stage.assignment
         assert stage.workdir is not None
         argv = ["/bin/sh", "-c", a.spec.argv[0]] if a.spec.shell else list(a.spec.argv)
         work = str(stage.workdir)
         o = work + "/.outrider/"
         env = self._env(a, o)
-        await self.keeper.start(
+        self.keeper.launch(
             stage.key_text, argv, env, work, o + "stdout", o + "stderr", stage.last_renewed, self.lease_ttl()
         )
         self._watch(stage)
+        return True
 
     def _spawn_failed(self, stage: Stage, exc: OSError) -> int:
         """The process could not start: the task's fault if its command is wrong (exit
@@ -379,7 +388,7 @@ class Runner:
             stage.workdir = None
 
     async def kill(self, stage: Stage, grace: float | None = None) -> int:
-        """SIGTERM the stage's process group, SIGKILL it after the grace period."""
+        """SIGTERM the stage's process group, SIGKILL it after the grace period (at once if it is 0)."""
         exited = stage.exited
         if exited is None:
             return -signal.SIGKILL
@@ -387,6 +396,9 @@ class Runner:
             return _code(exited)
         key = stage.key_text
         try:
+            if grace == 0:  # no grace: SIGKILL now
+                self.keeper.kill(key, signal.SIGKILL)
+                return (await asyncio.shield(exited))[0]
             self.keeper.kill(key, signal.SIGTERM)
             try:
                 return (await asyncio.wait_for(asyncio.shield(exited), self.kill_grace if grace is None else grace))[0]

@@ -44,6 +44,9 @@ class StopReason(str, enum.Enum):
     LEASE_EXPIRED = "lease expired"
     #: The agent itself is stopping (SIGINT, a second SIGTERM, or the end of a drain).
     AGENT_STOPPED = "agent stopped"
+    #: A newer attempt of the task arrived here: this one's lease is gone (invariant 3:
+    #: at most one attempt of a task runs at a time, so the new one waits until it is dead).
+    SUPERSEDED = "a newer attempt of the task arrived"
     #: The agent is draining (SIGTERM, a preemption notice, ``outrider drain``): the stage
     #: was asked to checkpoint and stop; its lease is released (outcome ``released``) once
     #: its checkpoint is reported, unless it finished with a result first.
@@ -56,6 +59,17 @@ class StopReason(str, enum.Enum):
         stage's (its release, after its checkpoint); for every other reason the
         scheduler has moved on, or will, and would refuse a report."""
         return self is StopReason.TIMEOUT or self is StopReason.DRAINING
+
+    @property
+    def lease_gone(self) -> bool:
+        """Whether the attempt's lease is gone (another attempt may be running or about to,
+        here or elsewhere): the stage is killed at once, with no grace to checkpoint in."""
+        return self in _LEASE_GONE
+
+
+_LEASE_GONE = frozenset(
+    {StopReason.LEASE_LOST, StopReason.LEASE_UNKNOWN, StopReason.LEASE_EXPIRED, StopReason.SUPERSEDED}
+)
 
 
 class AgentFault(Exception):
@@ -74,6 +88,9 @@ class Stage:
     assignment: agent_pb2.Assignment
     #: Monotonic time the lease was last known renewed (the supervisor's clock).
     last_renewed: float = field(default_factory=time.monotonic)
+    #: Monotonic time the assignment arrived (the supervisor's clock); 0 for one taken over.
+    #: While ``last_renewed`` is no later, no heartbeat has renewed the lease yet.
+    assigned_at: float = 0.0
     #: Its process (group leader), once started; 0 before.
     pid: int = 0
     #: Resolves to (exit code (negative: signal), whether the keeper stopped it for its lease).

@@ -19,6 +19,7 @@ A stage's lifecycle, as this module enforces it::
      │  │
      │  └ cancelled(): CANCELLED    renewed(): LEASE_LOST    registered(): LEASE_UNKNOWN
      │    tick(now), lease not renewed within the TTL: LEASE_EXPIRED (the keeper too, if we are gone)
+     │    start() of a newer attempt of the same task: SUPERSEDED (the new one waits for its end)
      │    the agent stops: AGENT_STOPPED
      ▼
     ┌──────────┐ killed (SIGTERM to its process group, SIGKILL after the grace)  ┌─────────────────────┐
@@ -26,7 +27,13 @@ A stage's lifecycle, as this module enforces it::
     └──────────┘ (heartbeats no longer carry its lease; the scheduler moved on)   │ (checkpoints kept)  │
                                                                                   └─────────────────────┘
 
-A stage is stopped at most once: the first :class:`~agent.stage.StopReason` wins.
+A stage is stopped at most once: the first :class:`~agent.stage.StopReason` wins (a newer
+attempt arriving still turns a graceful stop into a kill). A stage whose lease is gone
+(``StopReason.lease_gone``, or cancelled before any heartbeat renewed it) is killed at
+once (SIGKILL): no grace, since another attempt may already be starting.
+
+Invariant 3 on this agent: an assignment of an attempt older than one held here is never
+started, and a newer one starts only once every older attempt of its task here is dead.
 Every stage that leaves (reported or dropped) gives its slot back as a credit,
 except while draining or unhealthy (then the credit is withheld until the agent
 can take work again).
@@ -148,27 +155,58 @@ class Supervisor:
     # ------------------------------------------------------------------ stages
 
     def start(self, assignment: agent_pb2.Assignment) -> Stage | None:
-        """Start running an assignment; None if it is a duplicate delivery, or refused
-        (draining or unhealthy: it is released at once)."""
+        """Start running an assignment; None if it is a duplicate delivery, an older attempt
+        of a task a newer attempt of which is here, or refused (draining or unhealthy: it is
+        released at once)."""
         key = _key(assignment.lease)
         if key in self.stages or key in self.outbox:
             return None
+        if self._stale(key):
+            self._give_credit()  # (its slot was never taken)
+            return None
+        older = self._supersede(key)
         if self.draining or self.unhealthy:
             why = StopReason.DRAINING.value if self.draining else f"agent unhealthy: {self.unhealthy}"
             self._release_unstarted(assignment, why)
             return None
-        stage = Stage(assignment, last_renewed=self._monotonic())
-        self._launch(stage, self.runner.run)
+        now = self._monotonic()
+        stage = Stage(assignment, last_renewed=now, assigned_at=now)
+        self._launch(stage, self.runner.run, older)
         return stage
 
     def adopt(self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]]) -> None:
         """Take over a stage of a previous agent process (its lease is on disk already)."""
+        if self._stale(stage.key):
+            if self.journal is not None:
+                self.journal.write_later(deletes=[Journal.lease_key(stage.key)])
+            return
         self._recorded.add(stage.key)
-        self._launch(stage, run)
+        self._launch(stage, run, self._supersede(stage.key))
 
-    def _launch(self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]]) -> None:
+    def _stale(self, key: StageKey) -> bool:
+        """Whether a newer attempt of the task is here: this one must never start (invariant 3)."""
+        newer = [s.key[2] for s in self.stages.values() if s.key[:2] == key[:2] and s.key[2] > key[2]]
+        if newer:
+            log.warning("not starting %s/%s attempt %d: attempt %d of it is here", *key, max(newer))
+        return bool(newer)
+
+    def _supersede(self, key: StageKey) -> list[Stage]:
+        """A newer attempt of a task arrived: its older attempts here lost their lease. Each
+        is killed at once (SIGKILL, no grace: the new attempt must not wait, nor run beside
+        it), a graceful stop under way included; the new one starts once they are gone."""
+        older = [s for s in self.stages.values() if s.key[:2] == key[:2] and s.key[2] < key[2]]
+        for s in older:
+            log.info("stopping %s/%s attempt %d: attempt %d of it arrived", *s.key, key[2])
+            if s.stop_reason is None or s.stop_reason.reports_result:
+                s.stop_reason = StopReason.SUPERSEDED
+            self._spawn(self.runner.kill(s, 0.0))
+        return older
+
+    def _launch(
+        self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]], after: Iterable[Stage] = ()
+    ) -> None:
         self.stages[stage.key] = stage
-        stage.task = asyncio.ensure_future(self._run(stage, run))
+        stage.task = asyncio.ensure_future(self._run(stage, run, [s.task for s in after if s.task is not None]))
         if self.journal is not None and stage.key not in self._recorded:
             loop = asyncio.get_running_loop()
             due = loop.time() + LEASE_RECORD_DELAY_S
@@ -200,11 +238,18 @@ class Supervisor:
         self._recorded.add(stage.key)
         self._note_renewal(self._wall())
 
-    async def _run(self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]]) -> None:
+    async def _run(
+        self, stage: Stage, run: Callable[[Stage], Awaitable[agent_pb2.Completion]], after: list[asyncio.Task[Any]]
+    ) -> None:
         ref = stage.lease
         outcome = ""
         try:
-            completion = await run(stage)
+            if after:  # older attempts of the task, being killed: this one starts once they are gone
+                await asyncio.wait(after)
+            if stage.stop_reason is not None and not stage.stop_reason.reports_result:
+                completion = agent_pb2.Completion(lease=ref, outcome=Outcome.CANCELLED.value)  # stopped before it began
+            else:
+                completion = await run(stage)
             reason = stage.stop_reason
             recorded = stage.key in self._recorded
             if reason is not None and not reason.reports_result:
@@ -375,6 +420,12 @@ class Supervisor:
 
     def _stop(self, stage: Stage, reason: StopReason, grace: float | None = None) -> None:
         stage.stop_reason = reason
+        if reason.lease_gone or (reason is StopReason.CANCELLED and stage.last_renewed <= stage.assigned_at):
+            # Its lease is gone: no grace. So is that of an attempt no heartbeat renewed yet
+            # when the scheduler cancels it: it does so when a heartbeat that crossed the
+            # assignment did not list it (the lease counts as lost), and may grant the next
+            # attempt at once, here or on another agent.
+            grace = 0.0
         self._spawn(self.runner.kill(stage, grace))
 
     # ------------------------------------------------------------------ results

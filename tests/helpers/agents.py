@@ -66,9 +66,18 @@ class FakeRunner:
         self._exits: dict[StageKey, asyncio.Future[int]] = {}
         #: (stage key, stop reason at the time) of every kill, in order.
         self.kills: list[tuple[StageKey, StopReason | None]] = []
+        #: The grace each kill was given (None: the runner's default; 0: SIGKILL at once).
+        self.graces: list[float | None] = []
         self.killed = asyncio.Event()
-        #: When set, a kill does not end the stage (it takes its time, as a checkpointing one does).
+        #: When set, a kill with a grace does not end the stage (it takes its time, as a
+        #: checkpointing one does after SIGTERM); a kill without one (SIGKILL) always does.
         self.hold_kills = False
+        #: Stages whose process runs now (run() entered, not returned).
+        self.running: set[StageKey] = set()
+        #: Every time two attempts of one task ran at once: (the one running, the one starting).
+        self.overlaps: list[tuple[StageKey, StageKey]] = []
+        #: Every stage whose process was started, in order.
+        self.started: list[StageKey] = []
 
     def _exit_of(self, key: StageKey) -> asyncio.Future[int]:
         fut = self._exits.get(key)
@@ -83,7 +92,14 @@ class FakeRunner:
             fut.set_result(code)
 
     async def run(self, stage: Stage) -> agent_pb2.Completion:
-        rc = await self._exit_of(stage.key)
+        key = stage.key
+        self.overlaps += [(other, key) for other in self.running if other[:2] == key[:2]]
+        self.running.add(key)
+        self.started.append(key)
+        try:
+            rc = await self._exit_of(key)
+        finally:
+            self.running.discard(key)
         c = agent_pb2.Completion(lease=stage.lease, exit_code=rc)
         if stage.stop_reason is StopReason.TIMEOUT:
             c.outcome = Outcome.TIMEOUT.value
@@ -97,7 +113,11 @@ class FakeRunner:
 
     async def kill(self, stage: Stage, grace: float | None = None) -> int:
         self.kills.append((stage.key, stage.stop_reason))
+        self.graces.append(grace)
         self.killed.set()
+        if grace == 0:
+            self.exit(stage.key, -9)
+            return await self._exit_of(stage.key)
         if self.hold_kills:
             return await self._exit_of(stage.key)
         self.exit(stage.key, -15)

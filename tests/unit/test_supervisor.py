@@ -388,3 +388,86 @@ def test_an_unhealthy_agent_withholds_its_slots_and_releases_new_work() -> None:
         assert msg is not None and msg.credits == 2
 
     run(scenario)
+
+
+# --------------------------------------------------------------------------- attempts of one task (invariant 3)
+
+
+async def _until(predicate: Callable[[], object]) -> None:
+    """Let the event loop run (no time passes on the fake clocks) until ``predicate``."""
+    while not predicate():
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("began", [False, True], ids=["cancel-before-it-began", "cancel-while-it-runs"])
+@pytest.mark.parametrize("renewed", [False, True], ids=["never-renewed", "renewed-once"])
+def test_a_newer_attempt_never_runs_beside_an_older_one(began: bool, renewed: bool) -> None:
+    """The fault suite's interleaving: after a partition healed, attempt 2 of a task reached
+    the agent, the scheduler cancelled it (its lease had expired: a heartbeat that crossed the
+    assignment did not list it) and granted attempt 3 to the same agent; attempt 2 still
+    started, or ran on through its SIGTERM grace, beside attempt 3. Messages arrive in that
+    order: assignment 2, cancel 2, assignment 3."""
+
+    async def scenario() -> None:
+        rig = Rig()
+        rig.runner.hold_kills = True  # a stage asked to stop (SIGTERM) takes its time, as a checkpointing one does
+        two = rig.sup.start(assignment("t", epoch=2))
+        assert two is not None
+        if began:
+            await _until(lambda: two.key in rig.runner.running)
+        if renewed:  # a heartbeat renewed its lease: a cancel now may be an ordinary one (a grace)
+            rig.advance(1.0)
+            rig.sup.renewed(rig.wall() - 0.5, lost=[])
+        rig.sup.cancelled([two.lease])
+        three = rig.sup.start(assignment("t", epoch=3))
+        assert three is not None
+        await _until(lambda: three.key in rig.runner.running)
+        assert rig.runner.overlaps == []  # attempt 3 started only once attempt 2 was gone
+        assert two.task is not None and two.task.done()
+        # Attempt 2 is killed (SIGKILL, no grace) once attempt 3 is here, if not before.
+        assert rig.runner.graces[-1] == 0.0 and rig.runner.kills[-1][0] == two.key
+        if not began:
+            assert rig.runner.started == [three.key]  # attempt 2 never started at all
+        rig.runner.exit(three.key, 0)
+        assert three.task is not None
+        await three.task
+        msg = rig.uplink.take()
+        assert msg is not None and [c.lease.epoch for c in msg.completions] == [3]  # 2 is not reported
+
+    run(scenario)
+
+
+def test_an_older_attempt_arriving_after_a_newer_one_never_starts() -> None:
+    async def scenario() -> None:
+        rig = Rig(slots=2)
+        three = rig.sup.start(assignment("t", epoch=3))
+        assert three is not None
+        assert rig.sup.start(assignment("t", epoch=2)) is None
+        await _until(lambda: three.key in rig.runner.running)
+        assert rig.runner.started == [three.key]
+        msg = rig.uplink.take()
+        assert msg is not None and msg.credits == 1  # its slot was never taken: offered again
+
+    run(scenario)
+
+
+def test_a_stage_whose_lease_is_gone_is_killed_without_a_grace() -> None:
+    """Lost (heartbeat reply), unknown (Register), expired (the watchdog): another attempt
+    may already run, so SIGKILL at once; a cancel of an attempt a heartbeat renewed keeps
+    the runner's grace (SIGTERM first: the run may have been cancelled by a user)."""
+
+    async def scenario() -> None:
+        rig = Rig()
+        lost, unknown, expired, cancelled = (rig.sup.start(assignment(t)) for t in ("l", "u", "e", "c"))
+        assert lost and unknown and expired and cancelled
+        rig.advance(1.0)
+        rig.sup.renewed(rig.wall() - 0.5, lost=[lost.lease])
+        rig.sup.registered(lost=[unknown.lease])
+        rig.sup.cancelled([cancelled.lease])
+        rig.advance(TTL + 1)
+        rig.sup.tick(rig.mono())
+        await rig.killed(4)
+        graces = dict(zip([k for k, _ in rig.runner.kills], rig.runner.graces))
+        assert graces == {lost.key: 0.0, unknown.key: 0.0, expired.key: 0.0, cancelled.key: None}
+
+    run(scenario)
