@@ -4,7 +4,7 @@ A stage gets a fresh work dir holding a copy of the pipeline's code bundle and
 this environment: ``OUTRIDER_INPUTS`` (each declared input under its name),
 ``OUTRIDER_OUTPUTS`` (where it writes each declared output),
 ``OUTRIDER_CHECKPOINT_DIR`` (where it saves checkpoints: :mod:`outrider.checkpoint`),
-``OUTRIDER_RUN_ID``, ``OUTRIDER_TASK``, ``OUTRIDER_ATTEMPT`` (1-based),
+``OUTRIDER_PIPELINE``, ``OUTRIDER_RUN_ID``, ``OUTRIDER_TASK``, ``OUTRIDER_ATTEMPT`` (1-based),
 ``TRACEPARENT`` (W3C trace context), plus the task's own ``env``.
 
 The stage is started by the agent's keeper (:mod:`agent.keeper`) in a new session (its
