@@ -10,13 +10,14 @@ promises made here, so they are overridden: it evicts past 1 GB (here
 Nothing in it is pickled: keys are strings, values are bytes (serialized protobuf, or a
 small JSON header before them), so bytes that came over the network are never unpickled.
 
-Every commit is synced (FULL) before the write counts as done; it is made on the event
-loop while the disk syncs fast and nothing waits in the writer thread, else by the writer
-thread, grouped as the scheduler groups its commits: what is queued while one
-transaction is being written goes into the next, so a burst of short stages costs one
-sync per batch, not one per result (:meth:`Journal.write`, :data:`FAST_S`). Rows go into
-diskcache's table directly, every value in the database (never in a file of its own,
-which diskcache would not sync): :class:`_RowWriter`.
+Every commit is synced (FULL) before the write counts as done; it is made by the writer
+thread (on the event loop itself only while the disk syncs in a fraction of a
+millisecond and nothing waits in the thread), grouped as the scheduler groups its
+commits: what is queued while one transaction is being written goes into the next, so
+a burst of short stages costs one sync per batch, not one per result
+(:meth:`Journal.write`, :data:`FAST_S`). Rows go into diskcache's table directly, every
+value in the database (never in a file of its own, which diskcache would not sync):
+:class:`_RowWriter`.
 
 Layout (keys)::
 
@@ -183,17 +184,18 @@ class _RowWriter:
 LATER_S = 0.2
 #: Where a commit is made. A handoff to the writer thread and back costs about 60 µs of CPU
 #: on the event loop's side alone (two thread wake-ups, the GIL, the loop's self-pipe),
-#: more than the commit itself on a disk that syncs in a fraction of a millisecond: 0.13 ms
-#: of agent CPU per short stage, 7 % of bench/core.py's throughput on two cores. So while
-#: the disk syncs fast, the event loop commits itself (the thread being idle), and the loop
-#: pays a blocked fraction of a millisecond per result instead. A disk that stops being fast
-#: must not stall the loop: one commit on the loop slower than SLOW_S sends the following
-#: ones to the writer thread, and only FAST_RUN consecutive thread commits faster than
-#: FAST_S bring them back (the thread measures for the loop: a slow disk never blocks the
-#: loop twice in a row). The guarantee is the same either way: FULL sync, on disk before
-#: the write's future resolves.
-FAST_S = 0.002
-SLOW_S = 0.010
+#: more than a commit on a disk that syncs in a tenth of a millisecond. But a commit on
+#: the loop blocks it for the whole sync, and every stage's events wait meanwhile: on this
+#: project's 2-core test machine a FULL commit took 0.35 ms idle and 0.7 ms under
+#: bench/core.py, and committing on the loop there cost 8 % of the benchmark's throughput
+#: (6 interleaved pairs, 5 won by the thread) although it saved agent CPU. So the event
+#: loop commits itself only while the disk syncs really fast (FAST_RUN consecutive thread
+#: commits under FAST_S, the thread idle); one commit on the loop slower than SLOW_S sends
+#: the following ones to the writer thread again (the thread measures for the loop: a slow
+#: disk never blocks the loop twice in a row). The guarantee is the same either way: FULL
+#: sync, on disk before the write's future resolves.
+FAST_S = 0.0003
+SLOW_S = 0.001
 FAST_RUN = 16
 
 
