@@ -15,8 +15,10 @@ from outrider.localcluster import LocalCluster
 
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    """A scheduler with short leases (3 s) so fault tests finish quickly; no agents yet."""
-    c = LocalCluster(tmp_path / "cluster", lease_ttl="3s", heartbeat_interval="0.5s")
+    """A scheduler with short leases (3 s, or the test module's ``LEASE_TTL``) so fault tests
+    finish quickly; no agents yet."""
+    ttl = getattr(request.module, "LEASE_TTL", "3s")
+    c = LocalCluster(tmp_path / "cluster", lease_ttl=ttl, heartbeat_interval="0.5s")
     try:
         yield c
     finally:
@@ -25,7 +27,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalClu
         if rep is not None and rep.failed:
             for d in [c.scheduler, *c.agents.values()]:
                 if d is not None:
-                    print(f"\n----- {d.name} log (tail) -----\n{d.tail(60)}")
+                    print(f"\n----- {d.name} log (tail) -----\n{d.tail(80)}")
 
 
 @pytest.hookimpl(hookwrapper=True)

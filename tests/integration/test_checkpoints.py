@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,8 @@ from tests.helpers.step_stage import pids, recorded, redone, steps_pipeline
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 TTL = 4.0
+LEASE_TTL = f"{TTL:g}s"  # (the cluster fixture, tests/integration/conftest.py)
 
-
-@pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", lease_ttl=f"{TTL:g}s", heartbeat_interval="0.5s")
-    try:
-        yield c
-    finally:
-        c.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for d in [c.scheduler, *c.agents.values()]:
-                if d is not None:
-                    print(f"\n----- {d.name} log (tail) -----\n{d.tail(80)}")
 
 
 def _task(client: object, run_id: str) -> object:

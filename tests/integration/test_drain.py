@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,7 @@ from tests.helpers.step_stage import alive, pids, recorded, redone, steps_pipeli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
-
-@pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", lease_ttl="4s", heartbeat_interval="0.5s")
-    try:
-        yield c
-    finally:
-        c.stop()
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            for d in [c.scheduler, *c.agents.values()]:
-                if d is not None:
-                    print(f"\n----- {d.name} log (tail) -----\n{d.tail(80)}")
+LEASE_TTL = "4s"  # (the cluster fixture, tests/integration/conftest.py)
 
 
 def _task(client: object, run_id: str) -> object:
