@@ -11,11 +11,11 @@ Figures:
   throughput_tasks_per_s  a pipeline of N independent `true` tasks, submit -> run finished
   latency_p50_ms/p99_ms   a one-task pipeline (`true`), submit -> success seen by the client
   agent_idle_rss_mb       one agent's RSS after registering, idle
-  scheduler_cpu_ms_per_task, agent_cpu_ms_per_task
-                          CPU time (user + system) the scheduler process and the agent
-                          processes spent per task over the throughput runs (stages not
-                          counted): what each side costs, steadier than wall-clock figures
-                          on a shared machine
+  scheduler_cpu_ms_per_task, agent_cpu_ms_per_task, keeper_cpu_ms_per_task
+                          CPU time (user + system) the scheduler process, the agent
+                          processes and their stage keepers spent per task over the
+                          throughput runs (stages not counted): what each side costs,
+                          steadier than wall-clock figures on a shared machine
 """
 from __future__ import annotations
 
@@ -59,6 +59,16 @@ def cpu_s(proc: psutil.Process) -> float:
     """User + system CPU seconds of a process itself (its children, the stages, not counted)."""
     t = proc.cpu_times()
     return t.user + t.system
+
+
+def keepers(root: Path) -> list[psutil.Process]:
+    """The agents' stage keepers (detached processes: not the agents' children) under ``root``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if any(a.endswith("keeper.py") for a in argv) and any(a.startswith(str(root)) for a in argv):
+            found.append(proc)
+    return found
 
 
 def rss_mb(pid: int) -> float:
@@ -105,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 assert cluster.scheduler is not None
                 sched = psutil.Process(cluster.scheduler.pid)
                 agents = [psutil.Process(d.pid) for d in cluster.agents.values()]
+                keeps = keepers(Path(tmp))  # (started by the latency runs' first stages)
                 sched_cpu0, agents_cpu0 = cpu_s(sched), sum(cpu_s(a) for a in agents)
+                keepers_cpu0 = sum(cpu_s(k) for k in keeps)
                 for _ in range(args.repeat):
                     t0 = time.perf_counter()
                     run_id = client.submit(spec).run_id
@@ -118,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 out["scheduler_cpu_ms_per_task"] = round((cpu_s(sched) - sched_cpu0) * 1000 / tasks_run, 3)
                 out["agent_cpu_ms_per_task"] = round(
                     (sum(cpu_s(a) for a in agents) - agents_cpu0) * 1000 / tasks_run, 3)
+                out["keeper_cpu_ms_per_task"] = round(
+                    (sum(cpu_s(k) for k in keeps) - keepers_cpu0) * 1000 / tasks_run, 3)
                 out["throughput_runs"] = [round(r, 1) for r in rates]
             out["agent_rss_after_mb"] = round(max(rss_mb(d.pid) for d in cluster.agents.values()), 1)
             assert cluster.scheduler is not None
@@ -138,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'scheduler_rss_mb':<26} {out['scheduler_rss_mb']:>10}")
     print(f"{'scheduler_cpu_ms_per_task':<26} {out['scheduler_cpu_ms_per_task']:>10}")
     print(f"{'agent_cpu_ms_per_task':<26} {out['agent_cpu_ms_per_task']:>10}")
+    print(f"{'keeper_cpu_ms_per_task':<26} {out['keeper_cpu_ms_per_task']:>10}")
     return 0
 
 
