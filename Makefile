@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench bench-placement protos check-protos sysdeps clean
+.PHONY: install demo test test-fast lint bench bench-placement bench-keeper protos check-protos sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ bench: install
 
 bench-placement: install
 	$(PY) bench/placement.py
+
+bench-keeper: install
+	$(PY) bench/keeper.py
 
 protos: install
 	$(PY) scripts/gen_protos.py
