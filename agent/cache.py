@@ -13,6 +13,7 @@ import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import BinaryIO
 
 from outrider.protocol import is_digest
 from outrider.v1 import common_pb2
@@ -186,8 +187,9 @@ class BlobCache:
         self.root.mkdir(parents=True, exist_ok=True)
         return self.root
 
-    def ingest_file(self, src: Path) -> tuple[str, int, Path]:
-        """Copy a file into a staging temporary while hashing it: (digest, size, temporary).
+    def ingest_file(self, src: Path | BinaryIO) -> tuple[str, int, Path]:
+        """Copy a file (a path, or one open for reading) into a staging temporary while
+        hashing it: (digest, size, temporary).
 
         Blocking; for a worker thread. Hashing the copy (not the original a second
         time) guarantees the cached bytes are those the digest names (invariant 6).
@@ -201,7 +203,8 @@ class BlobCache:
         h = hashlib.sha256()
         size = 0
         try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+            with os.fdopen(fd, "wb") as out, contextlib.ExitStack() as stack:
+                fh = src if not isinstance(src, Path) else stack.enter_context(open(src, "rb"))
                 while chunk := fh.read(CHUNK):
                     h.update(chunk)
                     out.write(chunk)

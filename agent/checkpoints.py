@@ -223,10 +223,14 @@ class Checkpoints:
         store: where snapshots are kept.
         transfers: uploads and downloads.
         uplink: where reports go.
+        max_extract_bytes: the most a checkpoint restored from here may expand to; None: no ceiling.
     """
 
-    def __init__(self, store: CheckpointStore, transfers: Transfers, uplink: Uplink) -> None:
+    def __init__(
+        self, store: CheckpointStore, transfers: Transfers, uplink: Uplink, *, max_extract_bytes: int | None = None
+    ) -> None:
         self.store = store
+        self.max_extract_bytes = max_extract_bytes
         self.transfers = transfers
         self.uplink = uplink
         self._tracked: dict[StageKey, _Tracked] = {}
@@ -263,7 +267,7 @@ class Checkpoints:
             self._seq[stage.key] = max(self._seq.get(stage.key, 0), own.seq)
             path = await asyncio.to_thread(self.store.path, own)
             if path is not None:
-                await asyncio.to_thread(_unpack, path, dest)
+                await asyncio.to_thread(_unpack, path, dest, self.max_extract_bytes)
                 self._restored.add(stage.key)
                 log.info("%s/%s attempt %d resumes from its own checkpoint %d", *stage.key, own.seq)
                 return
@@ -272,7 +276,7 @@ class Checkpoints:
             return
         local = await asyncio.to_thread(self.store.find, ref.digest) if self.store.exists() else None
         if local is not None:
-            await asyncio.to_thread(_unpack, local, dest)
+            await asyncio.to_thread(_unpack, local, dest, self.max_extract_bytes)
         else:
             await self.transfers.fetch(
                 common_pb2.ArtifactRef(name="checkpoint", digest=ref.digest, kind=ArtifactKind.DIR.value), dest
@@ -457,12 +461,12 @@ def _pack(src: Path, tar: Path) -> tuple[str, int]:
     return digest, size
 
 
-def _unpack(tar: Path, dest: Path) -> None:
+def _unpack(tar: Path, dest: Path, max_bytes: int | None) -> None:
     from outrider.artifacts import unpack_dir
 
     if dest.exists():
         shutil.rmtree(dest)
-    unpack_dir(tar, dest)
+    unpack_dir(tar, dest, max_bytes=max_bytes)
     (dest / MARKER).touch()
 
 

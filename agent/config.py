@@ -28,6 +28,9 @@ class AgentConfig:
     bandwidth_probe_bytes: int = 4 << 20
     # Bound on the artifact cache (state_dir/cache); least recently used blobs go first; 0: no bound.
     cache_max_bytes: int = 10 << 30
+    # Ceiling on what one directory artifact (an input, a checkpoint) may expand to in a work
+    # dir, and on what the symlinks in a directory output may add to it; 0: no ceiling.
+    max_extract_bytes: int = 10 << 30
     # Draining (first SIGTERM, `outrider drain`, a preemption notice): how long a stage has,
     # after its SIGTERM, to save a checkpoint and exit before it is killed.
     drain_grace: float = 60.0

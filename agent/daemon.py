@@ -118,9 +118,15 @@ class Agent:
             self.scratch,
             ride_out=lambda: self.supervisor.lease_ttl,
             probe_bytes=cfg.bandwidth_probe_bytes,
+            max_extract_bytes=cfg.max_extract_bytes,
         )
         self.keeper = KeeperClient(self.state_dir, env, grace=cfg.kill_grace)
-        self.checkpoints = Checkpoints(CheckpointStore(self.state_dir / "checkpoints"), self.transfers, self.uplink)
+        self.checkpoints = Checkpoints(
+            CheckpointStore(self.state_dir / "checkpoints"),
+            self.transfers,
+            self.uplink,
+            max_extract_bytes=cfg.max_extract_bytes or None,
+        )
         self.runner = Runner(
             self.work_root,
             self.keeper,

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cache-max-bytes", help="bound on the artifact cache, e.g. 10GiB; least recently used go first (0: no bound)"
     )
+    p.add_argument(
+        "--max-extract-bytes",
+        help="ceiling on what one directory artifact may expand to in a work dir, e.g. 10GiB (0: none)",
+    )
     return p
 
 
@@ -131,7 +135,7 @@ def load_config(argv: list[str] | None = None) -> Any:
         cfg["zones"] = parse_zones(cfg["zones"])
     except ValueError as exc:
         raise ConfigError(f"{source}: zones: {exc}") from None
-    for key in ("bandwidth_probe_bytes", "cache_max_bytes"):
+    for key in ("bandwidth_probe_bytes", "cache_max_bytes", "max_extract_bytes"):
         try:
             cfg[key] = parse_bytes(cfg[key])
         except ValueError as exc:

@@ -18,6 +18,8 @@ How an attempt ends, as the runner reports it::
 
     exit 0, every output published ─────────────────────▶ succeeded
     exit ≠ 0, or a declared output missing ─────────────▶ failed (a retry is spent)
+    an output is or holds a symlink out of the outputs
+    dir (or dangling, or a cycle) ──────────────────────▶ failed
     past its timeout ───────────────────────────────────▶ timeout
     stopped by the agent (cancel, lease lost, ...) ─────▶ cancelled (not reported)
     drained (asked to checkpoint and stop) ─────────────▶ released (no retry spent),
@@ -43,6 +45,7 @@ from agent.keeper_client import KeeperClient, KeeperLost
 from agent.logtail import LogSink, LogTail
 from agent.stage import AgentFault, Stage, StopReason
 from agent.workdirs import WorkdirPool
+from outrider.errors import InvalidArgument
 from outrider.protocol import Outcome
 from outrider.v1 import agent_pb2, common_pb2
 
@@ -229,7 +232,8 @@ class Runner:
             completion.error = f"exit code {rc}" if rc > 0 else f"killed by signal {-rc}"
             return completion
         outputs = stage.outrider_dir / "outputs"
-        missing = [name for name in a.spec.outputs if not (outputs / name).exists()]
+        # lexists: a link that dangles is there, and publishing it says where it points.
+        missing = [name for name in a.spec.outputs if not os.path.lexists(outputs / name)]
         if missing:
             if draining:
                 return self._stopped(completion, stage, reason)  # type: ignore[arg-type]
@@ -238,9 +242,18 @@ class Runner:
                 f"declared output(s) missing: {', '.join(missing)} (the stage must write each under $OUTRIDER_OUTPUTS)"
             )
             return completion
+        made = os.path.join(os.path.realpath(stage.workdir), os.path.relpath(outputs, stage.workdir))
+        if os.path.realpath(outputs) != made:  # links are checked against the outputs dir: it must be ours
+            completion.outcome = Outcome.FAILED.value
+            completion.error = "$OUTRIDER_OUTPUTS was replaced by a symlink; outputs must be written into it"
+            return completion
         for name in a.spec.outputs:
             try:
                 completion.outputs.append(await self.publish(name, outputs / name))
+            except InvalidArgument as exc:  # a link out of the outputs dir, a FIFO: the task's fault
+                completion.outcome = Outcome.FAILED.value
+                completion.error = str(exc)
+                return completion
             except OSError as exc:
                 if not isinstance(exc, ConnectionError) and exc.errno in _DISK_ERRNOS:
                     raise AgentFault(f"cannot publish output {name!r}: {exc.strerror or exc}") from None

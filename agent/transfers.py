@@ -55,6 +55,8 @@ class Transfers:
         ride_out: the current lease TTL: how long a call waits for a broken link to
             come back (past it the lease is gone anyway and the attempt runs elsewhere).
         probe_bytes: size of the start-up bandwidth probe; 0: none.
+        max_extract_bytes: ceiling on what a directory artifact may expand to in a work
+            dir (and on what the symlinks in a directory output may add); 0: none.
     """
 
     def __init__(
@@ -65,11 +67,13 @@ class Transfers:
         *,
         ride_out: Callable[[], float],
         probe_bytes: int = 0,
+        max_extract_bytes: int = 0,
     ) -> None:
         self.cache = cache
         self.link = link
         self.scratch = scratch
         self.probe_bytes = probe_bytes
+        self.max_extract_bytes = max_extract_bytes or None
         self._ride_out = ride_out
         self._stub: Any = None
         self._fetching: dict[str, asyncio.Future[Path]] = {}
@@ -148,14 +152,22 @@ class Transfers:
         """Make an artifact appear at ``dest``, downloading it into the cache once.
 
         The blob is marked in use from before the download until it is placed, so
-        eviction never removes it under a stage that is about to read it.
+        eviction never removes it under a stage that is about to read it. A directory
+        expands to no more than its declared size and ``max_extract_bytes``.
         """
         from outrider.artifacts import place
 
         self.cache.acquire(ref.digest)
         try:
             blob = await self._cached(ref.digest, ref.kind)
-            await asyncio.to_thread(place, blob, ref.kind or ArtifactKind.FILE.value, dest)
+            await asyncio.to_thread(
+                place,
+                blob,
+                ref.kind or ArtifactKind.FILE.value,
+                dest,
+                declared_size=ref.size or None,
+                max_bytes=self.max_extract_bytes,
+            )
         finally:
             self.cache.release(ref.digest)
             self.cache.evict()
@@ -210,10 +222,14 @@ class Transfers:
         Keeping it (a file is copied in while it is hashed, a dir's packed tar is
         moved in) means a downstream stage placed here finds its input locally, and
         the cache inventory tells the scheduler so (data locality).
+
+        ``path`` is ``OUTPUTS_DIR/name``; a symlink there or in its tree may lead only
+        inside the outputs dir (InvalidArgument otherwise: the task's fault), and is
+        published as what it leads to (:func:`outrider.artifacts.pack_dir`).
         """
         from outrider.artifacts import upload_chunks
 
-        digest, size, kind, tmp, source = await asyncio.to_thread(self._stash_output, path)
+        digest, size, kind, tmp, source = await asyncio.to_thread(self._stash_output, name, path)
         upload_from, remove_after, kept = source, None, False
         if tmp is not None:
             # On the event loop with no await in between: eviction cannot interleave.
@@ -258,28 +274,33 @@ class Transfers:
 
         await self._with_scheduler(what, push)
 
-    def _stash_output(self, path: Path) -> tuple[str, int, str, Path | None, Path]:
+    def _stash_output(self, name: str, path: Path) -> tuple[str, int, str, Path | None, Path]:
         """(digest, size, kind, temporary copy inside the cache or None, original) of an output.
 
         Runs in a worker thread. A file is hashed while it is copied into the cache's
-        staging area (one read); a dir is packed straight into it. If the copy fails
-        (disk full), the output is still hashed and uploaded, just not kept.
+        staging area (one read, from a descriptor opened without following links); a
+        dir is packed straight into it. If the copy fails (disk full), the output is
+        still hashed and uploaded from its real path, just not kept.
         """
+        import stat
         import tempfile
 
-        from outrider.artifacts import hash_file, pack_dir
-        from outrider.errors import InvalidArgument
+        from outrider.artifacts import hash_file, open_output, pack_dir
 
-        if path.is_file():
-            try:
-                digest, size, tmp = self.cache.ingest_file(path)
-                return digest, size, ArtifactKind.FILE.value, tmp, path
-            except OSError as exc:
-                log.warning("cannot keep output %s in the artifact cache: %s", path, exc)
-                digest, size = hash_file(path)
-                return digest, size, ArtifactKind.FILE.value, None, path
-        if not path.is_dir():
-            raise InvalidArgument(f"{path} is neither a file nor a directory")
+        what = f"output {name!r}"
+        fd, real = open_output(path, path.parent, what)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)  # packed below, link by checked link
+        else:
+            with os.fdopen(fd, "rb") as fh:
+                try:
+                    digest, size, tmp = self.cache.ingest_file(fh)
+                    return digest, size, ArtifactKind.FILE.value, tmp, Path(real)
+                except OSError as exc:
+                    log.warning("cannot keep output %s in the artifact cache: %s", path, exc)
+                    fh.seek(0)
+                    digest, size = hash_file(fh)
+                    return digest, size, ArtifactKind.FILE.value, None, Path(real)
         try:
             staging = self.cache.staging()
         except OSError:
@@ -288,7 +309,7 @@ class Transfers:
         os.close(fd)
         tar = Path(name)
         try:
-            digest, size = pack_dir(path, tar)
+            digest, size = pack_dir(path, tar, within=path.parent, link_budget=self.max_extract_bytes, what=what)
         except BaseException:
             tar.unlink(missing_ok=True)
             raise

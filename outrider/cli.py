@@ -413,12 +413,12 @@ def cmd_artifact_get(args: argparse.Namespace) -> int:
         if args.extract:
             import tempfile
 
-            from outrider.artifacts import unpack_dir
+            from outrider.artifacts import CLI_MAX_EXTRACT_BYTES, unpack_dir
 
             with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
                 blob = client.download(args.digest, Path(tmp) / "blob", progress)
-                unpack_dir(blob, dest)
-                size = blob.stat().st_size
+                size = blob.stat().st_size  # the bytes the digest names: the declared size
+                unpack_dir(blob, dest, declared_size=size, max_bytes=CLI_MAX_EXTRACT_BYTES)
         else:
             size = client.download(args.digest, dest, progress).stat().st_size
     if show:

@@ -71,3 +71,15 @@ def test_drain_grace_and_preemption_file(pki_dir: Path, tmp_path: Path) -> None:
     assert (cfg.drain_grace, cfg.preemption_file) == (120.0, str(tmp_path / "notice"))
     with pytest.raises(ConfigError, match="drain_grace"):
         load(*base, "--drain-grace", "soon")
+
+
+def test_max_extract_bytes_from_flags_and_toml(pki_dir: Path, tmp_path: Path) -> None:
+    """The ceiling on what one directory artifact may expand to in a work dir (issue 8)."""
+    base = ("--scheduler", "s:1", "--pki-dir", str(pki_dir), "--name", "edge-1")
+    assert load(*base).max_extract_bytes == 10 << 30
+    assert load(*base, "--max-extract-bytes", "512MiB").max_extract_bytes == 512 << 20
+    toml = tmp_path / "agent.toml"
+    toml.write_text(f'scheduler = "s:1"\npki_dir = "{pki_dir}"\nname = "edge-1"\nmax_extract_bytes = "2GiB"\n')
+    assert load("--config", str(toml)).max_extract_bytes == 2 << 30
+    with pytest.raises(ConfigError, match="max_extract_bytes"):
+        load(*base, "--max-extract-bytes", "lots")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -205,6 +206,49 @@ def test_a_program_the_os_cannot_take_is_the_tasks_fault_and_the_keeper_lives_on
             assert rig.faults == []
             c = await rig.runner.run(rig.stage(["true"], task="after"))
             assert c.outcome == "succeeded"
+        finally:
+            await rig.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        ('ln -s /etc/passwd "$OUTRIDER_OUTPUTS/o"', r"^output 'o': the symlink o -> '/etc/passwd' points outside"),
+        ('ln -s "$OUTRIDER_OUTPUTS/gone" "$OUTRIDER_OUTPUTS/o"', r"^output 'o': the symlink o -> .* dangles"),
+        ('mkdir "$OUTRIDER_OUTPUTS/o" && ln -s .. "$OUTRIDER_OUTPUTS/o/up"', r"^output 'o': .* cycle of links"),
+        ('mkdir away && echo x > away/o && rm -r "$OUTRIDER_OUTPUTS" && ln -s "$PWD/away" "$OUTRIDER_OUTPUTS"',
+         r"^\$OUTRIDER_OUTPUTS was replaced by a symlink"),
+    ],
+    ids=["outside", "dangling", "cycle", "outputs-dir-replaced"],
+)
+def test_an_output_that_is_a_bad_symlink_fails_the_task_not_the_agent(
+    tmp_rig: Rig, tmp_path: Path, script: str, error: str
+) -> None:
+    """Issue 8: a stage cannot publish what a link outside its outputs dir points to."""
+    from outrider.artifacts import describe
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    async def publish(name: str, path: Path) -> common_pb2.ArtifactRef:
+        digest, size, kind, _ = await asyncio.to_thread(describe, path, scratch)
+        return common_pb2.ArtifactRef(name=name, digest=digest, size=size, kind=kind)
+
+    async def scenario() -> None:
+        rig = tmp_rig
+        rig.runner.publish = publish
+        try:
+            c = await rig.runner.run(rig.stage([script], shell=True, outputs=("o",)))
+            assert (c.outcome, c.exit_code) == ("failed", 0), c.error
+            assert re.search(error, c.error), c.error
+            assert rig.faults == [] and list(c.outputs) == []
+            # A link that stays inside the outputs dir is published as what it points to.
+            ok = 'echo hi > "$OUTRIDER_OUTPUTS/real" && ln -s real "$OUTRIDER_OUTPUTS/o"'
+            c = await rig.runner.run(rig.stage([ok], shell=True, outputs=("o",), task="ok"))
+            assert c.outcome == "succeeded", c.error
+            assert [(o.name, o.kind, o.size) for o in c.outputs] == [("o", "file", 3)]
         finally:
             await rig.close()
 

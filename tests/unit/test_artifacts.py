@@ -347,3 +347,177 @@ def test_store_refuses_negative_size_and_reports_missing(tmp_path: Path) -> None
         store.size(sha(b"nope"))
     with pytest.raises(NotFound):
         list(store.read_chunks(sha(b"nope")))
+
+
+# --------------------------------------------------------------------------- symlinks in outputs (issue 8)
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    """A stage's outputs dir, with a secret beside it (the agent's key, say) that no link may reach."""
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "agent.key").write_text("PRIVATE KEY")
+    out = tmp_path / "work" / ".outrider" / "outputs"
+    out.mkdir(parents=True)
+    (tmp_path / "scratch").mkdir()
+    return out
+
+
+def test_pack_dir_of_a_plain_tree_is_byte_identical_to_before(tmp_path: Path) -> None:
+    """Packing from file descriptors changed no digest: caches and checkpoints stay valid."""
+    root = make_tree(tmp_path / "one")
+    (root / "sub" / ("long" * 40)).mkdir()
+    (root / "sub" / ("long" * 40) / "ünï.txt").write_text("x")
+    expected = "1b0d96422b8cf9b62631ac74e5cc4164736738f9d9d13b05d8bbe0fb9388971b"  # the os.walk packer's
+    assert pack_dir(root, tmp_path / "one.tar") == (expected, 20480)
+    assert describe(root, tmp_path)[:2] == (expected, 20480)
+
+
+@pytest.mark.parametrize("target", ["secret-file", "secret-dir", "/etc/passwd", "relative-escape"])
+def test_an_output_that_links_out_of_the_outputs_dir_is_refused(outputs: Path, target: str) -> None:
+    secret = outputs.parents[2] / "secret"
+    to = {
+        "secret-file": str(secret / "agent.key"),
+        "secret-dir": str(secret),
+        "/etc/passwd": "/etc/passwd",
+        "relative-escape": "../../../secret/agent.key",
+    }[target]
+    (outputs / "out").symlink_to(to)
+    with pytest.raises(InvalidArgument, match=r"symlink out -> .* points outside the outputs dir") as err:
+        describe(outputs / "out", outputs.parents[2] / "scratch")
+    assert to in str(err.value)
+    assert list((outputs.parents[2] / "scratch").iterdir()) == []  # no tar left behind
+
+
+def test_a_link_inside_a_directory_output_that_leads_out_is_refused(outputs: Path) -> None:
+    d = outputs / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "ok.txt").write_text("ok")
+    (d / "sub" / "leak").symlink_to(outputs.parents[2] / "secret" / "agent.key")
+    with pytest.raises(InvalidArgument, match=r"output .*: the symlink d/sub/leak -> .* points outside"):
+        describe(d, outputs.parents[2] / "scratch")
+    with pytest.raises(InvalidArgument, match="outside"):
+        pack_dir(d, outputs.parents[2] / "t.tar", within=outputs, what="output 'd'")
+
+
+@pytest.mark.parametrize("kind", ["dangling", "file-cycle", "dir-cycle", "self", "outputs-dir"])
+def test_dangling_links_and_cycles_are_refused(outputs: Path, kind: str) -> None:
+    scratch = outputs.parents[2] / "scratch"
+    if kind == "dangling":
+        (outputs / "out").symlink_to(outputs / "nothing")
+        match = r"symlink out -> .*nothing.* leads to nothing \(it dangles\)"
+    elif kind == "file-cycle":
+        (outputs / "out").symlink_to("other")
+        (outputs / "other").symlink_to("out")
+        match = r"symlink out -> 'other' leads to a cycle of links"
+    elif kind == "dir-cycle":
+        (outputs / "out" / "sub").mkdir(parents=True)
+        (outputs / "out" / "sub" / "up").symlink_to("..")
+        match = r"the symlink out/sub/up leads round a cycle of links"
+    elif kind == "self":
+        (outputs / "out").symlink_to("out")
+        match = r"symlink out -> 'out' leads to a cycle of links"
+    else:
+        (outputs / "out").mkdir()
+        (outputs / "out" / "all").symlink_to(outputs)
+        match = r"the symlink out/all leads round a cycle of links"
+    with pytest.raises(InvalidArgument, match=match):
+        describe(outputs / "out", scratch)
+    assert list(scratch.iterdir()) == []
+
+
+def test_links_inside_the_outputs_dir_are_packed_as_what_they_point_to(outputs: Path, tmp_path: Path) -> None:
+    (outputs / "model" / "v3").mkdir(parents=True)
+    (outputs / "model" / "v3" / "weights.bin").write_bytes(b"w" * 1000)
+    (outputs / "model" / "latest").symlink_to("v3")  # a dir link: packed as its tree
+    (outputs / "model" / "readme").symlink_to(outputs / "notes.txt")  # absolute, to a sibling output
+    (outputs / "notes.txt").write_text("notes")
+    (outputs / "alias").symlink_to("notes.txt")  # an output that is a link to a file
+    digest, size, kind, blob = describe(outputs / "model", tmp_path / "scratch")
+    assert kind == "dir"
+    with tarfile.open(blob) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert all(m.isfile() or m.isdir() for m in members.values())  # links became content
+    assert set(members) == {"latest", "v3", "readme", "latest/weights.bin", "v3/weights.bin"}
+    unpack_dir(blob, tmp_path / "got")
+    assert (tmp_path / "got" / "latest" / "weights.bin").read_bytes() == b"w" * 1000
+    assert (tmp_path / "got" / "readme").read_text() == "notes"
+    # The same as packing the tree the links stand for.
+    plain = tmp_path / "plain"
+    (plain / "v3").mkdir(parents=True)
+    (plain / "v3" / "weights.bin").write_bytes(b"w" * 1000)
+    (plain / "latest").mkdir()
+    (plain / "latest" / "weights.bin").write_bytes(b"w" * 1000)
+    (plain / "readme").write_text("notes")
+    assert pack_dir(plain, tmp_path / "plain.tar") == (digest, size)
+    f_digest, f_size, f_kind, f_path = describe(outputs / "alias", tmp_path / "scratch")
+    assert (f_digest, f_size, f_kind) == (sha(b"notes"), 5, "file")
+    assert f_path == Path(os.path.realpath(outputs / "notes.txt"))  # uploaded from the real file
+
+
+def test_what_links_add_to_an_output_is_bounded(outputs: Path, tmp_path: Path) -> None:
+    """Links that each repeat a big directory must not fill the agent's disk while packing."""
+    (outputs / "d" / "big").mkdir(parents=True)
+    (outputs / "d" / "big" / "blob").write_bytes(b"b" * 4096)
+    for i in range(4):
+        (outputs / "d" / f"copy{i}").symlink_to("big")
+    with pytest.raises(InvalidArgument, match="the symlinks in it add more than 10000 bytes"):
+        pack_dir(outputs / "d", tmp_path / "t.tar", within=outputs, link_budget=10_000, what="output 'd'")
+    pack_dir(outputs / "d", tmp_path / "t.tar", within=outputs, link_budget=4 * 4096)
+
+
+def test_a_fifo_in_an_output_is_refused_without_blocking(outputs: Path, tmp_path: Path) -> None:
+    (outputs / "d").mkdir()
+    os.mkfifo(outputs / "d" / "pipe")
+    (outputs / "p").symlink_to(outputs / "d" / "pipe")
+    with pytest.raises(InvalidArgument, match="only regular files and directories"):
+        describe(outputs / "d", tmp_path / "scratch")
+    with pytest.raises(InvalidArgument, match="only regular files and directories"):
+        describe(outputs / "p", tmp_path / "scratch")
+
+
+# --------------------------------------------------------------------------- bounded extraction (issue 8)
+
+
+def _zeros_tar(path: Path, size: int, mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tar:  # type: ignore[call-overload]
+        info = tarfile.TarInfo("zeros.bin")
+        info.size = size
+        tar.addfile(info, io.BytesIO(bytes(size)))
+    return path
+
+
+def test_unpack_dir_refuses_a_compressed_archive(tmp_path: Path) -> None:
+    """A 2 MiB file of zeros gzips to a few KiB: "r" would inflate it; only plain tars are ours."""
+    for mode in ("w:gz", "w:bz2", "w:xz"):
+        archive = _zeros_tar(tmp_path / f"bomb.{mode[2:]}", 2 << 20, mode)
+        assert archive.stat().st_size < 64 << 10
+        dest = tmp_path / f"out-{mode[2:]}"
+        with pytest.raises(DataLoss, match="artifact archive is compressed or not a tar"):
+            unpack_dir(archive, dest)
+        assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_unpack_dir_refuses_contents_larger_than_the_declared_size(tmp_path: Path) -> None:
+    archive = _zeros_tar(tmp_path / "t.tar", 2 << 20)
+    dest = tmp_path / "out"
+    with pytest.raises(DataLoss, match=r"more than its own size \(65536 bytes\)"):
+        unpack_dir(archive, dest, declared_size=64 << 10)
+    assert not dest.exists() or list(dest.iterdir()) == []
+    unpack_dir(archive, dest, declared_size=archive.stat().st_size)
+    assert (dest / "zeros.bin").stat().st_size == 2 << 20
+
+
+def test_unpack_dir_refuses_contents_above_the_ceiling_and_too_many_entries(tmp_path: Path) -> None:
+    archive = _zeros_tar(tmp_path / "t.tar", 2 << 20)
+    dest = tmp_path / "out"
+    with pytest.raises(DataLoss, match=r"more than the extraction ceiling of 1048576 bytes"):
+        unpack_dir(archive, dest, max_bytes=1 << 20)
+    with pytest.raises(DataLoss, match=r"more than 2 entries"):
+        root = make_tree(tmp_path / "many")
+        pack_dir(root, tmp_path / "many.tar")
+        unpack_dir(tmp_path / "many.tar", dest, max_members=2)
+    assert list(dest.iterdir()) == []
+    with pytest.raises(DataLoss, match=r"ceiling of 1048576"):
+        place(archive, "dir", tmp_path / "placed", declared_size=archive.stat().st_size, max_bytes=1 << 20)
+    assert list((tmp_path / "placed").iterdir()) == []

@@ -128,3 +128,67 @@ def test_probe_disabled_by_zero_bytes(tmp_path: Path, monkeypatch: pytest.Monkey
         assert agent.transfers.probed  # the session never starts one
 
     asyncio.run(scenario())
+
+
+def test_an_output_linking_out_of_the_outputs_dir_is_not_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8: a link to the agent's own key was uploaded byte-identical."""
+    from outrider.errors import InvalidArgument
+
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch)
+        uploads: list[str] = []
+
+        class FakeArtifacts:
+            async def Stat(self, req):  # type: ignore[no-untyped-def]
+                return SimpleNamespace(exists=False)
+
+            async def Upload(self, chunks):  # type: ignore[no-untyped-def]
+                uploads.append((await chunks.__anext__()).header.digest)
+
+        agent.transfers.attach(FakeArtifacts())
+        key = tmp_path / "agent.key"
+        key.write_text("PRIVATE KEY")
+        outputs = tmp_path / "outputs"
+        (outputs / "d").mkdir(parents=True)
+        (outputs / "key").symlink_to(key)
+        (outputs / "d" / "key").symlink_to(key)
+        for name in ("key", "d"):
+            with pytest.raises(InvalidArgument, match=rf"output '{name}': the symlink {name}(/key)? -> .*agent.key"):
+                await agent.transfers.publish(name, outputs / name)
+        assert uploads == [] and agent.cache.digests() == []
+        assert list(agent.scratch.iterdir()) == [] and list(agent.cache.root.rglob(".part-*")) == []
+        # A link inside the outputs dir is published as the file it points to.
+        (outputs / "real").write_text("mine")
+        (outputs / "alias").symlink_to("real")
+        ref = await agent.transfers.publish("alias", outputs / "alias")
+        assert (ref.kind, ref.digest) == ("file", digest_of(b"mine")) and uploads == [ref.digest]
+
+    asyncio.run(scenario())
+
+
+def test_fetch_bounds_a_directory_by_max_extract_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from outrider.artifacts import pack_dir
+    from outrider.errors import DataLoss
+
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch, max_extract_bytes=1 * MiB)
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "big").write_bytes(bytes(2 * MiB))
+        digest, size = pack_dir(src, tmp_path / "t.tar")
+        blob = agent.cache.path(digest)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "t.tar").rename(blob)
+        dest = tmp_path / "work" / "in"
+        with pytest.raises(DataLoss, match=r"extraction ceiling of 1048576 bytes"):
+            await agent.transfers.fetch(common_pb2.ArtifactRef(digest=digest, kind="dir", size=size), dest)
+        assert not dest.exists() or list(dest.iterdir()) == []
+        with pytest.raises(DataLoss, match=r"more than its own size \(4096 bytes\)"):  # a lying declared size
+            await agent.transfers.fetch(common_pb2.ArtifactRef(digest=digest, kind="dir", size=4096), dest)
+        agent.transfers.max_extract_bytes = 4 * MiB
+        await agent.transfers.fetch(common_pb2.ArtifactRef(digest=digest, kind="dir", size=size), dest)
+        assert (dest / "big").stat().st_size == 2 * MiB
+
+    asyncio.run(scenario())
