@@ -40,6 +40,7 @@ from outrider.v1 import common_pb2
 __all__ = [
     "GRAPH_FIELDS",
     "LABEL_KEY_PATTERN",
+    "MAX_NAME_LENGTH",
     "NAME_PATTERN",
     "TENANT_PATTERN",
     "ZONE_PATTERN",
@@ -63,6 +64,9 @@ __all__ = [
 #: Task, output, input and pipeline names. No dots, so ``task.output`` is unambiguous.
 NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_-]*"
 _NAME_RE = re.compile(NAME_PATTERN)
+#: The longest task, output, input or pipeline name: names become file names on the scheduler
+#: (``logs/<run>/<task>/``) and on agents, and most file systems stop at 255 bytes a name.
+MAX_NAME_LENGTH = 128
 #: Data-residency zone names (``requires.residency``).
 ZONE_PATTERN = r"[A-Za-z0-9._-]+"
 _ZONE_RE = re.compile(ZONE_PATTERN)
@@ -115,6 +119,8 @@ def name_problem(name: Any, what: str) -> str | None:
         return f"{what} must be a string, got {describe_value(name)}"
     if not name:
         return f"{what} must not be empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"{what} is {len(name)} characters long, over the limit of {MAX_NAME_LENGTH}: {name[:40]!r}..."
     if not _NAME_RE.fullmatch(name):
         return (
             f"invalid {what} {name!r}: use letters, digits, '_' and '-', "
@@ -254,6 +260,8 @@ def validate_proto(spec: common_pb2.PipelineSpec) -> list[str]:
 def wire_field(spec: common_pb2.PipelineSpec, problem: SpecProblem, counts: Mapping[str, int] | None = None) -> str:
     """``problem``'s field as ``validate_proto`` prints it: ``tasks[train].run[1]`` style.
 
+    A task is named by its index where its name is not unique or too long to quote; a long
+    map key is cut.
     A bad label key is reported on ``requires.labels`` itself: the key may be empty or blank,
     and the message quotes it. ``counts`` (task name -> how many tasks bear it) saves a
     recount when printing many problems of one spec.
@@ -265,11 +273,11 @@ def wire_field(spec: common_pb2.PipelineSpec, problem: SpecProblem, counts: Mapp
     for i, part in enumerate(path):
         if i == 1 and path[0] == "tasks" and isinstance(part, int):
             name = spec.tasks[part].name
-            text += f"[{name if name and counts[name] == 1 else part}]"
+            text += f"[{name if name and counts[name] == 1 and len(name) <= MAX_NAME_LENGTH else part}]"
         elif isinstance(part, int):
             text += f"[{part}]"
-        else:
-            text += ("." if text else "") + part
+        else:  # a field, or a map key (an input, an env var): cut where too long to quote
+            text += ("." if text else "") + (part if len(part) <= MAX_NAME_LENGTH else part[:40] + "...")
     return text
 
 
@@ -398,6 +406,8 @@ def upstream_names(task: GraphTask) -> list[str]:
 
 def _suggest(word: str, choices: Iterable[str], known: str = "known") -> str:
     """A "did you mean" hint, or a list of what exists when nothing is close."""
+    if len(word) > MAX_NAME_LENGTH:  # no name is close, and difflib's cost grows with the length
+        return ""
     options = sorted({c for c in choices if c})
     close = difflib.get_close_matches(word, options, n=1)
     if close:

@@ -16,11 +16,11 @@ from typing import Any
 from outrider.errors import OutriderError
 from outrider.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from scheduler.api import bounds, wire
-from scheduler.api.status import status_code, unary
+from scheduler.api.status import abort, bounded, unary
 from scheduler.auth import current_identity
 from scheduler.core.channel import Channel
 from scheduler.core.engine import Engine
-from scheduler.core.messages import Ack, CheckpointAck, HeartbeatReply, LeaseRef
+from scheduler.core.messages import Ack, CheckpointAck, Heartbeat, HeartbeatReply, LeaseRef
 
 log = logging.getLogger(__name__)
 MAX_POLL_WAIT_S = 60.0
@@ -38,6 +38,15 @@ def _refusal(fut: asyncio.Future[None]) -> OutriderError | None:
     """What a resolved commit future says: None (durable), or why the store refused it."""
     exc = None if fut.cancelled() else fut.exception()
     return exc if exc is None or isinstance(exc, OutriderError) else OutriderError(str(exc))
+
+
+def check_stream_message(msg: agent_pb2.AgentMessage) -> tuple[Heartbeat | None, int]:
+    """The parts of a work-stream message that concern the stream itself (its heartbeat and
+    credits), checked as Register's and the unary Heartbeat's are. A bad one can only come from
+    a broken or hostile agent, and no answer on the stream could name it: it ends the stream
+    with INVALID_ARGUMENT naming the field, before anything in the message is applied."""
+    beat = wire.heartbeat_from_proto(msg.heartbeat, "heartbeat") if msg.HasField("heartbeat") else None
+    return beat, bounds.integer("credits", msg.credits, 0, bounds.MAX_SLOTS)
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -70,30 +79,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             lost=[wire.lease_to_proto(r) for r in lost],
         )
 
-    def _heartbeat(self, name: str, hb: agent_pb2.HeartbeatRequest) -> HeartbeatReply:
-        bounds.number("heartbeat.client_time", hb.client_time)
-        bounds.integer("heartbeat.free_slots", hb.free_slots, 0, bounds.MAX_SLOTS)
-        caps = wire.capabilities_from_proto(hb.capabilities) if hb.HasField("capabilities") else None
-        lost = self.engine.heartbeat(
-            name,
-            wire.leases_from_proto(hb.leases),
-            wire.clocks_from_proto(hb.clock),
-            caps,
-            unhealthy=bounds.clip(hb.unhealthy, bounds.MAX_REASON),
-            draining=hb.draining,
-        )
+    def _heartbeat(self, name: str, hb: Heartbeat) -> HeartbeatReply:
+        lost = self.engine.heartbeat(name, hb.leases, hb.clocks, hb.caps, unhealthy=hb.unhealthy, draining=hb.draining)
         return self._reply(lost, hb.client_time)
 
     @unary
     async def Heartbeat(self, request: agent_pb2.HeartbeatRequest, context: Any) -> agent_pb2.HeartbeatResponse:
-        return wire.heartbeat_to_proto(self._heartbeat(current_identity().name, request))
+        beat = wire.heartbeat_from_proto(request)
+        return wire.heartbeat_to_proto(self._heartbeat(current_identity().name, beat))
 
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Any) -> None:
         name = current_identity().name
         try:
             ch = self.engine.attach(name, peer=_peer(context))
         except OutriderError as exc:
-            await context.abort(status_code(exc), str(exc))
+            await abort(context, exc)
         reader = asyncio.ensure_future(self._read(name, ch, request_iterator))
         try:
             while (out := await ch.next_message()) is not None:
@@ -101,44 +101,56 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         finally:
             reader.cancel()
             self.engine.detach(ch)
+        refused = reader.result() if reader.done() and not reader.cancelled() else None
+        if refused is not None:
+            await abort(context, refused)
 
-    async def _read(self, name: str, ch: Channel, it: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+    async def _read(self, name: str, ch: Channel, it: AsyncIterator[agent_pb2.AgentMessage]) -> OutriderError | None:
+        """Handle what comes up the stream until it ends; what refused it, if something did
+        (an undecodable message, bad credits or a bad heartbeat: Connect ends with it)."""
         try:
             async for msg in it:
                 self._handle(name, ch, msg)
         except asyncio.CancelledError:
             raise
+        except OutriderError as exc:
+            log.warning("work stream of %s refused: %s", name, bounded(str(exc)))
+            return exc
         except Exception:
             log.info("work stream of %s ended", name, exc_info=log.isEnabledFor(logging.DEBUG))
         finally:
             ch.close()
+        return None
 
     def _handle(self, name: str, ch: Channel, msg: agent_pb2.AgentMessage) -> None:
-        """One message up the work stream. A bad part is refused on its own (a completion
-        with a nack, the rest with a warning in the log); the stream goes on."""
+        """One message up the work stream. Its heartbeat and credits are checked first: a bad
+        one refuses the whole message and ends the stream (:func:`check_stream_message`).
+        Otherwise a bad part is refused on its own (a completion with a nack, a log chunk or a
+        heartbeat the engine refuses with a warning in the log); the stream goes on."""
+        beat, credits = check_stream_message(msg)
         if msg.logs:
             try:
                 self.engine.append_logs(name, wire.logs_from_proto(msg.logs))
             except OutriderError as exc:
-                log.warning("log chunks from %s refused: %s", name, exc)
+                log.warning("log chunks from %s refused: %s", name, bounded(str(exc)))
         # Checkpoints before completions: a stage that checkpoints and then ends (or is
         # released) sends both in one message, and its checkpoint belongs to the live lease.
         for cp in msg.checkpoints[: bounds.MAX_CHECKPOINTS]:
             self._checkpoint(name, ch, cp)
         for c in msg.completions:
             self._complete(name, ch, c)
-        if msg.HasField("heartbeat"):
+        if beat is not None:
             try:
-                reply = self._heartbeat(name, msg.heartbeat)
+                reply = self._heartbeat(name, beat)
             except OutriderError as exc:
-                log.warning("heartbeat from %s refused: %s", name, exc)
+                log.warning("heartbeat from %s refused: %s", name, bounded(str(exc)))
             else:
                 ch.push(heartbeat=reply)
-        if msg.credits:
+        if credits:
             try:
-                self.engine.add_credits(ch, bounds.integer("credits", msg.credits, 0, bounds.MAX_SLOTS))
+                self.engine.add_credits(ch, credits)
             except OutriderError as exc:
-                log.warning("credits from %s refused: %s", name, exc)
+                log.warning("credits from %s refused: %s", name, bounded(str(exc)))
 
     def _complete(self, name: str, ch: Channel, c: agent_pb2.Completion) -> None:
         ref = wire.ack_lease(c.lease)
@@ -171,6 +183,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         name = current_identity().name
         acks = []
         bounds.number("wait_s", request.wait_s, 0.0, bounds.MAX_WALL)
+        free_slots = bounds.integer("free_slots", request.free_slots, 0, bounds.MAX_SLOTS)
         bounds.count("completions", request.completions, bounds.MAX_LEASES)
         for c in request.completions:
             ref = wire.ack_lease(c.lease)
@@ -180,7 +193,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             except OutriderError as exc:
                 acks.append(wire.ack_to_proto(Ack(ref, exc)))
         ch = self.engine.attach(name, credits=0, peer=_peer(context))
-        self.engine.add_credits(ch, max(0, request.free_slots))
+        self.engine.add_credits(ch, free_slots)
         try:
             await ch.wait_assignments(min(max(request.wait_s, 0.0), MAX_POLL_WAIT_S))
         finally:

@@ -42,8 +42,12 @@ MAX_SHORT_TEXT = 1024
 MAX_ERROR = 8192
 #: An agent's unhealthy reason is truncated to this many characters.
 MAX_REASON = 1024
-#: Names in a pipeline (pipeline, task, input, output): they become file names.
-MAX_SPEC_NAME = 128
+#: An error message sent to a client (status details travel in gRPC metadata, 16 KiB at most
+#: after percent-encoding, where one character can take 12 bytes): see :mod:`scheduler.api.status`.
+MAX_MESSAGE = 1024
+#: A problem list names at most this many problems, each cut to :data:`MAX_PROBLEM` characters.
+MAX_PROBLEMS = 50
+MAX_PROBLEM = 240
 #: Counts of repeated fields in one message.
 MAX_CLOCK_SAMPLES = 64
 MAX_LEASES = 10_000
@@ -89,6 +93,19 @@ def clip(value: str, limit: int) -> str:
     if len(value) <= limit:
         return value
     return value[:limit] + f"... ({len(value) - limit} more characters cut)"
+
+
+def listing(head: str, items: Sequence[str], limit: int = MAX_MESSAGE) -> str:
+    """``head`` and one item a line, as many as fit in ``limit`` characters (at most
+    :data:`MAX_PROBLEMS`, each cut), then how many more there are."""
+    out = head
+    for i, item in enumerate(items):
+        line = "\n  " + clip(item, MAX_PROBLEM)
+        rest = f"\n  ... and {len(items) - i} more problem(s)"
+        if i == MAX_PROBLEMS or len(out) + len(line) + len(rest) + 20 > limit:
+            return out + rest
+        out += line
+    return out
 
 
 def count(field: str, items: Sized, limit: int) -> None:

@@ -30,6 +30,7 @@ from scheduler.core.messages import (
     ClockSample,
     Completion,
     Gpu,
+    Heartbeat,
     HeartbeatReply,
     LeaseRef,
     LogChunk,
@@ -50,30 +51,12 @@ def _status_number(exc: OutriderError) -> int:
 
 
 def check_pipeline(msg: common_pb2.PipelineSpec) -> PipelineSpec:
-    """Validate a submitted spec with the one spec validator, then convert it."""
-    problems = validate_proto(msg) + _name_problems(msg)
+    """Validate a submitted spec with the one spec validator, then convert it. The problems
+    are listed as far as they fit in an error message, then counted."""
+    problems = validate_proto(msg)
     if problems:
-        raise InvalidArgument("invalid pipeline:\n  " + "\n  ".join(problems))
+        raise InvalidArgument(bounds.listing("invalid pipeline:", problems))
     return pipeline_from_proto(msg)
-
-
-def _name_problems(msg: common_pb2.PipelineSpec) -> list[str]:
-    """Names become file names (logs) and keys: each has a length bound."""
-    limit = bounds.MAX_SPEC_NAME
-    out = []
-
-    def check(field: str, name: str) -> None:
-        if len(name) > limit:
-            out.append(f"{field}: {len(name)} characters, over the limit of {limit}: {name[:40]!r}...")
-
-    check("name", msg.name)
-    for i, ts in enumerate(msg.tasks):
-        check(f"tasks[{i}].name", ts.name)
-        for name in ts.outputs:
-            check(f"tasks[{ts.name[:limit]}].outputs", name)
-        for name in ts.inputs:
-            check(f"tasks[{ts.name[:limit]}].inputs", name)
-    return out
 
 
 def _input_ref(text: str) -> InputRef:
@@ -379,6 +362,22 @@ def ack_to_proto(ack: Ack) -> agent_pb2.CompletionAck:
         return agent_pb2.CompletionAck(lease=lease_to_proto(ack.lease), code=0)
     return agent_pb2.CompletionAck(
         lease=lease_to_proto(ack.lease), code=_status_number(ack.error), message=str(ack.error)
+    )
+
+
+def heartbeat_from_proto(hb: agent_pb2.HeartbeatRequest, field: str = "") -> Heartbeat:
+    """A heartbeat, its capabilities checked exactly as Register's; ``field`` names it where
+    it is part of a bigger message (``heartbeat`` on the work stream)."""
+    at = f"{field}." if field else ""
+    bounds.number(f"{at}client_time", hb.client_time)
+    bounds.integer(f"{at}free_slots", hb.free_slots, 0, bounds.MAX_SLOTS)
+    return Heartbeat(
+        leases=tuple(leases_from_proto(hb.leases, f"{at}leases")),
+        clocks=clocks_from_proto(hb.clock, f"{at}clock"),
+        caps=capabilities_from_proto(hb.capabilities, f"{at}capabilities") if hb.HasField("capabilities") else None,
+        unhealthy=bounds.clip(hb.unhealthy, bounds.MAX_REASON),
+        draining=hb.draining,
+        client_time=hb.client_time,
     )
 
 

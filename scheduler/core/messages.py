@@ -156,6 +156,18 @@ class CheckpointAck:
 
 
 @dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """An agent's heartbeat: the leases it renews, its clock, what changed about it."""
+
+    leases: tuple[LeaseRef, ...]
+    clocks: tuple[ClockSample, ...]
+    caps: Capabilities | None  # None: unchanged since Register
+    unhealthy: str
+    draining: bool
+    client_time: float
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatReply:
     """The answer to a heartbeat: the leases the agent lost, and the clock echo."""
 

@@ -425,3 +425,36 @@ def test_spec_and_labels_do_not_import_yaml() -> None:
         code = f"import {modules}, sys; assert 'yaml' not in sys.modules, 'yaml imported'"
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
         assert result.returncode == 0, (modules, result.stderr)
+
+
+# --------------------------------------------------------------------------- name lengths (issue 8, item 5)
+
+
+def test_names_have_a_length_limit_in_the_one_validator() -> None:
+    """Names become file names on the scheduler (logs): the one validator bounds them, so the
+    client refuses a long name before sending and the scheduler on receipt, with the same words."""
+    from outrider.spec import MAX_NAME_LENGTH, name_problem
+
+    assert MAX_NAME_LENGTH == 128
+    assert name_problem("t" * MAX_NAME_LENGTH, "task name") is None
+    problem = name_problem("t" * 10_000, "task name")
+    assert problem is not None
+    assert "10000 characters" in problem and "128" in problem and len(problem) < 200
+    long = "n" * 300
+    spec = common_pb2.PipelineSpec(name=long, tasks=[
+        common_pb2.TaskSpec(name=long, argv=["true"], outputs=[long]),
+        common_pb2.TaskSpec(name="b", argv=["true"], inputs={long: "x.y"}),
+    ])
+    paths = {(p.path, p.code) for p in check_spec(spec)}
+    assert (("name",), "invalid-name") in paths
+    assert (("tasks", 0, "name"), "invalid-name") in paths
+    assert (("tasks", 0, "outputs", 0), "invalid-name") in paths
+    assert (("tasks", 1, "inputs", long), "invalid-name") in paths
+    assert all(len(text) < 400 for text in validate_proto(spec)), validate_proto(spec)
+
+
+def test_the_sdk_refuses_a_long_task_name_before_sending() -> None:
+    p = Pipeline("p")
+    with pytest.raises(SpecError) as info:
+        p.task("t" * 300, run="true")
+    assert "300 characters" in str(info.value)

@@ -131,3 +131,30 @@ def test_stored_capabilities_are_decoded_without_the_checks() -> None:
     """What was stored before the bounds existed still loads (a restart never fails on it)."""
     blob = _caps(bandwidth_bps=NAN).SerializeToString()
     assert math.isnan(wire.decode_capabilities(blob).bandwidth_bps)
+
+
+def test_a_spec_with_many_problems_lists_the_first_and_counts_the_rest() -> None:
+    """Issue 8, item 7: the problem list is bounded, so the client gets the real error."""
+    spec = common_pb2.PipelineSpec(name="p", tasks=[common_pb2.TaskSpec(name=f"bad name {i}", argv=["true"])
+                                                    for i in range(500)])
+    with pytest.raises(InvalidArgument) as info:
+        wire.check_pipeline(spec)
+    text = str(info.value)
+    assert len(text) <= 1024, len(text)
+    assert "tasks[bad name 0].name" in text and "more problem" in text, text
+
+
+def test_a_heartbeat_on_the_stream_goes_through_the_register_checks() -> None:
+    """Issue 8, item 7: the stream's heartbeat and credits are checked like Register's
+    capabilities; a bad one is refused naming the field (the servicer ends the stream)."""
+    from scheduler.api.agent import check_stream_message
+
+    hb = agent_pb2.HeartbeatRequest(capabilities=_caps(slots=-7))
+    with pytest.raises(InvalidArgument, match=r"heartbeat\.capabilities\.slots"):
+        check_stream_message(agent_pb2.AgentMessage(heartbeat=hb))
+    with pytest.raises(InvalidArgument, match="credits"):
+        check_stream_message(agent_pb2.AgentMessage(credits=-5))
+    with pytest.raises(InvalidArgument, match="credits"):
+        check_stream_message(agent_pb2.AgentMessage(credits=2**31 - 1))
+    check_stream_message(agent_pb2.AgentMessage(credits=3, heartbeat=agent_pb2.HeartbeatRequest(
+        capabilities=_caps(slots=4))))
