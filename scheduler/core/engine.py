@@ -34,6 +34,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from outrider.errors import FailedPrecondition, InvalidArgument, NotFound
+from scheduler.core import audit
+from scheduler.core.audit import Action, AuditTrail
 from scheduler.core.channel import Channel
 from scheduler.core.checkpoints import Checkpoints
 from scheduler.core.delay import DelayScheduler
@@ -77,6 +79,7 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        caller: Callable[[], str] = lambda: audit.SCHEDULER,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.artifact_exists = artifact_exists
@@ -84,7 +87,9 @@ class Engine:
         self.clock = clock
         self.wall = wall
         self.rng = rng or random.Random()
+        self.caller = caller  # the identity of the RPC being served, for the audit log
         self.journal = Journal(store)
+        self.audit = AuditTrail(self.journal, wall, lambda: self.caller())
         self.watchers = Watchers()
         self.queues = ReadyQueues(clock=clock, wall=wall, kick=self._kick)
         self.sm = StateMachine(
@@ -171,6 +176,7 @@ class Engine:
     def load(self) -> None:
         """Rebuild memory from the database after a (re)start."""
         loaded = self.journal.store.load()
+        self.audit.check()  # a broken chain is logged and flagged; the scheduler serves on
         mono = self.clock()
         self.registry.restore(loaded.agents)
         for output in self.sm.restore(loaded, self.queues.intern):
@@ -263,25 +269,19 @@ class Engine:
         run.seq = self.sm.seq + 1
         watcher = None if watch is None else self.watchers.watch(run.run_id, watch)
         txn = Txn()
+        audit.record(txn, self.wall(), submitter, Action.SUBMIT, run.run_id)
         roots = self.sm.create(txn, run, queue=not big)
         try:
             durable = self.journal.commit(txn)
             if big:  # queued after the run's insert, so every grant is committed after it too;
                 # shielded: a submitter that hangs up must not leave tasks out of the queues
-                await asyncio.shield(asyncio.ensure_future(self._queue_paced(run, roots)))
+                await asyncio.shield(asyncio.ensure_future(_queue_paced(self.queues, run, roots)))
             await durable
         except BaseException:
             if watcher is not None:
                 self.watchers.unwatch(watcher)
             raise
         return run, warnings, watcher
-
-    async def _queue_paced(self, run: Run, roots: list[Task]) -> None:
-        pacer = Pacer()
-        for t in roots:
-            if t.state is TaskState.READY:  # still (a cancel may have come in between)
-                self.queues.put(run, t)
-            await pacer.step()
 
     async def cancel(self, run_id: str) -> Run:
         run = self.sm.run(run_id)
@@ -297,6 +297,7 @@ class Engine:
             stopped.setdefault(t.agent, []).append(lease_ref(t))
             self.reports.end_lease(txn, t, AttemptState.CANCELLED, now, 0, "cancelled by user")
 
+        audit.record(txn, now, self.caller(), Action.CANCEL, run_id)
         self.sm.cancel(txn, run, stop)
         await self.journal.commit(txn)
         for name, refs in stopped.items():
@@ -311,6 +312,7 @@ class Engine:
         if run.state is RunState.SUCCEEDED:
             raise FailedPrecondition(f"run {run_id} succeeded; there is nothing to retry")
         txn = Txn()
+        audit.record(txn, self.wall(), self.caller(), Action.RETRY, run_id)
         self.sm.retry(txn, run)
         await self.journal.commit(txn)
         return run
@@ -403,6 +405,7 @@ class Engine:
         if agent is None:
             raise NotFound(f"no agent {name!r}")
         self.registry.drain(agent)
+        self.audit.note(Action.DRAIN, name)  # draining is not durable state: the record alone
         return next(a for a in self.registry.infos() if a.name == name)
 
     def complete(self, agent_name: str, c: Completion) -> asyncio.Future[None]:
@@ -432,12 +435,16 @@ class Engine:
         """None if the agent may receive these bytes; else why not (residency is a hard rule)."""
         agent = self.registry.get(agent_name)
         zones = agent.view.zones if agent is not None else frozenset()
-        return self.residency.refusal(agent_name, zones, digest)
+        why = self.residency.refusal(agent_name, zones, digest)
+        if why is not None:
+            self.audit.note(Action.RESIDENCY_REFUSAL, digest, "PERMISSION_DENIED", why)
+        return why
 
     def record_artifact(self, digest: str, size: int, kind: str) -> asyncio.Future[None]:
         """An artifact's bytes are now in the artifact store: record it durably."""
         txn = Txn()
         txn.changes.insert_artifacts([(digest, size, kind, self.wall())])
+        audit.record(txn, self.wall(), self.caller(), Action.ARTIFACT_COMMIT, digest, detail=f"{kind}, {size} bytes")
         return self.journal.commit(txn)
 
     # ------------------------------------------------------------------ time
@@ -452,3 +459,11 @@ class Engine:
         if mono - self._last_infeasible_check >= INFEASIBLE_CHECK_S:
             self._last_infeasible_check = mono
             self.dispatcher.fail_infeasible(mono)
+
+
+async def _queue_paced(queues: ReadyQueues, run: Run, roots: list[Task]) -> None:
+    pacer = Pacer()
+    for t in roots:
+        if t.state is TaskState.READY:  # still (a cancel may have come in between)
+            queues.put(run, t)
+        await pacer.step()

@@ -26,6 +26,7 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator
 
 from outrider.errors import NotFound, StaleEpoch
+from scheduler.core import audit
 from scheduler.core.messages import LeaseRef
 from scheduler.core.model import Attempt, AttemptState, Task, TaskState
 from scheduler.core.txn import Txn
@@ -98,6 +99,8 @@ class LeaseTable:
         heapq.heappush(self._expiry, (t.lease_expires, t.run_id, t.name, t.attempts))
         t.history.append(Attempt(t.attempts, agent, AttemptState.RUNNING, wall, resumed_from=t.checkpoint))
         txn.changes.insert_attempt(t, wall)
+        target = audit.target_of(t.run_id, t.name, t.attempts)
+        audit.record(txn, wall, audit.SCHEDULER, audit.Action.LEASE_GRANT, target, detail=f"agent {agent}")
 
     def renew(
         self, agent: str, uncertainty: float, refs: Iterable[LeaseRef], mono: float

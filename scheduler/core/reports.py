@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from outrider.protocol import ARTIFACT_KINDS, Outcome, is_digest
+from scheduler.core import audit
 from scheduler.core.fairness import FairShare
 from scheduler.core.leases import LeaseStatus, LeaseTable, lease_ref
 from scheduler.core.lifecycle import StateMachine
@@ -260,6 +261,8 @@ class Reports:
         """A lease ended without a report: requeue as a new attempt (no retry used)."""
         run = self._sm.runs[t.run_id]
         txn = Txn()
+        target = audit.target_of(t.run_id, t.name, t.attempts)
+        audit.record(txn, self._wall(), audit.SCHEDULER, audit.Action.LEASE_EXPIRY, target, detail=why)
         self.end_lease(txn, t, AttemptState.LOST, self._wall(), 0, why)
         self.push_cancel(t.agent, [lease_ref(t)])
         log.warning("lease %s/%s epoch %d on %s lost: %s", t.run_id, t.name, t.attempts, t.agent, why)

@@ -38,10 +38,12 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 from outrider.errors import OutriderError
+from scheduler.core.auditchain import AuditRecord, Chain
 from scheduler.core.messages import Capabilities, Checkpoint
 from scheduler.core.spec import PipelineSpec
 from scheduler.store.changes import Changes, Record
@@ -174,6 +176,9 @@ class Store(abc.ABC):
         self.grouped = 0
         #: Changes refused for their values (see the module docstring).
         self.refused = 0
+        #: The audit chain's head: a backend sets it from its last record, and its writer
+        #: advances it as it writes each record (rewound with a rolled-back change).
+        self.chain = Chain()
 
     # -- what a backend provides
 
@@ -185,6 +190,16 @@ class Store(abc.ABC):
     def events(self, run_id: str, after: int = 0, limit: int = 0) -> list[EventRow]:
         """A run's recorded events with ``seq > after`` in order (at most ``limit``, 0: all);
         callable from any thread while the writer runs."""
+
+    @abc.abstractmethod
+    def audit_rows(self, after_seq: int = 0) -> Iterator[AuditRecord]:
+        """Every audit record with ``seq > after_seq`` in seq order, read in bounded chunks;
+        callable from any thread while the writer runs."""
+
+    @abc.abstractmethod
+    def audit_page(self, after_seq: int, since_ts_us: int, identity: str, limit: int) -> list[AuditRecord]:
+        """Up to ``limit`` audit records with ``seq > after_seq``, ``ts_us >= since_ts_us`` and,
+        if given, this ``identity``, in seq order."""
 
     @abc.abstractmethod
     def _write(self, records: list[Record]) -> None:
@@ -261,11 +276,14 @@ class Store(abc.ABC):
         """Write the groups in one transaction; per group, None or why it was refused.
         Ends the process on a failure of the database itself (crash-only)."""
         records = [r for recs, _ in groups for r in recs]
+        mark = self.chain.mark()
         try:
             if records:
                 self._write(records)
+            self.chain.commit()
             return [None] * len(groups)
         except BaseException as exc:
+            self.chain.rewind(mark)
             if not self._refused_by_value(exc):
                 _crash()
             log.error("database refused a group of %d change(s) (%s); isolating the poisoned one", len(groups), exc)
@@ -273,6 +291,7 @@ class Store(abc.ABC):
             outcomes = self._write_isolated([recs for recs, _ in groups])
         except BaseException:
             _crash()
+        self.chain.commit()
         for (recs, _), why in zip(groups, outcomes, strict=True):
             if why is not None:
                 self.refused += 1

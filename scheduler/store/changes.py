@@ -33,6 +33,8 @@ class Op(enum.Enum):
     INSERT_EVENTS_MANY = "insert_events"  #: [(seq, ts, run_id, task, state, attempt, agent, detail)]
     UPSERT_CHECKPOINT = "upsert_checkpoint"  #: (run_id, task, epoch, seq, digest, size, kind, created_at,
     #: residency): the latest accepted checkpoint of a task
+    INSERT_AUDIT = "insert_audit"  #: (ts_us, identity, action, target, outcome, detail): the writer gives it
+    #: its seq, prev_hash and hash in commit order (scheduler.core.audit.Chain)
 
 
 Record = tuple[Op, Any]
@@ -165,3 +167,7 @@ class Changes:
         self, seq: int, ts: float, run_id: str, task: str, state: str, attempt: int, agent: str, detail: str
     ) -> None:
         self.records.append((Op.INSERT_EVENTS_MANY, [(seq, ts, run_id, task, state, attempt, agent, detail)]))
+
+    def audit(self, ts_us: int, identity: str, action: str, target: str, outcome: str, detail: str) -> None:
+        """An audit record (see :mod:`scheduler.core.audit`); chained as it is written."""
+        self.records.append((Op.INSERT_AUDIT, (ts_us, identity, action, target, outcome, detail)))

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from scheduler.api import wire
+from scheduler.core.auditchain import AuditRecord
 from scheduler.core.messages import Checkpoint, LeaseRef
 from scheduler.store.base import (
     AgentRow,
@@ -139,6 +141,28 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX events_run_level ON events(run_id, seq) WHERE task = '';
     """,
+    # 6: the audit log, hash-chained (scheduler.core.audit); seq is gap-free from 1, no index
+    # besides it: one INSERT per record, and listings filter as they scan
+    """
+    CREATE TABLE audit (
+        seq       INTEGER PRIMARY KEY,
+        ts_us     INTEGER NOT NULL,
+        identity  TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        target    TEXT NOT NULL,
+        outcome   TEXT NOT NULL,
+        detail    TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    );
+    """,
+)
+
+#: How many audit records one read takes (a whole-chain verify streams in such chunks).
+AUDIT_CHUNK = 1000
+_AUDIT_INSERT = (
+    "INSERT INTO audit(seq, ts_us, identity, action, target, outcome, detail, prev_hash, hash)"
+    " VALUES (?,?,?,?,?,?,?,?,?)"
 )
 
 #: One statement per kind of write; ``*_MANY`` kinds run with executemany.
@@ -161,6 +185,7 @@ SQL: dict[Op, str] = {
     " capabilities=excluded.capabilities, last_seen=excluded.last_seen, instance_id=excluded.instance_id",
     Op.INSERT_EVENTS_MANY: "INSERT INTO events(seq, ts, run_id, task, state, attempt, agent, detail)"
     " VALUES (?,?,?,?,?,?,?,?)",
+    Op.INSERT_AUDIT: _AUDIT_INSERT,  # its seq and hashes from the chain, as it is written (_apply)
     Op.UPSERT_CHECKPOINT: "INSERT OR REPLACE INTO checkpoints(run_id, task, epoch, seq, digest, size, kind, created_at,"
     " residency) VALUES (?,?,?,?,?,?,?,?,?)",
 }
@@ -192,6 +217,10 @@ class SqliteStore(Store):
             raise
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
+        last = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        if last is not None:
+            self.chain.rewind((last[0], last[1]))
+            self.chain.commit()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -322,21 +351,41 @@ class SqliteStore(Store):
         read while the writer thread commits; a lock, as readers may run on several threads)."""
         sql = "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq" + (" LIMIT ?" if limit else "")
         params: tuple[Any, ...] = (run_id, after, limit) if limit else (run_id, after)
-        with self._reader_lock:
-            if self._reader is None:
-                self._reader = self._connect()
-            rows = self._reader.execute(sql, params).fetchall()
+        rows = self._read(sql, params)
         return [
             EventRow(r["seq"], r["ts"], r["run_id"], r["task"], r["state"], r["attempt"], r["agent"], r["detail"])
             for r in rows
         ]
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = self._connect()
+            return self._reader.execute(sql, params).fetchall()
+
+    def audit_rows(self, after_seq: int = 0) -> Iterator[AuditRecord]:
+        while True:
+            rows = self._read("SELECT * FROM audit WHERE seq>? ORDER BY seq LIMIT ?", (after_seq, AUDIT_CHUNK))
+            for r in rows:
+                yield _audit_record(r)
+            if len(rows) < AUDIT_CHUNK:
+                return
+            after_seq = rows[-1]["seq"]
+
+    def audit_page(self, after_seq: int, since_ts_us: int, identity: str, limit: int) -> list[AuditRecord]:
+        sql = "SELECT * FROM audit WHERE seq>? AND ts_us>=?" + (" AND identity=?" if identity else "")
+        params: tuple[Any, ...] = (after_seq, since_ts_us, identity) if identity else (after_seq, since_ts_us)
+        return [_audit_record(r) for r in self._read(sql + " ORDER BY seq LIMIT ?", (*params, limit))]
 
     # -- writing
 
     def _apply(self, records: list[Record]) -> None:
         conn = self._conn
         for op, params in records:
-            if op in _MANY:
+            if op is Op.INSERT_AUDIT:
+                rec = self.chain.append(*params)
+                conn.execute(_AUDIT_INSERT, (rec.seq, *params, rec.prev_hash, rec.hash))
+            elif op in _MANY:
                 conn.executemany(SQL[op], params)
             else:
                 conn.execute(SQL[op], _encoded(op, params))
@@ -358,12 +407,14 @@ class SqliteStore(Store):
         try:
             for records in groups:
                 conn.execute("SAVEPOINT change")
+                mark = self.chain.mark()
                 try:
                     self._apply(records)
                 except BaseException as exc:
                     if not self._refused_by_value(exc):
                         raise
                     conn.execute("ROLLBACK TO change")
+                    self.chain.rewind(mark)  # its audit record rolled back: the seq is given again
                     outcomes.append(exc)
                 else:
                     outcomes.append(None)
@@ -384,3 +435,8 @@ class SqliteStore(Store):
         self._conn.close()
         if self._reader is not None:
             self._reader.close()
+
+
+def _audit_record(r: sqlite3.Row) -> AuditRecord:
+    fields = ("seq", "ts_us", "identity", "action", "target", "outcome", "detail", "prev_hash", "hash")
+    return AuditRecord(*(r[f] for f in fields))

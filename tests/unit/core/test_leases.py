@@ -116,7 +116,9 @@ def test_grant_starts_the_next_epoch_padded_by_the_clock_uncertainty(uncertainty
     assert t.lease_expires == MONO0 + TTL + pad  # the pad never exceeds one TTL
     no_checkpoint = (0, 0, "", 0, "", 0.0)
     assert txn.changes.records == [
-        (Op.INSERT_ATTEMPT, ("r1", "t", 5, "a1", AttemptState.RUNNING.value, WALL0, *no_checkpoint))
+        (Op.INSERT_ATTEMPT, ("r1", "t", 5, "a1", AttemptState.RUNNING.value, WALL0, *no_checkpoint)),
+        # the audit record commits with the grant (scheduler.core.audit)
+        (Op.INSERT_AUDIT, (int(WALL0 * 1_000_000), "scheduler", "lease_grant", "r1/t#5", "ok", "agent a1")),
     ]
     assert t.history[-1] == Attempt(5, "a1", AttemptState.RUNNING, WALL0)
     assert len(h.table) == 1
