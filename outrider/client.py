@@ -37,6 +37,8 @@ from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials, pki_paths
 from outrider.v1 import (
     artifact_pb2,
     artifact_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     common_pb2,
     control_pb2,
     control_pb2_grpc,
@@ -156,6 +158,7 @@ class Client:
         )
         self.control = control_pb2_grpc.ControlServiceStub(self._channel)
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
@@ -377,6 +380,28 @@ class Client:
     def drain(self, agent: str) -> control_pb2.AgentInfo:
         """Ask an agent to drain (admin): no new work; its stages checkpoint and are released."""
         return self._call(self.control.DrainAgent, control_pb2.DrainAgentRequest(agent=agent))
+
+    def list_audit(
+        self, after_seq: int = 0, since_ts: float = 0.0, identity: str = "", limit: int = 0, page: int = 500
+    ) -> Iterator[audit_pb2.AuditRecord]:
+        """The audit log (admin), oldest first: records after ``after_seq``, at or after the wall
+        time ``since_ts`` (seconds), by ``identity`` if given; at most ``limit`` (0: all), fetched
+        ``page`` at a time."""
+        since_us, left = int(since_ts * 1_000_000), limit
+        while True:
+            size = min(page, left) if limit else page
+            req = audit_pb2.ListAuditRequest(after_seq=after_seq, since_ts_us=since_us, identity=identity, limit=size)
+            resp = self._call(self.audit.ListAudit, req)
+            yield from resp.records
+            left -= len(resp.records)
+            if not resp.next_after_seq or (limit and left <= 0):
+                return
+            after_seq = resp.next_after_seq
+
+    def verify_audit(self) -> audit_pb2.VerifyAuditResponse:
+        """Recompute the audit log's hash chain on the scheduler (admin): ``ok``, or the first
+        broken record (``first_broken_seq``) and ``reason``."""
+        return self._call(self.audit.VerifyAudit, audit_pb2.VerifyAuditRequest())
 
     def logs(self, run_id: str, task: str, attempt: int = 0, follow: bool = False) -> Iterator[control_pb2.LogLine]:
         req = control_pb2.GetLogsRequest(run_id=run_id, task=task, attempt=attempt, follow=follow)

@@ -35,6 +35,7 @@ ADMIN = frozenset({"admin"})
 # comes before its service's. Anything not listed is refused.
 RULES: tuple[tuple[str, frozenset[str]], ...] = (
     ("/outrider.v1.ControlService/DrainAgent", ADMIN),
+    ("/outrider.v1.AuditService/", ADMIN),  # the audit log
     ("/outrider.v1.AgentService/", frozenset({"agent"})),
     ("/outrider.v1.ControlService/", frozenset({"submitter", "admin"})),
     ("/outrider.v1.ArtifactService/", ANY_ROLE),

@@ -25,12 +25,23 @@ from outrider.config import parse_address
 from outrider.errors import ConfigError
 from outrider.statedir import StateDirLock
 from outrider.tls import SERVER_OPTIONS, server_credentials
-from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, control_pb2, control_pb2_grpc
+from outrider.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    artifact_pb2,
+    artifact_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
+)
 from scheduler.api.agent import AgentServicer
 from scheduler.api.artifact import ArtifactServicer
+from scheduler.api.audit import AuditServicer, caller_id
 from scheduler.api.control import ControlServicer
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import AuthInterceptor
+from scheduler.core.audit import Verdict
 from scheduler.core.engine import Engine
 from scheduler.logs import LogStore
 from scheduler.store.sqlite import SqliteStore
@@ -42,6 +53,9 @@ SERVICE_NAMES = (
     control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
     artifact_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
 )
+#: Its health entry says whether the audit log's chain is intact: NOT_SERVING from the moment a
+#: verification (at start, or `outrider audit verify`) finds it broken; the service still answers.
+AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 TICK_S = 0.05
 
 
@@ -126,6 +140,7 @@ class Scheduler:
             max_clock_offset=cfg.max_clock_offset,
             artifact_exists=self.artifacts.exists,
             log_sink=self.logs,
+            caller=caller_id,
         )
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
@@ -144,9 +159,15 @@ class Scheduler:
         )
         control_pb2_grpc.add_ControlServiceServicer_to_server(control, server)
         artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(self.engine, self.artifacts), server)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.engine), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                *SERVICE_NAMES,
+                AUDIT_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         creds = server_credentials(
@@ -168,6 +189,12 @@ class Scheduler:
         self.address = f"{host}:{port}"
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        intact = not self.engine.audit.broken  # as found at start (logged at ERROR if not)
+        await self.health.set(
+            AUDIT_SERVICE,
+            health_pb2.HealthCheckResponse.SERVING if intact else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        self.engine.audit.on_verdict(self._audit_health)
         if self.cfg.ready_file:
             tmp = f"{self.cfg.ready_file}.tmp"
             with open(tmp, "w") as fh:
@@ -175,6 +202,11 @@ class Scheduler:
             os.replace(tmp, self.cfg.ready_file)  # atomic: readers never see half a line
         log.info("scheduler serving on %s (trust domain %s, state %s)", self.address, domain, self.state_dir)
         return self.address
+
+    def _audit_health(self, v: Verdict) -> None:
+        """The audit service's health entry follows each verification of the chain."""
+        status = health_pb2.HealthCheckResponse.SERVING if v.ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        self._audit_status = asyncio.get_running_loop().create_task(self.health.set(AUDIT_SERVICE, status))
 
     async def run(self) -> None:
         stop = asyncio.Event()
