@@ -261,8 +261,13 @@ def _announce(run_id: str, warnings: list[str], as_json: bool) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        runs = client.list_runs(limit=args.limit, state=args.state or "")
+        runs, others = client.list_runs_counted(limit=args.limit, state=args.state or "")
+    # Other submitters' runs are counted, never shown; under --json the list keeps its shape
+    # and the count goes to stderr.
+    note = f"({others} run{'s' if others != 1 else ''} of other submitters not shown)" if others else ""
     if args.json:
+        if note:
+            print(note, file=sys.stderr)
         _json(
             [
                 {
@@ -281,6 +286,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         [(r.run_id, r.pipeline, r.state, _ts(r.created_at), _dur(r.created_at, r.finished_at)) for r in runs],
         ("RUN", "PIPELINE", "STATE", "SUBMITTED", "TOOK"),
     )
+    if note:
+        print(note)
     return 0
 
 

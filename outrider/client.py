@@ -302,7 +302,13 @@ class Client:
         return self._call(self.control.GetRun, control_pb2.GetRunRequest(run_id=run_id))
 
     def list_runs(self, limit: int = 50, state: str = "") -> list[control_pb2.RunStatus]:
-        return list(self._call(self.control.ListRuns, control_pb2.ListRunsRequest(limit=limit, state=state)).runs)
+        """The caller's runs (an admin's: everyone's), newest first, without their tasks."""
+        return self.list_runs_counted(limit, state)[0]
+
+    def list_runs_counted(self, limit: int = 50, state: str = "") -> tuple[list[control_pb2.RunStatus], int]:
+        """(the runs :meth:`list_runs` returns, how many runs of other submitters were not shown)."""
+        resp = self._call(self.control.ListRuns, control_pb2.ListRunsRequest(limit=limit, state=state))
+        return list(resp.runs), resp.others
 
     def watch(
         self, run_id: str, run_only: bool = False, timeout: float | None = None, after_seq: int = 0

@@ -1,12 +1,13 @@
 """Authentication and authorization in one interceptor.
 
-The TLS layer already refused any peer without a certificate from our CA. Here
-the peer's SPIFFE ID (``spiffe://<domain>/<role>/<name>``) is read from its
-certificate, checked against our trust domain, and its role against the RPC's
-service: agents may call only the agent service, users only the control
-service (and, where a method needs more than its service, against the method:
-``DrainAgent`` is for admins only). The identity is then available to servicers via
-:func:`current_identity`.
+The TLS layer already refused any peer without a certificate from our CA. Here, on
+every call, the peer's certificate is checked against the SPIFFE X.509-SVID rules
+(:mod:`scheduler.svid`: one URI SAN, not a CA, key usage and EKU, signed by our CA
+itself), its SPIFFE ID (``spiffe://<domain>/<role>/<name>``) against our trust domain,
+and its role against the RPC's row in :data:`RULES`, the one table of every RPC the
+scheduler serves; an RPC not in it is refused (``PERMISSION_DENIED``). The identity is
+then available to servicers via :func:`current_identity`, and each row names the
+ownership check its servicer makes through :mod:`scheduler.api.access`.
 
 The interceptor also parses every request itself (:func:`_parser`): bytes that are not the
 RPC's request message are ``INVALID_ARGUMENT`` ("request is not a valid outrider.v1.X
@@ -19,6 +20,7 @@ import contextvars
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -26,23 +28,71 @@ import grpc
 from outrider.errors import InvalidArgument
 from outrider.pki import Identity
 from outrider.tls import identity_from_auth_context
+from scheduler import svid
 
 log = logging.getLogger(__name__)
 
-ANY_ROLE = frozenset({"agent", "submitter", "admin"})
+AGENT = frozenset({"agent"})
+USERS = frozenset({"submitter", "admin"})
 ADMIN = frozenset({"admin"})
-# Method or method prefix -> roles allowed; the first match wins, so a method's own rule
-# comes before its service's. Anything not listed is refused.
-RULES: tuple[tuple[str, frozenset[str]], ...] = (
-    ("/outrider.v1.ControlService/DrainAgent", ADMIN),
-    ("/outrider.v1.AuditService/", ADMIN),  # the audit log
-    ("/outrider.v1.AgentService/", frozenset({"agent"})),
-    ("/outrider.v1.ControlService/", frozenset({"submitter", "admin"})),
-    ("/outrider.v1.ArtifactService/", ANY_ROLE),
-    ("/grpc.health.v1.Health/", ANY_ROLE),
-    ("/grpc.reflection.v1alpha.ServerReflection/", ANY_ROLE),
-    ("/grpc.reflection.v1.ServerReflection/", ANY_ROLE),
-)
+ANY_ROLE = AGENT | USERS
+
+# Ownership checks a row can name (what the servicer checks beyond the role, through
+# scheduler/api/access.py; an admin passes every one of them).
+NONE = "none"  #: the role is enough
+LEASE = "lease"  #: an agent reports only on leases granted to the name in its certificate
+SUBMITS = "submits"  #: the run it makes is recorded as the caller's
+RUN = "run"  #: names a run: a submitter's own, else NOT_FOUND as if it did not exist
+OWN_RUNS = "own runs"  #: lists a submitter's own runs, and counts the others'
+SHARED = "shared"  #: agents are shared infrastructure: every user sees them whole
+ARTIFACT = "artifact"  #: submitter: reachable from its runs; agent: its zones allow it
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Who may call one RPC, and what the servicer checks beyond the role."""
+
+    roles: frozenset[str]
+    check: str = NONE
+
+
+_A = "/outrider.v1.AgentService/"
+_C = "/outrider.v1.ControlService/"
+_F = "/outrider.v1.ArtifactService/"
+#: Every RPC the scheduler serves -> (roles allowed, ownership check). Anything else is
+#: refused; tests/unit/test_auth_rules.py checks every method of every service is here.
+RULES: dict[str, Rule] = {
+    _A + "Register": Rule(AGENT, LEASE),
+    _A + "Heartbeat": Rule(AGENT, LEASE),
+    _A + "Connect": Rule(AGENT, LEASE),
+    _A + "PollTasks": Rule(AGENT, LEASE),
+    _A + "ReportLogs": Rule(AGENT, LEASE),
+    _A + "Complete": Rule(AGENT, LEASE),
+    _A + "ReportCheckpoint": Rule(AGENT, LEASE),
+    _C + "Plan": Rule(USERS),
+    _C + "Submit": Rule(USERS, SUBMITS),
+    _C + "SubmitAndWatch": Rule(USERS, SUBMITS),
+    _C + "GetRun": Rule(USERS, RUN),
+    _C + "ListRuns": Rule(USERS, OWN_RUNS),
+    _C + "WatchRun": Rule(USERS, RUN),
+    _C + "CancelRun": Rule(USERS, RUN),
+    _C + "RetryRun": Rule(USERS, RUN),
+    _C + "ListAgents": Rule(USERS, SHARED),
+    _C + "GetLogs": Rule(USERS, RUN),
+    _C + "Explain": Rule(USERS, RUN),
+    _C + "DrainAgent": Rule(ADMIN),
+    "/outrider.v1.AuditService/ListAudit": Rule(ADMIN),  # the audit log
+    "/outrider.v1.AuditService/VerifyAudit": Rule(ADMIN),
+    _F + "Upload": Rule(ANY_ROLE),  # content-addressed: the bytes are checked against their name
+    _F + "Download": Rule(ANY_ROLE, ARTIFACT),
+    _F + "Stat": Rule(ANY_ROLE, ARTIFACT),  # one the caller may not read is answered "absent"
+    _F + "Probe": Rule(ANY_ROLE),  # filler bytes
+    "/grpc.health.v1.Health/Check": Rule(ANY_ROLE),
+    "/grpc.health.v1.Health/Watch": Rule(ANY_ROLE),
+    "/grpc.health.v1.Health/List": Rule(ANY_ROLE),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Rule(ANY_ROLE),
+}
+_DENIED = Rule(frozenset())
 
 _identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("outrider_identity")
 
@@ -53,15 +103,21 @@ def current_identity() -> Identity:
 
 
 def roles_for(method: str) -> frozenset[str]:
-    for prefix, roles in RULES:
-        if method.startswith(prefix):
-            return roles
-    return frozenset()
+    """The roles that may call ``method`` (none for a method not in :data:`RULES`)."""
+    return RULES.get(method, _DENIED).roles
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a peer is checked against: our trust domain and our CA (PEM)."""
+
+    domain: str
+    ca_pem: bytes
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, trust_domain: str) -> None:
-        self.trust_domain = trust_domain
+    def __init__(self, trust_domain: str, ca_pem: bytes) -> None:
+        self.trust = Trust(trust_domain, ca_pem)
 
     async def intercept_service(
         self,
@@ -71,7 +127,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        return _wrap(handler, details.method, roles_for(details.method), self.trust_domain)
+        return _wrap(handler, details.method, roles_for(details.method), self.trust)
 
 
 class _Refused(Exception):
@@ -80,10 +136,16 @@ class _Refused(Exception):
         self.code, self.message = code, message
 
 
-def _identify(context: grpc.aio.ServicerContext, method: str, roles: frozenset[str], domain: str) -> Identity:
+def _identify(context: grpc.aio.ServicerContext, method: str, roles: frozenset[str], trust: Trust) -> Identity:
     """The caller's identity if it may call ``method``; else raises _Refused saying why."""
+    auth = context.auth_context()
     try:
-        ident = identity_from_auth_context(context.auth_context())
+        svid.check(bytes((auth.get("x509_pem_cert") or (b"",))[0]), trust.ca_pem)
+    except svid.SvidError as exc:
+        raise _Refused(grpc.StatusCode.UNAUTHENTICATED, f"client certificate refused: {exc}") from None
+    domain = trust.domain
+    try:
+        ident = identity_from_auth_context(auth)
     except Exception as exc:  # a malformed certificate is the caller's problem, not ours
         raise _Refused(grpc.StatusCode.UNAUTHENTICATED, f"client certificate rejected: {exc}") from None
     if ident is None:
@@ -97,9 +159,9 @@ def _identify(context: grpc.aio.ServicerContext, method: str, roles: frozenset[s
     return ident
 
 
-async def _authorize(context: grpc.aio.ServicerContext, method: str, roles: frozenset[str], domain: str) -> None:
+async def _authorize(context: grpc.aio.ServicerContext, method: str, roles: frozenset[str], trust: Trust) -> None:
     try:
-        ident = _identify(context, method, roles, domain)
+        ident = _identify(context, method, roles, trust)
     except _Refused as refused:
         await context.abort(refused.code, refused.message)
         raise  # not reached: abort() raises; this tells readers (and mypy) the call ends here
@@ -143,7 +205,7 @@ async def _undecodable(context: grpc.aio.ServicerContext, exc: Undecodable) -> N
     raise exc  # not reached: abort() raises
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], domain: str) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], trust: Trust) -> grpc.RpcMethodHandler:
     """``handler`` behind the role check, parsing its requests itself (see :func:`_parser`).
 
     A unary request is parsed once the caller is authorized; a client stream's messages as
@@ -157,7 +219,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], do
         inner_uu = handler.unary_unary
 
         async def unary_unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _authorize(context, method, roles, domain)
+            await _authorize(context, method, roles, trust)
             try:
                 request = parse(raw)
             except Undecodable as exc:
@@ -169,7 +231,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], do
         inner_su = handler.stream_unary
 
         async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _authorize(context, method, roles, domain)
+            await _authorize(context, method, roles, trust)
             try:
                 return await inner_su(_parsed(request_iterator, parse), context)
             except Undecodable as exc:
@@ -186,7 +248,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], do
     if inspect.isasyncgenfunction(inner):
 
         async def streaming_gen(raw: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _authorize(context, method, roles, domain)
+            await _authorize(context, method, roles, trust)
             try:
                 async for item in inner(request_of(raw), context):
                     yield item
@@ -196,7 +258,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], do
         return factory(streaming_gen, None, serialize)
 
     async def streaming(raw: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _authorize(context, method, roles, domain)
+        await _authorize(context, method, roles, trust)
         try:
             return await inner(request_of(raw), context)
         except Undecodable as exc:

@@ -152,7 +152,8 @@ class Scheduler:
         self.store.start(loop)
         self.engine.start(loop)
         domain = trust_domain_of(self.pki_dir)
-        server = grpc.aio.server(interceptors=[AuthInterceptor(domain)], options=server_options(self.cfg))
+        auth = AuthInterceptor(domain, (self.pki_dir / "ca.crt").read_bytes())
+        server = grpc.aio.server(interceptors=[auth], options=server_options(self.cfg))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.engine), server)
         control = ControlServicer(
             self.engine, max_pipeline_tasks=self.cfg.max_pipeline_tasks, max_pipeline_bytes=self.cfg.max_pipeline_bytes

@@ -2,7 +2,8 @@
 
 The bytes live in the artifact store (:class:`scheduler.artifacts.ArtifactStore`,
 verified against their digest before they are published); that an artifact
-exists is recorded through the engine, and residency is enforced on download.
+exists is recorded through the engine; who may read it is decided in
+:mod:`scheduler.api.access` (residency for agents, ownership for submitters).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from outrider.errors import InvalidArgument, PermissionDenied
+from outrider.errors import InvalidArgument
 from outrider.protocol import ARTIFACT_KINDS
 from outrider.v1 import artifact_pb2, artifact_pb2_grpc
+from scheduler.api.access import Access
 from scheduler.api.status import streaming, unary
 from scheduler.artifacts import ArtifactStore
-from scheduler.auth import current_identity
 from scheduler.core.engine import Engine
 
 PROBE_MAX_BYTES = 64 << 20
@@ -27,6 +28,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
     def __init__(self, engine: Engine, store: ArtifactStore) -> None:
         self.engine = engine
         self.store = store
+        self.access = Access(engine)
 
     @unary
     async def Upload(
@@ -62,11 +64,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
     async def Download(
         self, request: artifact_pb2.DownloadRequest, context: Any
     ) -> AsyncIterator[artifact_pb2.DownloadChunk]:
-        ident = current_identity()
-        if ident.role == "agent":
-            refusal = self.engine.may_download(ident.name, request.digest)
-            if refusal is not None:
-                raise PermissionDenied(refusal)
+        self.access.download(request.digest)
         size = self.store.size(request.digest)
         if request.offset < 0 or request.offset > size:
             raise InvalidArgument(f"offset {request.offset} is outside the artifact (size {size})")
@@ -100,7 +98,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
 
     @unary
     async def Stat(self, request: artifact_pb2.StatRequest, context: Any) -> artifact_pb2.ArtifactInfo:
-        if not self.store.exists(request.digest):
+        if not self.store.exists(request.digest) or not self.access.readable(request.digest):
             self.store.path(request.digest)  # raises InvalidArgument on a malformed digest
             return artifact_pb2.ArtifactInfo(digest=request.digest, exists=False)
         return artifact_pb2.ArtifactInfo(digest=request.digest, size=self.store.size(request.digest), exists=True)

@@ -20,6 +20,7 @@ from typing import Any
 from outrider.errors import InvalidArgument
 from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc
 from scheduler.api import bounds, wire
+from scheduler.api.access import Access
 from scheduler.api.status import streaming, unary
 from scheduler.auth import current_identity
 from scheduler.core.engine import Engine
@@ -37,6 +38,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self, engine: Engine, *, max_pipeline_tasks: int = 100_000, max_pipeline_bytes: int = 32 << 20
     ) -> None:
         self.engine = engine
+        self.access = Access(engine)
         self.max_pipeline_tasks = max_pipeline_tasks
         self.max_pipeline_bytes = max_pipeline_bytes
 
@@ -112,6 +114,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @unary
     async def GetRun(self, request: control_pb2.GetRunRequest, context: Any) -> control_pb2.RunStatus:
+        self.access.run(request.run_id)
         await self.engine.barrier()
         return await self._status(self.engine.run_status(request.run_id))
 
@@ -121,14 +124,17 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if request.state and request.state not in _RUN_STATES:
             raise InvalidArgument(f"state must be one of {_RUN_STATES}, got {request.state!r}")
         state = RunState(request.state) if request.state else None
-        runs = self.engine.list_runs(state, request.limit if request.limit > 0 else 50)
-        return control_pb2.ListRunsResponse(runs=[wire.run_status_to_proto(r) for r in runs])
+        runs, others = self.access.visible(state)
+        limit = request.limit if request.limit > 0 else 50
+        shown = [wire.run_status_to_proto(run_status(r, with_tasks=False)) for r in runs[:limit]]
+        return control_pb2.ListRunsResponse(runs=shown, others=others)
 
     @streaming
     async def WatchRun(self, request: control_pb2.WatchRunRequest, context: Any) -> AsyncIterator[control_pb2.RunEvent]:
         """The run's snapshot (seq 0), then its durable history after ``after_seq``, then live
         events until it ends: a watch that reconnects resumes where it left off."""
         after = bounds.integer("after_seq", request.after_seq, 0, bounds.MAX_SEQ)
+        self.access.run(request.run_id)
         watcher, run = self.engine.watch(request.run_id, request.run_only)
         try:
             await self.engine.barrier()
@@ -143,14 +149,17 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @unary
     async def CancelRun(self, request: control_pb2.CancelRunRequest, context: Any) -> control_pb2.RunStatus:
+        self.access.run(request.run_id)
         return await self._status(run_status(await self.engine.cancel(request.run_id)))
 
     @unary
     async def RetryRun(self, request: control_pb2.RetryRunRequest, context: Any) -> control_pb2.RunStatus:
+        self.access.run(request.run_id)
         return await self._status(run_status(await self.engine.retry(request.run_id)))
 
     @unary
     async def Explain(self, request: control_pb2.ExplainRequest, context: Any) -> control_pb2.ExplainResponse:
+        self.access.run(request.run_id)
         await self.engine.barrier()
         return wire.explanation_to_proto(self.engine.explain(request.run_id, request.task))
 
@@ -164,6 +173,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     @streaming
     async def GetLogs(self, request: control_pb2.GetLogsRequest, context: Any) -> AsyncIterator[control_pb2.LogLine]:
+        self.access.run(request.run_id)
         backlog, follower = self.engine.logs(request.run_id, request.task, request.attempt, request.follow)
         try:
             for line in backlog:

@@ -55,7 +55,8 @@ def _identity_channel(cluster: LocalCluster, channels: list[grpc.Channel], role:
 
 
 def _runs(cluster: LocalCluster) -> list[str]:
-    with cluster.client("auditor") as client:
+    """Every run (an admin sees them all; a submitter would see only its own)."""
+    with cluster.client("auditor", role="admin") as client:
         return [r.run_id for r in client.list_runs()]
 
 
