@@ -187,7 +187,8 @@ def test_the_event_loop_commits_while_the_disk_is_fast_and_the_thread_when_it_is
     import agent.journal as journal_mod
 
     monkeypatch.setattr(journal_mod, "FAST_RUN", 3)
-    monkeypatch.setattr(journal_mod, "FAST_S", 10.0)  # every commit of a test's disk counts as fast
+    monkeypatch.setattr(journal_mod, "FAST_S", 10.0)  # every commit of a test's disk counts as fast,
+    monkeypatch.setattr(journal_mod, "SLOW_S", 10.0)  # and none as slow, until the test says so
 
     async def scenario() -> None:
         j = Journal(tmp_path / "journal")
