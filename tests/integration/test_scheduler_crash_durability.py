@@ -91,7 +91,7 @@ def test_sigkill_during_a_busy_workload_loses_nothing_acknowledged(two_agents: L
     acked = list(work.acked)
     assert len(acked) >= KILLS
     cluster.wait_agents(["a", "b"], timeout=45)
-    with cluster.client() as client:
+    with cluster.client("workload") as client:  # the runs' owner
         known = {r.run_id for r in client.list_runs(limit=100_000)}
         assert set(acked) <= known, f"acknowledged runs lost: {set(acked) - known}"
         for run_id in acked:
