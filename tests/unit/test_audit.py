@@ -181,8 +181,9 @@ def test_a_refused_change_gives_its_seq_back(tmp_path: Path) -> None:
         first.insert_run(run)
         await store.commit(first)
         ok1 = store.commit(_audit("a", target="before"))
-        poisoned = _nan_task_update(run)
-        poisoned.audit(1_000, "b", "retry", "poisoned", "ok", "")
+        poisoned = Changes()
+        poisoned.audit(1_000, "b", "retry", "poisoned", "ok", "")  # chained (seq 2) before the refusal
+        poisoned.records += _nan_task_update(run).records
         bad = store.commit(poisoned)
         ok2 = store.commit(_audit("c", target="after"))
         await asyncio.gather(ok1, bad, ok2, return_exceptions=True)
