@@ -5,7 +5,7 @@ which returns the exit code. Errors are raised as OutriderError subclasses;
 ``outrider.cli.main`` prints ``error: <message>`` and exits 2.
 
     outrider pki init DIR --trust-domain DOMAIN [--san HOST ...] [--force] [--json]
-    outrider pki issue DIR {agent|submitter|admin} NAME [--force] [--json]
+    outrider pki issue DIR {agent|submitter|admin} NAME [--zones Z1,Z2] [--force] [--json]
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=pki.DEFAULT_CERT_DAYS,
         help=f"certificate validity in days (default {pki.DEFAULT_CERT_DAYS})",
     )
+    issue.add_argument(
+        "--zones",
+        metavar="Z1,Z2",
+        help="agents: the data-residency zones it sits in, comma-separated (e.g. eu,eu-west); the scheduler "
+        "takes them from the certificate, and the agent's own claim can only narrow them",
+    )
     issue.add_argument("--force", action="store_true", help="overwrite an existing NAME.crt/NAME.key")
     issue.add_argument("--json", action="store_true", help="print the written paths as a JSON object")
     issue.set_defaults(func=cmd_issue)
@@ -104,12 +110,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_issue(args: argparse.Namespace) -> int:
     """``outrider pki issue``: returns 0, raises InvalidArgument on bad input."""
-    crt, key = pki.issue(args.dir, args.role, args.name, days=args.days, force=args.force)
+    zones = None if args.zones is None else [z.strip() for z in args.zones.split(",")]
+    crt, key = pki.issue(args.dir, args.role, args.name, days=args.days, force=args.force, zones=zones)
     identity = pki.identity_from_pem(crt.read_bytes())
     ca = pki.ca_files(args.dir)["ca_crt"]
+    listed = sorted(identity.zones) if identity.zones is not None else None
+    shown = f" (zones {', '.join(listed)})" if listed else ""
     _emit(
         args,
-        {"cert": str(crt), "key": str(key), "ca": str(ca), "spiffe_id": identity.spiffe_id},
-        f"issued {identity.spiffe_id}: {crt} {key} (copy these with {ca} to the machine)",
+        {"cert": str(crt), "key": str(key), "ca": str(ca), "spiffe_id": identity.spiffe_id, "zones": listed},
+        f"issued {identity.spiffe_id}{shown}: {crt} {key} (copy these with {ca} to the machine)",
     )
     return 0

@@ -14,6 +14,14 @@ Layout of a PKI directory (what ``outrider pki init`` / ``issue`` write)::
     DIR/trust_domain                     the trust domain, one line
     DIR/NAME.crt DIR/NAME.key            one pair per issued identity
 
+An agent's certificate may also say which data-residency zones the agent sits in
+(``issue(..., zones=...)``, ``outrider pki issue DIR agent NAME --zones eu,eu-west``):
+a non-critical extension, :data:`ZONES_OID`, whose value is the DER encoding of
+``SEQUENCE OF UTF8String``, one zone name each (at least one; names as
+:func:`validate_zones` allows). The scheduler takes an agent's zones from it, and
+an agent's own claim can only narrow them. It is not a SAN, so the SPIFFE rule of
+exactly one URI SAN is untouched.
+
 Private keys are created with mode 0600 atomically (``os.open(..., 0o600)`` on a
 fresh temporary file, then renamed), so there is no window in which a key is
 readable by others, not even when ``force`` replaces an older, laxer file.
@@ -25,6 +33,7 @@ This module imports ``cryptography``; the agent must not import it at startup
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import os
@@ -69,6 +78,16 @@ _TRUST_DOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,253}[a-z0-9])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _SCHEME = "spiffe://"
 
+#: The private OID of the zones extension: under ``2.25`` (ITU-T X.667), the arc of OIDs
+#: made from a UUID, which needs no registration; its UUID is
+#: b6520e6f-f327-457d-9ee3-a5a6279dc18a.
+ZONES_OID = "2.25.242345556398567368594891120082818023818"
+#: A certificate names at most this many zones, each at most MAX_ZONE_LEN characters
+#: (the bounds the scheduler puts on the zones an agent declares).
+MAX_ZONES = 256
+MAX_ZONE_LEN = 256
+_ZONE_RE = re.compile(r"[A-Za-z0-9._-]+")
+
 # Certificates are valid from a few minutes in the past: edge boxes with a
 # slightly slow clock would otherwise refuse a certificate issued "in the future".
 _BACKDATE = datetime.timedelta(minutes=5)
@@ -96,6 +115,77 @@ def validate_name(name: str) -> str:
     return name
 
 
+def validate_zones(zones: Iterable[str], what: str = "zones") -> frozenset[str]:
+    """Return ``zones`` as a set if every name is valid, else raise InvalidArgument naming it.
+
+    A zone name is 1-256 letters, digits, '.', '_' and '-' (as an agent's ``zones`` setting);
+    at least one and at most MAX_ZONES zones.
+    """
+    if isinstance(zones, str):
+        raise InvalidArgument(f"invalid {what} {zones!r}: expected a list of zone names")
+    names = list(zones)
+    if not names:
+        raise InvalidArgument(f"invalid {what}: name at least one zone")
+    if len(names) > MAX_ZONES:
+        raise InvalidArgument(f"invalid {what}: {len(names)} zones, at most {MAX_ZONES}")
+    for zone in names:
+        if not isinstance(zone, str) or len(zone) > MAX_ZONE_LEN or not _ZONE_RE.fullmatch(zone):
+            raise InvalidArgument(
+                f"invalid zone name {zone!r} in {what}: use 1-{MAX_ZONE_LEN} letters, digits, '.', '_' and '-'"
+            )
+    return frozenset(names)
+
+
+def encode_zones(zones: Iterable[str]) -> bytes:
+    """The zones extension's value: DER ``SEQUENCE OF UTF8String``, names sorted."""
+    body = b"".join(_der(0x0C, z.encode("utf-8")) for z in sorted(validate_zones(zones)))
+    return _der(0x30, body)
+
+
+def decode_zones(value: bytes) -> frozenset[str]:
+    """Parse the zones extension's value (see :func:`encode_zones`); InvalidArgument if malformed."""
+    try:
+        tag, body, rest = _der_read(value)
+        if tag != 0x30 or rest:
+            raise ValueError("not one DER SEQUENCE")
+        names = []
+        while body:
+            tag, item, body = _der_read(body)
+            if tag != 0x0C:
+                raise ValueError(f"an element with tag {tag:#04x}, not a UTF8String")
+            names.append(item.decode("utf-8"))
+        return validate_zones(names, "zones extension")
+    except (ValueError, InvalidArgument) as exc:
+        raise InvalidArgument(f"invalid certificate: malformed zones extension ({ZONES_OID}): {exc}") from None
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    n = len(body)
+    if n < 0x80:
+        return bytes((tag, n)) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size + body
+
+
+def _der_read(data: bytes) -> tuple[int, bytes, bytes]:
+    """(tag, body, what follows) of the first DER element of ``data``; ValueError if truncated."""
+    if len(data) < 2:
+        raise ValueError("truncated")
+    tag, first = data[0], data[1]
+    if first < 0x80:
+        length, start = first, 2
+    else:
+        k = first & 0x7F
+        if k == 0 or k > 4 or len(data) < 2 + k:
+            raise ValueError("bad length")
+        length, start = int.from_bytes(data[2 : 2 + k], "big"), 2 + k
+        if length < 0x80 or data[2] == 0:
+            raise ValueError("length not in DER's shortest form")
+    if len(data) < start + length:
+        raise ValueError("truncated")
+    return tag, data[start : start + length], data[start + length :]
+
+
 def _validate_role(role: str, allowed: tuple[str, ...]) -> str:
     if role not in allowed:
         raise InvalidArgument(f"invalid role {role!r}: must be one of {', '.join(allowed)}")
@@ -107,17 +197,21 @@ class Identity:
     """Who a certificate names: ``spiffe://<trust_domain>/<role>/<name>``.
 
     Fields are validated on construction so that an Identity always renders to a
-    well-formed SPIFFE ID.
+    well-formed SPIFFE ID. ``zones`` are the data-residency zones the certificate's
+    zones extension names, None when it has none (the certificate says nothing).
     """
 
     trust_domain: str
     role: str
     name: str
+    zones: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         validate_trust_domain(self.trust_domain)
         _validate_role(self.role, ALL_ROLES)
         validate_name(self.name)
+        if self.zones is not None:
+            validate_zones(self.zones)
 
     @property
     def spiffe_id(self) -> str:
@@ -155,7 +249,8 @@ def parse_spiffe_id(uri: str) -> Identity:
 
 
 def identity_from_pem(pem: bytes) -> Identity:
-    """Return the identity named by a PEM certificate's single SPIFFE URI SAN."""
+    """Return the identity named by a PEM certificate's single SPIFFE URI SAN, with the
+    zones its zones extension names (InvalidArgument if that extension is malformed)."""
     from cryptography import x509
 
     try:
@@ -178,7 +273,32 @@ def _identity_from_cert(cert: x509.Certificate) -> Identity:
             f"invalid certificate: expected exactly one spiffe:// URI SAN, found {len(uris)}"
             + (f" ({', '.join(uris)})" if uris else "")
         )
-    return parse_spiffe_id(uris[0])
+    return dataclasses.replace(parse_spiffe_id(uris[0]), zones=zones_from_cert(cert))
+
+
+def zones_from_pem(pem: bytes) -> frozenset[str] | None:
+    """The zones a PEM certificate's zones extension names (see :func:`zones_from_cert`)."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(f"invalid certificate: not a PEM X.509 certificate ({exc})") from None
+    return zones_from_cert(cert)
+
+
+def zones_from_cert(cert: x509.Certificate) -> frozenset[str] | None:
+    """The zones a certificate's zones extension names; None without one; InvalidArgument if malformed."""
+    from cryptography import x509
+
+    try:
+        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(ZONES_OID))
+    except x509.ExtensionNotFound:
+        return None
+    if ext.critical:  # issue() never marks it critical; one that does was not made by us
+        raise InvalidArgument(f"invalid certificate: the zones extension ({ZONES_OID}) must not be critical")
+    value = ext.value
+    return decode_zones(value.value if isinstance(value, x509.UnrecognizedExtension) else b"")
 
 
 # --------------------------------------------------------------------------- files
@@ -475,12 +595,19 @@ def load_ca(directory: PathLike) -> tuple[x509.Certificate, CertificateIssuerPri
 
 
 def issue(
-    directory: PathLike, role: str, name: str, days: int = DEFAULT_CERT_DAYS, force: bool = False
+    directory: PathLike,
+    role: str,
+    name: str,
+    days: int = DEFAULT_CERT_DAYS,
+    force: bool = False,
+    zones: Iterable[str] | None = None,
 ) -> tuple[Path, Path]:
     """Issue ``DIR/NAME.crt`` and ``DIR/NAME.key`` for ``spiffe://<domain>/<role>/<name>``.
 
     The certificate's only SAN is that one URI; its EKU is clientAuth (every
-    issued identity is a client of the scheduler). Returns (cert path, key path).
+    issued identity is a client of the scheduler). ``zones`` (agents only) puts the
+    zones extension in it: the zones the agent sits in, which its own claim cannot
+    widen. Returns (cert path, key path).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -492,6 +619,9 @@ def issue(
         raise InvalidArgument(
             f"invalid name {name!r}: reserved ({name}.crt/{name}.key belong to the CA directory itself)"
         )
+    zone_set = None if zones is None else validate_zones(zones)
+    if zone_set is not None and role != "agent":
+        raise InvalidArgument(f"--zones is for agents: a {role} certificate names no zones")
     ca_cert, ca_key, domain = load_ca(directory)
     identity = Identity(domain, role, name)
     d = Path(directory)
@@ -504,7 +634,7 @@ def issue(
     not_before, not_after = _validity(days)
     not_after = min(not_after, ca_cert.not_valid_after_utc)
     key = _new_key()
-    cert = _leaf_builder(
+    builder = _leaf_builder(
         subject_cn=name,
         public_key=key.public_key(),
         issuer=ca_cert,
@@ -512,7 +642,11 @@ def issue(
         not_after=not_after,
         sans=[x509.UniformResourceIdentifier(identity.spiffe_id)],
         ekus=[ExtendedKeyUsageOID.CLIENT_AUTH],
-    ).sign(ca_key, hashes.SHA256())
+    )
+    if zone_set is not None:
+        oid = x509.ObjectIdentifier(ZONES_OID)
+        builder = builder.add_extension(x509.UnrecognizedExtension(oid, encode_zones(zone_set)), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
     _write_file(key_path, _key_pem(key), 0o600, force)
     _write_file(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, force)
     return crt_path, key_path

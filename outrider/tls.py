@@ -1,9 +1,10 @@
 """Mutual-TLS plumbing shared by the scheduler, the agent and the client.
 
 The agent imports this module, and the agent must stay small and start fast on
-edge boxes, so nothing here imports ``cryptography`` at module level; only the
-rare fallback in ``identity_from_auth_context`` (a peer whose URI SANs gRPC did
-not expose) pulls it in, through ``outrider.pki``.
+edge boxes, so nothing here imports ``cryptography`` at module level; only
+``identity_from_auth_context`` (the scheduler's, reading the peer certificate's
+zones extension, or its SPIFFE ID where gRPC did not expose the URI SANs) pulls it
+in, through ``outrider.pki``.
 
 What gRPC (1.85) puts in ``context.auth_context()`` for an mTLS peer, verified
 by tests/unit/test_tls.py against a real server. Values are lists of bytes:
@@ -20,6 +21,7 @@ by tests/unit/test_tls.py against a real server. Values are lists of bytes:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -144,9 +146,10 @@ def identity_from_auth_context(auth_context: Mapping[str, Sequence[bytes]] | Non
 
     None means the peer presented no certificate, or one that does not carry
     exactly one well-formed ``spiffe://<domain>/<role>/<name>`` URI SAN (the
-    reason is logged once per certificate). The caller decides what None means
-    (usually UNAUTHENTICATED). The certificate chain itself was already verified
-    against our CA by the TLS handshake; this only reads the name.
+    reason is logged once per certificate), or its zones extension is malformed.
+    The caller decides what None means (usually UNAUTHENTICATED). The certificate
+    chain itself was already verified against our CA by the TLS handshake; this
+    only reads the name and the zones (:attr:`Identity.zones`, from the PEM).
 
     Called on every RPC, so results are cached by certificate.
     """
@@ -165,12 +168,13 @@ def identity_from_auth_context(auth_context: Mapping[str, Sequence[bytes]] | Non
 @functools.lru_cache(maxsize=4096)
 def _identity_cached(pem: bytes, uris: tuple[bytes, ...]) -> Identity | None:
     """Resolve (and memoise) the identity for one certificate."""
-    from outrider.pki import identity_from_pem, parse_spiffe_id
+    from outrider.pki import identity_from_pem, parse_spiffe_id, zones_from_pem
 
     spiffe = [u for u in uris if u.lower().startswith(_SPIFFE_PREFIX)]
     try:
         if len(spiffe) == 1:
-            return parse_spiffe_id(spiffe[0].decode("utf-8", "replace"))
+            ident = parse_spiffe_id(spiffe[0].decode("utf-8", "replace"))
+            return dataclasses.replace(ident, zones=zones_from_pem(pem)) if pem else ident
         if len(spiffe) > 1:
             log.warning(
                 "peer certificate has %d spiffe:// URI SANs, expected exactly one: %s",

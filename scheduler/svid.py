@@ -13,7 +13,8 @@ through the handshake and are refused here (tests/integration/test_rpc_enforceme
 
 The rules: exactly one URI SAN, a SPIFFE ID; BasicConstraints present with CA false;
 KeyUsage present with digitalSignature and neither keyCertSign nor cRLSign; an EKU that
-includes clientAuth; signed directly by our CA; within its validity dates (a connection
+includes clientAuth; Outrider's zones extension, if present, well formed and not critical
+(``outrider.pki.ZONES_OID``); signed directly by our CA; within its validity dates (a connection
 can outlive its certificate, so this is checked per call, not only at the handshake).
 """
 
@@ -24,6 +25,9 @@ import functools
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from outrider.errors import InvalidArgument
+from outrider.pki import zones_from_cert
 
 
 class SvidError(Exception):
@@ -57,6 +61,10 @@ def _structural(leaf: x509.Certificate, ca: x509.Certificate) -> str:
         return "the certificate has no ExtendedKeyUsage; a client's must include clientAuth"
     if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         return "the certificate's ExtendedKeyUsage does not include clientAuth"
+    try:
+        zones_from_cert(leaf)
+    except InvalidArgument as exc:
+        return str(exc).removeprefix("invalid certificate: ")
     try:
         leaf.verify_directly_issued_by(ca)
     except Exception:  # InvalidSignature, or an issuer name or key type that does not match

@@ -351,7 +351,7 @@ def test_cli_init_and_issue_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = json.loads(capsys.readouterr().out)
     assert out == {
         "cert": str(d / "edge-1.crt"), "key": str(d / "edge-1.key"), "ca": str(d / "ca.crt"),
-        "spiffe_id": f"spiffe://{DOMAIN}/agent/edge-1",
+        "spiffe_id": f"spiffe://{DOMAIN}/agent/edge-1", "zones": None,
     }
 
 
