@@ -8,6 +8,12 @@ file was forwarded is kept in ``.outrider/logpos`` (written when something was f
 while the stage ran; no sync: it only has to survive the agent process, not the machine),
 so a taken-over stage's output is neither lost nor sent twice. The files stay when the
 stage is done (an empty pair lets its work dir be recycled: :mod:`agent.workdirs`).
+
+Secrets. Each exact occurrence of a value of the task's ``secret_env`` (of at least
+:data:`MIN_MASKED` bytes) in what is forwarded is replaced by ``***``, as CI systems do.
+Only exact occurrences within one chunk read: a value split across two reads (chunks of
+:data:`READ_CHUNK` bytes), or transformed (encoded, reversed, one character a line) goes
+through; the files in the work dir keep the output unmasked.
 """
 
 from __future__ import annotations
@@ -15,16 +21,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from outrider.v1 import common_pb2
 
-__all__ = ["READ_CHUNK", "LogTail"]
+__all__ = ["MASK", "MIN_MASKED", "READ_CHUNK", "LogTail"]
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+#: Shorter secret values are not masked: they would mask too much that is not them.
+MIN_MASKED = 4
+MASK = b"***"
 STREAMS = ("stdout", "stderr")
 
 LogSink = Callable[[common_pb2.LeaseRef, str, bytes], None]
@@ -33,8 +42,13 @@ LogSink = Callable[[common_pb2.LeaseRef, str, bytes], None]
 class LogTail:
     """The output files of one stage and how far they were forwarded to ``sink``."""
 
-    def __init__(self, lease: common_pb2.LeaseRef, outrider_dir: Path, sink: LogSink) -> None:
+    def __init__(
+        self, lease: common_pb2.LeaseRef, outrider_dir: Path, sink: LogSink, secrets: Iterable[str] = ()
+    ) -> None:
         self.lease = lease
+        # Longest first: a secret that contains another is masked whole.
+        masked = {v.encode() for v in secrets if len(v.encode()) >= MIN_MASKED}
+        self._secrets = sorted(masked, key=len, reverse=True)
         self.dir = outrider_dir
         self._prefix = str(outrider_dir) + "/"
         self.sink = sink
@@ -76,6 +90,8 @@ class LogTail:
                     break
                 self.offsets[stream] += len(data)
                 sent += len(data)
+                for secret in self._secrets:  # (none: no work per chunk)
+                    data = data.replace(secret, MASK)
                 self.sink(self.lease, stream, data)
                 moved = True
         return moved

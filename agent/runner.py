@@ -5,7 +5,7 @@ this environment: ``OUTRIDER_INPUTS`` (each declared input under its name),
 ``OUTRIDER_OUTPUTS`` (where it writes each declared output),
 ``OUTRIDER_CHECKPOINT_DIR`` (where it saves checkpoints: :mod:`outrider.checkpoint`),
 ``OUTRIDER_PIPELINE``, ``OUTRIDER_RUN_ID``, ``OUTRIDER_TASK``, ``OUTRIDER_ATTEMPT`` (1-based),
-``TRACEPARENT`` (W3C trace context), plus the task's own ``env``.
+``TRACEPARENT`` (W3C trace context), plus the task's own ``env`` and ``secret_env``.
 
 The stage is started by the agent's keeper (:mod:`agent.keeper`) in a new session (its
 own process group), so a timeout, a cancel or a lost lease kills the stage *and every
@@ -293,6 +293,7 @@ class Runner:
     def _env(self, a: agent_pb2.Assignment, odir: str) -> dict[str, str]:
         """What a stage's environment adds to the agent's own (the keeper merges them)."""
         env = dict(a.spec.env)
+        env.update(a.spec.secret_env)  # (never logged: the keeper and the agent log no environment)
         env.update(
             OUTRIDER_INPUTS=odir + "inputs",
             OUTRIDER_OUTPUTS=odir + "outputs",
@@ -346,7 +347,7 @@ class Runner:
                 stage.stop_reason = StopReason.LEASE_EXPIRED  # the keeper stopped it first
 
         fut.add_done_callback(exited)
-        tail = LogTail(stage.lease, stage.outrider_dir, self.log_sink)
+        tail = LogTail(stage.lease, stage.outrider_dir, self.log_sink, stage.assignment.spec.secret_env.values())
         if resume:
             tail.resume()
         self._tails[stage.key_text] = tail

@@ -112,6 +112,9 @@ class Task:
     backoff_s: float = DEFAULT_BACKOFF_S
     timeout_s: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
+    #: Like ``env``, but secret: never shown (not even in this object's repr), and masked
+    #: in the stage's forwarded output.
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     gpu_memory_bytes: int = 0
     gpu_model: str = ""
     expressions: list[common_pb2.LabelExpr] = field(default_factory=list)
@@ -187,6 +190,8 @@ class Task:
             spec["timeout"] = self.timeout_s
         if self.env:
             spec["env"] = dict(self.env)
+        if self.secret_env:
+            spec["secret_env"] = dict(self.secret_env)
         prefer: list[Any] = []
         avoid: list[Any] = []
         for affinity in self.affinities:
@@ -226,6 +231,7 @@ class Task:
             timeout_s=self.timeout_s,
             env=dict(self.env),
             affinities=[_copy_affinity(a) for a in self.affinities],
+            secret_env=dict(self.secret_env),
         )
 
     @classmethod
@@ -247,6 +253,7 @@ class Task:
             backoff_s=msg.backoff_s,
             timeout_s=msg.timeout_s,
             env=dict(msg.env),
+            secret_env=dict(msg.secret_env),
             affinities=[_copy_affinity(a) for a in msg.affinities],
         )
         if msg.HasField("requires"):
@@ -313,6 +320,7 @@ class Pipeline:
         retries: int | Mapping[str, Any] | None = None,
         timeout: str | float | None = None,
         env: Mapping[str, Any] | None = None,
+        secret_env: Mapping[str, Any] | None = None,
         prefer: Sequence[str | Mapping[str, Any]] | None = None,
         avoid: Sequence[str | Mapping[str, Any]] | None = None,
     ) -> Task:
@@ -331,6 +339,7 @@ class Pipeline:
             "retries": retries,
             "timeout": timeout,
             "env": env,
+            "secret_env": secret_env,
             "prefer": prefer,
             "avoid": avoid,
             # Task objects are accepted in ``after`` for convenience; the spec holds names.
@@ -509,6 +518,7 @@ def parse_pipeline(text: str, filename: str = "<string>", base_dir: str | os.Pat
 def _keep_written_order(task: Task, origin: TaskOrigin) -> None:
     """Proto maps keep no order: give a task built from the wire form its maps as written."""
     task.inputs, task.env, task.labels = dict(origin.inputs), dict(origin.env), dict(origin.labels)
+    task.secret_env = dict(origin.secret_env)
 
 
 def _plain(value: Any) -> Any:

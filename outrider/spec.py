@@ -16,9 +16,10 @@ tasks.train.requires.memory``); ``validate_proto`` prints it in wire terms
 
 What is checked: names (pipeline, tasks, outputs, inputs), ``task.output`` references,
 ``after`` lists, dependency cycles, argv, resource amounts, label keys and label
-expressions, zones, tenant, environment variable names, times, weights, and NUL characters
-in text that reaches a process. Proto maps have no order, so the validator reads them by
-key (a front end that knows the order inputs were written in may pass it: ``input_order``).
+expressions, zones, tenant, environment variable names (plain and secret), times, weights,
+and NUL characters in text that reaches a process. Proto maps have no order, so the
+validator reads them by key (a front end that knows the order inputs were written in may
+pass it: ``input_order``). A problem never quotes a ``secret_env`` value.
 
 This module imports neither PyYAML nor ``outrider.pipeline``: the scheduler uses it alone.
 """
@@ -41,6 +42,8 @@ __all__ = [
     "GRAPH_FIELDS",
     "LABEL_KEY_PATTERN",
     "MAX_NAME_LENGTH",
+    "MAX_SECRETS",
+    "MAX_SECRET_BYTES",
     "NAME_PATTERN",
     "TENANT_PATTERN",
     "ZONE_PATTERN",
@@ -76,6 +79,9 @@ TENANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,252}"
 _TENANT_RE = re.compile(TENANT_PATTERN)
 #: Environment variable names: what every shell accepts (no '-', no '=').
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Bounds on a task's ``secret_env``: how many, and each value's size in bytes.
+MAX_SECRETS = 64
+MAX_SECRET_BYTES = 16 * 1024
 
 #: A field path: field names (str) and list indices or map keys, from the message root.
 FieldPath = tuple[str | int, ...]
@@ -94,7 +100,7 @@ class SpecProblem:
     ``duplicate-task``, ``invalid-digest``, ``no-tasks``, ``out-of-range``,
     ``invalid-tenant``, ``empty-argv``, ``shell-argv``, ``empty-program``, ``nul``,
     ``invalid-label-key``, ``empty-gpu-model``, ``invalid-label-expr``, ``invalid-zone``,
-    ``duplicate-zone``, ``invalid-env-name``, ``duplicate-output``, ``invalid-ref``,
+    ``duplicate-zone``, ``invalid-env-name``, ``duplicate-env``, ``duplicate-output``, ``invalid-ref``,
     ``self-reference``, ``unknown-task``, ``unknown-output``, ``duplicate-after``, ``cycle``.
     """
 
@@ -312,12 +318,30 @@ def _task_field_problems(task: common_pb2.TaskSpec) -> list[SpecProblem]:
         if not (math.isfinite(seconds) and seconds >= 0):
             message = f"must be a non-negative number of seconds, got {seconds}"
             problems.append(SpecProblem((name,), message, "out-of-range"))
-    for key in sorted(task.env):
-        problem = env_name_problem(key)
-        if problem:
-            problems.append(SpecProblem(("env", key), problem, "invalid-env-name"))
-        elif "\0" in task.env[key]:
-            problems.append(SpecProblem(("env", key), "must not contain NUL characters", "nul"))
+    problems.extend(_env_problems(task))
+    return problems
+
+
+def _env_problems(task: common_pb2.TaskSpec) -> list[SpecProblem]:
+    """``env`` and ``secret_env``: names, NULs, sizes; a problem never quotes a value."""
+    problems: list[SpecProblem] = []
+    for field in ("env", "secret_env"):
+        env = getattr(task, field)
+        if field == "secret_env" and len(env) > MAX_SECRETS:
+            message = f"at most {MAX_SECRETS} secret variables, got {len(env)}"
+            problems.append(SpecProblem((field,), message, "out-of-range"))
+        for key in sorted(env):
+            problem = env_name_problem(key)
+            if problem:
+                problems.append(SpecProblem((field, key), problem, "invalid-env-name"))
+            elif "\0" in env[key]:
+                problems.append(SpecProblem((field, key), "must not contain NUL characters", "nul"))
+            elif field == "secret_env" and key in task.env:
+                message = f"{key!r} is in env too: a variable is either secret or not"
+                problems.append(SpecProblem((field, key), message, "duplicate-env"))
+            elif field == "secret_env" and len(env[key].encode()) > MAX_SECRET_BYTES:
+                message = f"a secret value is at most {MAX_SECRET_BYTES} bytes"
+                problems.append(SpecProblem((field, key), message, "out-of-range"))
     return problems
 
 

@@ -56,7 +56,19 @@ _INT32_MIN = -(2**31)
 # The keys allowed at each level, in the order the docs list them.
 # New keys are appended, so that the start of each "allowed:" list never changes.
 _TOP_KEYS = ("name", "code", "tasks", "priority", "concurrency", "tenant")
-_TASK_KEYS = ("run", "inputs", "outputs", "after", "requires", "retries", "timeout", "env", "prefer", "avoid")
+_TASK_KEYS = (
+    "run",
+    "inputs",
+    "outputs",
+    "after",
+    "requires",
+    "retries",
+    "timeout",
+    "env",
+    "secret_env",
+    "prefer",
+    "avoid",
+)
 _REQUIRES_KEYS = (
     "cpus",
     "memory",
@@ -94,7 +106,7 @@ _TASK_WIRE_PATHS: dict[str, FieldPath] = {"backoff_s": ("retries", "backoff"), "
 class TaskOrigin:
     """How one wire task was written: what maps its wire paths back to the spec's fields.
 
-    ``inputs``, ``env`` and ``labels`` are the maps as written, in their order (proto maps
+    ``inputs``, ``env``, ``secret_env`` and ``labels`` are the maps as written, in their order (proto maps
     keep none), for the model built from the wire form.
     """
 
@@ -105,6 +117,7 @@ class TaskOrigin:
     affinities: list[tuple[str, int, bool]] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     labels: dict[str, str] = field(default_factory=dict)
 
     def spec_path(self, wire: FieldPath) -> FieldPath:
@@ -275,6 +288,11 @@ class SpecReader(ValueReader):
             what = "a mapping of variable name to value"
             origin.env = self.string_map(spec["env"], self.visit(path + ("env",)), what, env_name_problem)
             task.env.update(origin.env)
+        if spec.get("secret_env") is not None:
+            what = "a mapping of variable name to secret value"
+            path_s = self.visit(path + ("secret_env",))
+            origin.secret_env = self.string_map(spec["secret_env"], path_s, what, env_name_problem)
+            task.secret_env.update(origin.secret_env)
         for side in ("prefer", "avoid"):
             if spec.get(side) is not None:
                 task.affinities.extend(self.affinities(spec[side], self.visit(path + (side,)), side, origin))

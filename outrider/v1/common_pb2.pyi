@@ -56,7 +56,7 @@ class Affinity(_message.Message):
     def __init__(self, expr: _Optional[_Union[LabelExpr, _Mapping]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("name", "argv", "shell", "inputs", "outputs", "after", "requires", "max_attempts", "backoff_s", "timeout_s", "env", "affinities")
+    __slots__ = ("name", "argv", "shell", "inputs", "outputs", "after", "requires", "max_attempts", "backoff_s", "timeout_s", "env", "affinities", "secret_env")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,13 @@ class TaskSpec(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SecretEnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +90,7 @@ class TaskSpec(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     AFFINITIES_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ENV_FIELD_NUMBER: _ClassVar[int]
     name: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     shell: bool
@@ -95,7 +103,8 @@ class TaskSpec(_message.Message):
     timeout_s: float
     env: _containers.ScalarMap[str, str]
     affinities: _containers.RepeatedCompositeFieldContainer[Affinity]
-    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., shell: _Optional[bool] = ..., inputs: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Iterable[str]] = ..., after: _Optional[_Iterable[str]] = ..., requires: _Optional[_Union[Requirements, _Mapping]] = ..., max_attempts: _Optional[int] = ..., backoff_s: _Optional[float] = ..., timeout_s: _Optional[float] = ..., env: _Optional[_Mapping[str, str]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ...) -> None: ...
+    secret_env: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., shell: _Optional[bool] = ..., inputs: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Iterable[str]] = ..., after: _Optional[_Iterable[str]] = ..., requires: _Optional[_Union[Requirements, _Mapping]] = ..., max_attempts: _Optional[int] = ..., backoff_s: _Optional[float] = ..., timeout_s: _Optional[float] = ..., env: _Optional[_Mapping[str, str]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ..., secret_env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
     __slots__ = ("name", "code_digest", "tasks", "priority", "concurrency", "tenant")

@@ -111,6 +111,7 @@ def task_from_proto(ts: common_pb2.TaskSpec) -> TaskSpec:
         backoff_s=ts.backoff_s,
         timeout_s=ts.timeout_s,
         env=tuple(ts.env.items()),
+        secret_env=tuple(ts.secret_env.items()),
     )
 
 
@@ -156,6 +157,7 @@ def task_to_proto(ts: TaskSpec) -> common_pb2.TaskSpec:
         backoff_s=ts.backoff_s,
         timeout_s=ts.timeout_s,
         env=dict(ts.env),
+        secret_env=dict(ts.secret_env),
         affinities=[common_pb2.Affinity(expr=_expr_proto(a.expr), weight=a.weight) for a in ts.affinities],
     )
 

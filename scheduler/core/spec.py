@@ -85,6 +85,8 @@ class TaskSpec:
     backoff_s: float = 0.0
     timeout_s: float = 0.0  # 0: none
     env: tuple[tuple[str, str], ...] = ()
+    #: Secret environment variables: for the stage only, never shown, not even in a repr.
+    secret_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def upstream(self) -> tuple[str, ...]:

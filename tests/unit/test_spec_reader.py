@@ -43,7 +43,7 @@ def test_document_problems(text: str, expected: str) -> None:
         # unknown keys name the key and list the allowed ones
         ("run: x\nretry: 2\n",
          "p.yaml:5: tasks.a.retry: unknown key 'retry' (allowed: run, inputs, outputs, after, requires, "
-         "retries, timeout, env, prefer, avoid); did you mean 'retries'?"),
+         "retries, timeout, env, secret_env, prefer, avoid); did you mean 'retries'?"),
         ("run: x\nrequires:\n  cpu: 2\n", "p.yaml:6: tasks.a.requires.cpu: unknown key 'cpu' "
                                           "(allowed: cpus, memory, gpus, disk, labels, match, gpu_memory, "
                                           "gpu_model, residency, max_clock_skew); did you mean 'cpus'?"),
@@ -300,7 +300,7 @@ def test_pipeline_level_problems(text: str, expected: str) -> None:
          "p.yaml:6: tasks.a.prefer[0].match: expected a label expression such as 'tier = edge', got a list"),
         ("run: x\nprefers: [a = b]\n",
          "p.yaml:5: tasks.a.prefers: unknown key 'prefers' (allowed: run, inputs, outputs, after, requires, retries, "
-         "timeout, env, prefer, avoid); did you mean 'prefer'?"),
+         "timeout, env, secret_env, prefer, avoid); did you mean 'prefer'?"),
     ],
 )
 def test_placement_task_problems(body: str, expected: str) -> None:
