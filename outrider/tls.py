@@ -168,7 +168,8 @@ def identity_from_auth_context(auth_context: Mapping[str, Sequence[bytes]] | Non
 @functools.lru_cache(maxsize=4096)
 def _identity_cached(pem: bytes, uris: tuple[bytes, ...]) -> Identity | None:
     """Resolve (and memoise) the identity for one certificate."""
-    from outrider.pki import identity_from_pem, parse_spiffe_id, zones_from_pem
+    from outrider.certzones import zones_from_pem
+    from outrider.pki import identity_from_pem, parse_spiffe_id
 
     spiffe = [u for u in uris if u.lower().startswith(_SPIFFE_PREFIX)]
     try:

@@ -26,8 +26,8 @@ import functools
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from outrider.certzones import zones_from_cert
 from outrider.errors import InvalidArgument
-from outrider.pki import zones_from_cert
 
 
 class SvidError(Exception):

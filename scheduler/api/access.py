@@ -16,7 +16,8 @@ it (``Run.submitter``). An admin sees and changes everything. A submitter:
   infrastructure, and ``requires`` is written against their labels.
 
 An agent's downloads are bounded by residency (an artifact only inside its zones), as
-before, not by its leases.
+before, not by its leases; its zones are those its certificate or the configuration
+attest (:mod:`scheduler.core.zones`), never more than the certificate of the call says.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Access:
         a submitter what its runs reach (else NOT_FOUND, as for bytes the store lacks)."""
         ident = current_identity()
         if ident.role == "agent":
-            refusal = self.engine.may_download(ident.name, digest)
+            refusal = self.engine.may_download(ident.name, digest, ident.zones)
             if refusal is not None:
                 raise PermissionDenied(refusal)
         elif not self.readable(digest):  # the same answer as for bytes the store lacks

@@ -70,6 +70,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             wire.leases_from_proto(request.leases),
             bounds.text("instance_id", request.instance_id),
             _peer(context),
+            ident.zones,  # the certificate's zones: the agent's own claim may only narrow them
         )
         return agent_pb2.RegisterResponse(
             agent_id=ident.name,
@@ -79,14 +80,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             lost=[wire.lease_to_proto(r) for r in lost],
         )
 
-    def _heartbeat(self, name: str, hb: Heartbeat) -> HeartbeatReply:
-        lost = self.engine.heartbeat(name, hb.leases, hb.clocks, hb.caps, unhealthy=hb.unhealthy, draining=hb.draining)
+    def _heartbeat(self, name: str, hb: Heartbeat, cert_zones: frozenset[str] | None) -> HeartbeatReply:
+        lost = self.engine.heartbeat(
+            name, hb.leases, hb.clocks, hb.caps, unhealthy=hb.unhealthy, draining=hb.draining, cert_zones=cert_zones
+        )
         return self._reply(lost, hb.client_time)
 
     @unary
     async def Heartbeat(self, request: agent_pb2.HeartbeatRequest, context: Any) -> agent_pb2.HeartbeatResponse:
         beat = wire.heartbeat_from_proto(request)
-        return wire.heartbeat_to_proto(self._heartbeat(current_identity().name, beat))
+        ident = current_identity()
+        return wire.heartbeat_to_proto(self._heartbeat(ident.name, beat, ident.zones))
 
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Any) -> None:
         name = current_identity().name
@@ -141,7 +145,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             self._complete(name, ch, c)
         if beat is not None:
             try:
-                reply = self._heartbeat(name, beat)
+                reply = self._heartbeat(name, beat, current_identity().zones)  # the stream's certificate
             except OutriderError as exc:
                 log.warning("heartbeat from %s refused: %s", name, bounded(str(exc)))
             else:

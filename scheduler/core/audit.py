@@ -64,6 +64,7 @@ class Action(str, enum.Enum):
     LEASE_EXPIRY = "lease_expiry"  #: a lease ran out (target: run/task#epoch)
     ARTIFACT_COMMIT = "artifact_commit"  #: an artifact's bytes recorded (target: digest)
     RESIDENCY_REFUSAL = "residency_refusal"  #: a download refused for residency (target: digest)
+    ZONE_REFUSAL = "zone_refusal"  #: an agent's claim to zones it is not attested for refused (target: agent)
     # Not built yet (issue 8): REVOKE = "revoke", TOKEN_CREATE = "token_create", ENROL = "enrol".
 
 

@@ -17,6 +17,7 @@ Where each concern lives (see docs/architecture.md for the whole map):
 * :mod:`~scheduler.core.planner`: plan and explain;
 * :mod:`~scheduler.core.watch`: run watchers and log followers;
 * :mod:`~scheduler.core.residency`: who may download what;
+* :mod:`~scheduler.core.zones`: which zones an agent sits in (its certificate, the configuration);
 * :mod:`~scheduler.core.checkpoints`: which checkpoint each task resumes from.
 
 An expired lease requeues the task as a new attempt without counting it against
@@ -55,6 +56,7 @@ from scheduler.core.spec import PipelineSpec
 from scheduler.core.txn import Journal, Txn
 from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan, run_status
 from scheduler.core.watch import LogFollower, Watcher, Watchers, replay_then_follow
+from scheduler.core.zones import ZoneAuthority, ZoneRules
 from scheduler.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class Engine:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         caller: Callable[[], str] = lambda: audit.SCHEDULER,
+        zone_rules: ZoneRules | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.artifact_exists = artifact_exists
@@ -95,7 +98,8 @@ class Engine:
         self.sm = StateMachine(
             self.watchers, wall=wall, rng=self.rng, on_ready=self.queues.put, on_unready=self.queues.remove
         )
-        self.registry = AgentRegistry(max_clock_offset=max_clock_offset, wall=wall, kick=self._kick, clock=clock)
+        zones = ZoneAuthority(zone_rules or ZoneRules(), self.audit.note)  # where agents' zones come from
+        self.registry = AgentRegistry(zones, max_clock_offset=max_clock_offset, wall=wall, kick=self._kick, clock=clock)
         self.leases = LeaseTable(ttl=lease_ttl, find=self.sm.find)
         self.fairness = FairShare(self.registry.capacity)
         self.delay = DelayScheduler(self.registry, placement_wait=placement_wait, kick=self._kick)
@@ -383,9 +387,10 @@ class Engine:
         leases: Iterable[LeaseRef],
         instance_id: str = "",
         peer: str = "",
+        cert_zones: frozenset[str] | None = None,
     ) -> list[LeaseRef]:
         """(Re)register an agent; returns the leases it listed that it must stop."""
-        return self.reports.register(name, identity, caps, clocks, leases, instance_id, peer)
+        return self.reports.register(name, identity, caps, clocks, leases, instance_id, peer, cert_zones)
 
     def heartbeat(
         self,
@@ -395,9 +400,10 @@ class Engine:
         caps: Capabilities | None = None,
         unhealthy: str = "",
         draining: bool = False,
+        cert_zones: frozenset[str] | None = None,
     ) -> list[LeaseRef]:
         """Renew an agent's leases; returns those it no longer holds."""
-        return self.reports.heartbeat(name, leases, clocks, caps, unhealthy, draining)
+        return self.reports.heartbeat(name, leases, clocks, caps, unhealthy, draining, cert_zones)
 
     def drain(self, name: str) -> AgentInfo:
         """An admin asks an agent to drain (no new work; its stages checkpoint and are released)."""
@@ -431,11 +437,9 @@ class Engine:
 
     # ------------------------------------------------------------------ artifacts
 
-    def may_download(self, agent_name: str, digest: str) -> str | None:
+    def may_download(self, agent_name: str, digest: str, cert_zones: frozenset[str] | None = None) -> str | None:
         """None if the agent may receive these bytes; else why not (residency is a hard rule)."""
-        agent = self.registry.get(agent_name)
-        zones = agent.view.zones if agent is not None else frozenset()
-        why = self.residency.refusal(agent_name, zones, digest)
+        why = self.residency.refusal(agent_name, self.registry.zones_of(agent_name, cert_zones), digest)
         if why is not None:
             self.audit.note(Action.RESIDENCY_REFUSAL, digest, "PERMISSION_DENIED", why)
         return why

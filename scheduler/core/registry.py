@@ -28,6 +28,7 @@ from scheduler.core.channel import Channel
 from scheduler.core.messages import Capabilities, ClockSample
 from scheduler.core.model import Needs, Output, Task
 from scheduler.core.views import AgentInfo
+from scheduler.core.zones import ZoneAuthority, ZoneRules
 from scheduler.matcher import AgentView, feasible
 from scheduler.store.base import AgentRow
 
@@ -99,6 +100,7 @@ def clock_skew(samples: Iterable[ClockSample]) -> float:
 class AgentRegistry:
     def __init__(
         self,
+        zones: ZoneAuthority | None = None,
         *,
         max_clock_offset: float,
         wall: Callable[[], float],
@@ -106,6 +108,8 @@ class AgentRegistry:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_clock_offset = max_clock_offset  # past this an agent is clock_suspect
+        #: settles each agent's zones (its view's ``zones`` are the effective ones, see zones.py)
+        self.zones = zones or ZoneAuthority(ZoneRules(), lambda *refusal: None)
         self._wall = wall
         self._clock = clock
         self._kick = kick
@@ -128,6 +132,12 @@ class AgentRegistry:
         if agent is None:
             raise FailedPrecondition(f"agent {name} is not registered; call Register first")
         return agent
+
+    def zones_of(self, name: str, cert_zones: frozenset[str] | None = None) -> frozenset[str]:
+        """The zones whose data ``name`` may receive now: its effective zones, within those the
+        certificate of this call and the configuration attest (none if it is not registered)."""
+        agent = self.agents.get(name)
+        return self.zones.bound(name, cert_zones, agent.view.zones if agent is not None else frozenset())
 
     def views(self) -> list[AgentView]:
         return [a.view for a in self.agents.values()]

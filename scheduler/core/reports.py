@@ -106,14 +106,18 @@ class Reports:
         leases: Iterable[LeaseRef],
         instance_id: str = "",
         peer: str = "",
+        cert_zones: frozenset[str] | None = None,
     ) -> list[LeaseRef]:
         """(Re)register an agent; returns the leases it listed that it must stop.
 
-        Raises FailedPrecondition, changing nothing, when another instance is connected
+        Raises PermissionDenied, changing nothing, when it declares a zone outside those its
+        certificate (``cert_zones``) or the configuration gives it (:mod:`~scheduler.core.zones`);
+        FailedPrecondition, changing nothing, when another instance is connected
         under the name (:meth:`AgentRegistry.admit`). When a new instance takes over a
         name that is not connected, the old instance's leases expire at once: their
         processes belong to the old instance, which is gone.
         """
+        caps = self._registry.zones.settle(name, cert_zones, caps)
         clocks = tuple(clocks)
         existing, replaced = self._registry.admit(name, instance_id)
         if existing is not None and replaced:
@@ -148,10 +152,14 @@ class Reports:
         caps: Capabilities | None = None,
         unhealthy: str = "",
         draining: bool = False,
+        cert_zones: frozenset[str] | None = None,
     ) -> list[LeaseRef]:
         """Renew an agent's leases and take what it says of itself; returns the leases it
-        no longer holds."""
+        no longer holds. Capabilities that claim a zone the agent is not attested for refuse
+        the whole heartbeat (PermissionDenied), before anything in it is applied."""
         agent = self._registry.require(name)
+        if caps is not None:
+            caps = self._registry.zones.settle(name, cert_zones, caps)
         leases = list(leases)
         self._registry.observe_clocks(agent, tuple(clocks))
         if caps is not None:
