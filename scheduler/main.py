@@ -16,8 +16,10 @@ import os
 import sys
 from typing import Any
 
+from outrider.certzones import validate_zones
 from outrider.config import load_toml, merge_config, parse_address, parse_bytes, parse_duration
-from outrider.errors import ConfigError, OutriderError
+from outrider.errors import ConfigError, InvalidArgument, OutriderError
+from outrider.pki import validate_name
 from outrider.tls import MAX_MESSAGE_BYTES
 from scheduler.server import Scheduler, SchedulerConfig
 
@@ -51,13 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--infeasible-timeout", help="fail a task that no agent can run after this long, e.g. 10m")
     p.add_argument("--max-clock-offset", help="mark agents whose clock offset + uncertainty exceeds this, e.g. 1s")
+    p.add_argument(
+        "--require-attested-zones",
+        action="store_true",
+        default=None,
+        help="refuse zones an agent declares unless its certificate or [agent_zones] names them",
+    )
     p.add_argument("--log-level", help="debug, info, warning or error")
     return p
 
 
 def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     args = build_parser().parse_args(argv)
-    defaults = {f.name: f.default for f in dataclasses.fields(SchedulerConfig)}
+    defaults = dataclasses.asdict(SchedulerConfig())
     file_values = load_toml(args.config) if args.config else {}
     source = args.config or "flags"
     flags = vars(args)
@@ -89,11 +97,31 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
             f"{source}: max_pipeline_bytes must be from 1KiB to {(MAX_MESSAGE_BYTES >> 20) - 1}MiB "
             f"(under the largest gRPC message, {MAX_MESSAGE_BYTES >> 20}MiB), got {merged['max_pipeline_bytes']}"
         )
+    merged["agent_zones"] = agent_zones(merged["agent_zones"], source)
+    if not isinstance(merged["require_attested_zones"], bool):
+        raise ConfigError(f"{source}: require_attested_zones must be true or false")
     try:
         parse_address(merged["listen"])
     except ValueError as exc:
         raise ConfigError(f"{source}: listen: {exc}") from None
     return SchedulerConfig(**merged)
+
+
+def agent_zones(value: Any, source: str) -> dict[str, list[str]]:
+    """``[agent_zones]``: agent name -> the zones the scheduler gives it (checked as
+    ``outrider pki issue --zones`` checks them); ConfigError naming the bad entry."""
+    if not isinstance(value, dict):
+        raise ConfigError(f'{source}: agent_zones must be a table, like [agent_zones] edge-1 = ["eu", "eu-west"]')
+    out = {}
+    for name, zones in value.items():
+        try:
+            validate_name(name)
+            if not isinstance(zones, list):
+                raise InvalidArgument(f'expected a list of zone names like ["eu", "eu-west"], got {zones!r}')
+            out[name] = sorted(validate_zones(zones, f"agent_zones.{name}"))
+        except InvalidArgument as exc:
+            raise ConfigError(f"{source}: agent_zones: {name}: {exc}") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -43,6 +43,7 @@ from scheduler.artifacts import ArtifactStore
 from scheduler.auth import AuthInterceptor
 from scheduler.core.audit import Verdict
 from scheduler.core.engine import Engine
+from scheduler.core.zones import ZoneRules
 from scheduler.logs import LogStore
 from scheduler.store.sqlite import SqliteStore
 
@@ -74,6 +75,9 @@ class SchedulerConfig:
     max_pipeline_tasks: int = 100_000  # refuse a pipeline (plan, submit) with more tasks
     max_pipeline_bytes: int = 32 << 20  # refuse a pipeline whose encoded spec is larger
     log_level: str = "info"
+    #: agent name -> the zones the configuration gives it (``[agent_zones]``); its certificate's win
+    agent_zones: dict[str, list[str]] = field(default_factory=dict)
+    require_attested_zones: bool = False  # refuse zones only the agent itself declares
 
 
 def server_options(cfg: SchedulerConfig) -> list[tuple[str, int]]:
@@ -141,6 +145,9 @@ class Scheduler:
             artifact_exists=self.artifacts.exists,
             log_sink=self.logs,
             caller=caller_id,
+            zone_rules=ZoneRules(
+                {name: frozenset(z) for name, z in cfg.agent_zones.items()}, cfg.require_attested_zones
+            ),
         )
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()

@@ -4,9 +4,11 @@ it, and a refused claim changes nothing and is audited. Driven through the engin
 servicer drives it (the certificate's zones are ``cert_zones``)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from outrider.errors import PermissionDenied
+from outrider.errors import ConfigError, PermissionDenied
 from scheduler.core.messages import Capabilities, ClockSample
 from scheduler.core.model import Output
 from scheduler.core.zones import ZoneRules
@@ -180,3 +182,37 @@ def test_require_attested_zones_through_the_engine(h: Harness) -> None:
         assert len(refusals(h)) == 1
 
     h.run(body())
+
+
+# --------------------------------------------------------------------------- the scheduler's configuration
+
+def test_agent_zones_and_require_attested_zones_load_from_the_toml(tmp_path: Path) -> None:
+    from scheduler.main import load_config
+    from scheduler.server import SchedulerConfig
+
+    assert (SchedulerConfig().agent_zones, SchedulerConfig().require_attested_zones) == ({}, False)
+    toml = tmp_path / "s.toml"
+    toml.write_text('require_attested_zones = true\n[agent_zones]\nedge-1 = ["eu-west", "eu"]\n"gpu.box" = ["us"]\n')
+    cfg = load_config(["--config", str(toml)])
+    assert cfg.agent_zones == {"edge-1": ["eu", "eu-west"], "gpu.box": ["us"]}
+    assert cfg.require_attested_zones is True
+    assert load_config(["--require-attested-zones"]).require_attested_zones is True
+    assert load_config([]).require_attested_zones is False
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('[agent_zones]\nedge-1 = ["e u"]\n', "agent_zones: edge-1: invalid zone name 'e u'"),
+    ('[agent_zones]\nedge-1 = []\n', "name at least one zone"),
+    ('[agent_zones]\nedge-1 = "eu"\n', "expected a list of zone names"),
+    ('[agent_zones]\n"-x" = ["eu"]\n', "invalid name '-x'"),
+    ('agent_zones = 3\n', "agent_zones must be a table"),
+    ('require_attested_zones = "yes"\n', "require_attested_zones must be true or false"),
+])
+def test_bad_agent_zones_are_refused_naming_the_entry(tmp_path: Path, text: str, words: str) -> None:
+    from scheduler.main import load_config
+
+    toml = tmp_path / "s.toml"
+    toml.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(["--config", str(toml)])
+    assert words in str(exc.value) and str(toml) in str(exc.value)
