@@ -156,14 +156,15 @@ class LocalCluster:
         if not (self.pki / "ca.crt").exists():
             pki.init_ca(self.pki, self.trust_domain)
 
-    def issue(self, role: str, name: str) -> tuple[Path, Path, Path]:
-        """Certificate files (ca, cert, key) for an identity, issued once."""
+    def issue(self, role: str, name: str, zones: Iterable[str] | None = None) -> tuple[Path, Path, Path]:
+        """Certificate files (ca, cert, key) for an identity, issued once (an agent's with the
+        zones extension when ``zones`` is given: its zones are then the certificate's)."""
         from outrider import pki
 
         self.init_pki()
         paths = pki_paths(self.pki, name)
         if name not in self._issued and not paths[1].exists():
-            pki.issue(self.pki, role, name)
+            pki.issue(self.pki, role, name, zones=zones)
         self._issued.add(name)
         return paths
 
@@ -217,18 +218,20 @@ class LocalCluster:
         handle: str | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        zones: Iterable[str] | None = None,
     ) -> Daemon:
         """Start an agent named ``name`` (its certificate's name).
 
         ``handle`` is the key in :attr:`agents` and names its log (default: the name;
         give another to start a second process under the same name). ``state_dir``
         defaults to ``ROOT/agents/HANDLE``; a relative one is passed as is, resolved
-        by the agent against ``cwd`` (default: this process's).
+        by the agent against ``cwd`` (default: this process's). ``zones`` go into its
+        certificate (what it declares with ``--zones`` in ``extra_args`` may only narrow them).
         """
         if not self.address:
             raise ClusterError("start the scheduler first")
         handle = handle or name
-        self.issue("agent", name)
+        self.issue("agent", name, zones)
         argv = [
             self.python,
             "-m",
