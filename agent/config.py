@@ -37,3 +37,7 @@ class AgentConfig:
     # A file whose appearance means this machine is about to be taken away (a spot
     # instance's preemption notice): the agent drains. Empty: none.
     preemption_file: str = ""
+    # Run stages as this user (a name or a uid) and group (default: the user's own), so a
+    # stage cannot read the agent's key or state; empty: as the agent's own user.
+    stage_user: str = ""
+    stage_group: str = ""

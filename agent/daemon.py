@@ -45,6 +45,7 @@ import signal
 import time
 from pathlib import Path
 
+from agent import stageuser
 from agent.cache import BlobCache
 from agent.checkpoints import Checkpoints, CheckpointStore
 from agent.config import AgentConfig
@@ -98,6 +99,11 @@ class Agent:
         self.scratch = self.state_dir / "scratch"
         for d in (self.cache_dir, self.work_root, self.scratch):
             d.mkdir(parents=True, exist_ok=True)
+        self.stage_user = stageuser.resolve(cfg.stage_user, cfg.stage_group)
+        if self.stage_user is not None:  # stages must not read what the agent keeps here
+            stageuser.lock_down(self.state_dir)
+            su = self.stage_user
+            log.info("stages run as %s (uid %d, gid %d)", su.name, su.uid, su.gid)
         self.cache = BlobCache(self.cache_dir, cfg.cache_max_bytes)
         self.cache.scan()
         self.cache.evict()
@@ -120,7 +126,8 @@ class Agent:
             probe_bytes=cfg.bandwidth_probe_bytes,
             max_extract_bytes=cfg.max_extract_bytes,
         )
-        self.keeper = KeeperClient(self.state_dir, env, grace=cfg.kill_grace)
+        ids = (self.stage_user.uid, self.stage_user.gid) if self.stage_user is not None else None
+        self.keeper = KeeperClient(self.state_dir, env, grace=cfg.kill_grace, user=ids)
         self.checkpoints = Checkpoints(
             CheckpointStore(self.state_dir / "checkpoints"),
             self.transfers,
@@ -138,6 +145,7 @@ class Agent:
             hooks=self.checkpoints,
             on_fault=lambda reason: self.supervisor.set_unhealthy(reason),
             keep=self.recovered.keep,
+            stage_user=self.stage_user,
         )
         self.supervisor = Supervisor(self.runner, self.uplink, slots, journal=self.journal, drain_grace=cfg.drain_grace)
         self.supervisor.outbox.restore(outbox)

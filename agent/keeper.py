@@ -23,7 +23,7 @@ Lifecycle::
     no agent and nothing running ───────┴▶ exits (exit codes are kept until their lease lapses)
 
 The protocol is one JSON object per line on a Unix socket that only the agent's user can
-open (it starts programs). Agent → keeper: ``hello`` {env, grace} (answered with
+open (it starts programs). Agent → keeper: ``hello`` {env, grace, user} (answered with
 ``stages``), ``spawn`` {key, argv, env, cwd, stdout, stderr, renewed, ttl} (answered with
 ``failed`` {errno, filename, error} if it cannot start, and with ``spawned`` {pid} only if
 it asks, ``reply``, or once it has run a while; it may carry ``forget`` too), ``renew``
@@ -31,6 +31,13 @@ it asks, ``reply``, or once it has run a while; it may carry ``forget`` too), ``
 Keeper → agent: ``exited`` {key, pid, code, expired}. A short stage costs one message
 each way.
 Times are ``time.monotonic()`` values: one clock for every process of a boot.
+
+Stages as another user. ``hello``'s ``user`` is ``[uid, gid]`` when the agent has a
+``stage_user`` (:mod:`agent.stageuser`), null when not (absent: unchanged). ``posix_spawn``
+cannot change ids, so such a stage is started with ``subprocess.Popen(user=, group=,
+extra_groups=[])``: setgroups, setgid, setuid between fork and exec. The keeper still reaps
+it itself (``waitpid(-1)``); it keeps the ``Popen`` until then, and marks it reaped, so that
+``subprocess`` never reaps a stage behind its back. Without a user, nothing of this runs.
 
 Standard library only, run as a script (``python -I -S keeper.py STATE_DIR``): it must
 start fast and stay small beside the stages.
@@ -113,6 +120,19 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def _drop_ambient_caps() -> None:
+    """Clear this process's ambient capabilities (a non-root agent's CAP_SETUID and co.,
+    given by systemd's AmbientCapabilities=): a stage started as another user would keep
+    them through its exec, and could switch back. The keeper keeps its permitted ones."""
+    import ctypes
+
+    pr_cap_ambient, pr_cap_ambient_clear_all = 47, 4
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_cap_ambient, pr_cap_ambient_clear_all, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot clear the keeper's ambient capabilities: {os.strerror(err)}")
+
+
 class Keeper:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
@@ -127,6 +147,10 @@ class Keeper:
         self.sel = selectors.DefaultSelector()
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._paths: dict[tuple[str, str | None], str] = {}
+        #: (uid, gid) stages run as; None: the keeper's own.
+        self.user: tuple[int, int] | None = None
+        self._popens: dict[int, Any] = {}  # pid -> subprocess.Popen of a stage started as ``user``
+        self._caps_dropped = False
 
     # ------------------------------------------------------------------ the loop
 
@@ -285,6 +309,8 @@ class Keeper:
         elif op == "hello":
             self.env = dict(m.get("env") or self.env)
             self.grace = float(m.get("grace", self.grace))
+            if "user" in m:
+                self.user = (int(m["user"][0]), int(m["user"][1])) if m["user"] else None
             self._send({"op": "stages", "stages": [e.view() for e in self.entries.values()]})
 
     def _forget(self, keys: list[str]) -> None:
@@ -342,6 +368,8 @@ class Keeper:
                 os.chdir(cwd)  # (a relative program, or PATH entry, is the stage's: relative to its cwd)
                 program = self._resolve(argv[0], env.get("PATH"))
                 try:
+                    if self.user is not None:
+                        return self._spawn_as(self.user, program, argv, env, out, err)
                     return os.posix_spawn(
                         program,
                         argv,
@@ -365,6 +393,31 @@ class Keeper:
                 os.close(err)
         finally:
             os.close(out)
+
+    def _spawn_as(
+        self, user: tuple[int, int], program: str, argv: list[str], env: dict[str, str], out: int, err: int
+    ) -> int:
+        """Start a stage as ``user`` (uid, gid), with no supplementary groups; its pid."""
+        import subprocess  # only a keeper with a stage user pays for it
+
+        if not self._caps_dropped:  # (a failure is the agent's: the spawn fails, the keeper lives)
+            if os.geteuid() != 0:
+                _drop_ambient_caps()
+            self._caps_dropped = True
+        p = subprocess.Popen(
+            argv,
+            executable=program,
+            stdin=self._devnull,
+            stdout=out,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+            user=user[0],
+            group=user[1],
+            extra_groups=[],
+        )
+        self._popens[p.pid] = p
+        return p.pid
 
     def _resolve(self, name: str, path: str | None) -> str:
         """The program a name means, searched in the stage's PATH as a shell would (cached)."""
@@ -392,6 +445,9 @@ class Keeper:
                 return
             if pid == 0:
                 return
+            popen = self._popens.pop(pid, None) if self._popens else None
+            if popen is not None:
+                popen.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by subprocess
             entry = self.by_pid.pop(pid, None)
             if entry is None:
                 continue

@@ -46,10 +46,18 @@ class KeeperClient:
         state_dir: where the keeper's socket, lock and log live.
         env: the environment every stage starts from (a spawn adds its own variables).
         grace: how long the keeper waits between SIGTERM and SIGKILL of a lapsed stage.
+        user: (uid, gid) stages run as (the agent's ``stage_user``); None: the keeper's own.
     """
 
-    def __init__(self, state_dir: Path, env: dict[str, str] | None = None, grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        env: dict[str, str] | None = None,
+        grace: float = 5.0,
+        user: tuple[int, int] | None = None,
+    ) -> None:
         self.state_dir = state_dir
+        self.user = user
         self.socket_path = state_dir / keeper_mod.SOCKET_NAME
         self.env = dict(os.environ if env is None else env)
         self.grace = grace
@@ -86,7 +94,7 @@ class KeeperClient:
                     return []
                 await self._start()
         self._hello = asyncio.get_running_loop().create_future()
-        self._send({"op": "hello", "env": self.env, "grace": self.grace})
+        self._send({"op": "hello", "env": self.env, "grace": self.grace, "user": self.user})
         stages = await self._hello
         for s in stages:
             fut = self.exit_of(s["key"])

@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from agent.stageuser import open_own_file
 from outrider.v1 import common_pb2
 
 __all__ = ["MASK", "MIN_MASKED", "READ_CHUNK", "LogTail"]
@@ -39,13 +40,24 @@ STREAMS = ("stdout", "stderr")
 LogSink = Callable[[common_pb2.LeaseRef, str, bytes], None]
 
 
+def _open(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
 class LogTail:
     """The output files of one stage and how far they were forwarded to ``sink``."""
 
     def __init__(
-        self, lease: common_pb2.LeaseRef, outrider_dir: Path, sink: LogSink, secrets: Iterable[str] = ()
+        self,
+        lease: common_pb2.LeaseRef,
+        outrider_dir: Path,
+        sink: LogSink,
+        secrets: Iterable[str] = (),
+        own_files: bool = False,
     ) -> None:
         self.lease = lease
+        # The stage runs as another user (stage_user): read only the files the agent made.
+        self._open = open_own_file if own_files else _open
         # Longest first: a secret that contains another is masked whole.
         masked = {v.encode() for v in secrets if len(v.encode()) >= MIN_MASKED}
         self._secrets = sorted(masked, key=len, reverse=True)
@@ -77,7 +89,7 @@ class LogTail:
                 try:
                     if os.stat(self.path(stream)).st_size <= self.offsets[stream]:
                         continue
-                    fd = self._fds[stream] = os.open(self.path(stream), os.O_RDONLY | os.O_CLOEXEC)
+                    fd = self._fds[stream] = self._open(self.path(stream))
                 except OSError:
                     continue
             sent = 0

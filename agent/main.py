@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-extract-bytes",
         help="ceiling on what one directory artifact may expand to in a work dir, e.g. 10GiB (0: none)",
     )
+    p.add_argument("--stage-user", help="run stages as this user (name or uid); needs root or CAP_SETUID and co.")
+    p.add_argument("--stage-group", help="the stages' group (name or gid; default: the stage user's own)")
     return p
 
 
@@ -157,6 +159,11 @@ def load_config(argv: list[str] | None = None) -> Any:
     from outrider.tls import read_pem_files
 
     read_pem_files(cfg["ca"], cfg["cert"], cfg["key"])  # fail now, naming the file, not at connect time
+    from agent.stageuser import resolve
+
+    for key in ("stage_user", "stage_group"):
+        cfg[key] = str(cfg[key] if cfg[key] is not None else "")
+    resolve(cfg["stage_user"], cfg["stage_group"])  # no such user, or no way to switch to it: fail now
     return AgentConfig(**cfg)
 
 

@@ -44,6 +44,7 @@ from typing import Protocol
 from agent.keeper_client import KeeperClient, KeeperLost
 from agent.logtail import LogSink, LogTail
 from agent.stage import AgentFault, Stage, StopReason
+from agent.stageuser import StageUser, hand_over
 from agent.workdirs import WorkdirPool
 from outrider.errors import InvalidArgument
 from outrider.protocol import Outcome
@@ -106,6 +107,7 @@ class Runner:
         hooks: checkpoints around each process.
         on_fault: told the reason whenever the agent itself failed a stage.
         keep: work dirs of stages taken over from a previous agent process.
+        stage_user: who stages run as (:mod:`agent.stageuser`); None: the agent's user.
     """
 
     def __init__(
@@ -121,8 +123,10 @@ class Runner:
         hooks: StageHooks | None = None,
         on_fault: Callable[[str], None] | None = None,
         keep: tuple[Path, ...] = (),
+        stage_user: StageUser | None = None,
     ) -> None:
         self.work_root = work_root
+        self.stage_user = stage_user
         self.workdirs = WorkdirPool(work_root, 4, keep=keep)
         self.keeper = keeper
         self.fetch = fetch
@@ -163,6 +167,8 @@ class Runner:
             if stage.resume_dir is not None:  # its newest checkpoint was taken from there
                 self.workdirs.remove(stage.resume_dir)
                 stage.resume_dir = None
+            if self.stage_user is not None:
+                await self._hand_over(stage.workdir, self.stage_user)
             if not await self._start(stage):
                 return self._stopped(completion, stage, stage.stop_reason)  # type: ignore[arg-type]
             return await self._finish(stage, completion)
@@ -290,6 +296,14 @@ class Runner:
             # Writing into the cache or the work dir failed: this machine's fault, not the task's.
             raise AgentFault(f"cannot prepare the work dir: {exc.strerror or exc}") from None
 
+    @staticmethod
+    async def _hand_over(workdir: Path, user: StageUser) -> None:
+        """The prepared work dir becomes the stage user's (:func:`agent.stageuser.hand_over`)."""
+        try:
+            await asyncio.to_thread(hand_over, workdir, user)
+        except OSError as exc:
+            raise AgentFault(f"cannot hand the work dir to {user.name}: {exc.strerror or exc}") from None
+
     def _env(self, a: agent_pb2.Assignment, odir: str) -> dict[str, str]:
         """What a stage's environment adds to the agent's own (the keeper merges them)."""
         env = dict(a.spec.env)
@@ -347,7 +361,8 @@ class Runner:
                 stage.stop_reason = StopReason.LEASE_EXPIRED  # the keeper stopped it first
 
         fut.add_done_callback(exited)
-        tail = LogTail(stage.lease, stage.outrider_dir, self.log_sink, stage.assignment.spec.secret_env.values())
+        secrets = stage.assignment.spec.secret_env.values()
+        tail = LogTail(stage.lease, stage.outrider_dir, self.log_sink, secrets, own_files=self.stage_user is not None)
         if resume:
             tail.resume()
         self._tails[stage.key_text] = tail
