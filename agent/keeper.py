@@ -360,7 +360,9 @@ class Keeper:
         the stage named it (exit 127/126 material: the task's fault); a program or
         environment the OS cannot take (a NUL byte, a name with "=") is EINVAL.
         """
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        # O_NOFOLLOW: a stage run as another user owns its work dir; the keeper must not
+        # append to wherever a link it left there points.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
         out = os.open(stdout, flags, 0o644)
         try:
             err = os.open(stderr, flags, 0o644)

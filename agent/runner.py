@@ -413,7 +413,10 @@ class Runner:
         if stage.exited is not None:
             self.keeper.forget(stage.key_text)
         if stage.workdir is not None:
-            self.workdirs.release(stage.workdir, stage.output_empty)
+            if self.stage_user is None:
+                self.workdirs.release(stage.workdir, stage.output_empty)
+            else:  # never recycled: the stage user owned it, and a process it left could still change it
+                self.workdirs.remove(stage.workdir)
             stage.workdir = None
 
     async def kill(self, stage: Stage, grace: float | None = None) -> int:

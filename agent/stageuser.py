@@ -9,7 +9,8 @@ checkpoints, the keeper's socket. With ``stage_user`` set:
   it), every entry in it but ``work`` loses its group and other permissions, and the agent
   runs with umask ``077``, so what it makes later is private too;
 * each work dir, as prepared (code, inputs, the ``.outrider`` dirs), is handed to the
-  stage user (``chown``) just before its stage starts; the stage's ``stdout`` and
+  stage user (``chown``) just before its stage starts, and removed after it (never
+  recycled: a process the stage left behind could still change it); the stage's ``stdout`` and
   ``stderr`` files stay the agent's (the stage writes them through the descriptors the
   keeper gives it), and the agent reads them only as the regular files it made
   (:func:`open_own_file`), so a stage cannot swap in a link to one of the agent's files;

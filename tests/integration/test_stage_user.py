@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from outrider.localcluster import LocalCluster
+from outrider.localcluster import LocalCluster, wait_for
 from outrider.pipeline import Pipeline
 
 pytestmark = [
@@ -85,3 +85,8 @@ def test_stages_run_as_stage_user_and_cannot_read_the_agent_state(
     assert len(lines) == 5 and all(line.endswith(" denied") for line in lines), lines
     assert (state.stat().st_mode & 0o777) == 0o711
     assert cluster.agents["a"].tail(200).count(f"stages run as {stage_user.pw_name}") == 1
+
+    def stage_owned() -> list[Path]:
+        return [p for p in (state / "work").iterdir() if p.lstat().st_uid == stage_user.pw_uid]
+
+    wait_for(lambda: not stage_owned(), 10, "the stage's work dir to be removed (never recycled)")
