@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import argparse
 
-from outrider.config import load_toml, merge_config, parse_address, parse_bytes, parse_duration, parse_labels
+from outrider.config import (
+    absolute_paths,
+    load_toml,
+    merge_config,
+    parse_address,
+    parse_bytes,
+    parse_duration,
+    parse_labels,
+)
 from outrider.errors import ConfigError, OutriderError
 
 #: What a zone name may be made of (it is compared with residency tags as is).
@@ -49,15 +57,6 @@ def parse_zones(value: Any) -> list[str]:
 #: (flags against the working directory, the TOML file's against its own directory), so
 #: no relative path ever reaches a stage, whose working directory is its work dir.
 PATH_KEYS = ("ca", "cert", "key", "pki_dir", "state_dir", "preemption_file")
-
-
-def absolute_paths(values: dict[str, Any], base: str) -> None:
-    """Make every non-empty path setting in ``values`` absolute against ``base`` (in place);
-    ``~`` is expanded."""
-    for key in PATH_KEYS:
-        value = values.get(key)
-        if isinstance(value, str) and value:
-            values[key] = os.path.abspath(os.path.join(base, os.path.expanduser(value)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,8 +108,8 @@ def load_config(argv: list[str] | None = None) -> Any:
     source = args.config or "flags"
     flags = vars(args)
     if args.config:
-        absolute_paths(file_values, os.path.dirname(os.path.abspath(args.config)))
-    absolute_paths(flags, os.getcwd())
+        absolute_paths(file_values, PATH_KEYS, os.path.dirname(os.path.abspath(args.config)))
+    absolute_paths(flags, PATH_KEYS, os.getcwd())
     try:
         if flags.get("labels") is not None:
             flags["labels"] = parse_labels(flags["labels"])

@@ -6,9 +6,10 @@ Quantities (``4GiB``) and durations (``30m``) are parsed here, once.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,17 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+
+
+def absolute_paths(values: dict[str, Any], keys: Iterable[str], base: str) -> None:
+    """Make every non-empty path setting among ``keys`` in ``values`` absolute against
+    ``base`` (in place); ``~`` is expanded. A config file's paths are relative to the file,
+    a flag's to the working directory: no relative path reaches a process whose working
+    directory is something else (a stage's is its work dir)."""
+    for key in keys:
+        value = values.get(key)
+        if isinstance(value, str) and value:
+            values[key] = os.path.abspath(os.path.join(base, os.path.expanduser(value)))
 
 
 def merge_config(

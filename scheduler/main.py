@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from outrider.certzones import validate_zones
-from outrider.config import load_toml, merge_config, parse_address, parse_bytes, parse_duration
+from outrider.config import absolute_paths, load_toml, merge_config, parse_address, parse_bytes, parse_duration
 from outrider.errors import ConfigError, InvalidArgument, OutriderError
 from outrider.pki import validate_name
 from outrider.tls import MAX_MESSAGE_BYTES
@@ -25,15 +25,6 @@ from scheduler.server import Scheduler, SchedulerConfig
 
 #: The settings that name files or directories (see the module docstring).
 PATH_KEYS = ("state_dir", "pki_dir", "ready_file")
-
-
-def absolute_paths(values: dict[str, Any], base: str) -> None:
-    """Make every non-empty path setting in ``values`` absolute against ``base`` (in place);
-    ``~`` is expanded."""
-    for key in PATH_KEYS:
-        value = values.get(key)
-        if isinstance(value, str) and value:
-            values[key] = os.path.abspath(os.path.join(base, os.path.expanduser(value)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,10 +61,10 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     source = args.config or "flags"
     flags = vars(args)
     if args.config:
-        absolute_paths(file_values, os.path.dirname(os.path.abspath(args.config)))
-    absolute_paths(flags, os.getcwd())
+        absolute_paths(file_values, PATH_KEYS, os.path.dirname(os.path.abspath(args.config)))
+    absolute_paths(flags, PATH_KEYS, os.getcwd())
     merged = merge_config(file_values, flags, defaults, source)
-    absolute_paths(merged, os.getcwd())  # the defaults are absolute already; this is for certainty
+    absolute_paths(merged, PATH_KEYS, os.getcwd())  # the defaults are absolute already; this is for certainty
     for key in ("lease_ttl", "heartbeat_interval", "placement_wait", "infeasible_timeout", "max_clock_offset"):
         try:
             merged[key] = parse_duration(merged[key])
