@@ -181,26 +181,6 @@ class KeeperClient:
 
     # ------------------------------------------------------------------ stages
 
-    async def start(
-        self,
-        key: str,
-        argv: list[str],
-        env: dict[str, str],
-        cwd: str,
-        stdout: str,
-        stderr: str,
-        renewed: float,
-        ttl: float,
-        reply: bool = False,
-    ) -> asyncio.Future[int] | None:
-        """Ask for a stage to be started in its own process group, without waiting. If it
-        cannot start (the exec, or the chdir into ``cwd``, failed), its exit future
-        (:meth:`exit_of`) raises the OSError. With ``reply``, returns a future of its pid.
-        KeeperLost if the keeper is gone."""
-        if self._transport is None:
-            await self.connect()
-        return self.launch(key, argv, env, cwd, stdout, stderr, renewed, ttl, reply)
-
     def launch(
         self,
         key: str,
@@ -213,8 +193,11 @@ class KeeperClient:
         ttl: float,
         reply: bool = False,
     ) -> asyncio.Future[int] | None:
-        """:meth:`start` on a connected client, at once (KeeperLost if not connected):
-        nothing can happen between the caller's last look at the stage and its spawn."""
+        """Ask for a stage to be started in its own process group, at once, without waiting
+        (nothing can happen between the caller's last look at the stage and its spawn). If it
+        cannot start (the exec, or the chdir into ``cwd``, failed), its exit future
+        (:meth:`exit_of`) raises the OSError. With ``reply``, returns a future of its pid.
+        KeeperLost if not connected (:meth:`connect` first)."""
         fut: asyncio.Future[int] | None = None
         if reply:
             fut = asyncio.get_running_loop().create_future()
@@ -250,8 +233,10 @@ class KeeperClient:
         renewed: float,
         ttl: float,
     ) -> int:
-        """:meth:`start`, and wait for the pid (OSError if it could not start)."""
-        fut = await self.start(key, argv, env, str(cwd), str(stdout), str(stderr), renewed, ttl, reply=True)
+        """Connect if need be, :meth:`launch`, and wait for the pid (OSError if it could not start)."""
+        if self._transport is None:
+            await self.connect()
+        fut = self.launch(key, argv, env, str(cwd), str(stdout), str(stderr), renewed, ttl, reply=True)
         assert fut is not None
         return await fut
 
