@@ -156,6 +156,28 @@ MIGRATIONS: tuple[str, ...] = (
         hash      TEXT NOT NULL
     );
     """,
+    # 7: revoked agents: a durable deny-list by agent name (scheduler.core.revocation)
+    """
+    CREATE TABLE revoked_agents (
+        name       TEXT PRIMARY KEY,
+        revoked_at REAL NOT NULL,
+        revoked_by TEXT NOT NULL,
+        reason     TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;
+    """,
+    # 8: join tokens for zero-touch enrolment; only a hash of each token's secret is kept
+    """
+    CREATE TABLE join_tokens (
+        token_id    TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        created_by  TEXT NOT NULL,
+        expires_at  REAL NOT NULL,
+        uses_left   INTEGER NOT NULL,
+        labels      TEXT NOT NULL DEFAULT '',
+        zones       TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;
+    """,
 )
 
 #: How many audit records one read takes (a whole-chain verify streams in such chunks).
