@@ -37,3 +37,19 @@ _HEX = frozenset("0123456789abcdef")
 def is_digest(text: str) -> bool:
     """True for an artifact digest as the wire carries it: sha256, 64 lowercase hex characters."""
     return len(text) == 64 and set(text) <= _HEX
+
+
+#: The trailing metadata key of the scheduler's refusal of a revoked agent (``UNAUTHENTICATED``);
+#: its value is the revoked name. The agent recognises its revocation by this key, not by the
+#: wording of the message, and stops for good (``agent.daemon.EXIT_REVOKED``).
+REVOKED_METADATA_KEY = "outrider-revoked"
+
+
+def revoked_message(name: str, revoked_at: str, revoked_by: str, reason: str = "") -> str:
+    """The refusal every call of a revoked agent gets: ``agent NAME was revoked at TIME by ID``,
+    then the reason, if one was given, and what to do."""
+    why = f" ({reason})" if reason else ""
+    return (
+        f"agent {name} was revoked at {revoked_at} by {revoked_by}{why}; its certificate is refused for good: "
+        "enrol this machine again under a new name, or ask an admin"
+    )

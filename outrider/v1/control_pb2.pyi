@@ -248,7 +248,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "identity", "state", "capabilities", "clock", "last_seen", "running", "free_slots", "registered_at", "clock_suspect", "clock_skew_s", "draining", "unhealthy", "instance_id")
+    __slots__ = ("name", "identity", "state", "capabilities", "clock", "last_seen", "running", "free_slots", "registered_at", "clock_suspect", "clock_skew_s", "draining", "unhealthy", "instance_id", "revoked", "revoked_at", "revoked_by")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +263,9 @@ class AgentInfo(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     UNHEALTHY_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
     identity: str
     state: str
@@ -277,13 +280,42 @@ class AgentInfo(_message.Message):
     draining: bool
     unhealthy: str
     instance_id: str
-    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., state: _Optional[str] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., last_seen: _Optional[float] = ..., running: _Optional[int] = ..., free_slots: _Optional[int] = ..., registered_at: _Optional[float] = ..., clock_suspect: _Optional[bool] = ..., clock_skew_s: _Optional[float] = ..., draining: _Optional[bool] = ..., unhealthy: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
+    revoked: bool
+    revoked_at: float
+    revoked_by: str
+    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., state: _Optional[str] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., last_seen: _Optional[float] = ..., running: _Optional[int] = ..., free_slots: _Optional[int] = ..., registered_at: _Optional[float] = ..., clock_suspect: _Optional[bool] = ..., clock_skew_s: _Optional[float] = ..., draining: _Optional[bool] = ..., unhealthy: _Optional[str] = ..., instance_id: _Optional[str] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[float] = ..., revoked_by: _Optional[str] = ...) -> None: ...
 
 class DrainAgentRequest(_message.Message):
     __slots__ = ("agent",)
     AGENT_FIELD_NUMBER: _ClassVar[int]
     agent: str
     def __init__(self, agent: _Optional[str] = ...) -> None: ...
+
+class RevokeAgentRequest(_message.Message):
+    __slots__ = ("agent", "reason")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    reason: str
+    def __init__(self, agent: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokeAgentResponse(_message.Message):
+    __slots__ = ("agent", "already_revoked", "revoked_at", "revoked_by", "reason", "leases_requeued", "known")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_REVOKED_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LEASES_REQUEUED_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    already_revoked: bool
+    revoked_at: float
+    revoked_by: str
+    reason: str
+    leases_requeued: int
+    known: bool
+    def __init__(self, agent: _Optional[str] = ..., already_revoked: _Optional[bool] = ..., revoked_at: _Optional[float] = ..., revoked_by: _Optional[str] = ..., reason: _Optional[str] = ..., leases_requeued: _Optional[int] = ..., known: _Optional[bool] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
     __slots__ = ("agents",)

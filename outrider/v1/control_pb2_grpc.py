@@ -94,6 +94,11 @@ class ControlServiceStub:
                 request_serializer=outrider_dot_v1_dot_control__pb2.DrainAgentRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_control__pb2.AgentInfo.FromString,
                 _registered_method=True)
+        self.RevokeAgent = channel.unary_unary(
+                '/outrider.v1.ControlService/RevokeAgent',
+                request_serializer=outrider_dot_v1_dot_control__pb2.RevokeAgentRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.RevokeAgentResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -182,6 +187,16 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeAgent(self, request, context):
+        """Revokes an agent's name for good (admin): every call with its certificate is refused
+        (UNAUTHENTICATED), its work stream ends, its leases are cancelled and their tasks
+        requeued without spending a retry. A durable deny-list: it survives restarts.
+        Idempotent; a name never seen may be revoked too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +259,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.DrainAgent,
                     request_deserializer=outrider_dot_v1_dot_control__pb2.DrainAgentRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_control__pb2.AgentInfo.SerializeToString,
+            ),
+            'RevokeAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAgent,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.RevokeAgentRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.RevokeAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +590,33 @@ class ControlService:
             '/outrider.v1.ControlService/DrainAgent',
             outrider_dot_v1_dot_control__pb2.DrainAgentRequest.SerializeToString,
             outrider_dot_v1_dot_control__pb2.AgentInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrider.v1.ControlService/RevokeAgent',
+            outrider_dot_v1_dot_control__pb2.RevokeAgentRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.RevokeAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,
