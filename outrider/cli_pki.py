@@ -6,6 +6,7 @@ which returns the exit code. Errors are raised as OutriderError subclasses;
 
     outrider pki init DIR --trust-domain DOMAIN [--san HOST ...] [--force] [--json]
     outrider pki issue DIR {agent|submitter|admin} NAME [--zones Z1,Z2] [--force] [--json]
+    outrider pki fingerprint DIR [--json]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Manage Outrider's private CA: every party authenticates with a certificate "
         "naming one SPIFFE ID, spiffe://<trust-domain>/<role>/<name>.",
     )
-    verbs = parser.add_subparsers(dest="pki_command", metavar="{init,issue}")
+    verbs = parser.add_subparsers(dest="pki_command", metavar="{init,issue,fingerprint}")
     verbs.required = True
 
     init = verbs.add_parser(
@@ -79,6 +80,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     issue.add_argument("--force", action="store_true", help="overwrite an existing NAME.crt/NAME.key")
     issue.add_argument("--json", action="store_true", help="print the written paths as a JSON object")
     issue.set_defaults(func=cmd_issue)
+
+    fp = verbs.add_parser(
+        "fingerprint",
+        help="print the CA certificate's fingerprint, the pin for `outrider-agent join --ca-fingerprint`",
+        description="Print sha256:HEX, the SHA-256 of the DER encoding of DIR/ca.crt. A joining agent "
+        "(`outrider-agent join --ca-fingerprint sha256:HEX`) trusts the enrolment port only if it shows this CA.",
+    )
+    fp.add_argument("dir", metavar="DIR", help="the CA directory (or any directory holding the CA's ca.crt)")
+    fp.add_argument("--json", action="store_true", help='print {"fingerprint": ..., "ca": PATH} as JSON')
+    fp.set_defaults(func=cmd_fingerprint)
     return parser
 
 
@@ -121,4 +132,21 @@ def cmd_issue(args: argparse.Namespace) -> int:
         {"cert": str(crt), "key": str(key), "ca": str(ca), "spiffe_id": identity.spiffe_id, "zones": listed},
         f"issued {identity.spiffe_id}{shown}: {crt} {key} (copy these with {ca} to the machine)",
     )
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    """``outrider pki fingerprint``: returns 0, raises InvalidArgument for a missing or bad ca.crt."""
+    from outrider.errors import InvalidArgument
+
+    ca = pki.ca_files(args.dir)["ca_crt"]
+    try:
+        pem = ca.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"{ca}: cannot read the CA certificate: {exc.strerror or exc}") from None
+    try:
+        value = pki.fingerprint(pem)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{ca}: {exc}") from None
+    _emit(args, {"fingerprint": value, "ca": str(ca)}, value)
     return 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import ipaddress
 import os
 import re
@@ -43,12 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from outrider.certzones import (
-    ZONES_OID,
-    encode_zones,
-    validate_zones,
-    zones_from_cert,
-)
+from outrider.certzones import ZONES_OID, encode_zones, validate_zones, zones_from_cert
 from outrider.errors import InvalidArgument
 
 if TYPE_CHECKING:  # cryptography is imported lazily so that Identity/parse_spiffe_id stay cheap
@@ -509,9 +505,7 @@ def issue(
     zones extension in it: the zones the agent sits in, which its own claim cannot
     widen. Returns (cert path, key path).
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import ExtendedKeyUsageOID
+    from cryptography.hazmat.primitives import serialization
 
     _validate_role(role, ROLES)
     validate_name(name)
@@ -532,21 +526,70 @@ def issue(
                 raise InvalidArgument(f"{path} already exists; pass --force to overwrite it")
 
     not_before, not_after = _validity(days)
-    not_after = min(not_after, ca_cert.not_valid_after_utc)
     key = _new_key()
-    builder = _leaf_builder(
-        subject_cn=name,
-        public_key=key.public_key(),
-        issuer=ca_cert,
-        not_before=not_before,
-        not_after=not_after,
-        sans=[x509.UniformResourceIdentifier(identity.spiffe_id)],
-        ekus=[ExtendedKeyUsageOID.CLIENT_AUTH],
-    )
-    if zone_set is not None:
-        oid = x509.ObjectIdentifier(ZONES_OID)
-        builder = builder.add_extension(x509.UnrecognizedExtension(oid, encode_zones(zone_set)), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
+    cert = sign_leaf(ca_cert, ca_key, identity, key.public_key(), not_before, not_after, zone_set)
     _write_file(key_path, _key_pem(key), 0o600, force)
     _write_file(crt_path, cert.public_bytes(serialization.Encoding.PEM), 0o644, force)
     return crt_path, key_path
+
+
+def sign_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: CertificateIssuerPrivateKeyTypes,
+    identity: Identity,
+    public_key: ec.EllipticCurvePublicKey,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    zones: frozenset[str] | None = None,
+) -> x509.Certificate:
+    """A client leaf (X.509-SVID: one URI SAN, CA:FALSE, digitalSignature, clientAuth; zones if
+    given) for ``public_key``, never outliving the CA: ``issue`` and scheduler.signer sign here."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    builder = _leaf_builder(
+        subject_cn=identity.name,
+        public_key=public_key,
+        issuer=ca_cert,
+        not_before=not_before,
+        not_after=min(not_after, ca_cert.not_valid_after_utc),
+        sans=[x509.UniformResourceIdentifier(identity.spiffe_id)],
+        ekus=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+    if zones is not None:
+        oid = x509.ObjectIdentifier(ZONES_OID)
+        builder = builder.add_extension(x509.UnrecognizedExtension(oid, encode_zones(zones)), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def fingerprint(cert: bytes) -> str:
+    """``sha256:HEX`` of a certificate's DER (``cert`` in PEM or DER): what a joining agent pins."""
+    if cert.lstrip().startswith(b"-----BEGIN"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            cert = x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid certificate: not a PEM X.509 certificate ({exc})") from None
+    return "sha256:" + hashlib.sha256(cert).hexdigest()
+
+
+def parse_fingerprint(text: str) -> str:
+    """A CA pin as ``sha256:HEX``, from ``sha256:HEX``, bare hex or colon-separated hex
+    (``AB:CD:...``, as ``openssl x509 -fingerprint -sha256`` prints it); any case."""
+    if not isinstance(text, str) or len(text) > 200:
+        raise InvalidArgument("invalid CA fingerprint: expected sha256:<64 hex digits>")
+    value = text.strip()
+    if value.lower().startswith("sha256:"):
+        value = value[len("sha256:") :]
+    elif "=" in value:  # openssl's "SHA256 Fingerprint=AB:CD:..."
+        value = value.partition("=")[2]
+    digits = value.replace(":", "").lower()
+    if len(digits) != 64 or not re.fullmatch(r"[0-9a-f]{64}", digits) or value.count(":") not in (0, 31):
+        raise InvalidArgument(
+            f"invalid CA fingerprint {text!r}: expected sha256:<64 hex digits> (as `outrider pki fingerprint DIR` "
+            "prints it), 64 bare hex digits, or 32 colon-separated hex pairs"
+        )
+    return "sha256:" + digits
