@@ -129,6 +129,14 @@ class CheckpointRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokedRow:
+    name: str  # an agent name on the deny-list
+    revoked_at: float  # wall time
+    revoked_by: str  # the admin's SPIFFE ID
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class EventRow:
     seq: int
     ts: float
@@ -150,6 +158,7 @@ class Loaded:
     agents: list[AgentRow]
     attempts: list[AttemptRow] = field(default_factory=list)  # in (run, task, attempt) order
     checkpoints: list[CheckpointRow] = field(default_factory=list)
+    revoked: list[RevokedRow] = field(default_factory=list)  # the agent names revoked, oldest first
     event_seq: int = 0  # the last event's sequence number
     run_event_seq: dict[str, int] = field(default_factory=dict)  # run -> seq of its last run-level event
 

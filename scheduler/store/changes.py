@@ -35,6 +35,7 @@ class Op(enum.Enum):
     #: residency): the latest accepted checkpoint of a task
     INSERT_AUDIT = "insert_audit"  #: (ts_us, identity, action, target, outcome, detail): the writer gives it
     #: its seq, prev_hash and hash in commit order (scheduler.core.audit.Chain)
+    INSERT_REVOKED = "insert_revoked"  #: (name, revoked_at, revoked_by, reason): an agent name revoked for good
 
 
 Record = tuple[Op, Any]
@@ -167,6 +168,10 @@ class Changes:
         self, seq: int, ts: float, run_id: str, task: str, state: str, attempt: int, agent: str, detail: str
     ) -> None:
         self.records.append((Op.INSERT_EVENTS_MANY, [(seq, ts, run_id, task, state, attempt, agent, detail)]))
+
+    def insert_revoked(self, name: str, revoked_at: float, revoked_by: str, reason: str) -> None:
+        """An agent name on the deny-list (:mod:`scheduler.core.revocation`); never removed."""
+        self.records.append((Op.INSERT_REVOKED, (name, revoked_at, revoked_by, reason)))
 
     def audit(self, ts_us: int, identity: str, action: str, target: str, outcome: str, detail: str) -> None:
         """An audit record (see :mod:`scheduler.core.audit`); chained as it is written."""

@@ -26,6 +26,7 @@ from scheduler.store.base import (
     EventRow,
     Loaded,
     OutputRow,
+    RevokedRow,
     RunRow,
     Store,
     TaskRow,
@@ -210,6 +211,7 @@ SQL: dict[Op, str] = {
     Op.INSERT_AUDIT: _AUDIT_INSERT,  # its seq and hashes from the chain, as it is written (_apply)
     Op.UPSERT_CHECKPOINT: "INSERT OR REPLACE INTO checkpoints(run_id, task, epoch, seq, digest, size, kind, created_at,"
     " residency) VALUES (?,?,?,?,?,?,?,?,?)",
+    Op.INSERT_REVOKED: "INSERT INTO revoked_agents(name, revoked_at, revoked_by, reason) VALUES (?,?,?,?)",
 }
 _MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
 assert set(SQL) == set(Op), "every kind of write needs its statement"
@@ -361,6 +363,10 @@ class SqliteStore(Store):
                     zones_of(r["residency"]),
                 )
                 for r in q("SELECT * FROM checkpoints")
+            ],
+            revoked=[
+                RevokedRow(r["name"], r["revoked_at"], r["revoked_by"], r["reason"])
+                for r in q("SELECT * FROM revoked_agents ORDER BY revoked_at, name")
             ],
             event_seq=q("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0],
             run_event_seq={
