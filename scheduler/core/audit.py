@@ -32,8 +32,9 @@ shorter chain that is still consistent; the running scheduler knows the head it 
 (:meth:`AuditTrail.verify` checks the stored chain reaches it), and ``outrider audit verify
 --json`` prints the head so an auditor can keep it elsewhere.
 
-Not built yet (issue 8), their records land here when they are: revoking a certificate
-(``revoke``), creating a token (``token_create``), enrolling an agent (``enrol``).
+Revoking an agent (``revoke``, :mod:`scheduler.core.revocation`) is recorded with the deny-list
+entry it writes. Not built yet (issue 8), their records land here when they are: creating a
+token (``token_create``), enrolling an agent (``enrol``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class Action(str, enum.Enum):
     ARTIFACT_COMMIT = "artifact_commit"  #: an artifact's bytes recorded (target: digest)
     RESIDENCY_REFUSAL = "residency_refusal"  #: a download refused for residency (target: digest)
     ZONE_REFUSAL = "zone_refusal"  #: an agent's claim to zones it is not attested for refused (target: agent)
-    # Not built yet (issue 8): REVOKE = "revoke", TOKEN_CREATE = "token_create", ENROL = "enrol".
+    REVOKE = "revoke"  #: an agent's name revoked by an admin, or revoked again (target: agent name)
+    # Not built yet (issue 8): TOKEN_CREATE = "token_create", ENROL = "enrol".
 
 
 def target_of(run_id: str, task: str, epoch: int) -> str:
