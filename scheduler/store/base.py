@@ -137,6 +137,20 @@ class RevokedRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenRow:
+    """A join token as stored (migration 8); its secret only as a hash (scheduler.core.tokens)."""
+
+    token_id: str
+    secret_hash: str  # hex sha256 of the secret
+    created_at: float  # wall time
+    created_by: str  # the admin's SPIFFE ID
+    expires_at: float  # wall time
+    uses_left: int
+    labels: str  # JSON object of strings
+    zones: str  # comma-separated; empty: the certificates it gets name no zones
+
+
+@dataclass(frozen=True, slots=True)
 class EventRow:
     seq: int
     ts: float
@@ -159,6 +173,7 @@ class Loaded:
     attempts: list[AttemptRow] = field(default_factory=list)  # in (run, task, attempt) order
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     revoked: list[RevokedRow] = field(default_factory=list)  # the agent names revoked, oldest first
+    tokens: list[TokenRow] = field(default_factory=list)  # join tokens on record
     event_seq: int = 0  # the last event's sequence number
     run_event_seq: dict[str, int] = field(default_factory=dict)  # run -> seq of its last run-level event
 

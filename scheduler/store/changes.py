@@ -35,6 +35,10 @@ class Op(enum.Enum):
     #: residency): the latest accepted checkpoint of a task
     INSERT_AUDIT = "insert_audit"  #: (ts_us, identity, action, target, outcome, detail): the writer gives it
     #: its seq, prev_hash and hash in commit order (scheduler.core.audit.Chain)
+    UPSERT_TOKEN = "upsert_token"  #: (token_id, secret_hash, created_at, created_by, expires_at, uses_left,
+    #: labels, zones): a join token (scheduler.core.tokens)
+    UPDATE_TOKEN_USES = "update_token_uses"  #: (uses_left, token_id)
+    DELETE_TOKEN = "delete_token"  #: (token_id,)
     INSERT_REVOKED = "insert_revoked"  #: (name, revoked_at, revoked_by, reason): an agent name revoked for good
 
 
@@ -168,6 +172,16 @@ class Changes:
         self, seq: int, ts: float, run_id: str, task: str, state: str, attempt: int, agent: str, detail: str
     ) -> None:
         self.records.append((Op.INSERT_EVENTS_MANY, [(seq, ts, run_id, task, state, attempt, agent, detail)]))
+
+    def upsert_token(self, row: tuple[str, str, float, str, float, int, str, str]) -> None:
+        """A join token: (token_id, secret_hash, created_at, created_by, expires_at, uses_left, labels, zones)."""
+        self.records.append((Op.UPSERT_TOKEN, row))
+
+    def token_uses(self, token_id: str, uses_left: int) -> None:
+        self.records.append((Op.UPDATE_TOKEN_USES, (uses_left, token_id)))
+
+    def delete_token(self, token_id: str) -> None:
+        self.records.append((Op.DELETE_TOKEN, (token_id,)))
 
     def insert_revoked(self, name: str, revoked_at: float, revoked_by: str, reason: str) -> None:
         """An agent name on the deny-list (:mod:`scheduler.core.revocation`); never removed."""

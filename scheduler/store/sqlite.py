@@ -30,6 +30,7 @@ from scheduler.store.base import (
     RunRow,
     Store,
     TaskRow,
+    TokenRow,
     log,
 )
 from scheduler.store.changes import Op, Record, zones_of
@@ -211,6 +212,10 @@ SQL: dict[Op, str] = {
     Op.INSERT_AUDIT: _AUDIT_INSERT,  # its seq and hashes from the chain, as it is written (_apply)
     Op.UPSERT_CHECKPOINT: "INSERT OR REPLACE INTO checkpoints(run_id, task, epoch, seq, digest, size, kind, created_at,"
     " residency) VALUES (?,?,?,?,?,?,?,?,?)",
+    Op.UPSERT_TOKEN: "INSERT OR REPLACE INTO join_tokens(token_id, secret_hash, created_at, created_by, expires_at,"
+    " uses_left, labels, zones) VALUES (?,?,?,?,?,?,?,?)",
+    Op.UPDATE_TOKEN_USES: "UPDATE join_tokens SET uses_left=? WHERE token_id=?",
+    Op.DELETE_TOKEN: "DELETE FROM join_tokens WHERE token_id=?",
     Op.INSERT_REVOKED: "INSERT INTO revoked_agents(name, revoked_at, revoked_by, reason) VALUES (?,?,?,?)",
 }
 _MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
@@ -367,6 +372,13 @@ class SqliteStore(Store):
             revoked=[
                 RevokedRow(r["name"], r["revoked_at"], r["revoked_by"], r["reason"])
                 for r in q("SELECT * FROM revoked_agents ORDER BY revoked_at, name")
+            ],
+            tokens=[
+                TokenRow(*r)
+                for r in q(
+                    "SELECT token_id, secret_hash, created_at, created_by, expires_at,"
+                    " uses_left, labels, zones FROM join_tokens ORDER BY created_at"
+                )
             ],
             event_seq=q("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0],
             run_event_seq={
