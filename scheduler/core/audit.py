@@ -33,8 +33,9 @@ shorter chain that is still consistent; the running scheduler knows the head it 
 --json`` prints the head so an auditor can keep it elsewhere.
 
 Revoking an agent (``revoke``, :mod:`scheduler.core.revocation`) is recorded with the deny-list
-entry it writes. Not built yet (issue 8), their records land here when they are: creating a
-token (``token_create``), enrolling an agent (``enrol``).
+entry it writes. Join tokens (:mod:`scheduler.core.tokens`): ``token_create`` and
+``token_revoke`` with the token's row, ``enrol`` (done: with the token's use; refused: a record
+of its own), ``cert_renew`` (an agent's certificate renewed over mTLS).
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ class Action(str, enum.Enum):
     RESIDENCY_REFUSAL = "residency_refusal"  #: a download refused for residency (target: digest)
     ZONE_REFUSAL = "zone_refusal"  #: an agent's claim to zones it is not attested for refused (target: agent)
     REVOKE = "revoke"  #: an agent's name revoked by an admin, or revoked again (target: agent name)
-    # Not built yet (issue 8): TOKEN_CREATE = "token_create", ENROL = "enrol".
+    TOKEN_CREATE = "token_create"  #: a join token made (target: token id; detail: uses, expiry, labels, zones)
+    TOKEN_REVOKE = "token_revoke"  #: a join token withdrawn by an admin (target: token id)
+    ENROL = "enrol"  #: an enrolment with a join token, done or refused (identity: token:<id>; target: agent name)
+    CERT_RENEW = "cert_renew"  #: an agent's certificate renewed (target: agent name; detail: serial, expiry)
 
 
 def target_of(run_id: str, task: str, epoch: int) -> str:
