@@ -189,12 +189,22 @@ def main(argv: list[str] | None = None) -> int:
 
     shed("argparse", "gettext")  # flags are parsed; an idle agent on an edge box stays small
 
+    from agent import certcheck
+
     try:
+        certcheck.check(cfg.cert, cfg.scheduler)  # expired while offline: say so, do not dial forever
         agent = Agent(cfg)
+    except certcheck.CertificateNotValid as exc:
+        print(f"outrider-agent: error: {exc}", file=sys.stderr)
+        return certcheck.exit_code(exc)
     except OutriderError as exc:  # its state dir is held by another agent, say
         print(f"outrider-agent: error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(agent.run())
+    try:
+        asyncio.run(agent.run())
+    except certcheck.CertificateNotValid as exc:  # it expired while running, before a renewal
+        print(f"outrider-agent: error: {exc}", file=sys.stderr)
+        return certcheck.exit_code(exc)
     return 0
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 import grpc
 
+from agent import certcheck
 from agent.cache import BlobCache
 from agent.checkpoints import Checkpoints
 from agent.clock import ClockTracker
@@ -45,6 +46,7 @@ from agent.link import LinkMeter
 from agent.supervisor import Supervisor
 from agent.transfers import Transfers
 from agent.uplink import Uplink
+from outrider.errors import OutriderError
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2_grpc, common_pb2
 
@@ -129,6 +131,7 @@ class Session:
         delay = BACKOFF_MIN_S
         while not self._stop.is_set():
             self.healthy = False
+            self._check_certificate()  # expired (not renewed in time): stop here, no reconnect loop
             try:
                 self._current = asyncio.ensure_future(self._connect())
                 await self._current
@@ -160,6 +163,18 @@ class Session:
         if not self.supervisor.stages:
             return BACKOFF_MAX_S
         return max(BACKOFF_MIN_S, min(BACKOFF_MAX_S, self.supervisor.lease_ttl / 4))
+
+    def _check_certificate(self) -> None:
+        """Raise CertificateNotValid if this agent's certificate (read from its file, renewed or not)
+        expired; the agent then exits (``agent.main``). Not valid yet: logged, and tried again."""
+        try:
+            certcheck.check(self.cfg.cert, self.cfg.scheduler)
+        except certcheck.CertificateNotValid as exc:
+            log.error("%s", exc)
+            if exc.expired:
+                raise
+        except OutriderError as exc:  # unreadable now (being replaced?): the dial will say more
+            log.warning("%s", exc)
 
     def _refused(self, exc: grpc.aio.AioRpcError) -> None:
         if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:

@@ -4,6 +4,8 @@ The TLS layer already refused any peer without a certificate from our CA. Here, 
 every call, the peer's certificate is checked against the SPIFFE X.509-SVID rules
 (:mod:`scheduler.svid`: one URI SAN, not a CA, key usage and EKU, signed by our CA
 itself), its SPIFFE ID (``spiffe://<domain>/<role>/<name>``) against our trust domain,
+then whether it names a revoked agent (``UNAUTHENTICATED``, carrying the metadata key
+:data:`outrider.protocol.REVOKED_METADATA_KEY`; :mod:`scheduler.core.revocation`),
 and its role against the RPC's row in :data:`RULES`, the one table of every RPC the
 scheduler serves; an RPC not in it is refused (``PERMISSION_DENIED``). The identity is
 then available to servicers via :func:`current_identity`, and each row names the
@@ -27,6 +29,7 @@ import grpc
 
 from outrider.errors import InvalidArgument
 from outrider.pki import Identity
+from outrider.protocol import REVOKED_METADATA_KEY
 from outrider.tls import identity_from_auth_context
 from scheduler import svid
 
@@ -81,6 +84,7 @@ RULES: dict[str, Rule] = {
     _C + "GetLogs": Rule(USERS, RUN),
     _C + "Explain": Rule(USERS, RUN),
     _C + "DrainAgent": Rule(ADMIN),
+    _C + "RevokeAgent": Rule(ADMIN),
     "/outrider.v1.AuditService/ListAudit": Rule(ADMIN),  # the audit log
     "/outrider.v1.AuditService/VerifyAudit": Rule(ADMIN),
     _F + "Upload": Rule(ANY_ROLE),  # content-addressed: the bytes are checked against their name
@@ -109,15 +113,37 @@ def roles_for(method: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Trust:
-    """What a peer is checked against: our trust domain and our CA (PEM)."""
+    """What a peer is checked against: our trust domain and our CA (PEM; a bundle of CAs during a
+    CA rotation, any of which may have signed the peer's certificate)."""
 
     domain: str
     ca_pem: bytes
+    #: An agent name -> the refusal if it is revoked, else None (scheduler.core.revocation)
+    revoked: Callable[[str], str | None] = lambda name: None
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, trust_domain: str, ca_pem: bytes) -> None:
-        self.trust = Trust(trust_domain, ca_pem)
+    """``ca`` is the CA bundle (PEM), or what gives the current one (``TlsMaterial`` of
+    ``scheduler/tlsreload.py``, so the checks follow a reload on SIGHUP)."""
+
+    def __init__(
+        self,
+        trust_domain: str,
+        ca: bytes | Callable[[], bytes],
+        revoked: Callable[[str], str | None] = lambda name: None,
+    ) -> None:
+        self._domain = trust_domain
+        self._ca = ca if callable(ca) else (lambda: ca)
+        self._revoked = revoked  # the deny-list of agent names (Engine.revocations.refusal)
+        self._trust = Trust(trust_domain, self._ca(), revoked)
+
+    @property
+    def trust(self) -> Trust:
+        """The trust the next call is checked against (a new one after each reload)."""
+        ca_pem = self._ca()
+        if ca_pem is not self._trust.ca_pem:
+            self._trust = Trust(self._domain, ca_pem, self._revoked)
+        return self._trust
 
     async def intercept_service(
         self,
@@ -131,9 +157,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.metadata = code, message, metadata
 
 
 def _identify(context: grpc.aio.ServicerContext, method: str, roles: frozenset[str], trust: Trust) -> Identity:
@@ -152,6 +178,9 @@ def _identify(context: grpc.aio.ServicerContext, method: str, roles: frozenset[s
         raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "client certificate has no SPIFFE ID")
     if ident.trust_domain != domain:
         raise _Refused(grpc.StatusCode.UNAUTHENTICATED, f"identity {ident.spiffe_id} is not in trust domain {domain}")
+    revoked = trust.revoked(ident.name) if ident.role == "agent" else None  # a dict lookup
+    if revoked is not None:  # recognised by the agent by its metadata key (it then stops for good)
+        raise _Refused(grpc.StatusCode.UNAUTHENTICATED, revoked, ((REVOKED_METADATA_KEY, ident.name),))
     if ident.role not in roles:
         raise _Refused(
             grpc.StatusCode.PERMISSION_DENIED, f"{ident.spiffe_id} (role {ident.role}) may not call {method}"
@@ -163,7 +192,7 @@ async def _authorize(context: grpc.aio.ServicerContext, method: str, roles: froz
     try:
         ident = _identify(context, method, roles, trust)
     except _Refused as refused:
-        await context.abort(refused.code, refused.message)
+        await context.abort(refused.code, refused.message, refused.metadata)
         raise  # not reached: abort() raises; this tells readers (and mypy) the call ends here
     _identity.set(ident)
 

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from outrider.config import parse_address
 from outrider.errors import ConfigError
 from outrider.statedir import StateDirLock
-from outrider.tls import SERVER_OPTIONS, server_credentials
+from outrider.tls import SERVER_OPTIONS
 from outrider.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -46,6 +46,7 @@ from scheduler.core.engine import Engine
 from scheduler.core.zones import ZoneRules
 from scheduler.logs import LogStore
 from scheduler.store.sqlite import SqliteStore
+from scheduler.tlsreload import TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ class Scheduler:
         for name in ("ca.crt", "scheduler.crt", "scheduler.key"):
             if not (self.pki_dir / name).is_file():
                 raise ConfigError(f"pki_dir {self.pki_dir}: missing {name} (make it with `outrider pki init`)")
+        #: ca.crt (a bundle during a CA rotation), scheduler.crt and .key, checked; reloaded on SIGHUP
+        self.tls = TlsMaterial(self.pki_dir)
         # Before anything in the state dir is touched: one live scheduler per state dir.
         self.lock = StateDirLock(self.state_dir).acquire("scheduler")
         self.store = SqliteStore(self.state_dir / "outrider.db")
@@ -159,7 +162,7 @@ class Scheduler:
         self.store.start(loop)
         self.engine.start(loop)
         domain = trust_domain_of(self.pki_dir)
-        auth = AuthInterceptor(domain, (self.pki_dir / "ca.crt").read_bytes())
+        auth = AuthInterceptor(domain, lambda: self.tls.ca_pem, self.engine.revocations.refusal)
         server = grpc.aio.server(interceptors=[auth], options=server_options(self.cfg))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.engine), server)
         control = ControlServicer(
@@ -178,9 +181,7 @@ class Scheduler:
             ),
             server,
         )
-        creds = server_credentials(
-            self.pki_dir / "ca.crt", self.pki_dir / "scheduler.crt", self.pki_dir / "scheduler.key"
-        )
+        creds = self.tls.server_credentials()  # new handshakes follow a reload (SIGHUP)
         try:
             port = server.add_secure_port(self.cfg.listen, creds)
         except RuntimeError as exc:
@@ -221,6 +222,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP: read ca.crt, scheduler.crt and .key again; bad files keep the old ones (logged).
+        loop.add_signal_handler(signal.SIGHUP, self.tls.reload)
         await self.start()
         ticker = asyncio.ensure_future(self._tick(stop))
         await stop.wait()

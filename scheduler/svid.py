@@ -14,7 +14,8 @@ through the handshake and are refused here (tests/integration/test_rpc_enforceme
 The rules: exactly one URI SAN, a SPIFFE ID; BasicConstraints present with CA false;
 KeyUsage present with digitalSignature and neither keyCertSign nor cRLSign; an EKU that
 includes clientAuth; Outrider's zones extension, if present, well formed and not critical
-(``outrider.pki.ZONES_OID``); signed directly by our CA; within its validity dates (a connection
+(``outrider.pki.ZONES_OID``); signed directly by our CA (by one CA of the bundle, when ``ca.crt``
+holds several during a CA rotation: ``scheduler/tlsreload.py``); within its validity dates (a connection
 can outlive its certificate, so this is checked per call, not only at the handshake).
 """
 
@@ -34,7 +35,7 @@ class SvidError(Exception):
     """Raised when the peer's certificate breaks an X.509-SVID rule; the message names it."""
 
 
-def _structural(leaf: x509.Certificate, ca: x509.Certificate) -> str:
+def _structural(leaf: x509.Certificate, cas: list[x509.Certificate]) -> str:
     """The first rule the leaf breaks that does not depend on the time ("" if none)."""
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -65,27 +66,31 @@ def _structural(leaf: x509.Certificate, ca: x509.Certificate) -> str:
         zones_from_cert(leaf)
     except InvalidArgument as exc:
         return str(exc).removeprefix("invalid certificate: ")
-    try:
-        leaf.verify_directly_issued_by(ca)
-    except Exception:  # InvalidSignature, or an issuer name or key type that does not match
-        return "the certificate is not signed by the scheduler's CA itself (no intermediates: the CA is pathlen:0)"
-    return ""
+    for ca in cas:
+        try:
+            leaf.verify_directly_issued_by(ca)
+        except Exception:  # InvalidSignature, or an issuer name or key type that does not match
+            continue
+        return ""
+    return "the certificate is not signed by the scheduler's CA itself (no intermediates: the CA is pathlen:0)"
 
 
 @functools.lru_cache(maxsize=4096)
 def _parsed(leaf_pem: bytes, ca_pem: bytes) -> tuple[str, datetime.datetime, datetime.datetime]:
-    """(the rule broken or "", not before, not after) for one leaf; memoised per certificate."""
+    """(the rule broken or "", not before, not after) for one leaf against one CA bundle (PEM, one
+    certificate or more); memoised per certificate and bundle."""
     try:
         leaf = x509.load_pem_x509_certificate(leaf_pem)
     except ValueError:
         epoch = datetime.datetime.fromtimestamp(0, datetime.timezone.utc)
         return "the certificate is not a PEM X.509 certificate", epoch, epoch
-    ca = x509.load_pem_x509_certificate(ca_pem)
-    return _structural(leaf, ca), leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    cas = x509.load_pem_x509_certificates(ca_pem)
+    return _structural(leaf, cas), leaf.not_valid_before_utc, leaf.not_valid_after_utc
 
 
 def check(leaf_pem: bytes, ca_pem: bytes, now: datetime.datetime | None = None) -> None:
-    """Raise :class:`SvidError` naming the rule if the peer leaf ``leaf_pem`` is no valid SVID of our CA."""
+    """Raise :class:`SvidError` naming the rule if the peer leaf ``leaf_pem`` is no valid SVID of our CA
+    (of a CA in the bundle ``ca_pem``)."""
     if not leaf_pem:
         raise SvidError("no client certificate")
     broken, not_before, not_after = _parsed(leaf_pem, ca_pem)
