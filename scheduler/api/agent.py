@@ -13,7 +13,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
+
 from outrider.errors import OutriderError
+from outrider.protocol import REVOKED_METADATA_KEY
 from outrider.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from scheduler.api import bounds, wire
 from scheduler.api.status import abort, bounded, unary
@@ -105,9 +108,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         finally:
             reader.cancel()
             self.engine.detach(ch)
+        await self._refuse_if_revoked(context, name)  # revoked meanwhile: its stream was closed for that
         refused = reader.result() if reader.done() and not reader.cancelled() else None
         if refused is not None:
             await abort(context, refused)
+
+    async def _refuse_if_revoked(self, context: Any, name: str) -> None:
+        """End the call as the interceptor refuses every call of a revoked agent, if it was revoked
+        while the call was open (its channel is closed then: :mod:`scheduler.core.revocation`)."""
+        refusal = self.engine.revocations.refusal(name)
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal, ((REVOKED_METADATA_KEY, name),))
 
     async def _read(self, name: str, ch: Channel, it: AsyncIterator[agent_pb2.AgentMessage]) -> OutriderError | None:
         """Handle what comes up the stream until it ends; what refused it, if something did
@@ -196,6 +207,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 acks.append(wire.ack_to_proto(Ack(ref)))
             except OutriderError as exc:
                 acks.append(wire.ack_to_proto(Ack(ref, exc)))
+        await self._refuse_if_revoked(context, name)  # revoked while its completions were being applied
         ch = self.engine.attach(name, credits=0, peer=_peer(context))
         self.engine.add_credits(ch, free_slots)
         try:
@@ -203,6 +215,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         finally:
             await ch.drain()  # no new work for this poll; but what is being committed still comes
             self.engine.detach(ch)
+        await self._refuse_if_revoked(context, name)
         return agent_pb2.PollResponse(
             assignments=[wire.assignment_to_proto(a) for a in ch.take().assignments], acks=acks
         )

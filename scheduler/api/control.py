@@ -171,6 +171,23 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     async def DrainAgent(self, request: control_pb2.DrainAgentRequest, context: Any) -> control_pb2.AgentInfo:
         return wire.agent_info_to_proto(self.engine.drain(bounds.text("agent", request.agent)))
 
+    @unary
+    async def RevokeAgent(
+        self, request: control_pb2.RevokeAgentRequest, context: Any
+    ) -> control_pb2.RevokeAgentResponse:
+        agent = bounds.text("agent", request.agent)
+        done = await self.engine.revocations.revoke(agent, bounds.text("reason", request.reason, bounds.MAX_REASON))
+        r = done.revocation
+        return control_pb2.RevokeAgentResponse(
+            agent=r.name,
+            already_revoked=done.already,
+            revoked_at=r.revoked_at,
+            revoked_by=r.revoked_by,
+            reason=r.reason,
+            leases_requeued=len(done.requeued),
+            known=done.known,
+        )
+
     @streaming
     async def GetLogs(self, request: control_pb2.GetLogsRequest, context: Any) -> AsyncIterator[control_pb2.LogLine]:
         self.access.run(request.run_id)

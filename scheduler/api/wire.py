@@ -535,6 +535,9 @@ def agent_info_to_proto(a: AgentInfo) -> control_pb2.AgentInfo:
         draining=a.draining,
         unhealthy=a.unhealthy,
         instance_id=a.instance_id,
+        revoked=a.revoked,
+        revoked_at=a.revoked_at,
+        revoked_by=a.revoked_by,
     )
 
 

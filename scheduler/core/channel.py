@@ -87,7 +87,7 @@ class Channel:
         """Wait until assignments arrive or ``timeout`` passes (a unary long-poll)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while not self._out.assignments and (left := end - loop.time()) > 0:
+        while not self._out.assignments and not self.closed and (left := end - loop.time()) > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._event.wait(), left)
             self._event.clear()

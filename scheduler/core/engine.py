@@ -18,7 +18,8 @@ Where each concern lives (see docs/architecture.md for the whole map):
 * :mod:`~scheduler.core.watch`: run watchers and log followers;
 * :mod:`~scheduler.core.residency`: who may download what;
 * :mod:`~scheduler.core.zones`: which zones an agent sits in (its certificate, the configuration);
-* :mod:`~scheduler.core.checkpoints`: which checkpoint each task resumes from.
+* :mod:`~scheduler.core.checkpoints`: which checkpoint each task resumes from;
+* :mod:`~scheduler.core.revocation`: revoked agents (the deny-list) and revoking one.
 
 An expired lease requeues the task as a new attempt without counting it against
 the task's retries: losing an agent is not the task's fault.
@@ -52,6 +53,7 @@ from scheduler.core.queues import ReadyQueues
 from scheduler.core.registry import AgentRegistry, AgentState
 from scheduler.core.reports import LogSink, Reports
 from scheduler.core.residency import ResidencyIndex
+from scheduler.core.revocation import Revocations
 from scheduler.core.spec import PipelineSpec
 from scheduler.core.txn import Journal, Txn
 from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan, run_status
@@ -151,6 +153,7 @@ class Engine:
             wall=wall,
             infeasible_timeout=lambda: self.dispatcher.infeasible_timeout,
         )
+        self.revocations = Revocations(self.journal, self.registry, self.reports, self.sm, wall, lambda: self.caller())
         self._last_infeasible_check = 0.0
         self._reserved: set[str] = set()  # run ids handed out to submissions still being built
 
@@ -183,6 +186,7 @@ class Engine:
         self.audit.check()  # a broken chain is logged and flagged; the scheduler serves on
         mono = self.clock()
         self.registry.restore(loaded.agents)
+        self.revocations.restore(loaded.revoked)
         for output in self.sm.restore(loaded, self.queues.intern):
             self.residency.note(output)
         for run in self.sm.runs.values():
@@ -336,7 +340,7 @@ class Engine:
         return self.planner.explain(run_id, name)
 
     def list_agents(self) -> list[AgentInfo]:
-        return self.registry.infos()
+        return self.revocations.mark(self.registry.infos())
 
     def task(self, run_id: str, name: str) -> Task:
         return self.sm.task(run_id, name)

@@ -146,3 +146,6 @@ class AgentInfo:
     draining: bool = False
     unhealthy: str = ""  # why it takes no work ("": healthy)
     instance_id: str = ""
+    revoked: bool = False  # its name is revoked (scheduler.core.revocation): every call of it is refused
+    revoked_at: float = 0.0  # wall time of the revocation
+    revoked_by: str = ""  # the admin's SPIFFE ID
