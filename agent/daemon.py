@@ -64,7 +64,7 @@ from agent.transfers import Transfers
 from agent.uplink import Uplink
 from outrider.statedir import StateDirLock
 
-__all__ = ["NTP_INTERVAL_S", "PREEMPTION_POLL_S", "Agent"]
+__all__ = ["EXIT_REVOKED", "NTP_INTERVAL_S", "PREEMPTION_POLL_S", "Agent"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 NTP_INTERVAL_S = 300.0
 #: How often the preemption notice file is looked for.
 PREEMPTION_POLL_S = 1.0
+#: ``outrider-agent`` exits with this once an admin revoked it (sysexits' EX_NOPERM): the systemd
+#: unit lists it in ``RestartPreventExitStatus=``, as restarting cannot help (its name is refused).
+EXIT_REVOKED = 77
 
 
 class Agent:
@@ -164,10 +167,13 @@ class Agent:
             instance_id=load_or_create(self.state_dir),
             checkpoints=self.checkpoints,
             on_drain=lambda: self.drain("the scheduler asked this agent to drain"),
+            on_revoked=self._revoked,
         )
         self.supervisor.on_change = self.session.beat_now
         self.self_check = SelfCheck(self.work_root, self.keeper)
         self._terminating = False
+        #: What ``outrider-agent`` exits with: 0, or :data:`EXIT_REVOKED`.
+        self.exit_code = 0
 
     def _keeper_exists(self) -> bool:
         from agent.keeper import SOCKET_NAME
@@ -227,6 +233,20 @@ class Agent:
     def drain(self, reason: str) -> None:
         """Take no more work; running stages checkpoint and are released (the agent stays)."""
         self.supervisor.drain(reason)
+
+    def _revoked(self, refusal: str) -> None:
+        """An admin revoked this agent: no more work, every stage stopped (SIGTERM, then SIGKILL
+        after the kill grace; the scheduler requeued their tasks), and the agent exits for good."""
+        log.error(
+            "THIS AGENT WAS REVOKED by the scheduler: %s. Stopping its %d stage(s) and exiting with code %d "
+            "(not restarted by systemd). To serve again, enrol this machine under a new name with a join "
+            "token (outrider-agent join), or ask an admin why it was revoked.",
+            refusal,
+            len(self.supervisor.stages),
+            EXIT_REVOKED,
+        )
+        self.exit_code = EXIT_REVOKED
+        self.supervisor.revoked()
 
     def on_sigterm(self) -> None:
         """SIGTERM: drain, then stop; the second one (or nothing to drain) stops now."""

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except certcheck.CertificateNotValid as exc:  # it expired while running, before a renewal
         print(f"outrider-agent: error: {exc}", file=sys.stderr)
         return certcheck.exit_code(exc)
-    return 0
+    return agent.exit_code  # 0, or EXIT_REVOKED (77) once an admin revoked this agent
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ changed enough to matter (:func:`agent.probe.capabilities_changed`).
 
 A session ending (the stream broke, the scheduler is gone) is not an error: the
 agent backs off with jitter (Nomad's rule: never faster than once a second, plus
-a random stagger, doubling up to a cap) and registers again.
+a random stagger, doubling up to a cap) and registers again. One refusal is final:
+an admin revoked this agent (``UNAUTHENTICATED`` carrying the metadata key
+``outrider-revoked``, :func:`is_revocation`, on any call or as the work stream ends);
+the session stops and tells the daemon (``on_revoked``), which stops the stages and exits.
 """
 
 from __future__ import annotations
@@ -47,10 +50,11 @@ from agent.supervisor import Supervisor
 from agent.transfers import Transfers
 from agent.uplink import Uplink
 from outrider.errors import OutriderError
+from outrider.protocol import REVOKED_METADATA_KEY
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2_grpc, common_pb2
 
-__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "REGISTER_TIMEOUT_S", "Session"]
+__all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "REGISTER_TIMEOUT_S", "Session", "is_revocation"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,14 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 #: How long a Register may take before the attempt counts as failed.
 REGISTER_TIMEOUT_S = 30
+
+
+def is_revocation(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the scheduler refused this agent because an admin revoked it: ``UNAUTHENTICATED``
+    carrying the metadata key :data:`~outrider.protocol.REVOKED_METADATA_KEY` (not the wording)."""
+    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+        return False
+    return any(key == REVOKED_METADATA_KEY for key, _ in (exc.trailing_metadata() or ()))
 
 
 class Session:
@@ -76,6 +88,8 @@ class Session:
         instance_id: this agent's instance (:mod:`agent.instance`), sent in every Register.
         checkpoints: takes checkpoint acks; its unacknowledged reports go again on a fresh stream.
         on_drain: called when the scheduler asks this agent to drain.
+        on_revoked: called with the scheduler's refusal when it revoked this agent; the
+            session then stops for good (no reconnect: every call would be refused).
         wall: the wall clock (``time.time``), injectable for tests.
     """
 
@@ -93,6 +107,7 @@ class Session:
         instance_id: str = "",
         checkpoints: Checkpoints | None = None,
         on_drain: Callable[[], None] | None = None,
+        on_revoked: Callable[[str], None] | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
@@ -106,6 +121,9 @@ class Session:
         self.instance_id = instance_id
         self.checkpoints = checkpoints
         self.on_drain = on_drain
+        self.on_revoked = on_revoked
+        #: The scheduler's refusal once it revoked this agent ("" until then).
+        self.revoked = ""
         self._wall = wall
         #: Seconds between heartbeats; the scheduler's Register reply sets it.
         self.heartbeat_interval = 3.0
@@ -177,6 +195,13 @@ class Session:
             log.warning("%s", exc)
 
     def _refused(self, exc: grpc.aio.AioRpcError) -> None:
+        if is_revocation(exc):
+            # Revoked by an admin: final. Reconnecting would be refused on every call.
+            self.revoked = exc.details() or "this agent was revoked"
+            self._stop.set()
+            if self.on_revoked is not None:
+                self.on_revoked(self.revoked)
+            return
         if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
             # Fault 5: another instance of this agent (another state dir) holds the name.
             log.error(

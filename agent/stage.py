@@ -51,6 +51,10 @@ class StopReason(str, enum.Enum):
     #: was asked to checkpoint and stop; its lease is released (outcome ``released``) once
     #: its checkpoint is reported, unless it finished with a result first.
     DRAINING = "agent draining"
+    #: The scheduler revoked this agent (``outrider revoke agent``): every stage is stopped
+    #: (SIGTERM, SIGKILL after the kill grace) and none is reported; the scheduler has
+    #: requeued their tasks already, and the agent exits (``agent.daemon.EXIT_REVOKED``).
+    REVOKED = "agent revoked"
 
     @property
     def reports_result(self) -> bool:

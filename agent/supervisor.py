@@ -20,7 +20,7 @@ A stage's lifecycle, as this module enforces it::
      │  └ cancelled(): CANCELLED    renewed(): LEASE_LOST    registered(): LEASE_UNKNOWN
      │    tick(now), lease not renewed within the TTL: LEASE_EXPIRED (the keeper too, if we are gone)
      │    start() of a newer attempt of the same task: SUPERSEDED (the new one waits for its end)
-     │    the agent stops: AGENT_STOPPED
+     │    the agent stops: AGENT_STOPPED     the scheduler revoked the agent: REVOKED
      ▼
     ┌──────────┐ killed (SIGTERM to its process group, SIGKILL after the grace)  ┌─────────────────────┐
     │ stopping │─────────────────────────────────────────────────────────────────▶│ dropped: no report  │
@@ -476,6 +476,16 @@ class Supervisor:
         for stage in self.stages.values():
             if stage.stop_reason is None or stage.stop_reason is StopReason.DRAINING:
                 stage.stop_reason = reason
+
+    def revoked(self) -> None:
+        """The scheduler revoked this agent: take no more work, and stop every stage (SIGTERM,
+        SIGKILL after the kill grace; a draining one too), none of them reported: the scheduler
+        requeued their tasks when it revoked the agent. Their lease records are dropped."""
+        self.draining = True  # no more work, and no credit for the slots that free up
+        for stage in list(self.stages.values()):
+            if stage.stop_reason is None or stage.stop_reason.reports_result:
+                log.info("stopping %s/%s attempt %d: %s", *stage.key, StopReason.REVOKED.value)
+                self._stop(stage, StopReason.REVOKED)
 
     async def kill_all(self, reason: StopReason) -> None:
         """Kill every stage (those not stopping yet get ``reason``) and wait for each."""
