@@ -47,6 +47,9 @@ def agent_json(a: Any) -> dict[str, Any]:
         "draining": a.draining,
         "unhealthy": a.unhealthy,
         "instance_id": a.instance_id,
+        "revoked": a.revoked,
+        "revoked_at": a.revoked_at,
+        "revoked_by": a.revoked_by,
         "capabilities": {
             "cpu_cores": c.cpu_cores,
             "arch": c.arch,
@@ -105,7 +108,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
         rows.append(
             (
                 a.name,
-                a.state,
+                "revoked" if a.revoked else a.state,
                 f"{a.running}/{c.slots}",
                 str(c.cpu_cores),
                 _bytes(c.memory_bytes),

@@ -387,6 +387,12 @@ class Client:
         """Ask an agent to drain (admin): no new work; its stages checkpoint and are released."""
         return self._call(self.control.DrainAgent, control_pb2.DrainAgentRequest(agent=agent))
 
+    def revoke_agent(self, agent: str, reason: str = "") -> control_pb2.RevokeAgentResponse:
+        """Revoke an agent for good (admin): every call with its certificate is refused, its leases
+        are cancelled and their tasks requeued. Idempotent (``already_revoked``); a name never seen
+        (``known`` false) may be revoked too."""
+        return self._call(self.control.RevokeAgent, control_pb2.RevokeAgentRequest(agent=agent, reason=reason))
+
     def list_audit(
         self, after_seq: int = 0, since_ts: float = 0.0, identity: str = "", limit: int = 0, page: int = 500
     ) -> Iterator[audit_pb2.AuditRecord]:
