@@ -1,8 +1,15 @@
 """``outrider``: the client and admin command line.
 
 A person reads the default output; a script reads ``--json``, whose shape is a
-stable contract. Errors print ``outrider: error: …`` and exit 2; ``watch`` exits
-0 only when the run succeeded.
+stable contract. Exit codes tell outcomes apart: 0 success; 1 the watched run did
+not succeed (``watch``, ``submit --watch``, ``retry --watch``) or ``audit verify``
+found a broken chain; 2 a usage error, a config or PKI problem, or any error not
+classed below; 3 an invalid request (a spec that fails validation, a retry with
+nothing to retry); 4 permission refused or not authenticated; 5 not found; 6 the
+scheduler unreachable or timed out; 7 refused for load or a conflict; 130 Ctrl-C.
+The status → exit code table is :data:`outrider.errors.EXIT_CODES`. An error prints
+``outrider: error: MESSAGE`` on stderr; under ``--json`` also one line on stdout,
+``{"error": {"code": STATUS, "message": MESSAGE, "exit_code": N}}``.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from outrider import cli_agents
+from outrider.cli_errors import EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, report_error, report_usage, rpc_error
 from outrider.errors import OutriderError
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -454,8 +462,12 @@ def _connection_flags() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     conn = _connection_flags()
-    p = argparse.ArgumentParser(prog="outrider", description="Outrider: run ML pipelines across GPU, HPC and edge.")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = Parser(prog="outrider", description="Outrider: run ML pipelines across GPU, HPC and edge.")
+    # Every verb's parser is a Parser too (argparse makes subparsers of the parent's class).
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        p.add_subparsers(dest="verb", required=True, metavar="VERB"),
+    )
 
     def verb(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, parents=[conn], help=help, description=help)
@@ -508,17 +520,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:  # as argparse says it, and under --json as every error is
+        return report_usage(exc, "--json" in argv)
+    as_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args) or 0)
-    except OutriderError as exc:
-        print(f"outrider: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
+    except (OutriderError, OSError) as exc:
+        return report_error(exc, as_json)
+    except Exception as exc:
+        translated = rpc_error(exc)
+        if translated is None:
+            raise
+        return report_error(translated, as_json)
 
 
 if __name__ == "__main__":

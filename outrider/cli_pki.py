@@ -2,10 +2,12 @@
 
 Wired in by ``outrider.cli``: it calls ``add_parser(sub)``, then ``args.func(args)``,
 which returns the exit code. Errors are raised as OutriderError subclasses;
-``outrider.cli.main`` prints ``error: <message>`` and exits 2.
+``outrider.cli.main`` prints ``outrider: error: <message>`` and exits with the code
+``outrider.errors.EXIT_CODES`` gives its status (3 for InvalidArgument).
 
     outrider pki init DIR --trust-domain DOMAIN [--san HOST ...] [--force] [--json]
     outrider pki issue DIR {agent|submitter|admin} NAME [--zones Z1,Z2] [--force] [--json]
+    outrider pki bundle OUT CA_CERT [CA_CERT ...] [--force] [--json]
     outrider pki fingerprint DIR [--json]
 """
 
@@ -26,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Manage Outrider's private CA: every party authenticates with a certificate "
         "naming one SPIFFE ID, spiffe://<trust-domain>/<role>/<name>.",
     )
-    verbs = parser.add_subparsers(dest="pki_command", metavar="{init,issue,fingerprint}")
+    verbs = parser.add_subparsers(dest="pki_command", metavar="{init,issue,fingerprint,bundle}")
     verbs.required = True
 
     init = verbs.add_parser(
@@ -80,6 +82,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     issue.add_argument("--force", action="store_true", help="overwrite an existing NAME.crt/NAME.key")
     issue.add_argument("--json", action="store_true", help="print the written paths as a JSON object")
     issue.set_defaults(func=cmd_issue)
+
+    bundle = verbs.add_parser(
+        "bundle",
+        help="write several CA certificates into one ca.crt (a CA rotation)",
+        description="Write the CA certificates of every CA_CERT (a CA's ca.crt, or a bundle), in order and "
+        "each once, to OUT, replacing it atomically; OUT may be one of them. During a CA rotation the "
+        "scheduler's ca.crt (reloaded on SIGHUP) and every agent's and client's hold the old and the new CA.",
+    )
+    bundle.add_argument("out", metavar="OUT", help="the bundle to write, e.g. the scheduler's PKI_DIR/ca.crt")
+    bundle.add_argument(
+        "sources", nargs="+", metavar="CA_CERT", help="CA certificate files, e.g. OLD/ca.crt NEW/ca.crt"
+    )
+    bundle.add_argument("--force", action="store_true", help="replace an existing OUT")
+    bundle.add_argument("--json", action="store_true", help="print what was written as a JSON object")
+    bundle.set_defaults(func=cmd_bundle)
 
     fp = verbs.add_parser(
         "fingerprint",
@@ -149,4 +166,24 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     except InvalidArgument as exc:
         raise InvalidArgument(f"{ca}: {exc}") from None
     _emit(args, {"fingerprint": value, "ca": str(ca)}, value)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """``outrider pki bundle``: returns 0, raises InvalidArgument on bad input."""
+    from outrider.cabundle import write_bundle
+
+    cas = write_bundle(args.out, args.sources, force=args.force)
+    _emit(
+        args,
+        {
+            "bundle": str(args.out),
+            "cas": [
+                {"subject": c.subject, "sha256": c.sha256, "not_after": f"{c.not_after:%Y-%m-%dT%H:%M:%SZ}"}
+                for c in cas
+            ],
+        },
+        f"wrote {len(cas)} CA certificate(s) to {args.out}: "
+        + "; ".join(f"{c.subject} (sha256 {c.sha256[:16]}...)" for c in cas),
+    )
     return 0

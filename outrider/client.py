@@ -32,6 +32,7 @@ import grpc
 
 from outrider import errors
 from outrider.artifacts import Receiver, pack_dir, upload_chunks
+from outrider.certdates import check_dates
 from outrider.config import load_toml
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials, pki_paths
 from outrider.v1 import (
@@ -67,6 +68,7 @@ class ConnectionFailed(errors.OutriderError):
         super().__init__(message)
         #: The gRPC status it ended with: UNAVAILABLE (worth retrying), UNAUTHENTICATED, DEADLINE_EXCEEDED.
         self.status = status
+        self.code = status
 
 
 #: A watch that lost its connection tries again for this long before it gives up.
@@ -76,7 +78,10 @@ RECONNECT_BACKOFF_S = (0.2, 5.0)
 
 
 def _translate(exc: grpc.RpcError) -> errors.OutriderError:
+    """The OutriderError for a failed call; its ``code`` is the status the call ended with."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    if not isinstance(code, grpc.StatusCode):
+        code = grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     cls = _CODE_TO_ERROR.get(code)
     if cls is not None:
@@ -84,6 +89,7 @@ def _translate(exc: grpc.RpcError) -> errors.OutriderError:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ConnectionFailed(f"{code.name}: {details}", code.name)
     err = errors.OutriderError(f"{code.name}: {details}")
+    err.code = code.name  # UNKNOWN, INTERNAL, UNIMPLEMENTED, CANCELLED, ALREADY_EXISTS, OUT_OF_RANGE
     return err
 
 
@@ -153,9 +159,15 @@ class Client:
     def __init__(self, scheduler: str, ca: str, cert: str, key: str, *, timeout: float = 60.0) -> None:
         self.target = scheduler
         self.timeout = timeout
-        self._channel = grpc.secure_channel(
-            scheduler, channel_credentials(ca, cert, key), options=DEFAULT_CHANNEL_OPTIONS
+        creds = channel_credentials(ca, cert, key)
+        # An expired (or not yet valid) certificate: say so now, not "UNAVAILABLE" at the first call.
+        check_dates(
+            cert,
+            whose=f"your certificate ({cert})",
+            expired_hint="ask an admin for a new one (`outrider pki issue DIR ROLE NAME --force`)",
+            early_hint="this machine's clock is probably wrong (check NTP / time sync)",
         )
+        self._channel = grpc.secure_channel(scheduler, creds, options=DEFAULT_CHANNEL_OPTIONS)
         self.control = control_pb2_grpc.ControlServiceStub(self._channel)
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)

@@ -494,7 +494,10 @@ def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecError([Problem(str(p), 0, "", f"cannot read pipeline file: {exc.strerror or exc}")]) from None
+        err = SpecError([Problem(str(p), 0, "", f"cannot read pipeline file: {exc.strerror or exc}")])
+        if isinstance(exc, FileNotFoundError):
+            err.code = "NOT_FOUND"  # the command line tells "no such file" from "a bad spec" (exit 5, not 3)
+        raise err from None
     except UnicodeDecodeError as exc:
         raise SpecError([Problem(str(p), 0, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
     return parse_pipeline(text, filename=str(p), base_dir=p.parent)

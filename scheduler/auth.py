@@ -49,6 +49,12 @@ RUN = "run"  #: names a run: a submitter's own, else NOT_FOUND as if it did not 
 OWN_RUNS = "own runs"  #: lists a submitter's own runs, and counts the others'
 SHARED = "shared"  #: agents are shared infrastructure: every user sees them whole
 ARTIFACT = "artifact"  #: submitter: reachable from its runs; agent: its zones allow it
+SELF = "self"  #: an agent's own certificate only: the identity is its peer certificate's, never the request's
+TOKEN = "token"  #: no certificate: the join token in the request authorises it (scheduler.core.tokens)
+
+#: Not a role of any certificate: a caller on the enrolment port, which asks for no client
+#: certificate. Only rows with the TOKEN check name it, and only :class:`EnrollGate` serves them.
+ENROLLING = frozenset({"enrolling"})
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,12 @@ RULES: dict[str, Rule] = {
     _C + "RevokeAgent": Rule(ADMIN),
     "/outrider.v1.AuditService/ListAudit": Rule(ADMIN),  # the audit log
     "/outrider.v1.AuditService/VerifyAudit": Rule(ADMIN),
+    "/outrider.v1.IdentityService/CreateToken": Rule(ADMIN),  # join tokens
+    "/outrider.v1.IdentityService/ListTokens": Rule(ADMIN),
+    "/outrider.v1.IdentityService/RevokeToken": Rule(ADMIN),
+    "/outrider.v1.IdentityService/RenewCertificate": Rule(AGENT, SELF),
+    # Served only on the enrolment port (EnrollGate), never behind AuthInterceptor.
+    "/outrider.v1.EnrollService/Enroll": Rule(ENROLLING, TOKEN),
     _F + "Upload": Rule(ANY_ROLE),  # content-addressed: the bytes are checked against their name
     _F + "Download": Rule(ANY_ROLE, ARTIFACT),
     _F + "Stat": Rule(ANY_ROLE, ARTIFACT),  # one the caller may not read is answered "absent"
@@ -294,3 +306,38 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], tr
             await _undecodable(context, exc)
 
     return factory(streaming, None, serialize)
+
+
+class EnrollGate(grpc.aio.ServerInterceptor):
+    """The enrolment port's interceptor: there is no client certificate to check, so it
+    serves only the rows of :data:`RULES` whose check is :data:`TOKEN` (their servicer
+    checks the token) and the health service; anything else is refused
+    (``PERMISSION_DENIED``). It parses requests itself, as :class:`AuthInterceptor` does."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if method.startswith("/grpc.health.v1.Health/"):
+            return handler
+        if RULES.get(method, _DENIED).check != TOKEN or not handler.unary_unary:
+
+            async def refuse(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not served on the enrolment port")
+
+            return grpc.unary_unary_rpc_method_handler(refuse)
+        parse, inner = _parser(handler, method), handler.unary_unary
+
+        async def unary_unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except Undecodable as exc:
+                await _undecodable(context, exc)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, None, handler.response_serializer)

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="refuse zones an agent declares unless its certificate or [agent_zones] names them",
     )
+    p.add_argument(
+        "--enroll-listen",
+        help="HOST:PORT of the enrolment port, where `outrider-agent join` trades a join token for a certificate "
+        "(TLS without client certificates; needs pki_dir/ca.key); default: empty, no enrolment",
+    )
+    p.add_argument("--agent-cert-ttl", help="lifetime of the agent certificates this scheduler signs; default 24h")
     p.add_argument("--log-level", help="debug, info, warning or error")
     return p
 
@@ -65,7 +71,14 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     absolute_paths(flags, PATH_KEYS, os.getcwd())
     merged = merge_config(file_values, flags, defaults, source)
     absolute_paths(merged, PATH_KEYS, os.getcwd())  # the defaults are absolute already; this is for certainty
-    for key in ("lease_ttl", "heartbeat_interval", "placement_wait", "infeasible_timeout", "max_clock_offset"):
+    for key in (
+        "lease_ttl",
+        "heartbeat_interval",
+        "placement_wait",
+        "infeasible_timeout",
+        "max_clock_offset",
+        "agent_cert_ttl",
+    ):
         try:
             merged[key] = parse_duration(merged[key])
         except ValueError as exc:
@@ -95,6 +108,15 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
         parse_address(merged["listen"])
     except ValueError as exc:
         raise ConfigError(f"{source}: listen: {exc}") from None
+    if not isinstance(merged["enroll_listen"], str):
+        raise ConfigError(f"{source}: enroll_listen must be a HOST:PORT string (empty: no enrolment)")
+    if merged["enroll_listen"]:
+        try:
+            parse_address(merged["enroll_listen"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: enroll_listen: {exc}") from None
+    if not 2.0 <= merged["agent_cert_ttl"] <= 366 * 86400:
+        raise ConfigError(f"{source}: agent_cert_ttl must be from 2s to 366d, got {merged['agent_cert_ttl']:g}s")
     return SchedulerConfig(**merged)
 
 

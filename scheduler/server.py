@@ -34,17 +34,22 @@ from outrider.v1 import (
     audit_pb2_grpc,
     control_pb2,
     control_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
 )
 from scheduler.api.agent import AgentServicer
 from scheduler.api.artifact import ArtifactServicer
 from scheduler.api.audit import AuditServicer, caller_id
 from scheduler.api.control import ControlServicer
+from scheduler.api.identity import EnrollServicer, IdentityServicer
 from scheduler.artifacts import ArtifactStore
-from scheduler.auth import AuthInterceptor
+from scheduler.auth import AuthInterceptor, EnrollGate
 from scheduler.core.audit import Verdict
 from scheduler.core.engine import Engine
 from scheduler.core.zones import ZoneRules
+from scheduler.enrolment import Enrolment
 from scheduler.logs import LogStore
+from scheduler.signer import Signer
 from scheduler.store.sqlite import SqliteStore
 from scheduler.tlsreload import TlsMaterial
 
@@ -54,7 +59,13 @@ SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
     artifact_pb2.DESCRIPTOR.services_by_name["ArtifactService"].full_name,
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
 )
+#: Served alone (with health) on the enrolment port: TLS that asks for no client certificate.
+ENROLL_SERVICE = identity_pb2.DESCRIPTOR.services_by_name["EnrollService"].full_name
+#: The enrolment port reads requests of at most this many bytes, a few at a time.
+ENROLL_MAX_REQUEST = 64 * 1024
+ENROLL_MAX_CALLS = 16
 #: Its health entry says whether the audit log's chain is intact: NOT_SERVING from the moment a
 #: verification (at start, or `outrider audit verify`) finds it broken; the service still answers.
 AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
@@ -79,6 +90,8 @@ class SchedulerConfig:
     #: agent name -> the zones the configuration gives it (``[agent_zones]``); its certificate's win
     agent_zones: dict[str, list[str]] = field(default_factory=dict)
     require_attested_zones: bool = False  # refuse zones only the agent itself declares
+    enroll_listen: str = ""  # HOST:PORT of the enrolment port (join tokens); empty: no enrolment
+    agent_cert_ttl: float = 24 * 3600.0  # lifetime of the agent certificates this scheduler signs
 
 
 def server_options(cfg: SchedulerConfig) -> list[tuple[str, int]]:
@@ -152,6 +165,15 @@ class Scheduler:
                 {name: frozenset(z) for name, z in cfg.agent_zones.items()}, cfg.require_attested_zones
             ),
         )
+        self.signer = Signer(self.pki_dir, trust_domain_of(self.pki_dir), cfg.agent_cert_ttl)
+        if cfg.enroll_listen and not self.signer.available:
+            raise ConfigError(
+                f"enroll_listen {cfg.enroll_listen}: enrolment signs agent certificates, and the CA key "
+                f"{self.signer.key_path} is missing (keep ca.key in pki_dir, or leave enroll_listen empty)"
+            )
+        self.enrolment = Enrolment(self.engine, self.signer)
+        self.enroll_server: grpc.aio.Server | None = None
+        self.enroll_address = ""
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.address = ""
@@ -171,6 +193,7 @@ class Scheduler:
         control_pb2_grpc.add_ControlServiceServicer_to_server(control, server)
         artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(self.engine, self.artifacts), server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.engine), server)
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(self.enrolment), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
@@ -196,6 +219,8 @@ class Scheduler:
         self.server = server
         host = self.cfg.listen.rpartition(":")[0] or "0.0.0.0"
         self.address = f"{host}:{port}"
+        if self.cfg.enroll_listen:
+            await self._start_enrolment(port)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         intact = not self.engine.audit.broken  # as found at start (logged at ERROR if not)
@@ -211,6 +236,38 @@ class Scheduler:
             os.replace(tmp, self.cfg.ready_file)  # atomic: readers never see half a line
         log.info("scheduler serving on %s (trust domain %s, state %s)", self.address, domain, self.state_dir)
         return self.address
+
+    async def _start_enrolment(self, scheduler_port: int) -> None:
+        """The enrolment port: EnrollService and health only, over TLS that asks for no client
+        certificate (grpc's ``require_client_auth=False`` sends no CertificateRequest at all, so
+        one port cannot serve both: a client certificate would never reach the mTLS services).
+        Its chain includes the CA, which a joining agent checks against its pin."""
+        server = grpc.aio.server(
+            interceptors=[EnrollGate()],
+            options=[
+                ("grpc.max_receive_message_length", ENROLL_MAX_REQUEST),
+                ("grpc.max_send_message_length", 1 << 20),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=ENROLL_MAX_CALLS,
+        )
+        identity_pb2_grpc.add_EnrollServiceServicer_to_server(EnrollServicer(self.enrolment, scheduler_port), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        chain = (self.pki_dir / "scheduler.crt").read_bytes() + (self.pki_dir / "ca.crt").read_bytes()
+        creds = grpc.ssl_server_credentials([((self.pki_dir / "scheduler.key").read_bytes(), chain)])
+        try:
+            port = server.add_secure_port(self.cfg.enroll_listen, creds)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            busy = address_in_use(self.cfg.enroll_listen)
+            why = "the address is already in use" if busy else "the address is invalid or not available here"
+            raise ConfigError(f"enroll_listen {self.cfg.enroll_listen}: cannot bind: {why}")
+        await server.start()
+        self.enroll_server = server
+        self.enroll_address = f"{self.cfg.enroll_listen.rpartition(':')[0] or '0.0.0.0'}:{port}"
+        await self.health.set(ENROLL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        log.info("enrolment serving on %s (agent certificates last %gs)", self.enroll_address, self.cfg.agent_cert_ttl)
 
     def _audit_health(self, v: Verdict) -> None:
         """The audit service's health entry follows each verification of the chain."""
@@ -241,6 +298,8 @@ class Scheduler:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.enroll_server is not None:
+            await self.enroll_server.stop(grace=1.0)
         if self.server is not None:
             await self.server.stop(grace=2.0)
         self.store.close()

@@ -96,9 +96,9 @@ def test_drain_is_for_admins_and_reaches_the_agent(cluster: LocalCluster) -> Non
         stream = Stream(agent, credits=1)
         wait_for(lambda: _agents(cluster)["w1"]["state"] == "ready", 15, "w1 to connect")
         denied = _cli(cluster, "alice", "submitter", "drain", "w1")
-        assert denied.returncode == 2 and "may not call" in denied.stderr, denied
+        assert denied.returncode == 4 and "may not call" in denied.stderr, denied
         missing = _cli(cluster, "root", "admin", "drain", "nope")
-        assert missing.returncode == 2 and "no agent" in missing.stderr
+        assert missing.returncode == 5 and "no agent" in missing.stderr
         res = _cli(cluster, "root", "admin", "drain", "w1", "--json")
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout)["draining"] is True

@@ -101,7 +101,7 @@ def test_actions_are_audited_with_identities_and_a_tampered_record_is_named(two_
 
     # Admins only.
     denied = _cli(cluster, "alice", "submitter", "audit")
-    assert denied.returncode == 2 and "may not call" in denied.stderr, denied
+    assert denied.returncode == 4 and "may not call" in denied.stderr, denied
     with cluster.client("alice", "submitter") as client, pytest.raises(errors.PermissionDenied):
         list(client.list_audit())
     with cluster.client("alice", "submitter") as client, pytest.raises(errors.PermissionDenied):

@@ -96,10 +96,10 @@ tasks:
     assert "verified" in out
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
 
-    # An artifact the store does not have: a clear error, exit 2, and no file left behind.
+    # An artifact the store does not have: a clear error, exit 5 (not found), and no file left behind.
     missing = tmp_path / "got" / "missing.bin"
     res = cli(two_agents, "artifact", "get", "0" * 64, "-o", str(missing))
-    assert res.returncode == 2 and res.stderr.startswith("outrider: error:"), res.stderr
+    assert res.returncode == 5 and res.stderr.startswith("outrider: error:"), res.stderr
     assert not missing.exists()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["data.bin"]
 
@@ -132,7 +132,7 @@ tasks:
 """)
     run_id = submit(two_agents, spec)
     watched = cli(two_agents, "watch", run_id)
-    assert watched.returncode != 0 and watched.returncode != 2, watched.stdout + watched.stderr
+    assert watched.returncode == 1, watched.stdout + watched.stderr  # the run failed: 1, not an error code
     assert "run failed" in watched.stdout
 
     st = status_json(two_agents, run_id)
@@ -162,7 +162,7 @@ tasks:
 
     # A succeeded run has nothing to retry: refused, clearly, and nothing changes.
     again = cli(two_agents, "retry", run_id)
-    assert again.returncode == 2 and "nothing to retry" in again.stderr, again.stderr
+    assert again.returncode == 3 and "nothing to retry" in again.stderr, again.stderr
     assert status_json(two_agents, run_id) == st
 
 
@@ -327,7 +327,7 @@ def test_bad_specs_are_refused_with_file_line_field_and_nothing_is_submitted(
         spec = write(tmp_path / name, text)
         for verb in ("submit", "plan"):
             res = cli(two_agents, verb, str(spec))
-            assert res.returncode == 2, (verb, name, res.stdout, res.stderr)
+            assert res.returncode == 3, (verb, name, res.stdout, res.stderr)  # an invalid request
             assert res.stdout == "", (verb, name, res.stdout)
             assert res.stderr.startswith(f"outrider: error: {spec}:{line}: {field}: {message}"), (verb, res.stderr)
             assert hint in res.stderr

@@ -31,10 +31,21 @@ def test_every_served_rpc_has_a_row_and_every_row_is_served() -> None:
 
 
 def test_every_row_names_roles_and_a_known_check() -> None:
-    checks = {auth.NONE, auth.LEASE, auth.SUBMITS, auth.RUN, auth.OWN_RUNS, auth.SHARED, auth.ARTIFACT}
+    checks = {auth.NONE, auth.LEASE, auth.SUBMITS, auth.RUN, auth.OWN_RUNS, auth.SHARED, auth.ARTIFACT, auth.SELF}
     for method, rule in auth.RULES.items():
+        if rule.check == auth.TOKEN:  # the enrolment port: no certificate, so no role; the token authorises it
+            assert rule.roles == auth.ENROLLING, method
+            continue
         assert rule.roles and rule.roles <= auth.ANY_ROLE, method
         assert rule.check in checks, method
+
+
+def test_only_enrolment_is_authorised_by_a_token() -> None:
+    """A certificate never carries the ENROLLING role, so AuthInterceptor refuses those rows to everyone."""
+    assert {m for m, r in auth.RULES.items() if r.check == auth.TOKEN} == {"/outrider.v1.EnrollService/Enroll"}
+    assert auth.roles_for("/outrider.v1.EnrollService/Enroll").isdisjoint(auth.ANY_ROLE)
+    assert auth.roles_for("/outrider.v1.IdentityService/CreateToken") == {"admin"}
+    assert auth.roles_for("/outrider.v1.IdentityService/RenewCertificate") == {"agent"}
 
 
 @pytest.mark.parametrize(("method", "roles"), [
