@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from outrider import pki
 from outrider.localcluster import LocalCluster
+from outrider.protocol import REVOKED_METADATA_KEY
 from outrider.tls import channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, audit_pb2, audit_pb2_grpc
 from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc
@@ -49,7 +50,7 @@ _AGENT = {
     # Reports on a lease this agent does not hold: a stale epoch.
     _A + "Complete": grpc.StatusCode.ABORTED, _A + "ReportCheckpoint": grpc.StatusCode.ABORTED,
     **{_C + m: DENIED for m in ("Plan", "Submit", "SubmitAndWatch", "GetRun", "ListRuns", "WatchRun", "CancelRun",
-                                "RetryRun", "ListAgents", "GetLogs", "Explain", "DrainAgent")},
+                                "RetryRun", "ListAgents", "GetLogs", "Explain", "DrainAgent", "RevokeAgent")},
     _L + "ListAudit": DENIED, _L + "VerifyAudit": DENIED,
     _F + "Upload": OK, _F + "Download": OK, _F + "Stat": OK, _F + "Probe": OK,
     _H + "Check": OK, _H + "Watch": OK, _R + "ServerReflectionInfo": OK,
@@ -59,15 +60,15 @@ _OWNER = {
     **{m: DENIED for m in _AGENT if m.startswith(_A)},
     **{_C + m: OK for m in ("Plan", "Submit", "SubmitAndWatch", "GetRun", "ListRuns", "WatchRun", "CancelRun",
                             "RetryRun", "ListAgents", "GetLogs", "Explain")},
-    _C + "DrainAgent": DENIED,
+    _C + "DrainAgent": DENIED, _C + "RevokeAgent": DENIED,
     **{m: code for m, code in _AGENT.items() if not m.startswith((_A, _C, _L))},
     _L + "ListAudit": DENIED, _L + "VerifyAudit": DENIED,  # artifacts, health, reflection
 }
 # Another submitter: the target run and its code bundle do not exist, as far as it can tell.
 _OTHER = {**_OWNER, **{_C + m: NOT_FOUND for m in ("GetRun", "WatchRun", "CancelRun", "RetryRun", "GetLogs",
                                                    "Explain")}, _F + "Download": NOT_FOUND}
-# Everything (there is no agent "nope" to drain).
-_ADMIN = {**_OWNER, _C + "DrainAgent": NOT_FOUND, _L + "ListAudit": OK, _L + "VerifyAudit": OK}
+# Everything (there is no agent "nope" to drain; a name never seen may be revoked).
+_ADMIN = {**_OWNER, _C + "DrainAgent": NOT_FOUND, _C + "RevokeAgent": OK, _L + "ListAudit": OK, _L + "VerifyAudit": OK}
 
 EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
     "agent": _AGENT,
@@ -86,11 +87,10 @@ EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
     "two URI SANs": dict.fromkeys(_AGENT, UNAUTHENTICATED),
     "CA:TRUE leaf": dict.fromkeys(_AGENT, UNAUTHENTICATED),
     "chain through an intermediate": dict.fromkeys(_AGENT, UNAUTHENTICATED),
+    # A valid agent certificate whose name an admin revoked (through RevokeAgent): refused on every call.
+    "revoked": dict.fromkeys(_AGENT, UNAUTHENTICATED),
 }
-IDENTITIES = [
-    *EXPECTED,
-    pytest.param("revoked", marks=pytest.mark.skip(reason="revocation is not built: no CRL or deny list to test")),
-]
+IDENTITIES = list(EXPECTED)
 
 
 @dataclass
@@ -121,6 +121,11 @@ class Matrix:
         self._open("other CA", channel_credentials(ca, other / "root.crt", other / "root.key"))
         for name, (cert, key) in badcerts.bad_identities(cluster.pki, tmp / "bad", cluster.trust_domain).items():
             self._open(name, channel_credentials(ca, cert, key))
+        _, cert, key = cluster.issue("agent", "edge-revoked")
+        self._open("revoked", channel_credentials(ca, cert, key))
+        revoked = control_pb2_grpc.ControlServiceStub(self.channels["admin"]).RevokeAgent(
+            control_pb2.RevokeAgentRequest(agent="edge-revoked", reason="the matrix"), timeout=RPC_TIMEOUT)
+        assert not revoked.already_revoked and not revoked.known
         owner = self.channels["submitter"]
         blob = b"code bundle of alice\n"
         digest = hashlib.sha256(blob).hexdigest()
@@ -176,6 +181,7 @@ def _calls(target: Target) -> dict[str, tuple[Callable[[grpc.Channel], Any], Any
         _C + "GetLogs": (lambda c: control(c).GetLogs, control_pb2.GetLogsRequest(run_id=run, task="t")),
         _C + "Explain": (lambda c: control(c).Explain, control_pb2.ExplainRequest(run_id=run, task="t")),
         _C + "DrainAgent": (lambda c: control(c).DrainAgent, control_pb2.DrainAgentRequest(agent="nope")),
+        _C + "RevokeAgent": (lambda c: control(c).RevokeAgent, control_pb2.RevokeAgentRequest(agent="nope")),
         _L + "ListAudit": (lambda c: audit_pb2_grpc.AuditServiceStub(c).ListAudit, audit_pb2.ListAuditRequest()),
         _L + "VerifyAudit": (lambda c: audit_pb2_grpc.AuditServiceStub(c).VerifyAudit, audit_pb2.VerifyAuditRequest()),
         _F + "Upload": (lambda c: art(c).Upload, iter([artifact_pb2.UploadChunk(header=header, data=blob)])),
@@ -246,6 +252,19 @@ def test_refusals_name_the_rule(matrix: Matrix) -> None:
             stub.ListRuns(control_pb2.ListRunsRequest(), timeout=RPC_TIMEOUT)
         assert info.value.code() == UNAUTHENTICATED
         assert words in info.value.details() and len(info.value.details()) < 300, info.value.details()
+
+
+def test_a_revoked_agent_is_told_who_revoked_it_when(matrix: Matrix) -> None:
+    """The refusal names the agent, the time and the admin (and the reason), and carries the
+    metadata key the agent recognises it by."""
+    stub = agent_pb2_grpc.AgentServiceStub(matrix.channels["revoked"])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Heartbeat(agent_pb2.HeartbeatRequest(), timeout=RPC_TIMEOUT)
+    assert info.value.code() == UNAUTHENTICATED
+    details = info.value.details()
+    assert details.startswith("agent edge-revoked was revoked at ") and " by spiffe://" in details, details
+    assert "/admin/root (the matrix)" in details, details
+    assert (REVOKED_METADATA_KEY, "edge-revoked") in tuple(info.value.trailing_metadata() or ())
 
 
 def test_others_see_counts_not_contents(matrix: Matrix) -> None:
