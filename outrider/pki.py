@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
+from outrider.cabundle import certificate_of
 from outrider.certzones import ZONES_OID, encode_zones, validate_zones, zones_from_cert
 from outrider.errors import InvalidArgument
 
@@ -462,7 +463,7 @@ def load_ca(directory: PathLike) -> tuple[x509.Certificate, CertificateIssuerPri
                 f"{files[key]}: missing; {d} is not a CA directory (create one with `outrider pki init`)"
             )
     try:
-        ca_cert = x509.load_pem_x509_certificate(files["ca_crt"].read_bytes())
+        ca_certs = x509.load_pem_x509_certificates(files["ca_crt"].read_bytes())
     except (ValueError, OSError) as exc:
         raise InvalidArgument(f"{files['ca_crt']}: cannot read the CA certificate ({exc})") from None
     try:
@@ -474,6 +475,9 @@ def load_ca(directory: PathLike) -> tuple[x509.Certificate, CertificateIssuerPri
     # Certificates are signed with SHA-256, which needs an EC or RSA key.
     if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
         raise InvalidArgument(f"{files['ca_key']}: unsupported CA key type {type(ca_key).__name__} (need EC or RSA)")
+    ca_cert = certificate_of(ca_key, ca_certs)  # ca.crt may be a bundle (a CA rotation): ca.key's
+    if ca_cert is None:
+        raise InvalidArgument(f"{files['ca_crt']}: no certificate in it belongs to the key {files['ca_key']}")
     if files["trust_domain"].is_file():
         domain = files["trust_domain"].read_text().strip()
         try:
