@@ -166,7 +166,65 @@ def load_config(argv: list[str] | None = None) -> Any:
     return AgentConfig(**cfg)
 
 
+def build_join_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from agent.config import AgentConfig
+
+    p = argparse.ArgumentParser(
+        prog="outrider-agent join",
+        description="Enrol this machine with a join token (`outrider token create`), pinning the scheduler's CA, "
+        "then serve as an agent (other agent flags, such as --slots, pass through).",
+    )
+    p.add_argument("--scheduler", required=True, help="the scheduler's enrolment port, HOST:PORT (its enroll_listen)")
+    p.add_argument("--token", required=True, help="the join token `outrider token create` printed")
+    p.add_argument(
+        "--ca-fingerprint",
+        required=True,
+        metavar="sha256:HEX",
+        help="the CA's fingerprint, as `outrider pki fingerprint DIR` prints it (bare or colon-separated hex too)",
+    )
+    p.add_argument("--name", help="this agent's name, spiffe://<domain>/agent/<name> (default: the host name)")
+    p.add_argument("--state-dir", default=AgentConfig().state_dir, help="where the key, certificate and config go")
+    p.add_argument("--enroll-only", action="store_true", help="exit after enrolling (serve later with --config)")
+    p.add_argument("--force", action="store_true", help="replace an enrolment already in the state dir")
+    return p
+
+
+def join_main(argv: list[str]) -> tuple[int, list[str] | None]:
+    """``outrider-agent join``: (exit code, the agent's argv to serve with, or None to exit)."""
+    import socket
+    from pathlib import Path
+
+    from agent.enroll import join
+
+    args, rest = build_join_parser().parse_known_args(argv)
+    name = args.name or socket.gethostname().split(".")[0]
+    try:
+        done = join(args.scheduler, args.token, args.ca_fingerprint, name, Path(args.state_dir), args.force)
+    except OutriderError as exc:
+        print(f"outrider-agent join: error: {exc}", file=sys.stderr)
+        return 2, None
+    import time
+
+    expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(done.not_after))
+    labels = ",".join(f"{k}={v}" for k, v in sorted(done.labels.items())) or "none"
+    print(
+        f"enrolled as {done.spiffe_id} (labels {labels}; zones {','.join(done.zones) or 'none'}; certificate "
+        f"valid until {expiry}, renewed automatically); scheduler {done.scheduler}; config {done.config}",
+        flush=True,
+    )
+    if args.enroll_only:
+        return 0, None
+    return 0, ["--config", str(done.config), *rest]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["join"]:  # enrol first (it needs Python's ssl, once), then serve as any agent
+        code, argv = join_main(argv[1:])
+        if argv is None:
+            return code
     # The agent talks only gRPC, which brings its own TLS (BoringSSL). Python's ssl
     # module, which asyncio (imported by grpc) loads just in case, would add ~4 MB
     # (libssl, libcrypto) to every idle agent on every edge box: keep it out. Done

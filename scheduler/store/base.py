@@ -173,7 +173,6 @@ class Loaded:
     attempts: list[AttemptRow] = field(default_factory=list)  # in (run, task, attempt) order
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     revoked: list[RevokedRow] = field(default_factory=list)  # the agent names revoked, oldest first
-    tokens: list[TokenRow] = field(default_factory=list)  # join tokens on record
     event_seq: int = 0  # the last event's sequence number
     run_event_seq: dict[str, int] = field(default_factory=dict)  # run -> seq of its last run-level event
 
@@ -224,6 +223,10 @@ class Store(abc.ABC):
     def audit_page(self, after_seq: int, since_ts_us: int, identity: str, limit: int) -> list[AuditRecord]:
         """Up to ``limit`` audit records with ``seq > after_seq``, ``ts_us >= since_ts_us`` and,
         if given, this ``identity``, in seq order."""
+
+    def join_tokens(self) -> list[TokenRow]:
+        """The join tokens on record (read once, when the core is built; a backend without them has none)."""
+        return []
 
     @abc.abstractmethod
     def _write(self, records: list[Record]) -> None:

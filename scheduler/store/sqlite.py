@@ -373,13 +373,6 @@ class SqliteStore(Store):
                 RevokedRow(r["name"], r["revoked_at"], r["revoked_by"], r["reason"])
                 for r in q("SELECT * FROM revoked_agents ORDER BY revoked_at, name")
             ],
-            tokens=[
-                TokenRow(*r)
-                for r in q(
-                    "SELECT token_id, secret_hash, created_at, created_by, expires_at,"
-                    " uses_left, labels, zones FROM join_tokens ORDER BY created_at"
-                )
-            ],
             event_seq=q("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0],
             run_event_seq={
                 r[0]: r[1] for r in q("SELECT run_id, max(seq) FROM events WHERE task = '' GROUP BY run_id")
@@ -402,6 +395,11 @@ class SqliteStore(Store):
             if self._reader is None:
                 self._reader = self._connect()
             return self._reader.execute(sql, params).fetchall()
+
+    def join_tokens(self) -> list[TokenRow]:
+        sql = "SELECT token_id, secret_hash, created_at, created_by, expires_at, uses_left, labels, zones"
+        sql += " FROM join_tokens"
+        return [TokenRow(*r) for r in self._read(sql + " ORDER BY created_at", ())]
 
     def audit_rows(self, after_seq: int = 0) -> Iterator[AuditRecord]:
         while True:
