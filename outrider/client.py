@@ -43,6 +43,8 @@ from outrider.v1 import (
     common_pb2,
     control_pb2,
     control_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
 )
 
 ENV_KEYS = {"scheduler": "OUTRIDER_SCHEDULER", "ca": "OUTRIDER_CA", "cert": "OUTRIDER_CERT", "key": "OUTRIDER_KEY"}
@@ -171,6 +173,7 @@ class Client:
         self.control = control_pb2_grpc.ControlServiceStub(self._channel)
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self.identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
@@ -404,6 +407,19 @@ class Client:
         are cancelled and their tasks requeued. Idempotent (``already_revoked``); a name never seen
         (``known`` false) may be revoked too."""
         return self._call(self.control.RevokeAgent, control_pb2.RevokeAgentRequest(agent=agent, reason=reason))
+
+    def create_token(
+        self, labels: dict[str, str], zones: list[str] | None, ttl_s: float, uses: int
+    ) -> identity_pb2.CreateTokenResponse:
+        """Make a join token (admin); its ``token`` is shown only in this answer."""
+        req = identity_pb2.CreateTokenRequest(labels=labels, zones=zones or [], ttl_s=ttl_s, uses=uses)
+        return self._call(self.identity.CreateToken, req)
+
+    def list_tokens(self) -> list[identity_pb2.TokenInfo]:
+        return list(self._call(self.identity.ListTokens, identity_pb2.ListTokensRequest()).tokens)
+
+    def revoke_token(self, token_id: str) -> identity_pb2.TokenInfo:
+        return self._call(self.identity.RevokeToken, identity_pb2.RevokeTokenRequest(token_id=token_id)).info
 
     def list_audit(
         self, after_seq: int = 0, since_ts: float = 0.0, identity: str = "", limit: int = 0, page: int = 500
