@@ -16,13 +16,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# System packages the tests use: systemd-analyze (unit-file checks); ip, tc (iproute2) and
+# System packages the tests use: systemd-analyze (unit-file checks); openssl (the s_client
+# tests of tests/integration/test_tls_handshake.py); ip, tc (iproute2) and
 # nft (nftables) for the fault suite's network lab (tests/faults, which needs root: without
 # it those tests skip, so nothing is installed for them either).
 sysdeps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  echo "installing systemd (for systemd-analyze)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+	@command -v openssl >/dev/null 2>&1 || { \
+	  echo "installing openssl (for the openssl s_client tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
 	@missing=""; \
 	command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing=" iproute2"; \
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import select
 import shutil
 import socket
 import ssl
@@ -35,7 +37,8 @@ def peer_certificate(address: str, ca: Path, cert: Path, key: Path) -> x509.Cert
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["h2"])
     host, port = host_port(address)
-    with socket.create_connection((host, port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+    with socket.create_connection((host, port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
         der = tls.getpeercert(binary_form=True)
         # A client certificate the server refuses shows after the handshake under TLS 1.3: one round trip.
         tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
@@ -96,15 +99,51 @@ def sighup_and_wait(cluster: LocalCluster, text: str, timeout: float = 30.0) -> 
     return lines[-1]
 
 
-def s_client(address: str, *args: str, stdin: bytes = b"", timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """``openssl s_client -connect ADDRESS ARGS``; its stdout and stderr together in ``.stdout``."""
+#: What an HTTP/2 client sends first: the preface and an empty SETTINGS frame (RFC 9113 3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def s_client(address: str, *args: str, timeout: float = 20.0) -> tuple[bytes, str, int | None]:
+    """``openssl s_client -brief -connect ADDRESS ARGS`` sending the HTTP/2 preface once connected.
+
+    Returns (the first bytes the scheduler sent back over TLS, at most one frame header's worth:
+    b"" if it closed the connection first; s_client's report on stderr; its exit code, None when
+    it was still connected and was ended here). ``-brief`` prints the protocol version, cipher
+    and verification result to stderr, and keeps the connection open past the end of our input.
+    """
     openssl = shutil.which("openssl")
     assert openssl, "the openssl binary is needed (make sysdeps installs it)"
-    started = time.monotonic()
-    res = subprocess.run(
-        [openssl, "s_client", "-connect", address, "-servername", "localhost", *args],
-        input=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+    proc = subprocess.Popen(
+        [openssl, "s_client", "-brief", "-connect", address, "-servername", "localhost", *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    out = res.stdout.decode(errors="replace")
-    assert time.monotonic() - started < timeout
-    return subprocess.CompletedProcess(res.args, res.returncode, out, "")
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    answer = b""
+    try:
+        proc.stdin.write(H2_PREFACE)
+        proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while len(answer) < 9:
+            left = deadline - time.monotonic()
+            assert left > 0, f"s_client: no answer and no close within {timeout}s"
+            ready, _, _ = select.select([proc.stdout], [], [], left)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 9 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+        rc = proc.poll() if not answer else None
+        if rc is None and not answer:
+            rc = proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdin.close()
+    return answer, proc.stderr.read().decode(errors="replace"), rc
+
+
+def is_settings_frame(header: bytes) -> bool:
+    """Whether ``header`` is an HTTP/2 frame header of a SETTINGS frame (type 4): the server's
+    first words once it accepted the connection."""
+    return len(header) == 9 and header[3] == 0x04

@@ -96,7 +96,8 @@ def test_sighup_with_broken_files_keeps_the_old_material_and_serves_on(cluster: 
         (pki / "scheduler.key").unlink()
 
     def garbage_cert() -> None:
-        (pki / "scheduler.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+        garbage = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+        (pki / "scheduler.crt").write_bytes(garbage)
 
     def key_of_another() -> None:
         install(fresh_crt, pki / "scheduler.crt")  # the old key stays: it is not this certificate's
@@ -204,9 +205,9 @@ def test_ca_rotation_old_and_new_bundled_then_the_old_dropped(cluster: LocalClus
     # The old CA's certificates are refused now, at the handshake (a new connection) ...
     with pytest.raises((ConnectionError, OSError)):
         peer_certificate(cluster.address, pki / "ca.crt", old_client[1], old_client[2])
-    with Client(cluster.address, str(pki / "ca.crt"), str(old_client[1]), str(old_client[2]), timeout=10) as client:
-        with pytest.raises(ConnectionFailed):
-            client.list_agents()
+    old = Client(cluster.address, str(pki / "ca.crt"), str(old_client[1]), str(old_client[2]), timeout=10)
+    with old, pytest.raises(ConnectionFailed):
+        old.list_agents()
     # ... and the new CA's work: both agents, reissued, serve a run.
     with Client(cluster.address, str(pki / "ca.crt"), alice["cert"], alice["key"]) as client:
         p = Pipeline("after")
