@@ -56,6 +56,7 @@ from agent.keeper_client import KeeperClient
 from agent.link import LinkMeter
 from agent.memory import shed, tune_malloc
 from agent.recovery import plan, probe_keeper
+from agent.renewal import Renewer
 from agent.runner import Runner, reap_orphans
 from agent.session import Session
 from agent.stage import Stage, StopReason
@@ -170,6 +171,7 @@ class Agent:
             on_revoked=self._revoked,
         )
         self.supervisor.on_change = self.session.beat_now
+        self.renewer = Renewer(cfg, self.session)  # the certificate, renewed at 2/3 of its lifetime
         self.self_check = SelfCheck(self.work_root, self.keeper)
         self._terminating = False
         #: What ``outrider-agent`` exits with: 0, or :data:`EXIT_REVOKED`.
@@ -208,6 +210,7 @@ class Agent:
         tasks = [
             asyncio.ensure_future(self.supervisor.watch(lambda: min(1.0, self.session.heartbeat_interval / 2))),
             asyncio.ensure_future(self._health_loop()),
+            asyncio.ensure_future(self.renewer.run()),
         ]
         if self.cfg.ntp_servers:
             tasks.append(asyncio.ensure_future(self._ntp_loop()))

@@ -155,8 +155,10 @@ def load_config(argv: list[str] | None = None) -> Any:
         raise ConfigError(f"{source}: scheduler: {exc}") from None
     if not isinstance(cfg["slots"], int) or cfg["slots"] < 0:
         raise ConfigError(f"{source}: slots must be a non-negative integer, got {cfg['slots']!r}")
+    from agent.renewal import recover
     from outrider.tls import read_pem_files
 
+    recover(cfg["cert"], cfg["key"])  # a renewal a crash interrupted: finish it, so the pair matches
     read_pem_files(cfg["ca"], cfg["cert"], cfg["key"])  # fail now, naming the file, not at connect time
     from agent.stageuser import resolve
 

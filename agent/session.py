@@ -134,6 +134,7 @@ class Session:
         self._current: asyncio.Future[None] | None = None
         #: Whether the current session proved healthy: its work stream delivered a message.
         self.healthy = False
+        self._reconnect = False  # end this session and connect again at once (agent.renewal)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,7 +155,7 @@ class Session:
                 self._current = asyncio.ensure_future(self._connect())
                 await self._current
             except asyncio.CancelledError:
-                if not self._stop.is_set():
+                if not self._stop.is_set() and not self._reconnect:
                     raise
             except grpc.aio.AioRpcError as exc:
                 self._refused(exc)
@@ -166,6 +167,9 @@ class Session:
                 await self.close()
             if self._stop.is_set():
                 break
+            if self._reconnect:  # new credentials: no backoff, the scheduler is there
+                self._reconnect, delay = False, BACKOFF_MIN_S
+                continue
             if self.healthy:
                 delay = BACKOFF_MIN_S
             # Backoff with jitter: base + random stagger, doubling up to a cap.
@@ -224,6 +228,17 @@ class Session:
         """End the session now and do not reconnect."""
         self._stop.set()
         self.uplink.wake.set()
+        if self._current is not None:
+            self._current.cancel()
+
+    @property
+    def channel(self) -> grpc.aio.Channel | None:
+        """The current session's channel (None between sessions): certificate renewal calls over it."""
+        return self._channel
+
+    def reconnect(self) -> None:
+        """End the current session and connect again at once, reading the certificate files anew."""
+        self._reconnect = True
         if self._current is not None:
             self._current.cancel()
 
