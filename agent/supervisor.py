@@ -478,10 +478,10 @@ class Supervisor:
                 stage.stop_reason = reason
 
     def revoked(self) -> None:
-        """The scheduler revoked this agent: take no more work, and stop every stage (SIGTERM,
-        SIGKILL after the kill grace; a draining one too), none of them reported: the scheduler
-        requeued their tasks when it revoked the agent. Their lease records are dropped."""
-        self.draining = True  # no more work, and no credit for the slots that free up
+        """The scheduler revoked this agent: stop every stage (SIGTERM, SIGKILL after the kill grace;
+        a draining one too), none of them reported: the scheduler requeued their tasks when it
+        revoked the agent. Their lease records are dropped. (No more work comes: the session
+        stopped for good.)"""
         for stage in list(self.stages.values()):
             if stage.stop_reason is None or stage.stop_reason.reports_result:
                 log.info("stopping %s/%s attempt %d: %s", *stage.key, StopReason.REVOKED.value)

@@ -47,9 +47,6 @@ REVOKED_METADATA_KEY = "outrider-revoked"
 
 def revoked_message(name: str, revoked_at: str, revoked_by: str, reason: str = "") -> str:
     """The refusal every call of a revoked agent gets: ``agent NAME was revoked at TIME by ID``,
-    then the reason, if one was given, and what to do."""
+    then the reason, if one was given. (The agent's own log says what to do.)"""
     why = f" ({reason})" if reason else ""
-    return (
-        f"agent {name} was revoked at {revoked_at} by {revoked_by}{why}; its certificate is refused for good: "
-        "enrol this machine again under a new name, or ask an admin"
-    )
+    return f"agent {name} was revoked at {revoked_at} by {revoked_by}{why}; its certificate is refused for good"

@@ -293,3 +293,51 @@ def test_refused_as_another_instance_it_says_so_and_backs_off(
         assert "this is instance feedbeef" in caplog.text
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+# --------------------------------------------------------------------------- revoked by an admin
+
+
+def test_revoked_it_stops_for_good_and_tells_the_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """UNAUTHENTICATED with the revocation's metadata key ends the session at once (no reconnect
+    loop) and hands the refusal to ``on_revoked``; the same code without the key is an ordinary
+    refusal, retried with backoff."""
+    import grpc
+
+    from agent.session import is_revocation
+    from outrider.protocol import REVOKED_METADATA_KEY
+
+    def refusal(key: str) -> grpc.aio.AioRpcError:
+        trailing = grpc.aio.Metadata((key, "edge-1"))
+        return grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(), trailing, details="agent edge-1 was revoked at T by X"
+        )
+
+    assert is_revocation(refusal(REVOKED_METADATA_KEY))
+    assert not is_revocation(refusal("something-else"))
+    other = grpc.aio.AioRpcError(
+        grpc.StatusCode.PERMISSION_DENIED, grpc.aio.Metadata(), grpc.aio.Metadata((REVOKED_METADATA_KEY, "x"))
+    )
+    assert not is_revocation(other)
+
+    async def scenario(key: str) -> tuple[list[str], list[float], Session]:
+        session, _sup, _, _, _ = make_session(tmp_path)
+        told: list[str] = []
+        session.on_revoked = told.append
+        waits = _record_waits(monkeypatch, session, 3)
+
+        async def refused() -> None:
+            raise refusal(key)
+
+        monkeypatch.setattr(session, "_connect", refused)
+        await session.run()
+        return told, waits, session
+
+    async def both() -> None:
+        told, waits, session = await scenario(REVOKED_METADATA_KEY)
+        assert told == ["agent edge-1 was revoked at T by X"] and waits == [] and session.stopped
+        assert session.revoked == told[0]
+        told, waits, session = await scenario("something-else")
+        assert told == [] and waits == [1.0, 2.0, 4.0] and not session.revoked
+
+    asyncio.run(asyncio.wait_for(both(), 10))  # (before _record_waits patches asyncio.wait_for)

@@ -471,3 +471,34 @@ def test_a_stage_whose_lease_is_gone_is_killed_without_a_grace() -> None:
         assert graces == {lost.key: 0.0, unknown.key: 0.0, expired.key: 0.0, cancelled.key: None}
 
     run(scenario)
+
+
+
+@pytest.mark.parametrize("draining", [False, True])
+def test_revoked_stops_every_stage_with_the_kill_grace_and_reports_none(draining: bool) -> None:
+    """Revoked: every stage gets SIGTERM with the runner's kill grace (not SIGKILL at once, not the
+    drain grace), a draining one too; none is reported (the scheduler requeued them)."""
+
+    async def scenario() -> None:
+        rig = Rig(drain_grace=42.0)
+        rig.runner.hold_kills = True
+        stages = [rig.sup.start(assignment("a")), rig.sup.start(assignment("b"))]
+        assert all(s is not None for s in stages)
+        if draining:
+            rig.sup.drain("a preemption notice")
+            await rig.killed(2)
+        before = len(rig.runner.kills)
+        rig.sup.revoked()
+        await rig.killed(before + 2)
+        assert rig.runner.kills[before:] == [(s.key, StopReason.REVOKED) for s in stages]  # type: ignore[union-attr]
+        assert rig.runner.graces[before:] == [None, None]
+        assert rig.sup.held_leases() == []  # no longer renewed: nothing of theirs is wanted
+        for stage in stages:
+            assert stage is not None and stage.task is not None
+            rig.runner.exit(stage.key, -15)
+            await stage.task
+        assert rig.sup.stages == {} and rig.sup.outbox.items == {}
+        msg = rig.uplink.take()
+        assert msg is None or list(msg.completions) == []
+
+    run(scenario)

@@ -139,6 +139,14 @@ def test_scheduler_unit_is_tight() -> None:
     assert d["RuntimeDirectory"] == ["outrider-scheduler"]
 
 
+def test_agent_unit_does_not_restart_a_revoked_agent() -> None:
+    """A revoked agent's name is refused for good: systemd must not restart it in a loop."""
+    from agent.daemon import EXIT_REVOKED
+
+    codes = " ".join(_unit("outrider-agent.service").get("RestartPreventExitStatus", [])).split()
+    assert str(EXIT_REVOKED) in codes
+
+
 def test_agent_unit_drains_and_keeps_devices() -> None:
     d = _unit("outrider-agent.service")
     assert d["KillMode"] == ["mixed"]
