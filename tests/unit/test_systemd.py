@@ -147,6 +147,14 @@ def test_agent_unit_does_not_restart_a_revoked_agent() -> None:
     assert str(EXIT_REVOKED) in codes
 
 
+def test_agent_unit_does_not_restart_an_agent_whose_certificate_expired() -> None:
+    """An expired certificate needs a new join token: a restart cannot help (agent/certcheck.py)."""
+    from agent.certcheck import EXIT_CERT_EXPIRED
+
+    codes = " ".join(_unit("outrider-agent.service").get("RestartPreventExitStatus", [])).split()
+    assert str(EXIT_CERT_EXPIRED) in codes
+
+
 def test_agent_unit_drains_and_keeps_devices() -> None:
     d = _unit("outrider-agent.service")
     assert d["KillMode"] == ["mixed"]
