@@ -478,14 +478,9 @@ class Supervisor:
                 stage.stop_reason = reason
 
     def revoked(self) -> None:
-        """The scheduler revoked this agent: stop every stage (SIGTERM, SIGKILL after the kill grace;
-        a draining one too), none of them reported: the scheduler requeued their tasks when it
-        revoked the agent. Their lease records are dropped. (No more work comes: the session
-        stopped for good.)"""
-        for stage in list(self.stages.values()):
-            if stage.stop_reason is None or stage.stop_reason.reports_result:
-                log.info("stopping %s/%s attempt %d: %s", *stage.key, StopReason.REVOKED.value)
-                self._stop(stage, StopReason.REVOKED)
+        """Revoked: stop every stage (SIGTERM, SIGKILL after the kill grace; a draining one too), none reported."""
+        for stage in [s for s in self.stages.values() if s.stop_reason is None or s.stop_reason.reports_result]:
+            self._stop(stage, StopReason.REVOKED)  # (the scheduler requeued them; no more work comes)
 
     async def kill_all(self, reason: StopReason) -> None:
         """Kill every stage (those not stopping yet get ``reason``) and wait for each."""
