@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from outrider.config import parse_address
-from outrider.errors import ConfigError
+from outrider.errors import ConfigError, OutriderError
 from outrider.statedir import StateDirLock
 from outrider.tls import SERVER_OPTIONS
 from outrider.v1 import (
@@ -172,6 +172,7 @@ class Scheduler:
                 f"{self.signer.key_path} is missing (keep ca.key in pki_dir, or leave enroll_listen empty)"
             )
         self.enrolment = Enrolment(self.engine, self.signer)
+        self.tls.listeners.append(self._reload_signer)  # a CA rotation may bring a new ca.key
         self.enroll_server: grpc.aio.Server | None = None
         self.enroll_address = ""
         self.server: grpc.aio.Server | None = None
@@ -253,8 +254,7 @@ class Scheduler:
         )
         identity_pb2_grpc.add_EnrollServiceServicer_to_server(EnrollServicer(self.enrolment, scheduler_port), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        chain = (self.pki_dir / "scheduler.crt").read_bytes() + (self.pki_dir / "ca.crt").read_bytes()
-        creds = grpc.ssl_server_credentials([((self.pki_dir / "scheduler.key").read_bytes(), chain)])
+        creds = self.tls.server_credentials(require_client_auth=False, chain_with_ca=True)  # follows SIGHUP too
         try:
             port = server.add_secure_port(self.cfg.enroll_listen, creds)
         except RuntimeError:
@@ -268,6 +268,16 @@ class Scheduler:
         self.enroll_address = f"{self.cfg.enroll_listen.rpartition(':')[0] or '0.0.0.0'}:{port}"
         await self.health.set(ENROLL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info("enrolment serving on %s (agent certificates last %gs)", self.enroll_address, self.cfg.agent_cert_ttl)
+
+    def _reload_signer(self, _: object) -> None:
+        """After a TLS reload: enrolment and renewal sign with the CA key in pki_dir now (and send
+        the new bundle); one that cannot be read leaves the signer as it was."""
+        try:
+            signer = Signer(self.pki_dir, self.signer.trust_domain, self.signer.ttl_s)
+        except OutriderError as exc:
+            log.error("TLS reloaded, but the signer keeps its CA key: %s", exc)
+            return
+        self.signer = self.enrolment.signer = signer
 
     def _audit_health(self, v: Verdict) -> None:
         """The audit service's health entry follows each verification of the chain."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from outrider import pki
+from outrider.cabundle import certificate_of
 from outrider.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -64,6 +65,13 @@ class Signer:
                 self.ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
             except (ValueError, TypeError, OSError) as exc:
                 raise InvalidArgument(f"{self.key_path}: cannot read the CA key ({exc})") from None
+            # ca.crt may be a bundle (a CA rotation): sign as the CA whose key this is.
+            mine = certificate_of(self.ca_key, x509.load_pem_x509_certificates(self.ca_pem))
+            if mine is None:
+                raise InvalidArgument(
+                    f"{self.key_path}: the CA key belongs to no certificate in {pki_dir / pki.CA_CERT}"
+                )
+            self.ca_cert = mine
 
     @property
     def available(self) -> bool:

@@ -183,13 +183,21 @@ class TlsMaterial:
                 log.exception("a TLS reload listener failed")
         return True
 
-    def server_credentials(self, *, require_client_auth: bool = True) -> grpc.ServerCredentials:
+    def server_credentials(
+        self, *, require_client_auth: bool = True, chain_with_ca: bool = False
+    ) -> grpc.ServerCredentials:
         """Credentials for one listener that follow :meth:`reload` on every new handshake.
 
-        ``require_client_auth=False`` is for a listener whose callers have no certificate yet
-        (enrolment); the bundle is still offered to verify one a client does present.
+        ``require_client_auth=False`` is for a listener whose callers have no certificate yet (the
+        enrolment port: no CertificateRequest at all); ``chain_with_ca`` sends the CA bundle after
+        the certificate (a joining agent picks the CA it pinned from it).
         """
         served = [self._material.generation]
+
+        def _configuration(m: Material) -> grpc.ServerCertificateConfiguration:
+            chain = m.cert_pem + m.ca_pem if chain_with_ca else m.cert_pem
+            roots = m.ca_pem if require_client_auth else None
+            return grpc.ssl_server_certificate_configuration([(m.key_pem, chain)], root_certificates=roots)
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
             # Called by gRPC before every new handshake, on one of its threads: cheap, never raises.
@@ -206,7 +214,3 @@ class TlsMaterial:
         return grpc.dynamic_ssl_server_credentials(
             _configuration(self._material), fetch, require_client_authentication=require_client_auth
         )
-
-
-def _configuration(m: Material) -> grpc.ServerCertificateConfiguration:
-    return grpc.ssl_server_certificate_configuration([(m.key_pem, m.cert_pem)], root_certificates=m.ca_pem)

@@ -214,3 +214,57 @@ def test_ca_rotation_old_and_new_bundled_then_the_old_dropped(cluster: LocalClus
         p.task("y", run="echo y")
         assert client.run(p, timeout=60).state == "succeeded"
         assert {a.name for a in client.list_agents() if a.state == "ready"} == {"old-agent", "new-agent"}
+
+
+def test_the_enrolment_port_and_the_signer_follow_the_reload(cluster: LocalCluster, tmp_path: Path) -> None:
+    """A rotation on a scheduler that enrols agents: ca.key replaced by the new CA's with the rest;
+    after SIGHUP the enrolment port shows the new certificate, and a joining agent pinning the new
+    CA gets a certificate the new CA signed."""
+    import re
+
+    from cryptography import x509
+
+    cluster.start_scheduler(["--enroll-listen", "127.0.0.1:0"])
+    log = cluster.root / "logs" / "scheduler.log"
+    enroll = wait_for(lambda: (re.findall(r"enrolment serving on (\S+)", log.read_text()) or [None])[-1], 20,
+                      "the enrolment port")
+    pki, new = cluster.pki, tmp_path / "new-ca"
+    ca, admin_cert, admin_key = cluster.issue("admin", "root")
+    admin_env = {**cluster.env, "OUTRIDER_SCHEDULER": cluster.address, "OUTRIDER_CA": str(ca),
+                 "OUTRIDER_CERT": str(admin_cert), "OUTRIDER_KEY": str(admin_key)}
+
+    assert _cli(cluster, "pki", "init", str(new), "--trust-domain", cluster.trust_domain).returncode == 0
+    res = _cli(cluster, "pki", "bundle", str(pki / "ca.crt"), str(pki / "ca.crt"), str(new / "ca.crt"), "--force")
+    assert res.returncode == 0, res.stderr
+    for name in ("ca.key", "scheduler.key", "scheduler.crt"):
+        install(new / name, pki / name)
+    sighup_and_wait(cluster, RELOADED)
+
+    def enrol_port_serial() -> int:
+        import socket
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        host, _, port = enroll.rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der).serial_number
+
+    assert enrol_port_serial() == serial_of(new / "scheduler.crt")
+
+    token = subprocess.run([sys.executable, "-m", "outrider.cli", "token", "create", "--json"], env=admin_env,
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert token.returncode == 0, token.stderr
+    pin = _cli(cluster, "pki", "fingerprint", str(new))
+    assert pin.returncode == 0, pin.stderr
+    state = tmp_path / "joined"
+    res = subprocess.run([sys.executable, "-m", "agent.main", "join", "--scheduler", enroll, "--token",
+                          json.loads(token.stdout)["token"], "--ca-fingerprint", pin.stdout.strip(), "--name", "j1",
+                          "--state-dir", str(state), "--enroll-only"],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=cluster.env)
+    assert res.returncode == 0, res.stderr
+    leaf = x509.load_pem_x509_certificate((state / "pki" / "agent.crt").read_bytes())
+    leaf.verify_directly_issued_by(x509.load_pem_x509_certificate((new / "ca.crt").read_bytes()))
