@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from outrider.errors import OutriderError
+
 if TYPE_CHECKING:
     from agent.config import AgentConfig
     from agent.session import Session
@@ -85,11 +87,12 @@ def recover(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
 
 
 def lifetime(cert_path: str | os.PathLike[str]) -> tuple[float, float]:
-    """(notBefore, notAfter) of a PEM certificate file, seconds since the epoch."""
-    from cryptography import x509
+    """(notBefore, notAfter) of a PEM certificate file, seconds since the epoch (read without
+    ``cryptography``, which an idle agent does not load: only a renewal does)."""
+    from outrider.certdates import read_dates
 
-    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+    dates = read_dates(cert_path)
+    return dates.not_before.timestamp(), dates.not_after.timestamp()
 
 
 def renew_at(not_before: float, not_after: float) -> float:
@@ -108,7 +111,7 @@ class Renewer:
         while not self.session.stopped:
             try:
                 not_before, not_after = lifetime(self.cfg.cert)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, OutriderError) as exc:
                 log.warning("cannot read the certificate %s to schedule its renewal: %s", self.cfg.cert, exc)
                 await asyncio.sleep(RECHECK_S / 60)
                 continue
