@@ -90,7 +90,8 @@ def enrol_records(cluster: LocalCluster) -> list[dict[str, Any]]:
 def test_only_an_admin_makes_tokens_and_it_is_audited(cluster: LocalCluster) -> None:
     start(cluster)
     refused = cli(cluster, "submitter", "alice", "token", "create")
-    assert refused.returncode == 4 and "may not call /outrider.v1.IdentityService/CreateToken" in refused.stderr, refused
+    assert refused.returncode == 4, refused
+    assert "may not call /outrider.v1.IdentityService/CreateToken" in refused.stderr, refused
     made = create_token(cluster, "--labels", "site=lab,gpu=a100", "--zones", "eu,eu-west", "--ttl", "10m",
                         "--uses", "3")
     token_id, _, secret = made["token"].partition(".")
