@@ -143,3 +143,42 @@ def test_revoking_an_agent_stops_it_moves_its_work_and_survives_a_restart(
     assert not any(r["identity"].endswith("/submitter/alice") for r in revokes)
     verify = _cli(cluster, "root", "admin", "audit", "verify")
     assert verify.returncode == 0 and "intact" in verify.stdout, verify
+
+
+def test_an_open_stream_and_a_long_poll_end_at_once_with_the_refusal(cluster: LocalCluster) -> None:
+    """A quiet agent (it sends nothing more up its stream, its long-poll waits 30 s) learns of its
+    revocation right away: both calls end UNAUTHENTICATED with the revocation's metadata key."""
+    import threading
+    import time
+
+    from tests.helpers.raw_agent import RawAgent, Stream
+
+    cluster.start_scheduler()
+    with RawAgent(cluster, "quiet") as streaming, RawAgent(cluster, "poller") as polling:
+        streaming.register()
+        stream = Stream(streaming, credits=1)
+        polling.register()
+        polled: list[BaseException] = []
+
+        def poll() -> None:
+            try:
+                polling.poll(wait_s=30.0)
+            except grpc.RpcError as exc:
+                polled.append(exc)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        wait_for(lambda: {"quiet", "poller"} <= {a for a, v in _agents(cluster).items() if v["state"] == "ready"},
+                 30, "both to be connected")
+        t0 = time.monotonic()
+        for name in ("quiet", "poller"):
+            assert _json(_cli(cluster, "root", "admin", "revoke", "agent", name, "--json"))["known"]
+        assert stream.wait_for(lambda item: item == grpc.StatusCode.UNAUTHENTICATED, 10)
+        poller.join(10)
+        assert time.monotonic() - t0 < 15  # not the poll's 30 s
+        [exc] = polled
+        assert isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert (REVOKED_METADATA_KEY, "poller") in tuple(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+        assert stream.call.details().startswith("agent quiet was revoked at ")
+        assert (REVOKED_METADATA_KEY, "quiet") in tuple(stream.call.trailing_metadata() or ())
+        stream.close()
