@@ -22,12 +22,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from agent.enroll import new_key_and_csr
 from outrider import pki
 from outrider.localcluster import LocalCluster
 from outrider.protocol import REVOKED_METADATA_KEY
 from outrider.tls import channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, audit_pb2, audit_pb2_grpc
-from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc
+from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc, identity_pb2, identity_pb2_grpc
 from scheduler.auth import RULES
 from tests.helpers import badcerts
 
@@ -43,6 +44,9 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _A, _C, _F = "/outrider.v1.AgentService/", "/outrider.v1.ControlService/", "/outrider.v1.ArtifactService/"
 _H, _R = "/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/"
 _L = "/outrider.v1.AuditService/"
+_I, _E = "/outrider.v1.IdentityService/", "/outrider.v1.EnrollService/"
+# Served only on the enrolment port (tests/integration/test_enrolment.py), never on the mTLS port.
+_NOT_HERE = {_E + "Enroll": grpc.StatusCode.UNIMPLEMENTED}
 
 # What a valid caller of each role gets from each RPC (with the minimal requests below).
 _AGENT = {
@@ -55,6 +59,9 @@ _AGENT = {
     _F + "Upload": OK, _F + "Download": OK, _F + "Stat": OK, _F + "Probe": OK,
     _H + "Check": OK, _H + "Watch": OK, _R + "ServerReflectionInfo": OK,
     _H + "List": grpc.StatusCode.UNIMPLEMENTED,  # in grpc's health.proto, not in grpcio-health's servicer
+    # Join tokens are an admin's; an agent renews its own certificate (a real CSR below).
+    _I + "CreateToken": DENIED, _I + "ListTokens": DENIED, _I + "RevokeToken": DENIED, _I + "RenewCertificate": OK,
+    **_NOT_HERE,
 }
 _OWNER = {
     **{m: DENIED for m in _AGENT if m.startswith(_A)},
@@ -63,12 +70,14 @@ _OWNER = {
     _C + "DrainAgent": DENIED, _C + "RevokeAgent": DENIED,
     **{m: code for m, code in _AGENT.items() if not m.startswith((_A, _C, _L))},
     _L + "ListAudit": DENIED, _L + "VerifyAudit": DENIED,  # artifacts, health, reflection
+    _I + "RenewCertificate": DENIED,
 }
 # Another submitter: the target run and its code bundle do not exist, as far as it can tell.
 _OTHER = {**_OWNER, **{_C + m: NOT_FOUND for m in ("GetRun", "WatchRun", "CancelRun", "RetryRun", "GetLogs",
                                                    "Explain")}, _F + "Download": NOT_FOUND}
 # Everything (there is no agent "nope" to drain; a name never seen may be revoked).
-_ADMIN = {**_OWNER, _C + "DrainAgent": NOT_FOUND, _C + "RevokeAgent": OK, _L + "ListAudit": OK, _L + "VerifyAudit": OK}
+_ADMIN = {**_OWNER, _C + "DrainAgent": NOT_FOUND, _C + "RevokeAgent": OK, _L + "ListAudit": OK, _L + "VerifyAudit": OK,
+          _I + "CreateToken": OK, _I + "ListTokens": OK, _I + "RevokeToken": NOT_FOUND}  # no token "nope"
 
 EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
     "agent": _AGENT,
@@ -83,12 +92,13 @@ EXPECTED: dict[str, dict[str, grpc.StatusCode]] = {
     "not yet valid": dict.fromkeys(_AGENT, UNAVAILABLE),
     "no clientAuth EKU": dict.fromkeys(_AGENT, UNAVAILABLE),
     # Through the handshake, refused by the interceptor on every call.
-    "wrong trust domain": dict.fromkeys(_AGENT, UNAUTHENTICATED),
-    "two URI SANs": dict.fromkeys(_AGENT, UNAUTHENTICATED),
-    "CA:TRUE leaf": dict.fromkeys(_AGENT, UNAUTHENTICATED),
-    "chain through an intermediate": dict.fromkeys(_AGENT, UNAUTHENTICATED),
+    # (An RPC this port does not serve is UNIMPLEMENTED before any identity is looked at.)
+    "wrong trust domain": {**dict.fromkeys(_AGENT, UNAUTHENTICATED), **_NOT_HERE},
+    "two URI SANs": {**dict.fromkeys(_AGENT, UNAUTHENTICATED), **_NOT_HERE},
+    "CA:TRUE leaf": {**dict.fromkeys(_AGENT, UNAUTHENTICATED), **_NOT_HERE},
+    "chain through an intermediate": {**dict.fromkeys(_AGENT, UNAUTHENTICATED), **_NOT_HERE},
     # A valid agent certificate whose name an admin revoked (through RevokeAgent): refused on every call.
-    "revoked": dict.fromkeys(_AGENT, UNAUTHENTICATED),
+    "revoked": {**dict.fromkeys(_AGENT, UNAUTHENTICATED), **_NOT_HERE},
 }
 IDENTITIES = list(EXPECTED)
 
@@ -153,6 +163,7 @@ def _calls(target: Target) -> dict[str, tuple[Callable[[grpc.Channel], Any], Any
     """Each RPC: (its stub method on a channel, a minimal valid request)."""
     agent, control = agent_pb2_grpc.AgentServiceStub, control_pb2_grpc.ControlServiceStub
     art, health = artifact_pb2_grpc.ArtifactServiceStub, health_pb2_grpc.HealthStub
+    ident = identity_pb2_grpc.IdentityServiceStub
     run = target.run_id
     blob = b"x"
     header = artifact_pb2.ArtifactHeader(digest=hashlib.sha256(blob).hexdigest(), size=1, kind="file")
@@ -184,6 +195,12 @@ def _calls(target: Target) -> dict[str, tuple[Callable[[grpc.Channel], Any], Any
         _C + "RevokeAgent": (lambda c: control(c).RevokeAgent, control_pb2.RevokeAgentRequest(agent="nope")),
         _L + "ListAudit": (lambda c: audit_pb2_grpc.AuditServiceStub(c).ListAudit, audit_pb2.ListAuditRequest()),
         _L + "VerifyAudit": (lambda c: audit_pb2_grpc.AuditServiceStub(c).VerifyAudit, audit_pb2.VerifyAuditRequest()),
+        _I + "CreateToken": (lambda c: ident(c).CreateToken, identity_pb2.CreateTokenRequest()),
+        _I + "ListTokens": (lambda c: ident(c).ListTokens, identity_pb2.ListTokensRequest()),
+        _I + "RevokeToken": (lambda c: ident(c).RevokeToken, identity_pb2.RevokeTokenRequest(token_id="nope")),
+        _I + "RenewCertificate": (lambda c: ident(c).RenewCertificate,
+                                  identity_pb2.RenewCertificateRequest(csr_pem=new_key_and_csr("x")[2])),
+        _E + "Enroll": (lambda c: identity_pb2_grpc.EnrollServiceStub(c).Enroll, identity_pb2.EnrollRequest()),
         _F + "Upload": (lambda c: art(c).Upload, iter([artifact_pb2.UploadChunk(header=header, data=blob)])),
         _F + "Download": (lambda c: art(c).Download, artifact_pb2.DownloadRequest(digest=target.code)),
         _F + "Stat": (lambda c: art(c).Stat, artifact_pb2.StatRequest(digest=target.code)),
