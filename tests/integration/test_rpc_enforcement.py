@@ -27,8 +27,19 @@ from outrider import pki
 from outrider.localcluster import LocalCluster
 from outrider.protocol import REVOKED_METADATA_KEY
 from outrider.tls import channel_credentials
-from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2, artifact_pb2_grpc, audit_pb2, audit_pb2_grpc
-from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc, identity_pb2, identity_pb2_grpc
+from outrider.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    artifact_pb2,
+    artifact_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    common_pb2,
+    control_pb2,
+    control_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
+)
 from scheduler.auth import RULES
 from tests.helpers import badcerts
 
