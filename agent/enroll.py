@@ -79,7 +79,7 @@ def server_chain(address: str, timeout: float = CONNECT_TIMEOUT_S) -> list[bytes
             ctx.wrap_socket(raw, server_hostname=host) as tls,
         ):
             # Python 3.13 makes it public; 3.11 and 3.12 have it on the SSLObject
-            getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain  # type: ignore[union-attr]
+            getter = getattr(tls, "get_unverified_chain", None) or tls._sslobj.get_unverified_chain  # type: ignore[attr-defined]
             chain = getter() or []
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise FailedPrecondition(f"cannot open TLS to the enrolment port {address}: {exc}") from None
@@ -218,8 +218,8 @@ def join(scheduler: str, token: str, fingerprint: str, name: str, state_dir: Pat
                 identity_pb2.EnrollRequest(token=token, name=name, csr_pem=csr_pem), timeout=ENROLL_TIMEOUT_S
             )
         except grpc.RpcError as exc:
-            err = OutriderError(f"enrolment refused by {scheduler}: {exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
-            err.code = exc.code().name  # type: ignore[attr-defined]
+            err = OutriderError(f"enrolment refused by {scheduler}: {exc.code().name}: {exc.details()}")
+            err.code = exc.code().name
             raise err from None
     check_issued(resp.certificate_pem, key, ca_pem)
     address = f"{host}:{resp.scheduler_port}"
