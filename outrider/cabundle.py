@@ -3,7 +3,7 @@
 During a rotation the scheduler trusts the old CA and the new one at once (its ``ca.crt`` is a
 bundle of both; it reloads it on SIGHUP), and so do agents and clients, so that a certificate
 from either CA is accepted and the scheduler may present a certificate from either. The steps
-are in docs/security.md; ``outrider pki bundle OUT CA...`` (:func:`write_bundle`) writes the
+are in docs/cli.md (Rotating the CA); ``outrider pki bundle OUT CA...`` (:func:`write_bundle`) writes the
 bundle. Like :mod:`outrider.pki`, this imports ``cryptography`` only inside its functions.
 """
 

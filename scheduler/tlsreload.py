@@ -11,7 +11,7 @@ One :class:`TlsMaterial` is shared by the gRPC server and the auth interceptor:
   reload too, for calls on connections opened before it as well.
 
 ``ca.crt`` may hold several CA certificates (a bundle): during a CA rotation the old CA and the
-new one (docs/security.md). Every one must be a CA (``CA:TRUE``) within its dates; a leaf is
+new one (docs/cli.md, Rotating the CA). Every one must be a CA (``CA:TRUE``) within its dates; a leaf is
 accepted when one of them signed it directly (each is ``pathlen:0``: no intermediates).
 
 :meth:`TlsMaterial.reload` checks the new files before taking them: all three present and

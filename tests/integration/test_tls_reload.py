@@ -4,7 +4,7 @@
   its lease, and its running task succeeds (one attempt).
 * Broken files (missing, unparsable, a key that is not the certificate's, a certificate from
   another CA, an expired one): the old material stays, an ERROR names the problem, it serves on.
-* The CA rotation of docs/security.md, step by step: a new CA (``outrider pki init`` elsewhere,
+* The CA rotation of docs/cli.md (Rotating the CA), step by step: a new CA (``outrider pki init`` elsewhere,
   same trust domain), old+new bundled as ``ca.crt`` (``outrider pki bundle``), SIGHUP; agents
   from either CA accepted; reissued from the new CA; the scheduler's certificate from the new CA;
   the old CA dropped, SIGHUP; the old CA's certificates refused.
@@ -139,7 +139,7 @@ def test_sighup_with_broken_files_keeps_the_old_material_and_serves_on(cluster: 
 
 
 def test_ca_rotation_old_and_new_bundled_then_the_old_dropped(cluster: LocalCluster, tmp_path: Path) -> None:
-    """The procedure of docs/security.md ("Rotating the CA"), with the CLI verbs it names."""
+    """The procedure of docs/cli.md ("Rotating the CA"), with the CLI verbs it names."""
     cluster.start_scheduler()
     pki, new = cluster.pki, tmp_path / "new-ca"
     cluster.add_agent("old-agent", slots=1)

@@ -147,6 +147,11 @@ def test_agent_unit_does_not_restart_a_revoked_agent() -> None:
     assert str(EXIT_REVOKED) in codes
 
 
+def test_scheduler_unit_reloads_its_tls_files_with_sighup() -> None:
+    """`systemctl reload outrider-scheduler` sends SIGHUP: the scheduler re-reads its TLS files."""
+    assert _unit("outrider-scheduler.service")["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
 def test_agent_unit_does_not_restart_an_agent_whose_certificate_expired() -> None:
     """An expired certificate needs a new join token: a restart cannot help (agent/certcheck.py)."""
     from agent.certcheck import EXIT_CERT_EXPIRED
