@@ -240,3 +240,20 @@ def test_a_joined_agent_serves_and_renews_its_short_lived_certificate_under_a_ru
     renewals = [r for r in json.loads(res.stdout) if r["action"] == "cert_renew"]
     assert renewals and all(r["identity"].endswith("/agent/edge-r") and r["target"] == "edge-r" for r in renewals)
     assert os.path.exists(state / "agent.toml")
+
+
+def test_a_revoked_name_and_a_connected_agent_name_are_refused(cluster: LocalCluster) -> None:
+    enroll = start(cluster)
+    cluster.add_agent("busy", labels={"pool": "p"})
+    cluster.wait_agents(["busy"])
+    assert cli(cluster, "admin", "root", "revoke", "agent", "gone", "--reason", "stolen").returncode == 0
+    made = create_token(cluster, "--uses", "3")
+    revoked = join(cluster, enroll, made["token"], "gone")
+    assert revoked.returncode == 2 and "'gone' may not enrol: it is revoked" in revoked.stderr, revoked
+    live = join(cluster, enroll, made["token"], "busy")
+    assert live.returncode == 2 and "connected now" in live.stderr, live
+    assert tokens(cluster)[made["token_id"]]["uses_left"] == 3  # a refusal spends nothing
+    records = {r["target"]: r for r in enrol_records(cluster)}
+    assert records["gone"]["outcome"] == records["busy"]["outcome"] == "PERMISSION_DENIED"
+    assert join(cluster, enroll, made["token"], "fresh").returncode == 0
+    assert tokens(cluster)[made["token_id"]]["uses_left"] == 2
