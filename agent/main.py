@@ -201,6 +201,7 @@ def join_main(argv: list[str]) -> tuple[int, list[str] | None]:
     from agent.enroll import join
 
     args, rest = build_join_parser().parse_known_args(argv)
+    build_parser().parse_args(rest)  # the agent flags passed through: a typo stops here, before the token is spent
     name = args.name or socket.gethostname().split(".")[0]
     try:
         done = join(args.scheduler, args.token, args.ca_fingerprint, name, Path(args.state_dir), args.force)
