@@ -18,11 +18,12 @@ message"), for unary and streaming RPCs alike, where gRPC would answer ``UNKNOWN
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
@@ -32,6 +33,7 @@ from outrider.pki import Identity
 from outrider.protocol import REVOKED_METADATA_KEY
 from outrider.tls import identity_from_auth_context
 from scheduler import svid
+from scheduler.openstreams import OpenCall, OpenStreams
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,8 @@ class Trust:
     ca_pem: bytes
     #: An agent name -> the refusal if it is revoked, else None (scheduler.core.revocation)
     revoked: Callable[[str], str | None] = lambda name: None
+    #: Streaming calls open now, ended if a TLS reload's bundle refuses their certificate
+    streams: OpenStreams = field(default_factory=OpenStreams)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -147,14 +151,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._domain = trust_domain
         self._ca = ca if callable(ca) else (lambda: ca)
         self._revoked = revoked  # the deny-list of agent names (Engine.revocations.refusal)
-        self._trust = Trust(trust_domain, self._ca(), revoked)
+        self.streams = OpenStreams()  # rechecked after each TLS reload (scheduler/server.py)
+        self._trust = Trust(trust_domain, self._ca(), revoked, self.streams)
 
     @property
     def trust(self) -> Trust:
         """The trust the next call is checked against (a new one after each reload)."""
         ca_pem = self._ca()
         if ca_pem is not self._trust.ca_pem:
-            self._trust = Trust(self._domain, ca_pem, self._revoked)
+            self._trust = Trust(self._domain, ca_pem, self._revoked, self.streams)
         return self._trust
 
     async def intercept_service(
@@ -246,6 +251,20 @@ async def _undecodable(context: grpc.aio.ServicerContext, exc: Undecodable) -> N
     raise exc  # not reached: abort() raises
 
 
+def _leaf(context: grpc.aio.ServicerContext) -> bytes:
+    """The caller's certificate (PEM), as the handshake gave it."""
+    return bytes((context.auth_context().get("x509_pem_cert") or (b"",))[0])
+
+
+async def _ended(context: grpc.aio.ServicerContext, call: OpenCall) -> NoReturn:
+    """A streaming call's handler was cancelled: by :meth:`OpenStreams.recheck` (its certificate is
+    refused now: ``UNAUTHENTICATED`` saying why), or by gRPC (the caller went away: cancelled on)."""
+    if call.refusal is None:
+        raise  # called in the handler's ``except CancelledError``: that cancellation goes on
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, call.refusal)
+    raise AssertionError("not reached: abort() raises")
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], trust: Trust) -> grpc.RpcMethodHandler:
     """``handler`` behind the role check, parsing its requests itself (see :func:`_parser`).
 
@@ -273,10 +292,13 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], tr
 
         async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             await _authorize(context, method, roles, trust)
-            try:
-                return await inner_su(_parsed(request_iterator, parse), context)
-            except Undecodable as exc:
-                await _undecodable(context, exc)
+            with trust.streams.track(_leaf(context)) as call:
+                try:
+                    return await inner_su(_parsed(request_iterator, parse), context)
+                except Undecodable as exc:
+                    await _undecodable(context, exc)
+                except asyncio.CancelledError:
+                    await _ended(context, call)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, None, serialize)
     inner = handler.unary_stream or handler.stream_stream
@@ -290,20 +312,26 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], tr
 
         async def streaming_gen(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             await _authorize(context, method, roles, trust)
-            try:
-                async for item in inner(request_of(raw), context):
-                    yield item
-            except Undecodable as exc:
-                await _undecodable(context, exc)
+            with trust.streams.track(_leaf(context)) as call:
+                try:
+                    async for item in inner(request_of(raw), context):
+                        yield item
+                except Undecodable as exc:
+                    await _undecodable(context, exc)
+                except asyncio.CancelledError:
+                    await _ended(context, call)
 
         return factory(streaming_gen, None, serialize)
 
     async def streaming(raw: Any, context: grpc.aio.ServicerContext) -> Any:
         await _authorize(context, method, roles, trust)
-        try:
-            return await inner(request_of(raw), context)
-        except Undecodable as exc:
-            await _undecodable(context, exc)
+        with trust.streams.track(_leaf(context)) as call:
+            try:
+                return await inner(request_of(raw), context)
+            except Undecodable as exc:
+                await _undecodable(context, exc)
+            except asyncio.CancelledError:
+                await _ended(context, call)
 
     return factory(streaming, None, serialize)
 

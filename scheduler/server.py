@@ -186,6 +186,7 @@ class Scheduler:
         self.engine.start(loop)
         domain = trust_domain_of(self.pki_dir)
         auth = AuthInterceptor(domain, lambda: self.tls.ca_pem, self.engine.revocations.refusal)
+        self.tls.listeners.append(lambda m: auth.streams.recheck(m.ca_pem))  # a dropped CA's streams end
         server = grpc.aio.server(interceptors=[auth], options=server_options(self.cfg))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.engine), server)
         control = ControlServicer(
@@ -275,7 +276,11 @@ class Scheduler:
         try:
             signer = Signer(self.pki_dir, self.signer.trust_domain, self.signer.ttl_s)
         except OutriderError as exc:
-            log.error("TLS reloaded, but the signer keeps its CA key: %s", exc)
+            log.error(
+                "TLS reloaded, but enrolment and renewal keep signing with the CA key loaded before: %s "
+                "(put the key of a CA in ca.crt in pki_dir as ca.key, then SIGHUP again)",
+                exc,
+            )
             return
         self.signer = self.enrolment.signer = signer
 

@@ -143,7 +143,8 @@ def test_ca_rotation_old_and_new_bundled_then_the_old_dropped(cluster: LocalClus
     cluster.start_scheduler()
     pki, new = cluster.pki, tmp_path / "new-ca"
     cluster.add_agent("old-agent", slots=1)
-    cluster.wait_agents(["old-agent"])
+    cluster.add_agent("stale", slots=1)  # never reissued: connected throughout, on the old CA's certificate
+    cluster.wait_agents(["old-agent", "stale"])
     old_client = cluster.issue("admin", "old-admin")
 
     # 1. A new CA, same trust domain, elsewhere.
@@ -162,7 +163,7 @@ def test_ca_rotation_old_and_new_bundled_then_the_old_dropped(cluster: LocalClus
     issued = json.loads(res.stdout)
     cluster.add_agent("new-agent", slots=1, extra_args=["--ca", str(pki / "ca.crt"), "--cert", issued["cert"],
                                                         "--key", issued["key"]])
-    cluster.wait_agents(["old-agent", "new-agent"])
+    cluster.wait_agents(["old-agent", "new-agent", "stale"])
     res = _cli(cluster, "pki", "issue", str(new), "submitter", "alice", "--json")
     assert res.returncode == 0, res.stderr
     alice = json.loads(res.stdout)
@@ -171,7 +172,7 @@ def test_ca_rotation_old_and_new_bundled_then_the_old_dropped(cluster: LocalClus
         p.task("x", run="echo x")
         assert client.run(p, timeout=60).state == "succeeded"
     with Client(cluster.address, *(str(f) for f in old_client)) as client:
-        assert {a.name for a in client.list_agents()} == {"old-agent", "new-agent"}
+        assert {a.name for a in client.list_agents()} == {"old-agent", "new-agent", "stale"}
 
     # 4. The scheduler's own certificate from the new CA; SIGHUP. Clients holding the bundle trust it.
     install(new / "scheduler.key", pki / "scheduler.key")
@@ -188,14 +189,23 @@ def test_ca_rotation_old_and_new_bundled_then_the_old_dropped(cluster: LocalClus
     install(Path(reissued["cert"]), old_agent_cert[0])
     install(Path(reissued["key"]), old_agent_cert[1])
     cluster.restart_agent("old-agent")
-    cluster.wait_agents(["old-agent", "new-agent"])
+    cluster.wait_agents(["old-agent", "new-agent", "stale"])
 
     # 6. Drop the old CA: ca.crt = the new CA alone; SIGHUP.
     lingering = Client(cluster.address, str(pki / "ca.crt"), str(old_client[1]), str(old_client[2]), timeout=10)
-    assert len(lingering.list_agents()) == 2  # a connection opened before the drop
+    assert len(lingering.list_agents()) == 3  # a connection opened before the drop
     res = _cli(cluster, "pki", "bundle", str(pki / "ca.crt"), str(new / "ca.crt"), "--force")
     assert res.returncode == 0, res.stderr
     assert "1 CA certificate(s) trusted" in sighup_and_wait(cluster, RELOADED)
+    # The stream the old certificate opened before (stale's work stream) is ended, UNAUTHENTICATED ...
+    wait_for(lambda: tlsprobe.log_count(cluster, "open stream(s) whose certificate the new CA bundle refuses"), 10,
+             "the scheduler to end the old CA's open streams")
+    stale_log = cluster.root / "logs" / "agent-stale.log"
+    wait_for(lambda: "the scheduler's CA bundle changed" in stale_log.read_text(), 30, "stale to hear why")
+    # ... and it cannot come back: its handshakes are refused.
+    with Client(cluster.address, str(pki / "ca.crt"), alice["cert"], alice["key"]) as client:
+        wait_for(lambda: "stale" not in {a.name for a in client.list_agents() if a.state == "ready"}, 30,
+                 "stale to be disconnected")
 
     # The connection opened before: its next call is refused by the per-call check against the new bundle.
     with lingering, pytest.raises(ConnectionFailed) as refused:

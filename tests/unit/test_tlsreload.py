@@ -159,3 +159,40 @@ def test_bad_files_at_start_are_a_config_error(cas: tuple[Path, Path]) -> None:
     (old / "scheduler.key").unlink()
     with pytest.raises(ConfigError, match=r"scheduler\.key: missing"):
         tlsreload.TlsMaterial(old)
+
+
+def test_a_reload_ends_the_open_streams_whose_certificate_the_new_bundle_refuses(cas: tuple[Path, Path]) -> None:
+    import asyncio
+
+    from scheduler.openstreams import OpenStreams
+
+    old, new = cas
+    old_leaf = pki.issue(old, "agent", "o")[0].read_bytes()
+    new_leaf = pki.issue(new, "agent", "n")[0].read_bytes()
+    streams = OpenStreams()
+
+    async def serve(leaf: bytes, out: list[str]) -> None:
+        with streams.track(leaf) as call:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                out.append(call.refusal or "cancelled by someone else")
+
+    async def main() -> tuple[list[str], list[str], int]:
+        a: list[str] = []
+        b: list[str] = []
+        ta, tb = asyncio.ensure_future(serve(old_leaf, a)), asyncio.ensure_future(serve(new_leaf, b))
+        await asyncio.sleep(0)
+        assert len(streams) == 2
+        both = (old / "ca.crt").read_bytes() + (new / "ca.crt").read_bytes()
+        assert streams.recheck(both) == 0
+        ended = streams.recheck((new / "ca.crt").read_bytes())
+        await ta
+        assert not tb.done() and len(streams) == 1
+        tb.cancel()
+        await tb
+        return a, b, ended
+
+    a, b, ended = asyncio.run(main())
+    assert ended == 1 and "CA bundle changed" in a[0] and "not signed by the scheduler's CA" in a[0]
+    assert b == ["cancelled by someone else"] and len(streams) == 0

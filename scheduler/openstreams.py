@@ -1,0 +1,66 @@
+"""Streaming calls open now, with the client certificate each was authorized with.
+
+A TLS reload (SIGHUP, :mod:`scheduler.tlsreload`) that drops a CA from the bundle refuses new
+handshakes and new calls of the certificates it signed, but a stream opened before (an agent's
+work stream, a client's watch) is one call that would go on. So the interceptor
+(``scheduler/auth.py``) tracks every streaming call while it runs, and after each reload
+:meth:`OpenStreams.recheck` checks their certificates against the new bundle
+(:func:`scheduler.svid.check`): a call whose certificate is refused now is ended, its handler
+cancelled and the call answered ``UNAUTHENTICATED`` naming the rule (the agent then dials again,
+and the handshake refuses it). Everything runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from scheduler import svid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenCall:
+    """One streaming call: its handler's task, its certificate, and why it was ended (or None)."""
+
+    task: asyncio.Task[object] | None
+    leaf_pem: bytes
+    refusal: str | None = None
+
+
+class OpenStreams:
+    def __init__(self) -> None:
+        self._calls: dict[int, OpenCall] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    @contextlib.contextmanager
+    def track(self, leaf_pem: bytes) -> Iterator[OpenCall]:
+        """Track the streaming call the current task serves while the block runs."""
+        call = OpenCall(asyncio.current_task(), leaf_pem)
+        self._calls[id(call)] = call
+        try:
+            yield call
+        finally:
+            del self._calls[id(call)]
+
+    def recheck(self, ca_pem: bytes) -> int:
+        """End every tracked call whose certificate ``ca_pem`` (the bundle now) refuses; how many."""
+        ended = 0
+        for call in list(self._calls.values()):
+            if call.refusal is not None or call.task is None:
+                continue
+            try:
+                svid.check(call.leaf_pem, ca_pem)
+            except svid.SvidError as exc:
+                call.refusal = f"client certificate refused (the scheduler's CA bundle changed): {exc}"
+                call.task.cancel()
+                ended += 1
+        if ended:
+            log.warning("TLS reload: ended %d open stream(s) whose certificate the new CA bundle refuses", ended)
+        return ended
