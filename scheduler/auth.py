@@ -336,6 +336,38 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], tr
     return factory(streaming, None, serialize)
 
 
+def _parsing(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` (one request: unary or server-streaming) parsing its request itself, with no
+    role check: bytes that are not its message are INVALID_ARGUMENT, never gRPC's ``UNKNOWN:
+    Unexpected <class 'DecodeError'>`` (the enrolment port's health service; found by
+    tests/integration/test_fuzz_servicers.py)."""
+    parse, serialize = _parser(handler, method), handler.response_serializer
+    inner = handler.unary_unary or handler.unary_stream
+    if inner is None:
+        return handler
+    factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.unary_stream_rpc_method_handler
+    if inspect.isasyncgenfunction(inner):
+
+        async def parsed_gen(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except Undecodable as exc:
+                await _undecodable(context, exc)
+            async for item in inner(request, context):
+                yield item
+
+        return factory(parsed_gen, None, serialize)
+
+    async def parsed(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = parse(raw)
+        except Undecodable as exc:
+            await _undecodable(context, exc)
+        return await inner(request, context)
+
+    return factory(parsed, None, serialize)
+
+
 class EnrollGate(grpc.aio.ServerInterceptor):
     """The enrolment port's interceptor: there is no client certificate to check, so it
     serves only the rows of :data:`RULES` whose check is :data:`TOKEN` (their servicer
@@ -352,7 +384,7 @@ class EnrollGate(grpc.aio.ServerInterceptor):
             return None
         method = details.method
         if method.startswith("/grpc.health.v1.Health/"):
-            return handler
+            return _parsing(handler, method)
         if RULES.get(method, _DENIED).check != TOKEN or not handler.unary_unary:
 
             async def refuse(raw: Any, context: grpc.aio.ServicerContext) -> Any:

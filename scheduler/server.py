@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from outrider.config import parse_address
@@ -41,6 +41,7 @@ from scheduler.api.agent import AgentServicer
 from scheduler.api.artifact import ArtifactServicer
 from scheduler.api.audit import AuditServicer, caller_id
 from scheduler.api.control import ControlServicer
+from scheduler.api.health import HealthServicer
 from scheduler.api.identity import EnrollServicer, IdentityServicer
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import AuthInterceptor, EnrollGate
@@ -176,7 +177,7 @@ class Scheduler:
         self.enroll_server: grpc.aio.Server | None = None
         self.enroll_address = ""
         self.server: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()  # grpc's, with List
         self.address = ""
 
     async def start(self) -> str:
