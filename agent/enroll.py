@@ -218,7 +218,10 @@ def join(scheduler: str, token: str, fingerprint: str, name: str, state_dir: Pat
                 identity_pb2.EnrollRequest(token=token, name=name, csr_pem=csr_pem), timeout=ENROLL_TIMEOUT_S
             )
         except grpc.RpcError as exc:
-            err = OutriderError(f"enrolment refused by {scheduler}: {exc.code().name}: {exc.details()}")
+            hint = ""
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:  # the pin passed: likely a name the certificate lacks
+                hint = f" (is {host} among the scheduler certificate's names? `outrider pki init --san`)"
+            err = OutriderError(f"enrolment at {scheduler} failed: {exc.code().name}: {exc.details()}{hint}")
             err.code = exc.code().name
             raise err from None
     check_issued(resp.certificate_pem, key, ca_pem)

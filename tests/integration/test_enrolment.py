@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from outrider import pki
 from outrider.certdates import read_dates
@@ -191,6 +192,8 @@ def test_the_enrolment_port_serves_enrolment_only(cluster: LocalCluster) -> None
         with pytest.raises(grpc.RpcError) as info:
             identity_pb2_grpc.IdentityServiceStub(channel).CreateToken(identity_pb2.CreateTokenRequest(), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as info:  # bytes that are no EnrollRequest
             channel.unary_unary("/outrider.v1.EnrollService/Enroll")(b"\xff\xff\xff", timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
