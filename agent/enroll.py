@@ -144,7 +144,14 @@ def check_issued(cert_pem: bytes, key: Any, ca_pem: bytes) -> Any:
 
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+        cas = x509.load_pem_x509_certificates(ca_pem)  # a bundle during a CA rotation: one of them signed it
+        for i, ca in enumerate(cas):
+            try:
+                cert.verify_directly_issued_by(ca)
+                break
+            except Exception:
+                if i == len(cas) - 1:
+                    raise
     except Exception as exc:
         raise FailedPrecondition(f"the scheduler's certificate for this agent does not check out: {exc}") from None
     fmt, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -196,3 +196,19 @@ def test_a_reload_ends_the_open_streams_whose_certificate_the_new_bundle_refuses
     a, b, ended = asyncio.run(main())
     assert ended == 1 and "CA bundle changed" in a[0] and "not signed by the scheduler's CA" in a[0]
     assert b == ["cancelled by someone else"] and len(streams) == 0
+
+
+def test_an_agent_checks_a_certificate_issued_by_any_ca_of_the_bundle_it_is_sent(cas: tuple[Path, Path]) -> None:
+    """Renewal during a CA rotation: the scheduler sends its bundle (old, new); the new CA signed."""
+    from cryptography.hazmat.primitives import serialization
+
+    from agent.enroll import check_issued
+    from outrider.errors import FailedPrecondition
+
+    old, new = cas
+    crt, key_path = pki.issue(new, "agent", "r")
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    bundle = (old / "ca.crt").read_bytes() + (new / "ca.crt").read_bytes()
+    assert check_issued(crt.read_bytes(), key, bundle).serial_number == certdates.read_dates(crt).serial
+    with pytest.raises(FailedPrecondition, match="does not check out"):
+        check_issued(crt.read_bytes(), key, (old / "ca.crt").read_bytes())
