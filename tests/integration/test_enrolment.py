@@ -21,6 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agent.enroll import new_key_and_csr
 from outrider import pki
 from outrider.certdates import read_dates
 from outrider.localcluster import Daemon, LocalCluster, wait_for
@@ -260,3 +261,17 @@ def test_a_revoked_name_and_a_connected_agent_name_are_refused(cluster: LocalClu
     assert records["gone"]["outcome"] == records["busy"]["outcome"] == "PERMISSION_DENIED"
     assert join(cluster, enroll, made["token"], "fresh").returncode == 0
     assert tokens(cluster)[made["token_id"]]["uses_left"] == 2
+
+
+def test_renewal_without_the_ca_key_is_a_failed_precondition_naming_it(cluster: LocalCluster) -> None:
+    ca, cert, key = cluster.issue("agent", "edge-k")
+    (cluster.pki / "ca.key").rename(cluster.root / "ca.key.away")  # an offline CA: no enrolment port either
+    cluster.start_scheduler()
+    from outrider.tls import channel_credentials
+
+    request = identity_pb2.RenewCertificateRequest(csr_pem=new_key_and_csr("edge-k")[2])
+    channel = grpc.secure_channel(cluster.address, channel_credentials(ca, cert, key))
+    with channel, pytest.raises(grpc.RpcError) as info:
+        identity_pb2_grpc.IdentityServiceStub(channel).RenewCertificate(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "ca.key" in info.value.details() and "missing" in info.value.details()
