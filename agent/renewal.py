@@ -139,6 +139,12 @@ class Renewer:
         channel = self.session.channel
         if channel is None:
             raise ConnectionError("not connected to the scheduler")
+        for d in {Path(self.cfg.cert).parent, Path(self.cfg.key).parent}:
+            if not os.access(d, os.W_OK | os.X_OK):  # found before the scheduler signs anything
+                raise PermissionError(
+                    f"cannot write in {d}: renewing replaces {self.cfg.cert} and {self.cfg.key} there "
+                    "(make it writable by the agent, or give the agent a new certificate before this one expires)"
+                )
         key, key_pem, csr_pem = new_key_and_csr(self.cfg.name or "agent")
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
         req = identity_pb2.RenewCertificateRequest(csr_pem=csr_pem)
