@@ -17,6 +17,8 @@ tests/integration/test_fuzz_servicers.py``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import sqlite3
@@ -39,7 +41,15 @@ from hypothesis import strategies as st
 import scheduler
 from outrider.localcluster import LocalCluster, wait_for
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
-from outrider.v1 import agent_pb2, common_pb2, control_pb2, identity_pb2, identity_pb2_grpc
+from outrider.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    artifact_pb2,
+    common_pb2,
+    control_pb2,
+    identity_pb2,
+    identity_pb2_grpc,
+)
 from scheduler.auth import RULES
 from tests.helpers.protofuzz import Method, messages, method_of, mutated, seeded
 
@@ -128,7 +138,39 @@ SEEDS: dict[str, Any] = {
     "outrider.v1.RenewCertificateRequest": identity_pb2.RenewCertificateRequest(csr_pem=_csr()),
     "outrider.v1.EnrollRequest": identity_pb2.EnrollRequest(name="fuzz-new", csr_pem=_csr()),
     "outrider.v1.CreateTokenRequest": identity_pb2.CreateTokenRequest(labels={"tier": "fuzz"}, uses=3),
+    "outrider.v1.UploadChunk": artifact_pb2.UploadChunk(
+        header=artifact_pb2.ArtifactHeader(digest=hashlib.sha256(b"x" * 10).hexdigest(), size=10, kind="file"),
+        data=b"x" * 10,
+    ),
 }
+
+
+def _reports(run_id: str, digest: str) -> dict[str, Any]:
+    """Seeds for what an agent reports on a lease (attempt 1 of task ``a`` of ``run_id``, which
+    the fuzzing agent may hold: it registers and polls before each agent RPC is fuzzed)."""
+    lease = common_pb2.LeaseRef(run_id=run_id, task="a", epoch=1)
+    out = common_pb2.ArtifactRef(name="out", digest=digest, size=400, kind="file")
+    done = agent_pb2.Completion(lease=lease, outcome="succeeded", outputs=[out], started_at=1.7e9, finished_at=1.7e9)
+    checkpoint = common_pb2.Checkpoint(lease=lease, digest=digest, size=400, kind="file", seq=1, created_at=1.7e9)
+    logs = agent_pb2.LogChunk(lease=lease, stream="stdout", data=b"hi\n", ts=1.7e9)
+    return {
+        "outrider.v1.CompleteRequest": agent_pb2.CompleteRequest(completion=done),
+        "outrider.v1.ReportCheckpointRequest": agent_pb2.ReportCheckpointRequest(checkpoint=checkpoint),
+        "outrider.v1.ReportLogsRequest": agent_pb2.ReportLogsRequest(logs=[logs]),
+        "outrider.v1.AgentMessage": agent_pb2.AgentMessage(
+            credits=1, completions=[done], logs=[logs], checkpoints=[checkpoint]
+        ),
+        "outrider.v1.PollRequest": agent_pb2.PollRequest(free_slots=1, wait_s=0.1, completions=[done]),
+    }
+
+
+def _as_agent(channel: grpc.Channel) -> None:
+    """Register the fuzzing agent (its instance ``i1``) over its channel, and take what work it gets:
+    each agent RPC is then fuzzed from a registered agent that holds leases."""
+    stub = agent_pb2_grpc.AgentServiceStub(channel)
+    with contextlib.suppress(grpc.RpcError):  # refused once RevokeAgent revoked it: fine
+        stub.Register(SEEDS["outrider.v1.RegisterRequest"], timeout=10)
+        stub.PollTasks(agent_pb2.PollRequest(free_slots=2, wait_s=0.2), timeout=10)
 
 
 def _known(cluster: LocalCluster) -> dict[str, list[str]]:
@@ -196,6 +238,7 @@ def test_every_servicer_survives_random_and_mutated_messages(fuzz_cluster: Local
     seen: Counter[tuple[str, str]] = Counter()
 
     known = _known(cluster)
+    seeds = {**SEEDS, **_reports(known["run_id"][0], known["digest"][0])}
 
     @st.composite
     def payload(draw: Any, m: Method) -> bytes:
@@ -206,7 +249,7 @@ def test_every_servicer_survives_random_and_mutated_messages(fuzz_cluster: Local
             other = draw(st.sampled_from(methods))
             return bytes(draw(messages(other.request)).SerializeToString())
         if kind == "seeded" or draw(st.booleans()):
-            base = SEEDS.get(m.request.full_name) or message_factory.GetMessageClass(m.request)()
+            base = seeds.get(m.request.full_name) or message_factory.GetMessageClass(m.request)()
             valid = bytes(draw(seeded(base, known)).SerializeToString())
         else:
             valid = bytes(draw(messages(m.request)).SerializeToString())
@@ -242,6 +285,8 @@ def test_every_servicer_survives_random_and_mutated_messages(fuzz_cluster: Local
             problem = _problem(code, details, sent, cluster.root)
             assert problem is None, f"{m.path} as {role}: {problem}"
 
+        if m.path.startswith(("/outrider.v1.AgentService/", "/outrider.v1.ArtifactService/")):
+            _as_agent(channels["agent"])
         (seed(int(SEED))(one) if SEED is not None else one)()
 
     started = time.monotonic()
