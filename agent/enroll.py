@@ -30,6 +30,7 @@ from typing import Any
 
 from outrider.errors import FailedPrecondition, InvalidArgument, OutriderError
 from outrider.pki import parse_fingerprint, validate_name
+from outrider.statedir import StateDirLock
 
 #: How long the pinning handshake and the Enroll call may take.
 CONNECT_TIMEOUT_S = 15.0
@@ -196,10 +197,7 @@ def config_text(scheduler: str, files: dict[str, Path], name: str, state_dir: Pa
 
 def join(scheduler: str, token: str, fingerprint: str, name: str, state_dir: Path, force: bool = False) -> Enrolled:
     """Enrol this machine (see the module docstring); returns what was written."""
-    import grpc
-
     from outrider.config import parse_address
-    from outrider.v1 import identity_pb2, identity_pb2_grpc
 
     pin = parse_fingerprint(fingerprint)
     validate_name(name)
@@ -209,6 +207,21 @@ def join(scheduler: str, token: str, fingerprint: str, name: str, state_dir: Pat
         raise InvalidArgument(f"--scheduler: {exc}") from None
     state_dir = state_dir.absolute()
     files = paths(state_dir)
+    # Nothing else may use the state dir meanwhile (a running agent would be left with files it did not expect).
+    lock = StateDirLock(state_dir).acquire("agent (or join)")
+    try:
+        return _enrol(scheduler, host, token, pin, name, state_dir, files, force)
+    finally:
+        lock.release()
+
+
+def _enrol(
+    scheduler: str, host: str, token: str, pin: str, name: str, state_dir: Path, files: dict[str, Path], force: bool
+) -> Enrolled:
+    import grpc
+
+    from outrider.v1 import identity_pb2, identity_pb2_grpc
+
     held = [p for p in (files["config"], files["cert"], files["key"]) if p.exists()]
     if held and not force:
         raise FailedPrecondition(
