@@ -18,7 +18,7 @@ from outrider.v1 import identity_pb2, identity_pb2_grpc
 from scheduler.api import bounds
 from scheduler.api.status import unary
 from scheduler.auth import current_identity
-from scheduler.core.tokens import MAX_LABELS, Token
+from scheduler.core.tokens import DEFAULT_TTL_S, MAX_LABELS, Token
 from scheduler.enrolment import Enrolment
 
 _LABEL_KEY_RE = re.compile(LABEL_KEY_PATTERN)
@@ -61,7 +61,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         labels = labels_of(request.labels)
         bounds.count("zones", request.zones, bounds.MAX_ZONES)
         zones = list(request.zones) or None
-        ttl = bounds.number("ttl_s", request.ttl_s, 0.0, bounds.MAX_WALL) or 3600.0
+        ttl = bounds.number("ttl_s", request.ttl_s, 0.0, bounds.MAX_WALL) or DEFAULT_TTL_S
         uses = request.uses or 1
         token, tok = await self.enrolment.tokens.create(labels, zones, ttl, uses)
         return identity_pb2.CreateTokenResponse(token=token, info=token_info(tok))

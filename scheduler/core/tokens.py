@@ -127,6 +127,8 @@ class JoinTokens:
         txn = Txn()
         self._make_room(txn)
         token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        while token_id in self.tokens:  # 64 random bits: a clash is all but impossible, and harmless so
+            token_id = secrets.token_hex(8)
         now = self._wall()
         tok = Token(token_id, _hash(secret), now, self._caller(), now + ttl_s, uses, labels, zone_set)
         txn.changes.upsert_token(tok.row())
@@ -140,11 +142,12 @@ class JoinTokens:
         if len(self.tokens) < MAX_TOKENS:
             return
         now = self._wall()
-        for tok in [t for t in self.tokens.values() if t.expires_at <= now or t.uses_left <= 0]:
-            del self.tokens[tok.token_id]
-            txn.changes.delete_token(tok.token_id)
-        if len(self.tokens) >= MAX_TOKENS:
+        dead = [t.token_id for t in self.tokens.values() if t.expires_at <= now or t.uses_left <= 0]
+        if len(self.tokens) - len(dead) >= MAX_TOKENS:  # refused before anything changes
             raise ResourceExhausted(f"{MAX_TOKENS} join tokens are live; revoke some (`outrider token revoke`)")
+        for token_id in dead:
+            del self.tokens[token_id]
+            txn.changes.delete_token(token_id)
 
     async def revoke(self, token_id: str) -> Token:
         """Withdraw a token (its row goes); audited ``token_revoke``."""
