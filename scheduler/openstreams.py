@@ -7,7 +7,9 @@ work stream, a client's watch) is one call that would go on. So the interceptor
 :meth:`OpenStreams.recheck` checks their certificates against the new bundle
 (:func:`scheduler.svid.check`): a call whose certificate is refused now is ended, its handler
 cancelled and the call answered ``UNAUTHENTICATED`` naming the rule (the agent then dials again,
-and the handshake refuses it). Everything runs on the event loop.
+and the handshake refuses it). A certificate that expires while its stream is open is found the
+same way, by :func:`watch_expiry` every :data:`EXPIRY_CHECK_S` (the per-call check saw it valid
+when the stream opened). Everything runs on the event loop.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from scheduler import svid
 
 log = logging.getLogger(__name__)
+
+#: How often open streams' certificates are checked again for their dates.
+EXPIRY_CHECK_S = 5.0
 
 
 @dataclass
@@ -49,8 +54,9 @@ class OpenStreams:
         finally:
             del self._calls[id(call)]
 
-    def recheck(self, ca_pem: bytes) -> int:
-        """End every tracked call whose certificate ``ca_pem`` (the bundle now) refuses; how many."""
+    def recheck(self, ca_pem: bytes, cause: str = "the scheduler's CA bundle changed") -> int:
+        """End every tracked call whose certificate ``ca_pem`` (the bundle now) refuses; how many.
+        ``cause`` says in the refusal why it was checked again."""
         ended = 0
         for call in list(self._calls.values()):
             if call.refusal is not None or call.task is None:
@@ -58,9 +64,19 @@ class OpenStreams:
             try:
                 svid.check(call.leaf_pem, ca_pem)
             except svid.SvidError as exc:
-                call.refusal = f"client certificate refused (the scheduler's CA bundle changed): {exc}"
+                call.refusal = f"client certificate refused ({cause}): {exc}"
                 call.task.cancel()
                 ended += 1
         if ended:
-            log.warning("TLS reload: ended %d open stream(s) whose certificate the new CA bundle refuses", ended)
+            log.warning("ended %d open stream(s) whose certificate is refused now (%s)", ended, cause)
         return ended
+
+
+async def watch_expiry(streams: OpenStreams, ca_pem: Callable[[], bytes], every: float = EXPIRY_CHECK_S) -> None:
+    """Forever: every ``every`` seconds, end the open streams whose certificate expired meanwhile."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            streams.recheck(ca_pem(), "checked again while its stream was open")
+        except Exception:
+            log.exception("checking the open streams' certificates failed")

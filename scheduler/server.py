@@ -50,6 +50,7 @@ from scheduler.core.engine import Engine
 from scheduler.core.zones import ZoneRules
 from scheduler.enrolment import Enrolment
 from scheduler.logs import LogStore
+from scheduler.openstreams import watch_expiry
 from scheduler.signer import Signer
 from scheduler.store.sqlite import SqliteStore
 from scheduler.tlsreload import TlsMaterial
@@ -177,6 +178,7 @@ class Scheduler:
         self.enroll_server: grpc.aio.Server | None = None
         self.enroll_address = ""
         self.server: grpc.aio.Server | None = None
+        self._expiry: asyncio.Future[None] | None = None
         self.health = HealthServicer()  # grpc's, with List
         self.address = ""
 
@@ -188,6 +190,7 @@ class Scheduler:
         domain = trust_domain_of(self.pki_dir)
         auth = AuthInterceptor(domain, lambda: self.tls.ca_pem, self.engine.revocations.refusal)
         self.tls.listeners.append(lambda m: auth.streams.recheck(m.ca_pem))  # a dropped CA's streams end
+        self._expiry = asyncio.ensure_future(watch_expiry(auth.streams, lambda: self.tls.ca_pem))  # and expired ones
         server = grpc.aio.server(interceptors=[auth], options=server_options(self.cfg))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.engine), server)
         control = ControlServicer(
@@ -313,6 +316,8 @@ class Scheduler:
             await asyncio.sleep(TICK_S)
 
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         await self.health.enter_graceful_shutdown()
         if self.enroll_server is not None:
             await self.enroll_server.stop(grace=1.0)

@@ -144,7 +144,7 @@ class TlsMaterial:
         # Swapped whole (one attribute store): gRPC's fetcher, on a core thread, reads one or the other.
         self._material = load(self.pki_dir, 1)
         #: Called with the new material after each successful reload.
-        self.listeners: list[Callable[[Material], None]] = []
+        self.listeners: list[Callable[[Material], object]] = []
 
     @property
     def current(self) -> Material:

@@ -105,3 +105,34 @@ def test_the_cli_with_an_expired_certificate_says_so(cluster: LocalCluster) -> N
     assert res.returncode == 4
     error = json.loads(res.stdout)["error"]
     assert error["code"] == "UNAUTHENTICATED" and "expired at" in error["message"], res
+
+
+@pytest.mark.slow
+def test_a_certificate_expiring_while_connected_ends_its_stream_and_the_agent_exits_78(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Connected when it expires, and not renewed (this scheduler has no CA key to renew with):
+    the scheduler ends its work stream (the per-call check saw it valid when the stream opened;
+    open streams are checked again every few seconds), and the agent, about to reconnect, sees
+    its certificate expired and exits 78."""
+    import shutil
+
+    cluster.init_pki()
+    keyless = tmp_path / "keyless-pki"  # no ca.key: renewal is refused, so the certificate really expires
+    keyless.mkdir()
+    for name in ("ca.crt", "scheduler.crt", "scheduler.key", "trust_domain"):
+        shutil.copy(cluster.pki / name, keyless / name)
+    address = cluster.start_scheduler(["--pki-dir", str(keyless)])
+    domain = cluster.trust_domain
+    lifetime = 10.0
+    cert, key = badcerts.leaf(cluster.pki, cluster.root / "certs", "short", [f"spiffe://{domain}/agent/short"],
+                              not_before=_now() - datetime.timedelta(seconds=1),
+                              not_after=_now() + datetime.timedelta(seconds=lifetime))
+    agent = _agent(cluster, "short", cert, key, address)
+    cluster.wait_agents(["short"], timeout=lifetime - 1)
+    assert agent.wait(60) == 78
+    out = agent.tail(80)
+    assert "registered with" in out and "expired at" in out and "outrider-agent join" in out, out
+    assert "checked again while its stream was open" in out  # the scheduler ended the stream
+    log = (cluster.root / "logs" / "scheduler.log").read_text()
+    assert "ended 1 open stream(s) whose certificate is refused now" in log
