@@ -70,6 +70,10 @@ ENROLLING = "enrolling"
 BUG_CODES = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
 CLASS_NAME = re.compile(r"<class '|\bTraceback\b|\b[A-Z][A-Za-z0-9_]*(?:Error|Exception|Exit)\b")
 REPO = str(Path(scheduler.__file__).resolve().parents[1])
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", re.M)
+#: Log records with a traceback that are gRPC's, not a servicer's: the client left a server stream
+#: (we cancel after its first message) while the next write was in flight, before gRPC saw it leave.
+TOLERATED = ("ERROR grpc._cython.cygrpc: ExecuteBatchError raised in core by servicer method",)
 
 
 def _call(channel: grpc.Channel, m: Method, payloads: list[bytes]) -> tuple[grpc.StatusCode, str]:
@@ -303,7 +307,8 @@ def test_every_servicer_survives_random_and_mutated_messages(fuzz_cluster: Local
 
     # Nothing failed unexpectedly inside the scheduler, even where the caller got a fair answer.
     log = (cluster.root / "logs" / "scheduler.log").read_text(errors="replace")
-    tracebacks = [chunk[:600] for chunk in log.split("Traceback (most recent call last)")[1:]]
+    records = LOG_RECORD.split(log)
+    tracebacks = [r[:800] for r in records if "Traceback" in r and not r.startswith(TOLERATED)]
     assert not tracebacks, f"{len(tracebacks)} tracebacks in the scheduler's log; the first:\n{tracebacks[0]}"
 
     # Still whole: alive, health answers SERVING within a second, the database intact.
