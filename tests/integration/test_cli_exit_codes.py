@@ -91,6 +91,10 @@ def test_exit_codes_and_json_errors_tell_outcomes_apart(cluster: LocalCluster, t
     # Draining is for admins.
     _expect(cluster, "bob", "submitter", ["drain", "w1"], "PERMISSION_DENIED", 4, "may not call")
     _expect(cluster, "bob", "submitter", ["audit", "verify"], "PERMISSION_DENIED", 4, "may not call")
+    # The verbs of revocation and enrolment go through the same table.
+    _expect(cluster, "bob", "submitter", ["revoke", "agent", "w1"], "PERMISSION_DENIED", 4, "may not call")
+    _expect(cluster, "bob", "submitter", ["token", "list"], "PERMISSION_DENIED", 4, "may not call")
+    _expect(cluster, "root", "admin", ["token", "revoke", "nope"], "NOT_FOUND", 5, "nope")
     # An invalid spec: checked before anything is sent; a missing spec file is not found.
     bad = _spec(tmp_path, "bad.yaml", "name: bad\ntasks:\n  a:\n    run: 'true'\n    after: [ghost]\n")
     _expect(cluster, "alice", "submitter", ["submit", bad], "INVALID_ARGUMENT", 3, "ghost")
