@@ -68,8 +68,7 @@ _AGENT = {
                                 "RetryRun", "ListAgents", "GetLogs", "Explain", "DrainAgent", "RevokeAgent")},
     _L + "ListAudit": DENIED, _L + "VerifyAudit": DENIED,
     _F + "Upload": OK, _F + "Download": OK, _F + "Stat": OK, _F + "Probe": OK,
-    _H + "Check": OK, _H + "Watch": OK, _R + "ServerReflectionInfo": OK,
-    _H + "List": grpc.StatusCode.UNIMPLEMENTED,  # in grpc's health.proto, not in grpcio-health's servicer
+    _H + "Check": OK, _H + "Watch": OK, _H + "List": OK, _R + "ServerReflectionInfo": OK,
     # Join tokens are an admin's; an agent renews its own certificate (a real CSR below).
     _I + "CreateToken": DENIED, _I + "ListTokens": DENIED, _I + "RevokeToken": DENIED, _I + "RenewCertificate": OK,
     **_NOT_HERE,
