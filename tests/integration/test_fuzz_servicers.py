@@ -56,11 +56,13 @@ from tests.helpers.protofuzz import Method, messages, method_of, mutated, seeded
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 #: Examples per RPC (each one call, as one of the three identities).
-EXAMPLES = int(os.environ.get("OUTRIDER_FUZZ_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("OUTRIDER_FUZZ_EXAMPLES", "300"))
 SEED = os.environ.get("OUTRIDER_FUZZ_SEED")
 #: Per call: a unary call's deadline; a stream is read for its first message, then cancelled.
 UNARY_TIMEOUT_S = 5.0
 STREAM_TIMEOUT_S = 2.0
+#: After each RPC's examples health must answer within this (after the whole run: within 1 s).
+STALL_S = 5.0
 MAX_MESSAGE = 1024
 IDENTITIES = (("fuzz-admin", "admin"), ("fuzz-user", "submitter"), ("fuzz-agent", "agent"))
 #: RPCs fuzzed after all others (they end the fuzzing identities' calls).
@@ -292,6 +294,10 @@ def test_every_servicer_survives_random_and_mutated_messages(fuzz_cluster: Local
         if m.path.startswith(("/outrider.v1.AgentService/", "/outrider.v1.ArtifactService/")):
             _as_agent(channels["agent"])
         (seed(int(SEED))(one) if SEED is not None else one)()
+        # No request stalls the scheduler: right after each RPC's run, health answers promptly.
+        health = health_pb2_grpc.HealthStub(channels["submitter"])
+        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=STALL_S)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, m.path
 
     started = time.monotonic()
     try:
