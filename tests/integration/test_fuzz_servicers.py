@@ -1,18 +1,21 @@
 """Fuzz every servicer of a real scheduler over real mTLS, then check it is still whole.
 
 Every RPC in ``scheduler.auth.RULES`` (so an RPC added there is fuzzed with no change
-here) is called with raw bytes, as an admin, a submitter and an agent: (a) random bytes,
-(b) valid messages of the RPC's request type built from its descriptor with hostile
-values (:mod:`tests.helpers.protofuzz`), (c) bit and byte mutations of those, and (d) a
-valid message of another RPC's request type. Any status is an acceptable answer except
-``UNKNOWN`` and ``INTERNAL`` (a servicer raised what nobody raised on purpose: a bug), a
-message over 1024 characters, or one that shows a server path or a Python class name. And
-the scheduler must never die. After the run it answers health ``SERVING`` within a second
-and its database passes ``PRAGMA integrity_check``.
+here) is called in turn with raw bytes, as an admin, a submitter, an agent (registered,
+holding leases) and a caller without a certificate on the enrolment port, mostly as a role
+the RPC serves: (a) random bytes, (b) valid messages of the RPC's request type built from
+its descriptor with hostile values, (b') sensible requests naming real runs, tasks, an
+artifact and a join token with a few fields made hostile, (c) bit and byte mutations of
+those (:mod:`tests.helpers.protofuzz`), and (d) a valid message of another RPC's request
+type. Any status is an acceptable answer except ``UNKNOWN`` and ``INTERNAL`` (a servicer
+raised what nobody raised on purpose: a bug), a message over 1024 characters, or one that
+shows a server path or a Python class name. The scheduler must never die, answer health
+within 5 s after each RPC's examples, and log no traceback. After the run it answers
+health ``SERVING`` within a second and its database passes ``PRAGMA integrity_check``.
 
 Reproducible by default (``derandomize``). To fuzz longer or elsewhere locally:
-``OUTRIDER_FUZZ_EXAMPLES=2000 OUTRIDER_FUZZ_SEED=7 .venv/bin/python -m pytest -q
-tests/integration/test_fuzz_servicers.py``.
+``OUTRIDER_FUZZ_EXAMPLES=2000 OUTRIDER_FUZZ_SEED=7 .venv/bin/python -m pytest -q -s
+tests/integration/test_fuzz_servicers.py`` (examples per RPC; ``-s`` prints the statuses seen).
 """
 
 from __future__ import annotations
