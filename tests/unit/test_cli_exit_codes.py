@@ -125,3 +125,19 @@ def test_a_verb_failing_on_a_local_file_or_an_untranslated_call(
     monkeypatch.setattr(cli, "cmd_status", raw_rpc)
     assert cli.main(["status", "r"]) == 4
     assert "may not call X" in capsys.readouterr().err
+
+
+def test_interrupt_and_a_closed_pipe_keep_their_codes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    def closed_pipe(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_status", interrupted)
+    assert cli.main(["status", "r", "--json"]) == 130
+    monkeypatch.setattr(cli, "cmd_status", closed_pipe)
+    assert cli.main(["status", "r", "--json"]) == 0
+    assert capsys.readouterr().out == ""  # neither is an error to report
