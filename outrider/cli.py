@@ -22,8 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from outrider import cli_agents
-from outrider.cli_errors import EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, report_error, report_usage, rpc_error
+from outrider import cli_agents, cli_errors
 from outrider.errors import OutriderError
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -355,7 +354,7 @@ def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False, events:
     else:
         print()
         print_run(final)
-    return 0 if final.state == "succeeded" else 1
+    return cli_errors.EXIT_OK if final.state == "succeeded" else cli_errors.EXIT_FAILED
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -462,7 +461,7 @@ def _connection_flags() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     conn = _connection_flags()
-    p = Parser(prog="outrider", description="Outrider: run ML pipelines across GPU, HPC and edge.")
+    p = cli_errors.Parser(prog="outrider", description="Outrider: run ML pipelines across GPU, HPC and edge.")
     # Every verb's parser is a Parser too (argparse makes subparsers of the parent's class).
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
@@ -524,22 +523,22 @@ def main(argv: Iterable[str] | None = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         args = build_parser().parse_args(argv)
-    except UsageError as exc:  # as argparse says it, and under --json as every error is
-        return report_usage(exc, "--json" in argv)
+    except cli_errors.UsageError as exc:  # as argparse says it, and under --json as every error is
+        return cli_errors.report_usage(exc, "--json" in argv)
     as_json = bool(getattr(args, "json", False))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return cli_errors.EXIT_INTERRUPTED
     except BrokenPipeError:
-        return EXIT_OK
+        return cli_errors.EXIT_OK
     except (OutriderError, OSError) as exc:
-        return report_error(exc, as_json)
+        return cli_errors.report_error(exc, as_json)
     except Exception as exc:
-        translated = rpc_error(exc)
+        translated = cli_errors.rpc_error(exc)
         if translated is None:
             raise
-        return report_error(translated, as_json)
+        return cli_errors.report_error(translated, as_json)
 
 
 if __name__ == "__main__":
