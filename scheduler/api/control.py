@@ -177,16 +177,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> control_pb2.RevokeAgentResponse:
         agent = bounds.text("agent", request.agent)
         done = await self.engine.revocations.revoke(agent, bounds.text("reason", request.reason, bounds.MAX_REASON))
-        r = done.revocation
-        return control_pb2.RevokeAgentResponse(
-            agent=r.name,
-            already_revoked=done.already,
-            revoked_at=r.revoked_at,
-            revoked_by=r.revoked_by,
-            reason=r.reason,
-            leases_requeued=len(done.requeued),
-            known=done.known,
-        )
+        return wire.revoke_outcome_to_proto(done)
 
     @streaming
     async def GetLogs(self, request: control_pb2.GetLogsRequest, context: Any) -> AsyncIterator[control_pb2.LogLine]:

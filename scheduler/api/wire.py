@@ -37,6 +37,7 @@ from scheduler.core.messages import (
     Power,
 )
 from scheduler.core.model import Attempt, Output
+from scheduler.core.revocation import RevokeOutcome
 from scheduler.core.spec import Affinity, Expr, InputRef, Needs, PipelineSpec, TaskSpec
 from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan
 
@@ -543,3 +544,16 @@ def agent_info_to_proto(a: AgentInfo) -> control_pb2.AgentInfo:
 
 def log_line_to_proto(line: LogLine) -> control_pb2.LogLine:
     return control_pb2.LogLine(attempt=line.attempt, stream=line.stream, data=line.data, ts=line.ts)
+
+
+def revoke_outcome_to_proto(done: RevokeOutcome) -> control_pb2.RevokeAgentResponse:
+    r = done.revocation
+    return control_pb2.RevokeAgentResponse(
+        agent=r.name,
+        already_revoked=done.already,
+        revoked_at=r.revoked_at,
+        revoked_by=r.revoked_by,
+        reason=r.reason,
+        leases_requeued=len(done.requeued),
+        known=done.known,
+    )
