@@ -1,7 +1,8 @@
-"""Tests for the SQLite store: migrations, durable group commit, FIFO, load and events.
+"""Tests for the store backends: migrations, durable group commit, FIFO, load and events.
 
-Every test uses a real SQLite file under tmp_path (WAL needs a file) and checks
-durability with a second, independent sqlite3 connection.
+The backend-neutral tests run on both backends (the ``backend`` fixture, tests/conftest.py):
+a real SQLite file under tmp_path (WAL needs a file) and a fresh database on a real
+PostgreSQL server; each checks durability through a second, independent connection.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from scheduler.core.spec import InputRef, PipelineSpec, TaskSpec
 from scheduler.store.changes import Changes
 from scheduler.store.sqlite import MIGRATIONS
 from scheduler.store.sqlite import SqliteStore as Store
+from tests.helpers.backends import Backend
 
 CAPS_V1 = Capabilities(cpu_cores=4, labels={"site": "lab"})
 CAPS_V2 = Capabilities(cpu_cores=8, labels={"site": "lab"}, zones=("eu",))
@@ -33,10 +35,11 @@ def read(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, 
         conn.close()
 
 
-def with_store(path: Path, body: Callable[[Store], Awaitable[None]]) -> None:
-    """Run ``body(store)`` with a started store in a fresh event loop; always close it."""
+def with_store(where: Path | Backend, body: Callable[[Any], Awaitable[None]]) -> None:
+    """Run ``body(store)`` with a started store (a SQLite file, or a backend's) in a fresh event
+    loop; always close it."""
     async def main() -> None:
-        store = Store(path)
+        store = Store(where) if isinstance(where, Path) else where.open()
         store.start(asyncio.get_running_loop())
         try:
             await body(store)
@@ -130,22 +133,22 @@ def test_partial_database_is_migrated_from_its_version(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- commit
 
 
-def test_commit_resolves_only_after_durable(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+def test_commit_resolves_only_after_durable(backend: Backend) -> None:
+    db = backend
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         fut = store.commit(artifact_batch(7))
         assert not fut.done()  # resolution needs the writer thread and a loop turn
         await fut
-        assert read(db, "SELECT digest, size, kind FROM artifacts") == [(f"{7:064x}", 7, "file")]
+        assert db.read("SELECT digest, size, kind FROM artifacts") == [(f"{7:064x}", 7, "file")]
 
     with_store(db, body)
 
 
-def test_commit_accepts_many_rows_and_empty_changes(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+def test_commit_accepts_many_rows_and_empty_changes(backend: Backend) -> None:
+    db = backend
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         await store.commit(Changes())
         await store.barrier()
         one = Changes()
@@ -154,13 +157,13 @@ def test_commit_accepts_many_rows_and_empty_changes(tmp_path: Path) -> None:
         many = Changes()
         many.insert_artifacts([("e" * 64, 1, "file", 1.0), ("f" * 64, 2, "file", 1.0)])
         await store.commit(many)
-        assert read(db, "SELECT count(*) FROM artifacts") == [(3,)]
+        assert db.read("SELECT count(*) FROM artifacts") == [(3,)]
 
     with_store(db, body)
 
 
-def test_commit_before_start_is_an_error(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db")
+def test_commit_before_start_is_an_error(backend: Backend) -> None:
+    store = backend.open()
     try:
         with pytest.raises(AssertionError, match="start"):
             store.commit(Changes())
@@ -168,32 +171,32 @@ def test_commit_before_start_is_an_error(tmp_path: Path) -> None:
         store.close()
 
 
-def test_group_commit_merges_batches_and_resolves_all(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+def test_group_commit_merges_batches_and_resolves_all(backend: Backend) -> None:
+    db = backend
     n = 200
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         futs = [store.commit(artifact_batch(i)) for i in range(n)]  # one loop turn
         await asyncio.wait_for(asyncio.gather(*futs), 30)
         assert all(f.done() and f.exception() is None for f in futs)
         assert store.grouped == n
         assert 1 <= store.commits < n, store.commits
-        assert read(db, "SELECT count(*) FROM artifacts") == [(n,)]
+        assert db.read("SELECT count(*) FROM artifacts") == [(n,)]
 
     with_store(db, body)
 
 
-def test_fifo_later_future_implies_earlier_batches_visible(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+def test_fifo_later_future_implies_earlier_batches_visible(backend: Backend) -> None:
+    db = backend
     n = 60
     seen: list[tuple[int, int]] = []
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         futs = []
         for i in range(n):
             fut = store.commit(artifact_batch(i + 1))
             # Each callback reads through its own connection what is durable at that moment.
-            fut.add_done_callback(lambda _f, i=i: seen.append((i, read(db, "SELECT count(*) FROM artifacts")[0][0])))
+            fut.add_done_callback(lambda _f, i=i: seen.append((i, db.read("SELECT count(*) FROM artifacts")[0][0])))
             futs.append(fut)
             if i % 7 == 0:
                 await asyncio.sleep(0)  # spread over several transactions
@@ -205,18 +208,18 @@ def test_fifo_later_future_implies_earlier_batches_visible(tmp_path: Path) -> No
         assert count >= i + 1, (i, count)
 
 
-def test_close_drains_queued_commits(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+def test_close_drains_queued_commits(backend: Backend) -> None:
+    db = backend
 
     async def main() -> None:
-        store = Store(db)
+        store = db.open()
         store.start(asyncio.get_running_loop())
         for i in range(10):
             store.commit(artifact_batch(i))
         store.close()
 
     asyncio.run(main())
-    assert read(db, "SELECT count(*) FROM artifacts") == [(10,)]
+    assert db.read("SELECT count(*) FROM artifacts") == [(10,)]
 
 
 # --------------------------------------------------------------------------- poisoned values
@@ -231,13 +234,18 @@ def _nan_task_update(run: Run) -> Changes:
     return bad
 
 
-def test_a_change_refused_for_its_values_fails_alone_and_the_writer_lives_on(tmp_path: Path) -> None:
+#: What each backend's refusal of a NaN names: SQLite stores a NaN as NULL (its NOT NULL refuses it),
+#: PostgreSQL keeps NaN as a value (the real_t domain's check refuses it).
+NAN_REFUSAL = {"sqlite": "NOT NULL", "postgresql": "not_nan"}
+
+
+def test_a_change_refused_for_its_values_fails_alone_and_the_writer_lives_on(backend: Backend) -> None:
     from scheduler.store.base import WriteRefused
 
-    db = tmp_path / "s.db"
+    db = backend
     run = make_run()
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         first = Changes()
         first.insert_run(run)
         await store.commit(first)
@@ -251,13 +259,13 @@ def test_a_change_refused_for_its_values_fails_alone_and_the_writer_lives_on(tmp
         await asyncio.wait_for(asyncio.gather(before, poisoned, duplicate, after, return_exceptions=True), 30)
         assert before.exception() is None and after.exception() is None
         assert isinstance(poisoned.exception(), WriteRefused)
-        assert "NOT NULL" in str(poisoned.exception())
+        assert NAN_REFUSAL[db.name] in str(poisoned.exception())
         assert isinstance(duplicate.exception(), WriteRefused)
         assert store.refused == 2
         # The writer is alive: later commits land.
         await store.commit(artifact_batch(3))
-        assert read(db, "SELECT count(*) FROM artifacts") == [(3,)]
-        assert read(db, "SELECT started_at FROM tasks WHERE name='a'") == [(0.0,)]  # untouched
+        assert db.read("SELECT count(*) FROM artifacts") == [(3,)]
+        assert db.read("SELECT started_at FROM tasks WHERE name='a'") == [(0.0,)]  # untouched
 
     with_store(db, body)
 
@@ -293,11 +301,11 @@ def test_a_failure_of_the_database_itself_still_ends_the_process(tmp_path: Path,
 # --------------------------------------------------------------------------- load / events
 
 
-def test_load_returns_what_was_written(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+def test_load_returns_what_was_written(backend: Backend) -> None:
+    db = backend
     run = make_run()
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         b = Changes()
         b.insert_run(run)
         b.upsert_agent("gpu-1", "spiffe://acme.ml/agent/gpu-1", CAPS_V1, 5.0)
@@ -321,7 +329,7 @@ def test_load_returns_what_was_written(tmp_path: Path) -> None:
 
     with_store(db, body)
 
-    store = Store(db)
+    store = db.open()
     try:
         loaded = store.load()
     finally:
@@ -340,14 +348,14 @@ def test_load_returns_what_was_written(tmp_path: Path) -> None:
     assert agents["gpu-1"].capabilities == CAPS_V2
     assert agents["gpu-1"].registered_at == 5.0  # kept on re-register
     assert agents["gpu-1"].last_seen == 20.0
-    assert read(db, "SELECT state, finished_at FROM attempts") == [("succeeded", 11.0)]
-    assert read(db, "SELECT count(*) FROM artifacts") == [(1,)]
+    assert db.read("SELECT state, finished_at FROM attempts") == [("succeeded", 11.0)]
+    assert db.read("SELECT count(*) FROM artifacts") == [(1,)]
 
 
-def test_events_readable_while_writer_runs(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+def test_events_readable_while_writer_runs(backend: Backend) -> None:
+    db = backend
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         futs = []
         for i in range(50):
             b = Changes()
@@ -370,4 +378,8 @@ def test_events_readable_while_writer_runs(tmp_path: Path) -> None:
         assert [r.seq for r in store.events("run-1", after=41, limit=3)] == [43, 45, 47]
 
     with_store(db, body)
-    assert Store(db).load().event_seq == 100
+    store = db.open()
+    try:
+        assert store.load().event_seq == 100
+    finally:
+        store.close()

@@ -1,0 +1,147 @@
+"""What every SQL backend reads back the same way: the start-up load and the audit rows.
+
+The queries here are plain SQL that SQLite and PostgreSQL both understand, and the rows
+are read by column name (``sqlite3.Row`` and psycopg's ``dict_row`` both allow it), so
+the two backends share one mapping from tables to :class:`~scheduler.store.base.Loaded`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from scheduler.api import wire
+from scheduler.core.auditchain import AuditRecord
+from scheduler.core.messages import Checkpoint, LeaseRef
+from scheduler.store.base import (
+    AgentRow,
+    AttemptRow,
+    CheckpointRow,
+    EventRow,
+    Loaded,
+    OutputRow,
+    RevokedRow,
+    RunRow,
+    TaskRow,
+)
+from scheduler.store.changes import Op, zones_of
+
+#: A query with no parameters, its rows addressable by column name.
+Query = Callable[[str], Iterable[Any]]
+
+AUDIT_FIELDS = ("seq", "ts_us", "identity", "action", "target", "outcome", "detail", "prev_hash", "hash")
+
+
+def encoded(op: Op, params: Any) -> Any:
+    """Domain values that are stored as their wire encoding, encoded (on the writer thread)."""
+    if op is Op.INSERT_RUN:
+        return params[:3] + (wire.encode_pipeline(params[3]),) + params[4:]
+    if op is Op.UPSERT_AGENT:
+        return params[:2] + (wire.encode_capabilities(params[2]),) + params[3:]
+    return params
+
+
+def load(q: Query) -> Loaded:
+    """Everything the core rebuilds its memory from, read with ``q``."""
+    return Loaded(
+        runs=[
+            RunRow(
+                r["run_id"],
+                r["seq"],
+                wire.decode_pipeline(bytes(r["spec"])),
+                r["state"],
+                r["submitter"],
+                r["trace_id"],
+                r["created_at"],
+                r["finished_at"],
+            )
+            for r in q("SELECT * FROM runs ORDER BY seq")
+        ],
+        tasks=[
+            TaskRow(
+                r["run_id"],
+                r["name"],
+                r["state"],
+                r["attempts"],
+                r["failures"],
+                r["agent"],
+                r["error"],
+                r["exit_code"],
+                r["started_at"],
+                r["finished_at"],
+                r["not_before"],
+            )
+            for r in q("SELECT * FROM tasks")
+        ],
+        outputs=[
+            OutputRow(r["run_id"], r["task"], r["name"], r["digest"], r["size"], r["kind"], zones_of(r["residency"]))
+            for r in q("SELECT * FROM outputs")
+        ],
+        agents=[
+            AgentRow(
+                r["name"],
+                r["identity"],
+                wire.decode_capabilities(bytes(r["capabilities"])),
+                r["registered_at"],
+                r["last_seen"],
+                r["instance_id"],
+            )
+            for r in q("SELECT * FROM agents")
+        ],
+        attempts=[_attempt(r) for r in q("SELECT * FROM attempts ORDER BY run_id, task, attempt")],
+        checkpoints=[
+            CheckpointRow(
+                Checkpoint(
+                    LeaseRef(r["run_id"], r["task"], r["epoch"]),
+                    r["digest"],
+                    r["size"],
+                    r["kind"],
+                    r["seq"],
+                    r["created_at"],
+                ),
+                zones_of(r["residency"]),
+            )
+            for r in q("SELECT * FROM checkpoints")
+        ],
+        revoked=[
+            RevokedRow(r["name"], r["revoked_at"], r["revoked_by"], r["reason"])
+            for r in q("SELECT * FROM revoked_agents ORDER BY revoked_at, name")
+        ],
+        event_seq=next(iter(q("SELECT coalesce(max(seq), 0) AS n FROM events")))["n"],
+        run_event_seq={
+            r["run_id"]: r["n"] for r in q("SELECT run_id, max(seq) AS n FROM events WHERE task = '' GROUP BY run_id")
+        },
+    )
+
+
+def _attempt(r: Mapping[str, Any]) -> AttemptRow:
+    resumed = None
+    if r["resume_digest"]:
+        resumed = Checkpoint(
+            LeaseRef(r["run_id"], r["task"], r["resume_epoch"]),
+            r["resume_digest"],
+            r["resume_size"],
+            r["resume_kind"],
+            r["resume_seq"],
+            r["resume_created_at"],
+        )
+    return AttemptRow(
+        r["run_id"],
+        r["task"],
+        r["attempt"],
+        r["agent"],
+        r["state"],
+        r["started_at"],
+        r["finished_at"],
+        r["exit_code"],
+        r["error"],
+        resumed,
+    )
+
+
+def event_row(r: Mapping[str, Any]) -> EventRow:
+    return EventRow(r["seq"], r["ts"], r["run_id"], r["task"], r["state"], r["attempt"], r["agent"], r["detail"])
+
+
+def audit_record(r: Mapping[str, Any]) -> AuditRecord:
+    return AuditRecord(*(r[f] for f in AUDIT_FIELDS))
