@@ -40,6 +40,15 @@ class SqliteBackend:
         finally:
             conn.close()
 
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        """A write of the test's own, committed (tampering with a record, say)."""
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute(sql, params)
+            conn.commit()
+        finally:
+            conn.close()
+
 
 class PostgresBackend:
     name = "postgresql"
@@ -63,6 +72,12 @@ class PostgresBackend:
 
         with psycopg.connect(self.uri, password=self.server.password, autocommit=True) as conn:
             return conn.execute(sql.replace("?", "%s").encode(), params).fetchall()
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> None:
+        import psycopg
+
+        with psycopg.connect(self.uri, password=self.server.password, autocommit=True) as conn:
+            conn.execute(sql.replace("?", "%s").encode(), params)
 
 
 Backend = SqliteBackend | PostgresBackend

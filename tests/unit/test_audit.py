@@ -1,6 +1,7 @@
 """Tests for the audit log: the chain (scheduler.core.auditchain), its table in the SQLite
 store (migration 6, gap-free seq in commit order), and the core component
-(scheduler.core.audit) driven through the engine with fake clocks.
+(scheduler.core.audit) driven through the engine with fake clocks. What the store does with
+the chain, and the engine tests, run on both backends (SQLite and PostgreSQL).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from scheduler.store import sqlite as sqlite_store
 from scheduler.store.changes import Changes
 from scheduler.store.sqlite import MIGRATIONS
 from scheduler.store.sqlite import SqliteStore as Store
+from tests.helpers.backends import Backend
 from tests.unit.test_engine import MONO0, TTL, WALL0, Harness, assigned, h  # noqa: F401  (h: the fixture)
 from tests.unit.test_store import _nan_task_update, make_run, read, with_store
 
@@ -141,14 +143,14 @@ def _audit(identity: str, action: str = "submit", target: str = "run-1") -> Chan
     return ch
 
 
-def test_records_are_chained_in_commit_order_and_survive_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "s.db"
+def test_records_are_chained_in_commit_order_and_survive_a_restart(backend: Backend) -> None:
+    db = backend
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         await asyncio.gather(*(store.commit(_audit(f"id{i % 3}", target=f"run-{i}")) for i in range(10)))
 
     with_store(db, body)
-    store = Store(db)
+    store = db.open()
     try:
         rows = list(store.audit_rows())
         assert [r.seq for r in rows] == list(range(1, 11))
@@ -158,25 +160,25 @@ def test_records_are_chained_in_commit_order_and_survive_a_restart(tmp_path: Pat
     finally:
         store.close()
 
-    async def more(store: Store) -> None:
+    async def more(store: Any) -> None:
         await store.commit(_audit("id9"))
 
     with_store(db, more)
-    rows = read(db, "SELECT seq, hash, prev_hash FROM audit WHERE seq >= 10 ORDER BY seq")
+    rows = db.read("SELECT seq, hash, prev_hash FROM audit WHERE seq >= 10 ORDER BY seq")
     assert [r[0] for r in rows] == [10, 11] and rows[1][2] == rows[0][1]  # chained on from the stored head
-    s2 = Store(db)
+    s2 = db.open()
     try:
         assert verify(s2.audit_rows()).ok
     finally:
         s2.close()
 
 
-def test_a_refused_change_gives_its_seq_back(tmp_path: Path) -> None:
+def test_a_refused_change_gives_its_seq_back(backend: Backend) -> None:
     """A change the database refuses for its values is rolled back with its audit record: no gap."""
-    db = tmp_path / "s.db"
+    db = backend
     run = make_run()
 
-    async def body(store: Store) -> None:
+    async def body(store: Any) -> None:
         first = Changes()
         first.insert_run(run)
         await store.commit(first)
@@ -190,19 +192,23 @@ def test_a_refused_change_gives_its_seq_back(tmp_path: Path) -> None:
         assert bad.exception() is not None and ok2.exception() is None
 
     with_store(db, body)
-    assert read(db, "SELECT seq, target FROM audit ORDER BY seq") == [(1, "before"), (2, "after")]
-    store = Store(db)
+    assert db.read("SELECT seq, target FROM audit ORDER BY seq") == [(1, "before"), (2, "after")]
+    store = db.open()
     try:
         assert verify(store.audit_rows()).ok
     finally:
         store.close()
 
 
-def test_rows_stream_in_chunks_and_pages_filter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rows_stream_in_chunks_and_pages_filter(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_store, "AUDIT_CHUNK", 3)
-    db = tmp_path / "s.db"
+    if backend.name == "postgresql":
+        from scheduler.store import postgres
 
-    async def body(store: Store) -> None:
+        monkeypatch.setattr(postgres, "AUDIT_CHUNK", 3)
+    db = backend
+
+    async def body(store: Any) -> None:
         for i in range(8):
             ch = Changes()
             ch.audit(100 * i, f"id{i % 2}", "submit", f"run-{i}", "ok", "")
@@ -294,10 +300,7 @@ def test_a_broken_chain_at_start_is_flagged_and_the_engine_serves_on(h: Harness,
         await h.settle()
 
     h.run(body())
-    conn = sqlite3.connect(h.db)
-    conn.execute("UPDATE audit SET identity='spiffe://test.ml/admin/eve' WHERE seq=2")
-    conn.commit()
-    conn.close()
+    h.backend.execute("UPDATE audit SET identity='spiffe://test.ml/admin/eve' WHERE seq=2")
     seen: list[Any] = []
     with caplog.at_level("ERROR"):
         h.restart()  # load() checks the whole chain
@@ -323,10 +326,7 @@ def test_verify_reads_the_stored_rows_not_memory(h: Harness) -> None:
         await h.submit(one_task())
         await h.settle()
         assert (await h.engine.audit.verify()).ok
-        conn = sqlite3.connect(h.db)
-        conn.execute("DELETE FROM audit WHERE seq=2")  # the last record, cut while running
-        conn.commit()
-        conn.close()
+        h.backend.execute("DELETE FROM audit WHERE seq=2")  # the last record, cut while running
         v = await h.engine.audit.verify()
         assert not v.ok and v.first_broken == 2 and "missing from the end" in v.why
         listed = await h.engine.audit.list(0, 0, "", 10)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from pathlib import Path
 from typing import Any, Coroutine, Iterator
 
@@ -24,7 +23,8 @@ from scheduler.core.channel import Channel
 from scheduler.core.engine import Engine
 from scheduler.core.lifecycle import backoff_delay
 from scheduler.core.model import RunState, TaskState
-from scheduler.store.sqlite import SqliteStore as Store
+from scheduler.store.base import Store
+from tests.helpers.backends import Backend, SqliteBackend
 from tests.helpers.fake_clock import FakeClock
 from tests.helpers.wire_engine import WireEngine, take
 
@@ -36,8 +36,8 @@ WALL0 = 1_700_000_000.0
 
 
 class Harness:
-    def __init__(self, db: Path, loop: asyncio.AbstractEventLoop) -> None:
-        self.db = db
+    def __init__(self, db: Path | Backend, loop: asyncio.AbstractEventLoop) -> None:
+        self.backend = SqliteBackend(db) if isinstance(db, Path) else db  # a path: a SQLite file
         self.loop = loop
         self.mono = FakeClock(MONO0)
         self.wall = FakeClock(WALL0)
@@ -45,7 +45,7 @@ class Harness:
         self.store, self.engine = self._build()
 
     def _build(self) -> tuple[Store, WireEngine]:
-        store = Store(self.db)
+        store = self.backend.open()
         engine = Engine(
             store,
             lease_ttl=TTL,
@@ -124,27 +124,19 @@ class Harness:
         return {n: t.state.value for n, t in self.engine.runs[run_id].tasks.items()}
 
     def db_tasks(self, run_id: str) -> dict[str, tuple[Any, ...]]:
-        conn = sqlite3.connect(self.db)
-        try:
-            rows = conn.execute(
-                "SELECT name, state, attempts, failures, agent FROM tasks WHERE run_id=?", (run_id,)
-            ).fetchall()
-        finally:
-            conn.close()
+        rows = self.backend.read("SELECT name, state, attempts, failures, agent FROM tasks WHERE run_id=?", (run_id,))
         return {r[0]: r[1:] for r in rows}
 
     def db_one(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(self.db)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+        """Rows read through a connection of the test's own: only what was committed."""
+        return self.backend.read(sql, params)
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
+def h(backend: Backend) -> Iterator[Harness]:
+    """An engine on a started store; every test that uses it runs on both backends."""
     loop = asyncio.new_event_loop()
-    harness = Harness(tmp_path / "sched.db", loop)
+    harness = Harness(backend, loop)
     harness.start()
     try:
         yield harness

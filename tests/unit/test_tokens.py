@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,23 +12,24 @@ import pytest
 from outrider.errors import InvalidArgument, PermissionDenied
 from scheduler.core.tokens import JoinTokens, Token
 from scheduler.core.txn import Journal
-from scheduler.store.sqlite import SqliteStore
+from scheduler.store.base import Store
+from tests.helpers.backends import Backend
 
 ADMIN = "spiffe://acme.test/admin/root"
 
 
 class World:
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Backend) -> None:
         self.db = db
         self.loop = asyncio.new_event_loop()
         self.now = 1_000_000.0
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.tokens = self.open()
 
     def open(self) -> JoinTokens:
         if self.store is not None:
             self.store.close()
-        self.store = SqliteStore(self.db)
+        self.store = self.db.open()
         self.store.start(self.loop)
         return JoinTokens(Journal(self.store), lambda: self.now, lambda: ADMIN)
 
@@ -55,8 +54,9 @@ class World:
 
 
 @pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    world = World(tmp_path / "sched.db")
+def w(backend: Backend) -> Iterator[World]:
+    """Join tokens on a store of each backend (tokens are durable state)."""
+    world = World(backend)
     try:
         yield world
     finally:
@@ -68,7 +68,7 @@ def test_only_a_hash_of_the_secret_is_kept_and_uses_are_spent_durably(w: World) 
     token_id, _, secret = token.partition(".")
     assert tok.token_id == token_id and tok.uses_left == 2 and tok.zones == frozenset({"eu"})
     w.run(w.store.barrier())  # type: ignore[union-attr]
-    rows = sqlite3.connect(w.db).execute("SELECT * FROM join_tokens").fetchall()
+    rows = w.db.read("SELECT * FROM join_tokens")
     assert len(rows) == 1 and secret not in repr(rows)
     assert hashlib.sha256(secret.encode()).hexdigest() in repr(rows)
     spent, cert = w.enrol(token, "edge-1")

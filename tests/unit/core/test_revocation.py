@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,15 +16,17 @@ from outrider.pipeline import Pipeline
 from outrider.protocol import revoked_message
 from scheduler.core.model import TaskState
 from scheduler.core.revocation import MAX_REASON, iso
+from tests.helpers.backends import Backend
 from tests.unit.test_engine import WALL0, Harness, assigned, take
 
 ADMIN = "spiffe://test.ml/admin/root"
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
+def h(backend: Backend) -> Iterator[Harness]:
+    """An engine whose caller is an admin, on each backend (the deny-list is durable state)."""
     loop = asyncio.new_event_loop()
-    harness = Harness(tmp_path / "sched.db", loop)
+    harness = Harness(backend, loop)
     harness.start()
     harness.engine.core.caller = lambda: ADMIN
     try:
