@@ -41,3 +41,11 @@ class AgentConfig:
     # stage cannot read the agent's key or state; empty: as the agent's own user.
     stage_user: str = ""
     stage_group: str = ""
+    # Where stages run: "local" (processes the keeper starts) or "slurm" (Slurm jobs, agent.slurm).
+    executor: str = "local"
+    # With executor = "slurm": the partition and account jobs go to, the directory shared
+    # by the login node and the compute nodes (the stages' work dirs), extra sbatch arguments.
+    slurm_partition: str = ""
+    slurm_account: str = ""
+    slurm_work_dir: str = ""
+    slurm_extra_args: list[str] = field(default_factory=list)

@@ -45,7 +45,7 @@ import signal
 import time
 from pathlib import Path
 
-from agent import stageuser
+from agent import slurm, stageuser
 from agent.cache import BlobCache
 from agent.checkpoints import Checkpoints, CheckpointStore
 from agent.config import AgentConfig
@@ -59,10 +59,12 @@ from agent.recovery import plan, probe_keeper
 from agent.renewal import Renewer
 from agent.runner import Runner, reap_orphans
 from agent.session import Session
+from agent.slurm import SlurmExecutor
 from agent.stage import Stage, StopReason
 from agent.supervisor import Supervisor
 from agent.transfers import Transfers
 from agent.uplink import Uplink
+from outrider.errors import ConfigError
 from outrider.statedir import StateDirLock
 
 __all__ = ["EXIT_REVOKED", "NTP_INTERVAL_S", "PREEMPTION_POLL_S", "Agent"]
@@ -94,12 +96,25 @@ class Agent:
         self.lock = StateDirLock(self.state_dir).acquire("agent")
         slots = cfg.slots or (os.cpu_count() or 1)
         caps = probe_capabilities(cfg.labels, slots, str(self.state_dir), cfg.zones)
+        self.slurm: SlurmExecutor | None = None
+        if cfg.executor == "slurm":  # the partition's capacity, not the login node's (agent.slurm)
+            try:
+                cap = slurm.probe_partition(cfg.slurm_partition)
+            except OSError as exc:
+                raise ConfigError(f"executor = slurm: {exc}") from None
+            slurm.advertise(caps, cap, cfg.slots)
+            slots = caps.slots
+            settings = slurm.SlurmSettings(
+                cfg.slurm_partition, cfg.slurm_account, cfg.slurm_work_dir, tuple(cfg.slurm_extra_args)
+            )
+            self.slurm = SlurmExecutor(settings)
+            log.info("stages run as Slurm jobs in partition %s: %s", cfg.slurm_partition, cap)
         shed("pynvml")  # only the start-up probe needs NVML's bindings; an idle agent stays small
         tune_malloc()
         self.clock = ClockTracker(cfg.ntp_servers)
         self.link = LinkMeter()
         self.cache_dir = self.state_dir / "cache"
-        self.work_root = self.state_dir / "work"
+        self.work_root = Path(cfg.slurm_work_dir) if self.slurm is not None else self.state_dir / "work"
         self.scratch = self.state_dir / "scratch"
         for d in (self.cache_dir, self.work_root, self.scratch):
             d.mkdir(parents=True, exist_ok=True)
@@ -118,6 +133,9 @@ class Agent:
         records, outbox, renewed = self.journal.load()
         env = dict(os.environ)
         held = probe_keeper(self.state_dir, env, cfg.kill_grace) if records or self._keeper_exists() else []
+        if self.slurm is not None:  # its jobs, by the ids in the lease records
+            held = slurm.held_stages(records, renewed, time.time(), time.monotonic())
+        self._records = records
         self.recovered = plan(records, renewed, held, time.time(), time.monotonic())
         reap_orphans(self.work_root, keep=self.recovered.keep)
 
@@ -140,7 +158,7 @@ class Agent:
         )
         self.runner = Runner(
             self.work_root,
-            self.keeper,
+            self.slurm or self.keeper,
             self.transfers.fetch,
             self.transfers.publish,
             self.uplink.log,
@@ -191,7 +209,9 @@ class Agent:
         rec = self.recovered
         if rec.dropped:
             self.journal.write_later(deletes=[Journal.lease_key(k) for k in rec.dropped])
-        if rec.kill or rec.reattach:
+        if self.slurm is not None:
+            self.slurm.take_over(rec, self._records)
+        elif rec.kill or rec.reattach:
             await self.keeper.connect(start=False)
             for key in rec.kill:
                 self.keeper.kill(key, signal.SIGKILL)
@@ -224,6 +244,8 @@ class Agent:
             await self.supervisor.kill_all(StopReason.AGENT_STOPPED)
             await self.session.close()
             await self.keeper.close()
+            if self.slurm is not None:
+                await self.slurm.close()
             self.journal.flush_later()
             await asyncio.to_thread(self.journal.flush)
 

@@ -56,7 +56,7 @@ def parse_zones(value: Any) -> list[str]:
 #: The settings that name files or directories: resolved to absolute paths at load time
 #: (flags against the working directory, the TOML file's against its own directory), so
 #: no relative path ever reaches a stage, whose working directory is its work dir.
-PATH_KEYS = ("ca", "cert", "key", "pki_dir", "state_dir", "preemption_file")
+PATH_KEYS = ("ca", "cert", "key", "pki_dir", "state_dir", "preemption_file", "slurm_work_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage-user", help="run stages as this user (name or uid); needs root or CAP_SETUID and co.")
     p.add_argument("--stage-group", help="the stages' group (name or gid; default: the stage user's own)")
+    p.add_argument("--executor", help='where stages run: "local" (default) or "slurm" (as Slurm jobs)')
+    p.add_argument("--slurm-partition", help="with --executor slurm: the partition jobs are submitted to")
+    p.add_argument("--slurm-account", help="with --executor slurm: the account jobs are charged to (default: none)")
+    p.add_argument(
+        "--slurm-work-dir", help="with --executor slurm: a directory shared with the compute nodes (the work dirs)"
+    )
+    p.add_argument("--slurm-extra-args", help='with --executor slurm: more sbatch arguments, e.g. "--qos=low"')
     return p
 
 
@@ -155,6 +162,7 @@ def load_config(argv: list[str] | None = None) -> Any:
         raise ConfigError(f"{source}: scheduler: {exc}") from None
     if not isinstance(cfg["slots"], int) or cfg["slots"] < 0:
         raise ConfigError(f"{source}: slots must be a non-negative integer, got {cfg['slots']!r}")
+    check_executor(cfg, source)
     from agent.renewal import recover
     from outrider.tls import read_pem_files
 
@@ -166,6 +174,33 @@ def load_config(argv: list[str] | None = None) -> Any:
         cfg[key] = str(cfg[key] if cfg[key] is not None else "")
     resolve(cfg["stage_user"], cfg["stage_group"])  # no such user, or no way to switch to it: fail now
     return AgentConfig(**cfg)
+
+
+def check_executor(cfg: dict[str, Any], source: str) -> None:
+    """``executor`` and the ``slurm_*`` keys: ConfigError naming the bad one."""
+    import shlex
+
+    if cfg["executor"] not in ("local", "slurm"):
+        raise ConfigError(f'{source}: executor must be "local" or "slurm", got {cfg["executor"]!r}')
+    extra = cfg["slurm_extra_args"]
+    if isinstance(extra, str):
+        try:
+            extra = shlex.split(extra)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: slurm_extra_args: {exc}") from None
+    if not isinstance(extra, list) or not all(isinstance(a, str) and a.startswith("-") for a in extra):
+        raise ConfigError(f'{source}: slurm_extra_args must be a list of sbatch options like ["--qos=low"]')
+    cfg["slurm_extra_args"] = extra
+    for key in ("slurm_partition", "slurm_account", "slurm_work_dir"):
+        if not isinstance(cfg[key], str):
+            raise ConfigError(f"{source}: {key} must be a string, got {cfg[key]!r}")
+    if cfg["executor"] != "slurm":
+        return
+    missing = [k for k in ("slurm_partition", "slurm_work_dir") if not cfg[k]]
+    if missing:
+        raise ConfigError(f'{source}: executor = "slurm" needs {" and ".join(missing)}')
+    if cfg["stage_user"]:
+        raise ConfigError(f'{source}: stage_user cannot be combined with executor = "slurm" (jobs run as the agent)')
 
 
 def build_join_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,167 @@
+"""Issue 9: an agent with ``executor = "slurm"`` runs its stages as jobs of a real Slurm
+(Debian's slurm-wlm and munge on loopback, :mod:`tests.helpers.slurmcluster`), with a real
+scheduler: the output comes back, the logs stream while the job runs, a timeout, a cancel and
+a failing job each end as they should, and the agent advertises the partition's capacity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from outrider.localcluster import LocalCluster, wait_for
+from tests.helpers.slurmcluster import NODE_MEMORY_MB, PARTITION, SlurmCluster, slurm_available
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+LEASE_TTL = "10s"
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    why = slurm_available()
+    if why:
+        pytest.skip(why)
+    s = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def hpc(cluster: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> LocalCluster:
+    """The scheduler and one agent, ``login``, on the Slurm executor."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    cluster.start_scheduler()
+    cluster.add_agent(
+        "login",
+        slots=2,
+        extra_args=["--executor", "slurm", "--slurm-partition", PARTITION, "--slurm-work-dir", str(shared)],
+        env={"SLURM_CONF": str(slurm.conf)},
+    )
+    cluster.wait_agents(["login"])
+    return cluster
+
+
+def _cli(cluster: LocalCluster, *args: str, role: str = "submitter") -> str:
+    ca, cert, key = cluster.issue(role, "submitter" if role == "submitter" else "root")
+    env = {
+        **cluster.env,
+        "OUTRIDER_SCHEDULER": cluster.address,
+        "OUTRIDER_CA": str(ca),
+        "OUTRIDER_CERT": str(cert),
+        "OUTRIDER_KEY": str(key),
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "outrider.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 0, f"outrider {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
+def _submit(cluster: LocalCluster, tmp_path: Path, name: str, body: str) -> str:
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(f"name: {name}\ntasks:\n{body}")
+    run_id = _cli(cluster, "submit", str(spec)).split()[0]
+    assert run_id.startswith("run-"), run_id
+    return run_id
+
+
+def _status(cluster: LocalCluster, run_id: str) -> dict[str, Any]:
+    return dict(json.loads(_cli(cluster, "status", run_id, "--json")))
+
+
+def _ended(cluster: LocalCluster, run_id: str, timeout: float = 120) -> dict[str, Any]:
+    done = ("succeeded", "failed", "cancelled")
+    return dict(wait_for(lambda: (s := _status(cluster, run_id))["state"] in done and s, timeout, f"{run_id} to end"))
+
+
+def _job_state(slurm: SlurmCluster, run_id: str, task: str) -> str:
+    return slurm.jobs().get(f"outrider:{run_id}:{task}:1", "")
+
+
+def test_a_stage_runs_as_a_slurm_job(hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    run_id = _submit(
+        hpc,
+        tmp_path,
+        "hpc",
+        "  make:\n"
+        "    run: |\n"
+        '      echo "on $SLURM_JOB_PARTITION as job $SLURM_JOB_ID with $SLURM_CPUS_PER_TASK cpu(s)"\n'
+        f"      while [ ! -e {go} ]; do sleep 0.1; done\n"
+        '      echo "$GREETING from slurm" > "$OUTRIDER_OUTPUTS/out"\n'
+        "    outputs: [out]\n"
+        "    env: {GREETING: hello}\n"
+        "    requires: {cpus: 1, memory: 64MiB}\n",
+    )
+    # The job is in Slurm while it runs, and its output reaches `outrider logs` before it ends.
+    wait_for(lambda: _job_state(slurm, run_id, "make") == "RUNNING", 60, "the job to run in Slurm", interval=0.2)
+    logs = wait_for(
+        lambda: "as job" in (t := _cli(hpc, "logs", run_id, "make")) and t, 30, "the job's output", interval=0.2
+    )
+    assert f"on {PARTITION} as job" in logs and "with 1 cpu(s)" in logs, logs
+    go.touch()
+    status = _ended(hpc, run_id)
+    assert status["state"] == "succeeded", status
+    out = tmp_path / "out"
+    _cli(hpc, "artifact", "get", status["tasks"]["make"]["outputs"]["out"], "-o", str(out))
+    assert out.read_text() == "hello from slurm\n"
+    assert _job_state(slurm, run_id, "make") == "COMPLETED"
+
+
+def test_a_failing_job_reports_its_exit_code(hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> None:
+    run_id = _submit(hpc, tmp_path, "failing", "  bad:\n    run: 'echo failing >&2; exit 3'\n")
+    status = _ended(hpc, run_id)
+    task = status["tasks"]["bad"]
+    assert status["state"] == "failed" and task["state"] == "failed", status
+    assert "exit code 3" in task["error"] and "FAILED" in task["error"], task
+    assert _job_state(slurm, run_id, "bad") == "FAILED"
+
+
+def test_a_job_past_its_timeout_is_cancelled_and_times_out(
+    hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    run_id = _submit(hpc, tmp_path, "slow", "  slow:\n    run: 'sleep 120'\n    timeout: 3s\n")
+    status = _ended(hpc, run_id)
+    task = status["tasks"]["slow"]
+    assert status["state"] == "failed" and task["state"] == "failed", task  # (as any timed-out task's)
+    assert "timed out after 3s" in task["error"] and "Slurm job" in task["error"], task
+    state = _job_state(slurm, run_id, "slow")
+    assert state in ("CANCELLED", "TIMEOUT"), state  # not running any more
+
+
+def test_cancel_scancels_the_job(hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> None:
+    run_id = _submit(hpc, tmp_path, "long", "  long:\n    run: 'sleep 120'\n")
+    wait_for(lambda: _job_state(slurm, run_id, "long") == "RUNNING", 60, "the job to run in Slurm", interval=0.2)
+    _cli(hpc, "cancel", run_id)
+    wait_for(
+        lambda: _job_state(slurm, run_id, "long") not in ("RUNNING", "PENDING", "COMPLETING"),
+        60,
+        "the job to leave Slurm's queue",
+        interval=0.2,
+    )
+    assert _job_state(slurm, run_id, "long") == "CANCELLED"
+    assert _ended(hpc, run_id)["state"] == "cancelled"
+
+
+def test_the_agent_advertises_the_partition(hpc: LocalCluster, slurm: SlurmCluster) -> None:
+    agents = json.loads(_cli(hpc, "agents", "--json"))
+    (login,) = [a for a in agents if a["name"] == "login"]
+    caps = login["capabilities"]
+    assert caps["memory_bytes"] == NODE_MEMORY_MB << 20, caps  # the node's RealMemory, not this machine's
+    assert caps["cpu_cores"] == slurm.cpus, caps
+    assert caps["slots"] == 2, caps  # --slots caps what the partition could run
