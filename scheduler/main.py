@@ -22,9 +22,11 @@ from outrider.errors import ConfigError, InvalidArgument, OutriderError
 from outrider.pki import validate_name
 from outrider.tls import MAX_MESSAGE_BYTES
 from scheduler.server import Scheduler, SchedulerConfig
+from scheduler.store.select import is_postgres
+from scheduler.store.select import normalise as normalise_database
 
 #: The settings that name files or directories (see the module docstring).
-PATH_KEYS = ("state_dir", "pki_dir", "ready_file")
+PATH_KEYS = ("state_dir", "pki_dir", "ready_file", "database_password_file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="HOST:PORT to serve on (port 0 picks a free port); default 0.0.0.0:7443")
     p.add_argument("--state-dir", help="directory for the database, artifacts and logs")
     p.add_argument("--pki-dir", help="directory holding ca.crt, scheduler.crt, scheduler.key")
+    p.add_argument(
+        "--database",
+        help="the store: a path or sqlite:///PATH (SQLite; default STATE_DIR/outrider.db), or "
+        "postgresql://USER@HOST/DB (PostgreSQL, a libpq URI without a password; for TLS add "
+        "?sslmode=verify-full&sslrootcert=/etc/outrider/pg-ca.crt)",
+    )
+    p.add_argument(
+        "--database-password-file",
+        help="file whose first line is the PostgreSQL password (else PGPASSWORD, PGPASSFILE or ~/.pgpass)",
+    )
     p.add_argument("--ready-file", help="write HOST:PORT here once serving")
     p.add_argument("--lease-ttl", help="lease time-to-live, e.g. 15s")
     p.add_argument("--heartbeat-interval", help="how often agents renew leases, e.g. 3s")
@@ -68,8 +80,15 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     flags = vars(args)
     if args.config:
         absolute_paths(file_values, PATH_KEYS, os.path.dirname(os.path.abspath(args.config)))
+        if "database" in file_values:  # a relative SQLite path: against the file's directory
+            base = os.path.dirname(os.path.abspath(args.config))
+            file_values["database"] = normalise_database(file_values["database"], base, source)
     absolute_paths(flags, PATH_KEYS, os.getcwd())
+    if flags.get("database") is not None:
+        flags["database"] = normalise_database(flags["database"], os.getcwd(), "--database")
     merged = merge_config(file_values, flags, defaults, source)
+    if merged["database_password_file"] and not is_postgres(merged["database"]):
+        raise ConfigError(f"{source}: database_password_file is for a PostgreSQL database (database = postgresql://…)")
     absolute_paths(merged, PATH_KEYS, os.getcwd())  # the defaults are absolute already; this is for certainty
     for key in (
         "lease_ttl",

@@ -52,7 +52,7 @@ from scheduler.enrolment import Enrolment
 from scheduler.logs import LogStore
 from scheduler.openstreams import watch_expiry
 from scheduler.signer import Signer
-from scheduler.store.sqlite import SqliteStore
+from scheduler.store.select import open_store
 from scheduler.tlsreload import TlsMaterial
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ class SchedulerConfig:
     require_attested_zones: bool = False  # refuse zones only the agent itself declares
     enroll_listen: str = ""  # HOST:PORT of the enrolment port (join tokens); empty: no enrolment
     agent_cert_ttl: float = 24 * 3600.0  # lifetime of the agent certificates this scheduler signs
+    #: the store: empty (SQLite at STATE_DIR/outrider.db), an absolute SQLite path, or a PostgreSQL URI
+    database: str = ""
+    database_password_file: str = ""  # PostgreSQL: the password's file (else PGPASSWORD, ~/.pgpass)
 
 
 def server_options(cfg: SchedulerConfig) -> list[tuple[str, int]]:
@@ -149,7 +152,7 @@ class Scheduler:
         self.tls = TlsMaterial(self.pki_dir)
         # Before anything in the state dir is touched: one live scheduler per state dir.
         self.lock = StateDirLock(self.state_dir).acquire("scheduler")
-        self.store = SqliteStore(self.state_dir / "outrider.db")
+        self.store = open_store(cfg.database, cfg.database_password_file, self.state_dir)
         self.artifacts = ArtifactStore(self.state_dir / "artifacts")
         self.logs = LogStore(self.state_dir / "logs")
         self.engine = Engine(

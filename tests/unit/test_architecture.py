@@ -1,7 +1,9 @@
 """The boundaries of docs/architecture.md, held against the code.
 
 * the matcher imports neither grpc, sqlite3, protobuf nor yaml;
-* the scheduler's core (``scheduler/core``) imports no ``outrider.v1``, no grpc, no SQL driver;
+* the scheduler's core (``scheduler/core``) imports no ``outrider.v1``, no grpc, no SQL driver, and
+  neither store backend (``scheduler/store/sqlite.py``, ``scheduler/store/postgres.py``);
+* a scheduler on SQLite never loads psycopg (the backend is imported when chosen);
 * ``scheduler/`` and ``agent/`` never import each other;
 * the shared package and SDK (``outrider/``) never import the scheduler or the agent;
 * the scheduler never imports PyYAML (pipelines arrive in their wire form);
@@ -67,7 +69,8 @@ def offending(package: str, forbidden: tuple[str, ...]) -> list[str]:
         ("scheduler/matcher", ("grpc", "sqlite3", "google.protobuf", "outrider.v1", "yaml", "scheduler.api",
                                "scheduler.store")),
         ("scheduler/core", ("grpc", "sqlite3", "psycopg", "google.protobuf", "outrider.v1", "yaml",
-                            "scheduler.api", "scheduler.store.sqlite")),
+                            "scheduler.api", "scheduler.store.sqlite", "scheduler.store.postgres",
+                            "scheduler.store.select")),
         ("scheduler", ("agent", "yaml", "outrider.pipeline", "outrider.client", "outrider.cli")),
         ("agent", ("scheduler",)),
         ("outrider", ("scheduler", "agent")),
@@ -80,10 +83,10 @@ def test_no_forbidden_import_statement(package: str, forbidden: tuple[str, ...])
 @pytest.mark.parametrize(
     ("modules", "forbidden"),
     [
-        (["scheduler.matcher"], ["grpc", "sqlite3", "google.protobuf", "yaml"]),
+        (["scheduler.matcher"], ["grpc", "sqlite3", "psycopg", "google.protobuf", "yaml"]),
         (["scheduler.core.engine", "scheduler.core.planner", "scheduler.core.dispatch"],
-         ["outrider.v1", "grpc", "sqlite3", "google.protobuf", "yaml"]),
-        (["scheduler.server", "scheduler.main"], ["yaml", "agent"]),
+         ["outrider.v1", "grpc", "sqlite3", "psycopg", "google.protobuf", "yaml"]),
+        (["scheduler.server", "scheduler.main"], ["yaml", "agent", "psycopg", "scheduler.store.postgres"]),
     ],
 )
 def test_importing_loads_nothing_forbidden(modules: list[str], forbidden: list[str]) -> None:
@@ -133,7 +136,7 @@ def test_events_are_recorded_only_by_the_state_machine() -> None:
 
 def test_the_store_is_written_only_through_the_journal() -> None:
     """Every write goes through the core's transaction object: only core/txn.py commits to a store,
-    and no module outside the store builds SQL."""
+    and no module outside the store (scheduler/store: sqlite.py, postgres.py, rows.py) builds SQL."""
     commits = [
         f"{path.relative_to(ROOT)}:{line}: {recv}.{meth}(...)"
         for path in sources("scheduler")
