@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # System packages the tests use: systemd-analyze (unit-file checks); openssl (the s_client
-# tests of tests/integration/test_tls_handshake.py); ip, tc (iproute2) and
+# tests of tests/integration/test_tls_handshake.py); postgresql (its initdb and pg_ctl: the store
+# and engine tests start a throwaway server, tests/helpers/pgserver.py); ip, tc (iproute2) and
 # nft (nftables) for the fault suite's network lab (tests/faults, which needs root: without
 # it those tests skip, so nothing is installed for them either).
 sysdeps:
@@ -27,6 +28,9 @@ sysdeps:
 	@command -v openssl >/dev/null 2>&1 || { \
 	  echo "installing openssl (for the openssl s_client tests)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (the store tests run on PostgreSQL too: tests/helpers/pgserver.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 	@missing=""; \
 	command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing=" iproute2"; \
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
