@@ -7,8 +7,8 @@ the two backends share one mapping from tables to :class:`~scheduler.store.base.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from scheduler.api import wire
 from scheduler.core.auditchain import AuditRecord
@@ -25,6 +25,13 @@ from scheduler.store.base import (
     TaskRow,
 )
 from scheduler.store.changes import Op, zones_of
+
+
+class Row(Protocol):
+    """A row addressable by column name (``sqlite3.Row``, or a dict from psycopg's ``dict_row``)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
 
 #: A query with no parameters, its rows addressable by column name.
 Query = Callable[[str], Iterable[Any]]
@@ -114,7 +121,7 @@ def load(q: Query) -> Loaded:
     )
 
 
-def _attempt(r: Mapping[str, Any]) -> AttemptRow:
+def _attempt(r: Row) -> AttemptRow:
     resumed = None
     if r["resume_digest"]:
         resumed = Checkpoint(
@@ -139,9 +146,9 @@ def _attempt(r: Mapping[str, Any]) -> AttemptRow:
     )
 
 
-def event_row(r: Mapping[str, Any]) -> EventRow:
+def event_row(r: Row) -> EventRow:
     return EventRow(r["seq"], r["ts"], r["run_id"], r["task"], r["state"], r["attempt"], r["agent"], r["detail"])
 
 
-def audit_record(r: Mapping[str, Any]) -> AuditRecord:
+def audit_record(r: Row) -> AuditRecord:
     return AuditRecord(*(r[f] for f in AUDIT_FIELDS))

@@ -16,24 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scheduler.api import wire
 from scheduler.core.auditchain import AuditRecord
-from scheduler.core.messages import Checkpoint, LeaseRef
-from scheduler.store.base import (
-    AgentRow,
-    AttemptRow,
-    CheckpointRow,
-    EventRow,
-    Loaded,
-    OutputRow,
-    RevokedRow,
-    RunRow,
-    Store,
-    TaskRow,
-    TokenRow,
-    log,
-)
-from scheduler.store.changes import Op, Record, zones_of
+from scheduler.store import rows
+from scheduler.store.base import EventRow, Loaded, Store, TokenRow, log
+from scheduler.store.changes import Op, Record
 
 # Numbered migrations: append only, never edit a released one.
 MIGRATIONS: tuple[str, ...] = (
@@ -222,15 +208,6 @@ _MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIF
 assert set(SQL) == set(Op), "every kind of write needs its statement"
 
 
-def _encoded(op: Op, params: Any) -> Any:
-    """Domain values that are stored as their wire encoding, encoded (on the writer thread)."""
-    if op is Op.INSERT_RUN:
-        return params[:3] + (wire.encode_pipeline(params[3]),) + params[4:]
-    if op is Op.UPSERT_AGENT:
-        return params[:2] + (wire.encode_capabilities(params[2]),) + params[3:]
-    return params
-
-
 class SqliteStore(Store):
     """SQLite in WAL mode, ``synchronous=FULL``, one writer thread with group commit."""
 
@@ -283,112 +260,14 @@ class SqliteStore(Store):
     # -- reading
 
     def load(self) -> Loaded:
-        q = self._conn.execute
-        return Loaded(
-            runs=[
-                RunRow(
-                    r["run_id"],
-                    r["seq"],
-                    wire.decode_pipeline(r["spec"]),
-                    r["state"],
-                    r["submitter"],
-                    r["trace_id"],
-                    r["created_at"],
-                    r["finished_at"],
-                )
-                for r in q("SELECT * FROM runs ORDER BY seq")
-            ],
-            tasks=[
-                TaskRow(
-                    r["run_id"],
-                    r["name"],
-                    r["state"],
-                    r["attempts"],
-                    r["failures"],
-                    r["agent"],
-                    r["error"],
-                    r["exit_code"],
-                    r["started_at"],
-                    r["finished_at"],
-                    r["not_before"],
-                )
-                for r in q("SELECT * FROM tasks")
-            ],
-            outputs=[
-                OutputRow(
-                    r["run_id"], r["task"], r["name"], r["digest"], r["size"], r["kind"], zones_of(r["residency"])
-                )
-                for r in q("SELECT * FROM outputs")
-            ],
-            agents=[
-                AgentRow(
-                    r["name"],
-                    r["identity"],
-                    wire.decode_capabilities(r["capabilities"]),
-                    r["registered_at"],
-                    r["last_seen"],
-                    r["instance_id"],
-                )
-                for r in q("SELECT * FROM agents")
-            ],
-            attempts=[
-                AttemptRow(
-                    r["run_id"],
-                    r["task"],
-                    r["attempt"],
-                    r["agent"],
-                    r["state"],
-                    r["started_at"],
-                    r["finished_at"],
-                    r["exit_code"],
-                    r["error"],
-                    None
-                    if not r["resume_digest"]
-                    else Checkpoint(
-                        LeaseRef(r["run_id"], r["task"], r["resume_epoch"]),
-                        r["resume_digest"],
-                        r["resume_size"],
-                        r["resume_kind"],
-                        r["resume_seq"],
-                        r["resume_created_at"],
-                    ),
-                )
-                for r in q("SELECT * FROM attempts ORDER BY run_id, task, attempt")
-            ],
-            checkpoints=[
-                CheckpointRow(
-                    Checkpoint(
-                        LeaseRef(r["run_id"], r["task"], r["epoch"]),
-                        r["digest"],
-                        r["size"],
-                        r["kind"],
-                        r["seq"],
-                        r["created_at"],
-                    ),
-                    zones_of(r["residency"]),
-                )
-                for r in q("SELECT * FROM checkpoints")
-            ],
-            revoked=[
-                RevokedRow(r["name"], r["revoked_at"], r["revoked_by"], r["reason"])
-                for r in q("SELECT * FROM revoked_agents ORDER BY revoked_at, name")
-            ],
-            event_seq=q("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0],
-            run_event_seq={
-                r[0]: r[1] for r in q("SELECT run_id, max(seq) FROM events WHERE task = '' GROUP BY run_id")
-            },
-        )
+        return rows.load(self._conn.execute)
 
     def events(self, run_id: str, after: int = 0, limit: int = 0) -> list[EventRow]:
         """A run's recorded events after ``after`` (a separate reader connection: WAL lets it
         read while the writer thread commits; a lock, as readers may run on several threads)."""
         sql = "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq" + (" LIMIT ?" if limit else "")
         params: tuple[Any, ...] = (run_id, after, limit) if limit else (run_id, after)
-        rows = self._read(sql, params)
-        return [
-            EventRow(r["seq"], r["ts"], r["run_id"], r["task"], r["state"], r["attempt"], r["agent"], r["detail"])
-            for r in rows
-        ]
+        return [rows.event_row(r) for r in self._read(sql, params)]
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         with self._reader_lock:
@@ -403,17 +282,17 @@ class SqliteStore(Store):
 
     def audit_rows(self, after_seq: int = 0) -> Iterator[AuditRecord]:
         while True:
-            rows = self._read("SELECT * FROM audit WHERE seq>? ORDER BY seq LIMIT ?", (after_seq, AUDIT_CHUNK))
-            for r in rows:
-                yield _audit_record(r)
-            if len(rows) < AUDIT_CHUNK:
+            page = self._read("SELECT * FROM audit WHERE seq>? ORDER BY seq LIMIT ?", (after_seq, AUDIT_CHUNK))
+            for r in page:
+                yield rows.audit_record(r)
+            if len(page) < AUDIT_CHUNK:
                 return
-            after_seq = rows[-1]["seq"]
+            after_seq = page[-1]["seq"]
 
     def audit_page(self, after_seq: int, since_ts_us: int, identity: str, limit: int) -> list[AuditRecord]:
         sql = "SELECT * FROM audit WHERE seq>? AND ts_us>=?" + (" AND identity=?" if identity else "")
         params: tuple[Any, ...] = (after_seq, since_ts_us, identity) if identity else (after_seq, since_ts_us)
-        return [_audit_record(r) for r in self._read(sql + " ORDER BY seq LIMIT ?", (*params, limit))]
+        return [rows.audit_record(r) for r in self._read(sql + " ORDER BY seq LIMIT ?", (*params, limit))]
 
     # -- writing
 
@@ -426,7 +305,7 @@ class SqliteStore(Store):
             elif op in _MANY:
                 conn.executemany(SQL[op], params)
             else:
-                conn.execute(SQL[op], _encoded(op, params))
+                conn.execute(SQL[op], rows.encoded(op, params))
 
     def _write(self, records: list[Record]) -> None:
         conn = self._conn
@@ -473,8 +352,3 @@ class SqliteStore(Store):
         self._conn.close()
         if self._reader is not None:
             self._reader.close()
-
-
-def _audit_record(r: sqlite3.Row) -> AuditRecord:
-    fields = ("seq", "ts_us", "identity", "action", "target", "outcome", "detail", "prev_hash", "hash")
-    return AuditRecord(*(r[f] for f in fields))
