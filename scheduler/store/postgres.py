@@ -344,9 +344,15 @@ class PostgresStore(Store):
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._reader_lock:
-            if self._reader is None:
+            if self._reader is None or self._reader.closed:
                 self._reader = self._connect()
-            return self._reader.execute(sql.encode(), params).fetchall()
+            try:
+                return self._reader.execute(sql.encode(), params).fetchall()
+            except psycopg.OperationalError:
+                # The connection is gone (a server restart, a failover): this read fails, the
+                # next one connects again. Writes have no such second chance (crash-only).
+                self._reader.close()
+                raise
 
     def join_tokens(self) -> list[TokenRow]:
         sql = "SELECT token_id, secret_hash, created_at, created_by, expires_at, uses_left, labels, zones"

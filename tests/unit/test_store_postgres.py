@@ -279,3 +279,23 @@ def test_a_run_survives_a_reopen_through_tls(pg_backend: PostgresBackend) -> Non
 
 def test_the_advisory_lock_key_is_ours() -> None:
     assert pg_store.MIGRATION_LOCK.to_bytes(8, "big") == b"outrider"
+
+
+def test_a_reader_whose_connection_was_lost_connects_again(pg_backend: PostgresBackend) -> None:
+    """Reads (a watch's replay, the audit listing) run on their own connection: when the server
+    ends it, that read fails and the next one reconnects; the writer is not involved."""
+    import psycopg
+
+    async def body(store: Any) -> None:
+        ch = Changes()
+        ch.event(1, 1.0, "run-1", "", "running", 0, "", "")
+        await store.commit(ch)
+        assert [e.seq for e in store.events("run-1")] == [1]
+        pid = store._reader.info.backend_pid
+        assert pg_backend.read("SELECT pg_terminate_backend(?)", (pid,)) == [(True,)]
+        with pytest.raises(psycopg.OperationalError):
+            store.events("run-1")
+        assert [e.seq for e in store.events("run-1")] == [1]
+        assert store._reader.info.backend_pid != pid
+
+    with_store(pg_backend, body)
