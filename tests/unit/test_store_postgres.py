@@ -299,3 +299,29 @@ def test_a_reader_whose_connection_was_lost_connects_again(pg_backend: PostgresB
         assert store._reader.info.backend_pid != pid
 
     with_store(pg_backend, body)
+
+
+def test_a_refused_row_of_a_many_write_fails_its_change_alone(pg_backend: PostgresBackend) -> None:
+    """executemany (pipelined by psycopg) inside the batch's transaction: a duplicate event seq
+    fails its own change under its savepoint; the changes around it commit in the same transaction."""
+
+    async def body(store: Any) -> None:
+        first = Changes()
+        first.events([(1, 1.0, "r", "", "running", 0, "", ""), (2, 1.0, "r", "a", "ready", 0, "", "")])
+        await store.commit(first)
+        dup = Changes()
+        dup.events([(3, 2.0, "r", "a", "running", 1, "w", ""), (2, 2.0, "r", "a", "again", 1, "w", "")])
+        before = store.commit(artifact_batch(1))
+        refused = store.commit(dup)
+        after = Changes()
+        after.event(3, 3.0, "r", "a", "succeeded", 1, "w", "")
+        later = store.commit(after)
+        await asyncio.gather(before, refused, later, return_exceptions=True)
+        assert isinstance(refused.exception(), WriteRefused)
+        assert before.exception() is None and later.exception() is None
+        assert store.commits >= 2 and store.refused == 1
+
+    with_store(pg_backend, body)
+    assert pg_backend.read("SELECT seq, state FROM events ORDER BY seq") == [
+        (1, "running"), (2, "ready"), (3, "succeeded")]
+    assert pg_backend.read("SELECT count(*) FROM artifacts") == [(1,)]
