@@ -137,7 +137,8 @@ class Agent:
             held = slurm.held_stages(records, renewed, time.time(), time.monotonic())
         self._records = records
         self.recovered = plan(records, renewed, held, time.time(), time.monotonic())
-        reap_orphans(self.work_root, keep=self.recovered.keep)
+        if self.slurm is None:  # (a Slurm job's processes are Slurm's: on a compute node, or scancel'd)
+            reap_orphans(self.work_root, keep=self.recovered.keep)
 
         self.uplink = Uplink()
         self.transfers = Transfers(
@@ -189,6 +190,9 @@ class Agent:
             on_revoked=self._revoked,
         )
         self.supervisor.on_change = self.session.beat_now
+        if self.slurm is not None:
+            slurm_executor = self.slurm
+            self.session.queued_jobs = lambda: slurm_executor.queued
         self.renewer = Renewer(cfg, self.session)  # the certificate, renewed at 2/3 of its lifetime
         self.self_check = SelfCheck(self.work_root, self.keeper)
         self._terminating = False

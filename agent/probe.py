@@ -140,9 +140,9 @@ def capabilities_changed(last: common_pb2.Capabilities | None, new: common_pb2.C
     Compares the parts that change at run time: the cache inventory (any blob in or
     out, by digest and size), bandwidth and RTT (by more than 10 %; RTT also by more
     than 2 ms), power (plugged in or out, battery appearing, charge moving by 5
-    points), plus zones and labels. A measurement appearing for the first time
-    (0 → something) is a change. Relative changes are against the value last sent.
-    ``last=None`` (nothing sent yet) is a change.
+    points), the jobs queued in Slurm (``queued_jobs``), plus zones and labels. A
+    measurement appearing for the first time (0 → something) is a change. Relative
+    changes are against the value last sent. ``last=None`` (nothing sent yet) is a change.
     """
     if last is None:
         return True
@@ -158,6 +158,8 @@ def capabilities_changed(last: common_pb2.Capabilities | None, new: common_pb2.C
     if len(last.cached) != len(new.cached):
         return True
     if {(r.digest, r.size) for r in last.cached} != {(r.digest, r.size) for r in new.cached}:
+        return True
+    if last.queued_jobs != new.queued_jobs:  # (jobs pending in Slurm: agent.slurm)
         return True
     return list(last.zones) != list(new.zones) or dict(last.labels) != dict(new.labels)
 

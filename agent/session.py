@@ -129,6 +129,8 @@ class Session:
         self.heartbeat_interval = 3.0
         #: The capabilities the scheduler last received (in Register or a heartbeat).
         self.caps_sent: common_pb2.Capabilities | None = None
+        #: How many of its jobs a batch system holds queued (the Slurm executor's); None: no such system.
+        self.queued_jobs: Callable[[], int] | None = None
         self._stop = asyncio.Event()
         self._channel: grpc.aio.Channel | None = None
         self._current: asyncio.Future[None] | None = None
@@ -382,4 +384,6 @@ class Session:
         caps.rtt_s = self.link.rtt_s
         caps.power.CopyFrom(probe_power())
         caps.cached.extend(self.cache.refs())
+        if self.queued_jobs is not None:
+            caps.queued_jobs = self.queued_jobs()
         return caps

@@ -39,7 +39,9 @@ How a job's end becomes a task's (:func:`verdict`)::
     sbatch or slurmctld cannot be reached ─────────▶ agent failure (released, agent unhealthy)
 
 A job survives an agent restart: its id is the stage's ``pid`` in the lease record
-(:mod:`agent.journal`), and the next agent process re-attaches to it (:meth:`adopt`).
+(:mod:`agent.journal`; also in ``.outrider/slurm.job``, for a record written before
+``sbatch`` answered), and the next agent process re-attaches to it
+(:meth:`SlurmExecutor.take_over`); a job whose lease lapsed meanwhile is cancelled.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ log = logging.getLogger(__name__)
 
 #: How often the agent's jobs are looked at (one ``squeue`` call for all of them).
 POLL_S = 1.0
+#: The job's id, in its work dir's ``.outrider``.
+JOB_FILE = "slurm.job"
 
 
 # ---------------------------------------------------------------------------- the executor
@@ -256,6 +260,10 @@ class SlurmExecutor:
         log.info("stage %s is Slurm job %s", job.key.replace("\t", "/"), job.job_id)
         if self.on_pid is not None and job.job_id.isdigit():
             self.on_pid(job.key, int(job.job_id))  # into the lease record: a restarted agent re-attaches
+        try:  # (and beside the job: for a lease record written before sbatch answered)
+            (Path(job.work) / ".outrider" / JOB_FILE).write_text(job.job_id + "\n")
+        except OSError as exc:
+            log.warning("cannot note Slurm job %s in its work dir: %s", job.job_id, exc)
         if job.stopping:
             await self._scancel(["scancel", job.job_id])
         self._ensure_poller()
@@ -280,6 +288,7 @@ class SlurmExecutor:
                 log.warning("cannot read the Slurm queue: %s", exc)
             await asyncio.sleep(self.poll_s)
         self._poller = None
+        self.queued = 0
 
     async def poll(self) -> None:
         """One look at all of this agent's jobs: states, timeouts, ends."""
@@ -290,7 +299,7 @@ class SlurmExecutor:
         if rc != 0:
             raise OSError(f"squeue failed (exit {rc}): {err.strip()[:300]}")
         seen = parse_squeue(out)
-        self.queued = sum(1 for s in seen.values() if s.state == "PENDING")
+        self.queued = sum(1 for j in live if j in seen and seen[j].state == "PENDING")  # (ours only)
         ended: list[_Job] = []
         now = time.time()
         for job_id, job in live.items():
@@ -355,13 +364,16 @@ def held_stages(
 
     out: list[dict[str, Any]] = []
     for key, rec in records.items():
-        if rec.pid <= 0 or not rec.workdir:
+        if not rec.workdir:
             continue
+        job = rec.pid or _job_noted(rec.workdir)
+        if job <= 0:
+            continue  # (never submitted: it is resumed)
         last_wall = max(rec.started, renewed.get("wall", 0.0))
         out.append(
             {
                 "key": key_text(key),
-                "pid": rec.pid,
+                "pid": job,
                 "renewed": now_mono - (now_wall - last_wall),
                 "ttl": renewed.get("ttl") or 0.0,
                 "expired": False,
@@ -370,3 +382,11 @@ def held_stages(
             }
         )
     return out
+
+
+def _job_noted(workdir: str) -> int:
+    try:
+        text = (Path(workdir) / ".outrider" / JOB_FILE).read_text().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0

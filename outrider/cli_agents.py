@@ -62,6 +62,7 @@ def agent_json(a: Any) -> dict[str, Any]:
             "python_version": c.python_version,
             "hostname": c.hostname,
             "slots": c.slots,
+            "queued_jobs": c.queued_jobs,
             "labels": dict(c.labels),
             "agent_version": c.agent_version,
             "gpu_probe": c.gpu_probe,
@@ -109,7 +110,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
             (
                 a.name,
                 "revoked" if a.revoked else a.state,
-                f"{a.running}/{c.slots}",
+                f"{a.running}/{c.slots}" + (f" +{c.queued_jobs} queued" if c.queued_jobs else ""),
                 str(c.cpu_cores),
                 _bytes(c.memory_bytes),
                 gpus,

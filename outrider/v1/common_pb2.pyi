@@ -193,7 +193,7 @@ class ClockSample(_message.Message):
     def __init__(self, offset_s: _Optional[float] = ..., uncertainty_s: _Optional[float] = ..., source: _Optional[str] = ..., measured_at: _Optional[float] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("cpu_cores", "arch", "cpu_model", "memory_bytes", "disk_bytes", "disk_free_bytes", "gpus", "os", "os_release", "python_version", "hostname", "labels", "slots", "agent_version", "gpu_probe", "zones", "bandwidth_bps", "rtt_s", "cached", "power")
+    __slots__ = ("cpu_cores", "arch", "cpu_model", "memory_bytes", "disk_bytes", "disk_free_bytes", "gpus", "os", "os_release", "python_version", "hostname", "labels", "slots", "agent_version", "gpu_probe", "zones", "bandwidth_bps", "rtt_s", "cached", "power", "queued_jobs")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +221,7 @@ class Capabilities(_message.Message):
     RTT_S_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     POWER_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
     cpu_cores: int
     arch: str
     cpu_model: str
@@ -241,7 +242,8 @@ class Capabilities(_message.Message):
     rtt_s: float
     cached: _containers.RepeatedCompositeFieldContainer[ArtifactRef]
     power: Power
-    def __init__(self, cpu_cores: _Optional[int] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., os: _Optional[str] = ..., os_release: _Optional[str] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., agent_version: _Optional[str] = ..., gpu_probe: _Optional[str] = ..., zones: _Optional[_Iterable[str]] = ..., bandwidth_bps: _Optional[float] = ..., rtt_s: _Optional[float] = ..., cached: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., power: _Optional[_Union[Power, _Mapping]] = ...) -> None: ...
+    queued_jobs: int
+    def __init__(self, cpu_cores: _Optional[int] = ..., arch: _Optional[str] = ..., cpu_model: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., os: _Optional[str] = ..., os_release: _Optional[str] = ..., python_version: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., agent_version: _Optional[str] = ..., gpu_probe: _Optional[str] = ..., zones: _Optional[_Iterable[str]] = ..., bandwidth_bps: _Optional[float] = ..., rtt_s: _Optional[float] = ..., cached: _Optional[_Iterable[_Union[ArtifactRef, _Mapping]]] = ..., power: _Optional[_Union[Power, _Mapping]] = ..., queued_jobs: _Optional[int] = ...) -> None: ...
 
 class Power(_message.Message):
     __slots__ = ("has_battery", "on_battery", "battery_percent")

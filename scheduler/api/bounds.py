@@ -63,6 +63,8 @@ MAX_LOG_CHUNK_BYTES = 4 << 20
 #: An agent's slots and cores.
 MAX_SLOTS = 100_000
 MAX_CPU_CORES = 1_000_000
+#: An agent's jobs queued in its batch system (the Slurm executor).
+MAX_QUEUED_JOBS = 10_000_000
 #: Checkpoint and event sequence numbers.
 MAX_SEQ = 2**62
 
@@ -158,6 +160,7 @@ def check_capabilities(field: str, c: common_pb2.Capabilities) -> None:
         text(f"{field}.labels key", key)
         text(f"{field}.labels[{key}]", value, MAX_SHORT_TEXT)
     integer(f"{field}.slots", c.slots, 0, MAX_SLOTS)
+    integer(f"{field}.queued_jobs", c.queued_jobs, 0, MAX_QUEUED_JOBS)
     count(f"{field}.zones", c.zones, MAX_ZONES)
     for i, zone in enumerate(c.zones):
         text(f"{field}.zones[{i}]", zone)

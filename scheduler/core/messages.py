@@ -85,6 +85,7 @@ class Capabilities:
     rtt_s: float = 0.0
     cached: tuple[ArtifactRef, ...] = ()  # digest and size of each blob in its cache
     power: Power = Power()
+    queued_jobs: int = 0  # its jobs pending in a batch system (the Slurm executor)
 
 
 @dataclass(frozen=True, slots=True)

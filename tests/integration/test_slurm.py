@@ -89,6 +89,18 @@ def _ended(cluster: LocalCluster, run_id: str, timeout: float = 120) -> dict[str
     return dict(wait_for(lambda: (s := _status(cluster, run_id))["state"] in done and s, timeout, f"{run_id} to end"))
 
 
+def _recorded_job(state_dir: Path) -> int:
+    """The Slurm job id in the agent's lease record (0 while none is written down)."""
+    from agent.journal import Journal
+
+    journal = Journal(state_dir / "journal")
+    try:
+        records = journal.load()[0] if journal.exists() else {}
+    finally:
+        journal.close()
+    return max((r.pid for r in records.values()), default=0)
+
+
 def _job_state(slurm: SlurmCluster, run_id: str, task: str) -> str:
     return slurm.jobs().get(f"outrider:{run_id}:{task}:1", "")
 
@@ -165,3 +177,53 @@ def test_the_agent_advertises_the_partition(hpc: LocalCluster, slurm: SlurmClust
     assert caps["memory_bytes"] == NODE_MEMORY_MB << 20, caps  # the node's RealMemory, not this machine's
     assert caps["cpu_cores"] == slurm.cpus, caps
     assert caps["slots"] == 2, caps  # --slots caps what the partition could run
+
+
+def test_a_job_runs_on_through_an_agent_crash_and_is_taken_over(
+    hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    run_id = _submit(
+        hpc,
+        tmp_path,
+        "survivor",
+        f"  job:\n    run: 'while [ ! -e {go} ]; do sleep 0.1; done; echo done > $OUTRIDER_OUTPUTS/out'\n"
+        "    outputs: [out]\n",
+    )
+    wait_for(lambda: _job_state(slurm, run_id, "job") == "RUNNING", 60, "the job to run in Slurm", interval=0.2)
+    wait_for(lambda: _recorded_job(hpc.state_dir("login")), 30, "the lease record with the job id", interval=0.1)
+    hpc.restart_agent("login")  # SIGKILL, as a crash: the job runs on in Slurm
+    hpc.wait_agents(["login"])
+    assert _job_state(slurm, run_id, "job") == "RUNNING"
+    go.touch()
+    status = _ended(hpc, run_id)
+    assert status["state"] == "succeeded", status
+    assert status["tasks"]["job"]["attempts"] == 1  # taken over, not run again
+    assert "re-attached to Slurm job" in hpc.agents["login"].tail(200)
+
+
+def test_jobs_pending_in_slurm_are_advertised(hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> None:
+    blocker = slurm.command(
+        "sbatch",
+        "--parsable",
+        f"--cpus-per-task={slurm.cpus}",
+        "--job-name=blocker",
+        f"--chdir={tmp_path}",
+        "--wrap",
+        "sleep 300",
+    ).strip()
+    try:
+        wait_for(lambda: slurm.jobs().get("blocker") == "RUNNING", 60, "the blocker to run", interval=0.2)
+        run_id = _submit(hpc, tmp_path, "queued", "  wait:\n    run: 'true'\n")
+        wait_for(lambda: _job_state(slurm, run_id, "wait") == "PENDING", 60, "the job to queue", interval=0.2)
+
+        def queued() -> int:
+            (login,) = [a for a in json.loads(_cli(hpc, "agents", "--json")) if a["name"] == "login"]
+            return int(login["capabilities"]["queued_jobs"])
+
+        wait_for(lambda: queued() == 1, 30, "the agent to advertise its queued job", interval=0.2)
+        assert "+1 queued" in _cli(hpc, "agents")
+    finally:
+        slurm.command("scancel", blocker)
+    assert _ended(hpc, run_id)["state"] == "succeeded"
+    wait_for(lambda: queued() == 0, 30, "the queued count to drop", interval=0.2)

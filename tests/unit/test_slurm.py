@@ -250,15 +250,26 @@ async def test_past_its_timeout_from_its_start_a_job_is_cancelled(tmp_path: Path
     ex = SlurmExecutor(SETTINGS, run=fake, poll_s=0.01)
     fut = _launch(ex, tmp_path, _assignment(timeout_s=5))
     fake.queue["41"] = "PENDING|N/A"  # queued for long: not counted
+    fake.queue["7"] = "PENDING|N/A"  # another job of the same user: not this agent's
     await asyncio.wait_for(fake.polled.wait(), 5)
     assert not [c for c in fake.calls if c[0] == "scancel"]
+    assert ex.queued == 1
     fake.queue["41"] = "RUNNING|2020-01-01T00:00:00"  # started long ago
     rc, _ = await _ended(fut)
     assert ["scancel", "41"] in fake.calls
     end = ex.verdict("k")
     assert rc == -signal.SIGKILL and end is not None and end[0] == Outcome.TIMEOUT.value, end
     assert "timed out after 5s" in end[1]
+    assert ex.queued == 0
     await ex.close()
+
+
+def test_a_change_in_queued_jobs_is_sent() -> None:
+    from agent.probe import capabilities_changed
+
+    last = common_pb2.Capabilities(slots=4)
+    assert not capabilities_changed(last, common_pb2.Capabilities(slots=4))
+    assert capabilities_changed(last, common_pb2.Capabilities(slots=4, queued_jobs=2))
 
 
 @in_loop
@@ -345,3 +356,21 @@ def test_the_shared_work_dir_is_absolute(pki_dir: Path, tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     cfg = _load(pki_dir, "--executor", "slurm", "--slurm-partition", "p", "--slurm-work-dir", "rel")
     assert cfg.slurm_work_dir == os.path.join(str(tmp_path), "rel")
+
+
+def test_a_restarted_agent_finds_its_jobs_by_the_lease_record_or_the_work_dir(tmp_path: Path) -> None:
+    from agent.journal import LeaseRecord
+    from agent.slurm import held_stages
+
+    noted = tmp_path / "noted"
+    (noted / ".outrider").mkdir(parents=True)
+    (noted / ".outrider" / "slurm.job").write_text("77\n")  # sbatch answered after the record was written
+    a = _assignment()
+    records = {
+        ("r", "recorded", 1): LeaseRecord(a, 100.0, 41, str(tmp_path / "w1")),
+        ("r", "noted", 1): LeaseRecord(a, 100.0, 0, str(noted)),
+        ("r", "never-submitted", 1): LeaseRecord(a, 100.0, 0, str(tmp_path / "w3")),
+    }
+    held = held_stages(records, {"wall": 110.0, "ttl": 15.0}, now_wall=112.0, now_mono=1000.0)
+    assert {(h["key"], h["pid"]) for h in held} == {("r\trecorded\t1", 41), ("r\tnoted\t1", 77)}
+    assert all(h["renewed"] == 998.0 and h["ttl"] == 15.0 for h in held)
