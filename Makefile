@@ -18,7 +18,8 @@ install: $(STAMP)
 
 # System packages the tests use: systemd-analyze (unit-file checks); openssl (the s_client
 # tests of tests/integration/test_tls_handshake.py); postgresql (its initdb and pg_ctl: the store
-# and engine tests start a throwaway server, tests/helpers/pgserver.py); ip, tc (iproute2) and
+# and engine tests start a throwaway server, tests/helpers/pgserver.py); slurm-wlm and munge (a
+# real single-node Slurm for tests/integration/test_slurm.py, as root); ip, tc (iproute2) and
 # nft (nftables) for the fault suite's network lab (tests/faults, which needs root: without
 # it those tests skip, so nothing is installed for them either).
 sysdeps:
@@ -31,6 +32,12 @@ sysdeps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing postgresql (the store tests run on PostgreSQL too: tests/helpers/pgserver.py)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@{ command -v slurmctld >/dev/null 2>&1 || test -x /usr/sbin/slurmctld; } && \
+	  { command -v munged >/dev/null 2>&1 || test -x /usr/sbin/munged; } || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing slurm-wlm munge (tests/integration/test_slurm.py runs a real single-node Slurm)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	  else echo "not root: tests/integration/test_slurm.py will skip (its Slurm needs root, and slurm-wlm munge)"; fi; }
 	@missing=""; \
 	command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing=" iproute2"; \
 	command -v nft >/dev/null 2>&1 || missing="$$missing nftables"; \
