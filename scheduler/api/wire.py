@@ -134,33 +134,48 @@ def _expr_proto(e: Expr) -> common_pb2.LabelExpr:
 
 
 def task_to_proto(ts: TaskSpec) -> common_pb2.TaskSpec:
+    """A task's spec as sent in every assignment. Empty maps and lists are left out of the
+    constructor's arguments (the message is the same: proto3 has no empty container on the
+    wire): building an empty one costs as much as a full one, and most tasks have several
+    (half the time of this function for a task that is only a command)."""
     req = ts.requires
-    return common_pb2.TaskSpec(
+    requires = common_pb2.Requirements(
+        cpus=req.cpus,
+        memory_bytes=req.memory,
+        disk_bytes=req.disk,
+        gpus=req.gpus,
+        gpu_memory_bytes=req.gpu_memory,
+        gpu_model=req.gpu_model,
+        max_clock_skew_s=req.max_clock_skew,
+    )
+    if req.labels:
+        requires.labels.update(req.labels)
+    if req.exprs:
+        requires.expressions.extend(_expr_proto(e) for e in req.exprs)
+    if req.residency:
+        requires.residency.extend(sorted(req.residency))
+    msg = common_pb2.TaskSpec(
         name=ts.name,
         argv=ts.argv,
         shell=ts.shell,
-        inputs={name: str(ref) for name, ref in ts.inputs},
-        outputs=ts.outputs,
-        after=ts.after,
-        requires=common_pb2.Requirements(
-            cpus=req.cpus,
-            memory_bytes=req.memory,
-            disk_bytes=req.disk,
-            gpus=req.gpus,
-            labels=dict(req.labels),
-            gpu_memory_bytes=req.gpu_memory,
-            gpu_model=req.gpu_model,
-            expressions=[_expr_proto(e) for e in req.exprs],
-            residency=sorted(req.residency or ()),
-            max_clock_skew_s=req.max_clock_skew,
-        ),
+        requires=requires,
         max_attempts=ts.max_attempts,
         backoff_s=ts.backoff_s,
         timeout_s=ts.timeout_s,
-        env=dict(ts.env),
-        secret_env=dict(ts.secret_env),
-        affinities=[common_pb2.Affinity(expr=_expr_proto(a.expr), weight=a.weight) for a in ts.affinities],
     )
+    if ts.inputs:
+        msg.inputs.update((name, str(ref)) for name, ref in ts.inputs)
+    if ts.outputs:
+        msg.outputs.extend(ts.outputs)
+    if ts.after:
+        msg.after.extend(ts.after)
+    if ts.env:
+        msg.env.update(ts.env)
+    if ts.secret_env:
+        msg.secret_env.update(ts.secret_env)
+    if ts.affinities:
+        msg.affinities.extend(common_pb2.Affinity(expr=_expr_proto(a.expr), weight=a.weight) for a in ts.affinities)
+    return msg
 
 
 def pipeline_to_proto(spec: PipelineSpec) -> common_pb2.PipelineSpec:
@@ -349,12 +364,15 @@ def assignment_to_proto(a: Assignment) -> agent_pb2.Assignment:
     msg = agent_pb2.Assignment(
         lease=lease_to_proto(a.lease),
         spec=task_to_proto(a.spec),
-        inputs=[common_pb2.ArtifactRef(name=i.name, digest=i.digest, size=i.size, kind=i.kind) for i in a.inputs],
         code_digest=a.code_digest,
         pipeline=a.pipeline,
         traceparent=a.traceparent,
         lease_ttl_s=a.lease_ttl_s,
     )
+    if a.inputs:  # (an empty list costs as much to pass as a full one: see task_to_proto)
+        msg.inputs.extend(
+            common_pb2.ArtifactRef(name=i.name, digest=i.digest, size=i.size, kind=i.kind) for i in a.inputs
+        )
     if a.resume_from is not None:
         msg.resume_from.CopyFrom(checkpoint_to_proto(a.resume_from))
     return msg
@@ -394,13 +412,16 @@ def heartbeat_to_proto(h: HeartbeatReply) -> agent_pb2.HeartbeatResponse:
 
 
 def scheduler_message(out: Outbound) -> agent_pb2.SchedulerMessage:
-    msg = agent_pb2.SchedulerMessage(
-        assignments=[assignment_to_proto(a) for a in out.assignments],
-        acks=[ack_to_proto(a) for a in out.acks],
-        cancel=[lease_to_proto(r) for r in out.cancel],
-        checkpoint_acks=[checkpoint_ack_to_proto(a) for a in out.checkpoint_acks],
-        drain=out.drain,
-    )
+    msg = agent_pb2.SchedulerMessage(drain=out.drain)
+    # Only what the message carries (most carry an assignment and an ack, nothing else).
+    if out.assignments:
+        msg.assignments.extend(assignment_to_proto(a) for a in out.assignments)
+    if out.acks:
+        msg.acks.extend(ack_to_proto(a) for a in out.acks)
+    if out.cancel:
+        msg.cancel.extend(lease_to_proto(r) for r in out.cancel)
+    if out.checkpoint_acks:
+        msg.checkpoint_acks.extend(checkpoint_ack_to_proto(a) for a in out.checkpoint_acks)
     if out.heartbeat is not None:
         msg.heartbeat.CopyFrom(heartbeat_to_proto(out.heartbeat))
     return msg
