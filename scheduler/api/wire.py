@@ -232,6 +232,7 @@ def _capabilities(c: common_pb2.Capabilities) -> Capabilities:
         rtt_s=c.rtt_s,
         cached=tuple(ArtifactRef(a.name, a.digest, a.size, a.kind) for a in c.cached),
         power=Power(c.power.has_battery, c.power.on_battery, c.power.battery_percent),
+        queued_jobs=c.queued_jobs,
     )
 
 
@@ -270,6 +271,7 @@ def capabilities_to_proto(c: Capabilities) -> common_pb2.Capabilities:
         power=common_pb2.Power(
             has_battery=c.power.has_battery, on_battery=c.power.on_battery, battery_percent=c.power.battery_percent
         ),
+        queued_jobs=c.queued_jobs,
     )
 
 
