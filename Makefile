@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench bench-placement bench-keeper protos check-protos sysdeps clean
+.PHONY: install demo test test-fast lint bench bench-placement bench-keeper bench-store protos check-protos sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,9 @@ bench-placement: install
 
 bench-keeper: install
 	$(PY) bench/keeper.py
+
+bench-store: install
+	$(PY) bench/store.py
 
 protos: install
 	$(PY) scripts/gen_protos.py

@@ -387,11 +387,15 @@ class PostgresStore(Store):
                 cur.execute(SQL[op].encode(), rows.encoded(op, params))
 
     def _write(self, records: list[Record]) -> None:
+        # Pipeline mode: the batch's statements go to the server without waiting for each
+        # answer (one round trip per batch, not one per statement); the first error aborts the
+        # rest, is raised at the pipeline's end, and the transaction is rolled back whole.
         conn = self._conn
-        conn.execute("BEGIN")
         try:
-            self._apply(records)
-            conn.execute("COMMIT")
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                self._apply(records)
+                conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
             raise
@@ -441,5 +445,5 @@ class PostgresStore(Store):
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
     """Roll back an open transaction; a connection that is gone has nothing to roll back."""
-    if not conn.closed:
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.execute("ROLLBACK")
