@@ -271,8 +271,9 @@ class SlurmExecutor:
     async def _scancel(self, argv: list[str]) -> None:
         try:
             rc, _, err = await self.run(argv)
-            if rc != 0:
-                log.warning("%s failed (exit %d): %s", " ".join(argv), rc, err.strip()[:300])
+            if rc != 0:  # (a job that already ended: "Invalid job id specified")
+                level = logging.DEBUG if "invalid job id" in err.lower() else logging.WARNING
+                log.log(level, "%s failed (exit %d): %s", " ".join(argv), rc, err.strip()[:300])
         except OSError as exc:
             log.warning("%s failed: %s", " ".join(argv), exc)
 

@@ -135,12 +135,25 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         wait_for(self.socket.exists, 10, "munged's socket")
         self._run(_bin("slurmctld"), "-f", str(self.conf))
         self._run(_bin("slurmd"), "-f", str(self.conf), "-N", NODE)
-        wait_for(self._idle, timeout, f"sinfo to show {NODE} idle", interval=0.2)
+        self.wait_idle(timeout)
 
     def _run(self, *argv: str) -> None:
         res = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=30, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {res.returncode}: {res.stderr.strip()}\n{self.logs()}")
+
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Until ``sinfo`` shows the node idle (no jobs, up)."""
+        wait_for(self._idle, timeout, f"sinfo to show {NODE} idle", interval=0.2)
+
+    def wait_up(self, timeout: float = 60.0) -> None:
+        """Until ``sinfo`` shows the node up (idle, or running jobs)."""
+
+        def up() -> bool:
+            state = self.command("sinfo", "--noheader", "--Node", "--format=%t", check=False).strip()
+            return state in ("idle", "mix", "alloc", "comp")
+
+        wait_for(up, timeout, f"sinfo to show {NODE} up", interval=0.2)
 
     def _idle(self) -> bool:
         return self.command("sinfo", "--noheader", "--Node", "--format=%t", check=False).strip() == "idle"

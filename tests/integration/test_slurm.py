@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from outrider.localcluster import LocalCluster, wait_for
-from tests.helpers.slurmcluster import NODE_MEMORY_MB, PARTITION, SlurmCluster, slurm_available
+from tests.helpers.slurmcluster import NODE, NODE_MEMORY_MB, PARTITION, SlurmCluster, slurm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -157,7 +157,9 @@ def test_a_job_past_its_timeout_is_cancelled_and_times_out(
 
 
 def test_cancel_scancels_the_job(hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> None:
-    run_id = _submit(hpc, tmp_path, "long", "  long:\n    run: 'sleep 120'\n")
+    # It ignores the SIGTERM the agent sends first (scancel --signal=TERM): after the kill
+    # grace, a plain scancel ends it, and Slurm says CANCELLED.
+    run_id = _submit(hpc, tmp_path, "long", "  long:\n    run: 'trap \"\" TERM; while true; do sleep 0.2; done'\n")
     wait_for(lambda: _job_state(slurm, run_id, "long") == "RUNNING", 60, "the job to run in Slurm", interval=0.2)
     _cli(hpc, "cancel", run_id)
     wait_for(
@@ -227,3 +229,34 @@ def test_jobs_pending_in_slurm_are_advertised(hpc: LocalCluster, slurm: SlurmClu
         slurm.command("scancel", blocker)
     assert _ended(hpc, run_id)["state"] == "succeeded"
     wait_for(lambda: queued() == 0, 30, "the queued count to drop", interval=0.2)
+
+
+def test_a_node_failure_releases_the_attempt_and_it_resumes_from_its_checkpoint(
+    hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    from tests.helpers.step_stage import recorded, steps_pipeline
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with hpc.client() as client:
+        run_id = client.submit(steps_pipeline(marks, steps=8, step_s=0.5)).run_id
+    wait_for(lambda: len(recorded(marks)) >= 3, 60, "attempt 1 to do three steps", interval=0.1)
+    wait_for(lambda: _status(hpc, run_id)["tasks"]["work"]["checkpoint"], 30, "a checkpoint", interval=0.2)
+    try:
+        slurm.command("scontrol", "update", f"nodename={NODE}", "state=down", "reason=outrider-test")
+        wait_for(lambda: _job_state(slurm, run_id, "work") == "NODE_FAIL", 60, "the job to fail with its node")
+        wait_for(lambda: slurm.jobs().get(f"outrider:{run_id}:work:2") == "PENDING", 60, "attempt 2 to wait for a node")
+    finally:  # (ReturnToService=2 may have brought it back already: then there is nothing to resume)
+        slurm.command("scontrol", "update", f"nodename={NODE}", "state=resume", check=False)
+        slurm.wait_up()
+    status = _ended(hpc, run_id)
+    assert status["state"] == "succeeded", status
+    steps = recorded(marks)
+    first = [s for a, s in steps if a == 1]
+    second = [s for a, s in steps if a == 2]
+    assert second and second[0] > 1, steps  # resumed from a checkpoint, not from the start
+    assert second[-1] == 8 and second[0] <= max(first) + 1, steps
+    task = status["tasks"]["work"]
+    assert task["attempts"] == 2 and task["resumed_from"], task
+    (lost,) = [a for a in task["history"] if a["attempt"] == 1]
+    assert "NODE_FAIL" in lost["error"] and "newest checkpoint" in lost["error"], lost
