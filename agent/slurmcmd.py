@@ -131,7 +131,13 @@ def time_limit(timeout_s: float) -> str:
 
 
 def batch_script(argv: list[str], work: str) -> str:
-    """The batch script: the environment from the 0600 file, the command, its exit code kept."""
+    """The batch script: the environment from the 0600 file, the command, its exit code kept.
+
+    The shell outlives a SIGTERM (``scancel --signal=TERM --full`` signals every process of
+    the job): it waits for the stage, which may take its time to checkpoint, since the job
+    ends (and Slurm kills what is left of it) when the script does. The stage itself gets
+    the signal with its default disposition (a trap with a command is not inherited).
+    """
     o = shlex.quote(work + "/.outrider/")
     cmd = " ".join(shlex.quote(a) for a in argv)
     return (
@@ -139,8 +145,10 @@ def batch_script(argv: list[str], work: str) -> str:
         "# Written by the Outrider agent: one stage attempt as a Slurm job.\n"
         f"set -a; . {o}slurm.env; set +a\n"
         f"cd {shlex.quote(work)} || exit 1\n"
-        f"{cmd}\n"
-        "rc=$?\n"
+        "trap : TERM\n"
+        f"{cmd} &\n"
+        "pid=$!\n"
+        'while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done\n'
         f'echo "$rc" > {o}slurm.exit.tmp && mv {o}slurm.exit.tmp {o}slurm.exit\n'
         'exit "$rc"\n'
     )

@@ -260,3 +260,35 @@ def test_a_node_failure_releases_the_attempt_and_it_resumes_from_its_checkpoint(
     assert task["attempts"] == 2 and task["resumed_from"], task
     (lost,) = [a for a in task["history"] if a["attempt"] == 1]
     assert "NODE_FAIL" in lost["error"] and "newest checkpoint" in lost["error"], lost
+
+
+def test_a_drain_signals_the_job_which_checkpoints_and_resumes_on_another_agent(
+    hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    """``outrider drain``: the job gets SIGTERM (scancel --signal=TERM --full), its stage
+    finishes its step, checkpoints and exits; the attempt is released and resumes, from that
+    checkpoint, as a job of another Slurm agent."""
+    from tests.helpers.step_stage import recorded, redone, steps_pipeline
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    with hpc.client() as client, hpc.client("ops", role="admin") as admin:
+        run_id = client.submit(steps_pipeline(marks, steps=30, step_s=0.3)).run_id
+        wait_for(lambda: len(recorded(marks)) >= 3, 60, "three steps", interval=0.1)
+        admin.drain("login")
+        shared2 = tmp_path / "shared2"
+        shared2.mkdir()
+        hpc.add_agent(
+            "login2",
+            slots=1,
+            extra_args=["--executor", "slurm", "--slurm-partition", PARTITION, "--slurm-work-dir", str(shared2)],
+            env={"SLURM_CONF": str(slurm.conf)},
+        )
+        status = client.wait(run_id, timeout=120)
+    assert status.state == "succeeded", status
+    task = _status(hpc, run_id)["tasks"]["work"]
+    assert task["agent"] == "login2" and task["attempts"] == 2, task
+    steps = recorded(marks)
+    last_first = max(s for a, s in steps if a == 1)
+    assert next(s for a, s in steps if a == 2) == last_first + 1, steps  # nothing redone, nothing skipped
+    assert redone(marks) == 0

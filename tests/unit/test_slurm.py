@@ -109,6 +109,28 @@ def test_the_script_sources_a_private_env_file_and_keeps_the_exit_code(tmp_path:
     assert (work / ".outrider" / "slurm.exit").read_text() == "7\n"
 
 
+def test_the_script_waits_for_a_stage_finishing_after_sigterm(tmp_path: Path) -> None:
+    """``scancel --signal=TERM --full`` signals the script and the stage: the script must not
+    end the job before the stage has saved its checkpoint and exited."""
+    from outrider.localcluster import wait_for
+
+    work = tmp_path / "w"
+    (work / ".outrider").mkdir(parents=True)
+    stage = 'trap "sleep 0.5; echo saved > saved; exit 5" TERM; touch ready; while :; do sleep 0.05; done'
+    script = write_job_files(str(work), ["/bin/sh", "-c", stage], {})
+    proc = subprocess.Popen(["/bin/sh", str(script)], cwd="/", start_new_session=True)
+    try:
+        wait_for(lambda: (work / "ready").exists(), 10, "the stage to start")
+        os.killpg(proc.pid, signal.SIGTERM)  # every process of the job, as --full does
+        assert proc.wait(timeout=10) == 5
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert (work / "saved").read_text() == "saved\n"
+    assert (work / ".outrider" / "slurm.exit").read_text() == "5\n"
+
+
 def test_an_env_name_a_shell_cannot_take_is_refused(tmp_path: Path) -> None:
     (tmp_path / ".outrider").mkdir()
     with pytest.raises(ValueError, match="'A-B'"):
