@@ -50,3 +50,9 @@ def revoked_message(name: str, revoked_at: str, revoked_by: str, reason: str = "
     then the reason, if one was given. (The agent's own log says what to do.)"""
     why = f" ({reason})" if reason else ""
     return f"agent {name} was revoked at {revoked_at} by {revoked_by}{why}; its certificate is refused for good"
+
+
+#: The trailing metadata key of a standby scheduler's refusal (``UNAVAILABLE``, "not the leader;
+#: the leader is HOST:PORT"); its value is the leader's advertised HOST:PORT (empty while none
+#: is known). Clients and agents move to that address without waiting (``outrider.targets``).
+LEADER_METADATA_KEY = "outrider-leader"

@@ -26,7 +26,7 @@ from scheduler.store.select import is_postgres
 from scheduler.store.select import normalise as normalise_database
 
 #: The settings that name files or directories (see the module docstring).
-PATH_KEYS = ("state_dir", "pki_dir", "ready_file", "database_password_file")
+PATH_KEYS = ("state_dir", "pki_dir", "ready_file", "database_password_file", "artifact_dir", "log_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-password-file",
         help="file whose first line is the PostgreSQL password (else PGPASSWORD, PGPASSFILE or ~/.pgpass)",
     )
-    p.add_argument("--ready-file", help="write HOST:PORT here once serving")
+    p.add_argument(
+        "--artifact-dir",
+        help="the artifact store (default STATE_DIR/artifacts); with several replicas (docs/ha.md) one "
+        "directory they all reach, such as an NFS mount",
+    )
+    p.add_argument("--log-dir", help="stage logs (default STATE_DIR/logs); shared by replicas like --artifact-dir")
+    p.add_argument(
+        "--advertise",
+        help="HOST:PORT the other replicas name as this one's when it leads (PostgreSQL, docs/ha.md); default the "
+        "listen address, or this machine's name and the port when listening on 0.0.0.0",
+    )
+    p.add_argument("--ready-file", help="write HOST:PORT here once serving (as the leader, or as a standby)")
     p.add_argument("--lease-ttl", help="lease time-to-live, e.g. 15s")
     p.add_argument("--heartbeat-interval", help="how often agents renew leases, e.g. 3s")
     p.add_argument("--placement-wait", help="how long a task may wait for a clearly better agent, e.g. 5s")
@@ -134,6 +145,15 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
             parse_address(merged["enroll_listen"])
         except ValueError as exc:
             raise ConfigError(f"{source}: enroll_listen: {exc}") from None
+    if not isinstance(merged["advertise"], str):
+        raise ConfigError(f"{source}: advertise must be a HOST:PORT string (empty: the listen address)")
+    if merged["advertise"]:
+        try:
+            _, port = parse_address(merged["advertise"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: advertise: {exc}") from None
+        if port == 0:
+            raise ConfigError(f"{source}: advertise: port 0 is not an address others can dial")
     if not 2.0 <= merged["agent_cert_ttl"] <= 366 * 86400:
         raise ConfigError(f"{source}: agent_cert_ttl must be from 2s to 366d, got {merged['agent_cert_ttl']:g}s")
     return SchedulerConfig(**merged)

@@ -43,16 +43,18 @@ from scheduler.api.audit import AuditServicer, caller_id
 from scheduler.api.control import ControlServicer
 from scheduler.api.health import HealthServicer
 from scheduler.api.identity import EnrollServicer, IdentityServicer
+from scheduler.api.standby import StandbyGate
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import AuthInterceptor, EnrollGate
 from scheduler.core.audit import Verdict
 from scheduler.core.engine import Engine
 from scheduler.core.zones import ZoneRules
 from scheduler.enrolment import Enrolment
+from scheduler.leader import Leadership, SingleNode
 from scheduler.logs import LogStore
 from scheduler.openstreams import watch_expiry
 from scheduler.signer import Signer
-from scheduler.store.select import open_store
+from scheduler.store.select import is_postgres, open_store
 from scheduler.tlsreload import TlsMaterial
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,11 @@ class SchedulerConfig:
     #: the store: empty (SQLite at STATE_DIR/outrider.db), an absolute SQLite path, or a PostgreSQL URI
     database: str = ""
     database_password_file: str = ""  # PostgreSQL: the password's file (else PGPASSWORD, ~/.pgpass)
+    #: the content-addressed artifact store; shared by the replicas of high availability (docs/ha.md)
+    artifact_dir: str = ""  # empty: STATE_DIR/artifacts
+    log_dir: str = ""  # stage logs; shared like artifact_dir; empty: STATE_DIR/logs
+    #: HOST:PORT the other replicas name as the leader's; empty: the listen address (hostname if 0.0.0.0)
+    advertise: str = ""
 
 
 def server_options(cfg: SchedulerConfig) -> list[tuple[str, int]]:
@@ -130,6 +137,29 @@ def address_in_use(listen: str) -> bool:
     return False
 
 
+def bind(server: grpc.aio.Server, listen: str, creds: grpc.ServerCredentials) -> int:
+    """Bind ``listen``; the port bound, or ConfigError saying why not."""
+    try:
+        port = server.add_secure_port(listen, creds)
+    except RuntimeError as exc:
+        port, why = 0, str(exc)
+    else:
+        why = "the address is invalid or not available here"
+    if port == 0:
+        if address_in_use(listen):
+            why = "the address is already in use (another scheduler, or another program, listens there)"
+        raise ConfigError(f"listen {listen}: cannot bind: {why}")
+    return port
+
+
+def advertised(host: str, port: int) -> str:
+    """The address other replicas name as this one's when it leads: the listen host, or this
+    machine's name when it listens on every interface."""
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
 def trust_domain_of(pki_dir: Path) -> str:
     """The trust domain: from ``trust_domain`` beside the CA, else the scheduler cert."""
     marker = pki_dir / "trust_domain"
@@ -153,8 +183,28 @@ class Scheduler:
         # Before anything in the state dir is touched: one live scheduler per state dir.
         self.lock = StateDirLock(self.state_dir).acquire("scheduler")
         self.store = open_store(cfg.database, cfg.database_password_file, self.state_dir)
-        self.artifacts = ArtifactStore(self.state_dir / "artifacts")
-        self.logs = LogStore(self.state_dir / "logs")
+        self.artifacts = ArtifactStore(Path(cfg.artifact_dir) if cfg.artifact_dir else self.state_dir / "artifacts")
+        self.logs = LogStore(Path(cfg.log_dir) if cfg.log_dir else self.state_dir / "logs")
+        self.signer = Signer(self.pki_dir, trust_domain_of(self.pki_dir), cfg.agent_cert_ttl)
+        if cfg.enroll_listen and not self.signer.available:
+            raise ConfigError(
+                f"enroll_listen {cfg.enroll_listen}: enrolment signs agent certificates, and the CA key "
+                f"{self.signer.key_path} is missing (keep ca.key in pki_dir, or leave enroll_listen empty)"
+            )
+        self.tls.listeners.append(self._reload_signer)  # a CA rotation may bring a new ca.key
+        self.leadership: Leadership | SingleNode = (
+            Leadership(self.store, "") if is_postgres(cfg.database) else SingleNode()
+        )
+        self.enroll_server: grpc.aio.Server | None = None
+        self.enroll_address = ""
+        self.server: grpc.aio.Server | None = None
+        self._expiry: asyncio.Future[None] | None = None
+        self.health = HealthServicer()  # grpc's, with List
+        self.address = ""
+
+    def _build_engine(self) -> None:
+        """The engine and what needs it, built once this replica leads (it reads the store)."""
+        cfg = self.cfg
         self.engine = Engine(
             self.store,
             lease_ttl=cfg.lease_ttl,
@@ -170,23 +220,15 @@ class Scheduler:
                 {name: frozenset(z) for name, z in cfg.agent_zones.items()}, cfg.require_attested_zones
             ),
         )
-        self.signer = Signer(self.pki_dir, trust_domain_of(self.pki_dir), cfg.agent_cert_ttl)
-        if cfg.enroll_listen and not self.signer.available:
-            raise ConfigError(
-                f"enroll_listen {cfg.enroll_listen}: enrolment signs agent certificates, and the CA key "
-                f"{self.signer.key_path} is missing (keep ca.key in pki_dir, or leave enroll_listen empty)"
-            )
         self.enrolment = Enrolment(self.engine, self.signer)
-        self.tls.listeners.append(self._reload_signer)  # a CA rotation may bring a new ca.key
-        self.enroll_server: grpc.aio.Server | None = None
-        self.enroll_address = ""
-        self.server: grpc.aio.Server | None = None
-        self._expiry: asyncio.Future[None] | None = None
-        self.health = HealthServicer()  # grpc's, with List
-        self.address = ""
 
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
+        listen = self.cfg.listen
+        if isinstance(self.leadership, Leadership):
+            listen = await self._stand_by()  # returns once this replica leads
+        self.leadership.hold()
+        self._build_engine()
         self.engine.load()
         self.store.start(loop)
         self.engine.start(loop)
@@ -214,19 +256,10 @@ class Scheduler:
             server,
         )
         creds = self.tls.server_credentials()  # new handshakes follow a reload (SIGHUP)
-        try:
-            port = server.add_secure_port(self.cfg.listen, creds)
-        except RuntimeError as exc:
-            port, why = 0, str(exc)
-        else:
-            why = "the address is invalid or not available here"
-        if port == 0:
-            if address_in_use(self.cfg.listen):
-                why = "the address is already in use (another scheduler, or another program, listens there)"
-            raise ConfigError(f"listen {self.cfg.listen}: cannot bind: {why}")
+        port = bind(server, listen, creds)
         await server.start()
         self.server = server
-        host = self.cfg.listen.rpartition(":")[0] or "0.0.0.0"
+        host = listen.rpartition(":")[0] or "0.0.0.0"
         self.address = f"{host}:{port}"
         if self.cfg.enroll_listen:
             await self._start_enrolment(port)
@@ -238,12 +271,40 @@ class Scheduler:
             health_pb2.HealthCheckResponse.SERVING if intact else health_pb2.HealthCheckResponse.NOT_SERVING,
         )
         self.engine.audit.on_verdict(self._audit_health)
+        self._write_ready()
+        log.info("scheduler serving on %s (trust domain %s, state %s)", self.address, domain, self.state_dir)
+        return self.address
+
+    def _write_ready(self) -> None:
         if self.cfg.ready_file:
             tmp = f"{self.cfg.ready_file}.tmp"
             with open(tmp, "w") as fh:
                 fh.write(self.address + "\n")
             os.replace(tmp, self.cfg.ready_file)  # atomic: readers never see half a line
-        log.info("scheduler serving on %s (trust domain %s, state %s)", self.address, domain, self.state_dir)
+
+    async def _stand_by(self) -> str:
+        """High availability (docs/ha.md): serve as a standby (health: the overall entry SERVING,
+        the services NOT_SERVING; every other call refused naming the leader) until this replica
+        wins the lead; returns the address to serve on as the leader (the same port)."""
+        assert isinstance(self.leadership, Leadership)
+        gate = StandbyGate()
+        server = grpc.aio.server(options=server_options(self.cfg))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server.add_generic_rpc_handlers((gate,))
+        port = bind(server, self.cfg.listen, self.tls.server_credentials())
+        await server.start()
+        host = self.cfg.listen.rpartition(":")[0] or "0.0.0.0"
+        self.address = f"{host}:{port}"
+        self.leadership.advertise = self.cfg.advertise or advertised(host, port)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._write_ready()
+        log.info("standing by on %s (advertised as %s)", self.address, self.leadership.advertise)
+        try:
+            await self.leadership.campaign(gate.set_leader)
+        finally:
+            await server.stop(grace=None)
         return self.address
 
     async def _start_enrolment(self, scheduler_port: int) -> None:
@@ -289,7 +350,9 @@ class Scheduler:
                 exc,
             )
             return
-        self.signer = self.enrolment.signer = signer
+        self.signer = signer
+        if hasattr(self, "enrolment"):
+            self.enrolment.signer = signer
 
     def _audit_health(self, v: Verdict) -> None:
         """The audit service's health entry follows each verification of the chain."""
@@ -303,7 +366,17 @@ class Scheduler:
             loop.add_signal_handler(sig, stop.set)
         # SIGHUP: read ca.crt, scheduler.crt and .key again; bad files keep the old ones (logged).
         loop.add_signal_handler(signal.SIGHUP, self.tls.reload)
-        await self.start()
+        starting = asyncio.ensure_future(self.start())  # a standby waits here until it leads
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while standing by
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            log.info("stopping (a standby)")
+            await self.stop()
+            return
+        stopping.cancel()
+        starting.result()  # a failed start raises here
         ticker = asyncio.ensure_future(self._tick(stop))
         await stop.wait()
         log.info("stopping")
@@ -312,6 +385,7 @@ class Scheduler:
 
     async def _tick(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self.leadership.check()
             try:
                 self.engine.tick()
             except Exception:
@@ -327,4 +401,5 @@ class Scheduler:
         if self.server is not None:
             await self.server.stop(grace=2.0)
         self.store.close()
+        self.leadership.close()  # after the last commit: a standby takes over from here
         self.lock.release()

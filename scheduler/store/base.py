@@ -60,6 +60,16 @@ class WriteRefused(OutriderError):
     code = "INTERNAL"
 
 
+class Deposed(Exception):
+    """A write transaction's fencing check failed: another scheduler took the lead (a higher
+    epoch in the leader row, docs/ha.md). Nothing of the transaction was committed; the
+    writer ends the process at once (crash-only: it comes back as a standby)."""
+
+
+#: The exit status of a scheduler that found itself deposed (fenced) or lost its leadership.
+EXIT_DEPOSED = 75
+
+
 @dataclass(frozen=True, slots=True)
 class RunRow:
     run_id: str
@@ -311,11 +321,15 @@ class Store(abc.ABC):
             return [None] * len(groups)
         except BaseException as exc:
             self.chain.rewind(mark)
+            if isinstance(exc, Deposed):
+                deposed(str(exc))
             if not self._refused_by_value(exc):
                 _crash()
             log.error("database refused a group of %d change(s) (%s); isolating the poisoned one", len(groups), exc)
         try:
             outcomes = self._write_isolated([recs for recs, _ in groups])
+        except Deposed as exc:
+            deposed(str(exc))
         except BaseException:
             _crash()
         self.chain.commit()
@@ -343,6 +357,14 @@ class Store(abc.ABC):
 def _crash() -> NoReturn:
     log.critical("database commit failed; stopping so state is reloaded", exc_info=True)
     os._exit(70)
+
+
+def deposed(why: str) -> NoReturn:
+    """Stop serving at once: this scheduler is no longer the leader (crash-only; systemd starts
+    it again and it comes back as a standby). Nothing is flushed: the new leader owns the state."""
+    log.critical("no longer the leader, stopping at once (nothing more is committed): %s", why)
+    logging.shutdown()
+    os._exit(EXIT_DEPOSED)
 
 
 def _preview(params: object) -> str:

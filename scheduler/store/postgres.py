@@ -31,8 +31,9 @@ from psycopg.rows import dict_row
 from outrider.errors import ConfigError
 from scheduler.core.auditchain import AuditRecord
 from scheduler.store import rows
-from scheduler.store.base import EventRow, Loaded, Store, TokenRow, log
+from scheduler.store.base import Deposed, EventRow, Loaded, Store, TokenRow, log
 from scheduler.store.changes import Op, Record
+from scheduler.store.pglock import LEADER_TIMEOUT_S, LockSession
 
 #: A key of our own for pg_advisory_xact_lock while migrating ("outrider" in ASCII, 64-bit).
 MIGRATION_LOCK = 0x6F75747269646572
@@ -187,6 +188,31 @@ MIGRATIONS: tuple[str, ...] = (
         zones       TEXT NOT NULL DEFAULT ''
     )
     """,
+    # 9: the leader row of high availability (scheduler.leader, docs/ha.md)
+    # Its epoch grows by one with each new leader; the fencing check every write transaction of a leader runs
+    # first (the row locked FOR SHARE, so a takeover waits for the transactions in flight).
+    # Dollar-quoted: run as one statement.
+    """
+    CREATE TABLE leader (
+        one     BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+        epoch   BIGINT NOT NULL,
+        address TEXT NOT NULL,
+        pid     BIGINT NOT NULL,
+        host    TEXT NOT NULL,
+        since   real_t NOT NULL
+    );
+    CREATE FUNCTION outrider_fence(expected BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$
+    DECLARE
+        held BIGINT;
+    BEGIN
+        SELECT epoch INTO held FROM leader WHERE one FOR SHARE;
+        IF held IS DISTINCT FROM expected THEN
+            RAISE EXCEPTION 'fenced: the leader epoch is %, this scheduler led at epoch %', held, expected
+                USING ERRCODE = 'OR001';
+        END IF;
+    END
+    $$
+    """,
 )
 
 #: How many audit records one read takes (a whole-chain verify streams in such chunks).
@@ -285,6 +311,10 @@ class PostgresStore(Store):
             raise
         self._reader: psycopg.Connection[dict[str, Any]] | None = None
         self._reader_lock = threading.Lock()
+        #: The leader epoch this scheduler holds (scheduler.leader sets it once it leads): every
+        #: write transaction checks it first (``outrider_fence``). None: no check (a store opened
+        #: outside a scheduler, as tests and tools do).
+        self.fence: int | None = None
         if last is not None:
             self.chain.rewind((last["seq"], last["hash"]))
             self.chain.commit()
@@ -304,7 +334,18 @@ class PostgresStore(Store):
             raise ConfigError(f"cannot reach the PostgreSQL database ({self.where}): {reason}") from None
         # An acknowledged change must survive the server's power loss, whatever the server's default.
         conn.execute("SET synchronous_commit = on")
+        # A transaction left open by a paused process (SIGSTOP mid-batch) must not hold the leader
+        # row (FOR SHARE) past a takeover: the server ends such a session (docs/ha.md).
+        conn.execute(f"SET idle_in_transaction_session_timeout = {int(LEADER_TIMEOUT_S * 1000)}".encode())
         return conn
+
+    def lock_session(self) -> LockSession:
+        """A dedicated connection for leader election (scheduler.leader), to the same database."""
+        try:
+            return LockSession(self._conninfo, self._password)
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())[:500]
+            raise ConfigError(f"cannot reach the PostgreSQL database ({self.where}): {reason}") from None
 
     def _migrate(self) -> None:
         conn = self._conn
@@ -324,7 +365,8 @@ class PostgresStore(Store):
                 )
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 log.info("applying database migration %d", number)
-                for statement in filter(str.strip, script.split(";")):
+                statements = [script] if "$$" in script else script.split(";")  # a function body has ';'
+                for statement in filter(str.strip, statements):
                     conn.execute(statement.encode())
                 conn.execute("UPDATE schema_version SET version=%s", (number,))
 
@@ -394,17 +436,27 @@ class PostgresStore(Store):
         try:
             with conn.pipeline():
                 conn.execute("BEGIN")
+                self._check_fence()
                 self._apply(records)
                 conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             _rollback(conn)
+            _raise_if_fenced(exc)
             raise
+
+    def _check_fence(self) -> None:
+        """First in every write transaction: the leader row still names our epoch (locked FOR
+        SHARE until the commit, so a takeover's epoch bump waits for it). A mismatch aborts
+        the transaction with SQLSTATE ``OR001``: nothing of it is committed."""
+        if self.fence is not None:
+            self._conn.execute("SELECT outrider_fence(%s)", (self.fence,))
 
     def _write_isolated(self, groups: list[list[Record]]) -> list[BaseException | None]:
         conn = self._conn
         outcomes: list[BaseException | None] = []
         conn.execute("BEGIN")
         try:
+            self._check_fence()
             for records in groups:
                 conn.execute("SAVEPOINT change")
                 mark = self.chain.mark()
@@ -420,8 +472,9 @@ class PostgresStore(Store):
                     outcomes.append(None)
                 conn.execute("RELEASE SAVEPOINT change")
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             _rollback(conn)
+            _raise_if_fenced(exc)
             raise
         return outcomes
 
@@ -441,6 +494,20 @@ class PostgresStore(Store):
         self._conn.close()
         if self._reader is not None:
             self._reader.close()
+
+
+#: The SQLSTATE ``outrider_fence`` raises (class "OR": ours, outside PostgreSQL's own classes).
+FENCED_SQLSTATE = "OR001"
+
+
+def _raise_if_fenced(exc: BaseException) -> None:
+    """A failed fencing check (possibly surfacing as the pipeline's abort) as :class:`Deposed`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, psycopg.Error) and seen.sqlstate == FENCED_SQLSTATE:
+            raise Deposed(" ".join(str(seen).split())[:300]) from None
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:

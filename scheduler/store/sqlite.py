@@ -166,6 +166,18 @@ MIGRATIONS: tuple[str, ...] = (
         zones       TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID;
     """,
+    # 9: the leader row of high availability (scheduler.leader, docs/ha.md)
+    # PostgreSQL only: SQLite is one node and always its own leader; the table is kept so the migration counts match.
+    """
+    CREATE TABLE leader (
+        one     INTEGER PRIMARY KEY CHECK (one = 1),
+        epoch   INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        pid     INTEGER NOT NULL,
+        host    TEXT NOT NULL,
+        since   REAL NOT NULL
+    );
+    """,
 )
 
 #: How many audit records one read takes (a whole-chain verify streams in such chunks).
