@@ -292,3 +292,14 @@ def test_a_drain_signals_the_job_which_checkpoints_and_resumes_on_another_agent(
     last_first = max(s for a, s in steps if a == 1)
     assert next(s for a, s in steps if a == 2) == last_first + 1, steps  # nothing redone, nothing skipped
     assert redone(marks) == 0
+
+
+def test_a_lapsed_lease_scancels_the_job(hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> None:
+    """The scheduler goes away: past the lease TTL the agent's watchdog stops the stage,
+    which for a Slurm job is scancel (another attempt may run elsewhere by now)."""
+    run_id = _submit(hpc, tmp_path, "orphan", "  held:\n    run: 'sleep 300'\n")
+    wait_for(lambda: _job_state(slurm, run_id, "held") == "RUNNING", 60, "the job to run in Slurm", interval=0.2)
+    assert hpc.scheduler is not None
+    hpc.scheduler.kill()
+    wait_for(lambda: _job_state(slurm, run_id, "held") == "CANCELLED", 60, "the job to be cancelled", interval=0.2)
+    assert "not renewed for" in hpc.agents["login"].tail(200)  # (the watchdog, not the job, ended it)

@@ -396,3 +396,37 @@ def test_a_restarted_agent_finds_its_jobs_by_the_lease_record_or_the_work_dir(tm
     held = held_stages(records, {"wall": 110.0, "ttl": 15.0}, now_wall=112.0, now_mono=1000.0)
     assert {(h["key"], h["pid"]) for h in held} == {("r\trecorded\t1", 41), ("r\tnoted\t1", 77)}
     assert all(h["renewed"] == 998.0 and h["ttl"] == 15.0 for h in held)
+
+
+def test_an_agent_that_cannot_read_its_partition_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.slurm as slurm_mod
+    from tests.helpers.agents import make_agent
+
+    def no_sinfo(partition: str) -> None:
+        raise OSError("cannot run sinfo: [Errno 2] No such file or directory: 'sinfo'")
+
+    monkeypatch.setattr(slurm_mod, "probe_partition", no_sinfo)
+    with pytest.raises(ConfigError, match="executor = slurm: cannot run sinfo"):
+        make_agent(
+            tmp_path, monkeypatch, executor="slurm", slurm_partition="gpu", slurm_work_dir=str(tmp_path / "shared")
+        )
+
+
+def test_an_agent_on_slurm_advertises_the_partition_and_uses_the_shared_work_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.slurm as slurm_mod
+    from agent.slurmcmd import Capacity
+    from tests.helpers.agents import make_agent
+
+    monkeypatch.setattr(slurm_mod, "probe_partition", lambda partition: Capacity(4, 256, 1 << 40, 8, 2))
+    shared = tmp_path / "shared"
+    a = make_agent(tmp_path, monkeypatch, executor="slurm", slurm_partition="gpu", slurm_work_dir=str(shared))
+    try:
+        caps = a.session.base_caps
+        assert (caps.cpu_cores, caps.memory_bytes, len(caps.gpus), caps.slots) == (256, 1 << 40, 2, 1)
+        assert a.work_root == shared and a.runner.keeper is a.slurm
+    finally:
+        a.lock.release()
