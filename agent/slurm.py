@@ -315,17 +315,20 @@ class SlurmExecutor:
                 log.info("Slurm job %s ran past its timeout (%gs): cancelling it", job_id, job.timeout_s)
                 await self._scancel(["scancel", job_id])
         if ended:
-            await self._read_ends(ended)
+            await self._read_ends(ended, seen)
 
-    async def _read_ends(self, ended: list[_Job]) -> None:
-        rc, out, _ = await self.run(["scontrol", "-o", "show", "job"])
-        known = parse_scontrol_jobs(out) if rc == 0 else {}
+    async def _read_ends(self, ended: list[_Job], seen: dict[str, JobState]) -> None:
+        rc, out, err = await self.run(["scontrol", "-o", "show", "job"])
+        if rc != 0:  # (the poll loop looks again)
+            raise OSError(f"scontrol show job failed (exit {rc}): {err.strip()[:300]}")
+        known = parse_scontrol_jobs(out)
         for job in ended:
             s = known.get(job.job_id)
-            if s is None or s.state not in TERMINAL:
-                if s is not None:  # (squeue and scontrol disagree for a moment: next poll)
-                    continue
-                s = JobState(job.job_id, "COMPLETED", self._exit_file(job))  # slurmctld forgot it
+            if s is not None and s.state not in TERMINAL:
+                continue  # (squeue and scontrol disagree for a moment: next poll)
+            if s is None:  # slurmctld forgot it (MinJobAge): the code its script left, if any
+                queued = seen.get(job.job_id)
+                s = JobState(job.job_id, queued.state if queued else "COMPLETED", self._exit_file(job))
                 if s.exit_code is None:
                     s = JobState(job.job_id, "LOST")
             code = s.exit_code if s.exit_code is not None else 1

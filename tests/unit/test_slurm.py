@@ -204,10 +204,13 @@ class FakeSlurm:
         self.queue: dict[str, str] = {}  # job id -> "STATE|START"
         self.ended: dict[str, str] = {}  # job id -> "STATE ExitCode"
         self.polled = asyncio.Event()
+        self.on_sbatch: Callable[[], object] | None = None
 
     async def __call__(self, argv: list[str]) -> tuple[int, str, str]:
         self.calls.append(argv)
         if argv[0] == "sbatch":
+            if self.on_sbatch is not None:
+                self.on_sbatch()
             return self.sbatch
         if argv[0] == "squeue":
             self.polled.set()
@@ -251,6 +254,23 @@ async def test_a_failed_job_ends_with_its_exit_code_and_state(tmp_path: Path) ->
     assert not any("s3cret" in " ".join(c) for c in fake.calls)
     squeues = [c for c in fake.calls if c[0] == "squeue"]
     assert all("--me" in c for c in squeues)  # one call for all of the agent's jobs
+    await ex.close()
+
+
+@in_loop
+async def test_a_job_slurm_forgot_ends_with_the_code_its_script_left_else_is_released(tmp_path: Path) -> None:
+    fake = FakeSlurm()
+    ex = SlurmExecutor(SETTINGS, run=fake, poll_s=0.01)
+    # It ran and ended before the first poll, and slurmctld forgot it: neither squeue nor scontrol knows 41.
+    fake.on_sbatch = lambda: (tmp_path / "a" / ".outrider" / "slurm.exit").write_text("0\n")
+    fut = _launch(ex, tmp_path / "a", _assignment())
+    assert await _ended(fut) == (0, False) and ex.verdict("k") is None
+    ex.forget("k")
+    fake.on_sbatch, fake.sbatch = None, (0, "42\n", "")
+    fut = _launch(ex, tmp_path / "b", _assignment())
+    await _ended(fut)
+    end = ex.verdict("k")
+    assert end is not None and end[0] == Outcome.RELEASED.value and "Slurm forgot it" in end[1], end
     await ex.close()
 
 
