@@ -19,12 +19,12 @@ from outrider.config import (
     absolute_paths,
     load_toml,
     merge_config,
-    parse_address,
     parse_bytes,
     parse_duration,
     parse_labels,
 )
 from outrider.errors import ConfigError, OutriderError
+from outrider.targets import parse_targets
 
 #: What a zone name may be made of (it is compared with residency tags as is).
 _ZONE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="outrider-agent", description="Run an Outrider agent: pull work, run stages.")
     p.add_argument("--config", help="TOML file with the same keys as the flags")
-    p.add_argument("--scheduler", help="scheduler HOST:PORT")
+    p.add_argument("--scheduler", help="scheduler HOST:PORT, or several comma-separated (high availability)")
     p.add_argument("--ca", help="CA certificate (PEM)")
     p.add_argument("--cert", help="this agent's certificate (PEM)")
     p.add_argument("--key", help="this agent's private key (PEM)")
@@ -157,7 +157,7 @@ def load_config(argv: list[str] | None = None) -> Any:
     if missing:
         raise ConfigError(f"{source}: missing {', '.join(missing)} (give --ca/--cert/--key or --pki-dir and --name)")
     try:
-        parse_address(cfg["scheduler"])
+        parse_targets(cfg["scheduler"])  # HOST:PORT, or several comma-separated (docs/ha.md)
     except ValueError as exc:
         raise ConfigError(f"{source}: scheduler: {exc}") from None
     if not isinstance(cfg["slots"], int) or cfg["slots"] < 0:

@@ -51,6 +51,7 @@ from agent.transfers import Transfers
 from agent.uplink import Uplink
 from outrider.errors import OutriderError
 from outrider.protocol import REVOKED_METADATA_KEY
+from outrider.targets import Targets, leader_hint
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc, artifact_pb2_grpc, common_pb2
 
@@ -63,6 +64,9 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 #: How long a Register may take before the attempt counts as failed.
 REGISTER_TIMEOUT_S = 30
+#: After this many heartbeat intervals without any message from the scheduler (each heartbeat
+#: is answered), the session is taken for dead and dialled again.
+SILENT_BEATS = 4
 
 
 def is_revocation(exc: grpc.aio.AioRpcError) -> bool:
@@ -111,6 +115,8 @@ class Session:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
+        #: the scheduler addresses (several in high availability, docs/ha.md) and the one dialled
+        self.targets = Targets(cfg.scheduler)
         self.supervisor = supervisor
         self.transfers = transfers
         self.uplink = uplink
@@ -136,6 +142,7 @@ class Session:
         self._current: asyncio.Future[None] | None = None
         #: Whether the current session proved healthy: its work stream delivered a message.
         self.healthy = False
+        self._heard = time.monotonic()  # the last message down the work stream
         self._reconnect = False  # end this session and connect again at once (agent.renewal)
 
     # ------------------------------------------------------------------ lifecycle
@@ -161,8 +168,12 @@ class Session:
                     raise
             except grpc.aio.AioRpcError as exc:
                 self._refused(exc)
+                if self._fail_over(exc):  # a standby named the leader: go there now
+                    await self.close()
+                    continue
             except ConnectionError as exc:
-                log.warning("session with %s ended: %s", self.cfg.scheduler, exc)
+                log.warning("session with %s ended: %s", self.targets.current, exc)
+                self.targets.fail()
             except Exception:
                 log.exception("session failed")
             finally:
@@ -219,7 +230,17 @@ class Session:
                 exc.details(),
             )
             return
-        log.warning("scheduler %s unreachable: %s: %s", self.cfg.scheduler, exc.code().name, exc.details())
+        log.warning("scheduler %s unreachable: %s: %s", self.targets.current, exc.code().name, exc.details())
+
+    def _fail_over(self, exc: grpc.aio.AioRpcError) -> bool:
+        """After ``UNAVAILABLE``: the next scheduler address, or the leader a standby named.
+        Whether to dial again at once (a leader named that is not the one just refused)."""
+        if self._stop.is_set() or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return False
+        before = self.targets.current
+        hint = leader_hint(exc.trailing_metadata())
+        after = self.targets.fail(hint)
+        return bool(hint) and after != before
 
     @property
     def stopped(self) -> bool:
@@ -258,7 +279,7 @@ class Session:
 
     async def _connect(self) -> None:
         self._channel = grpc.aio.secure_channel(
-            self.cfg.scheduler, self._credentials(), options=DEFAULT_CHANNEL_OPTIONS
+            self.targets.current, self._credentials(), options=DEFAULT_CHANNEL_OPTIONS
         )
         stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
@@ -273,7 +294,7 @@ class Session:
         sup.registered(resp.lost)
         log.info(
             "registered with %s as %s (%d slots, %d stages held, %d undelivered results)",
-            self.cfg.scheduler,
+            self.targets.current,
             resp.agent_id,
             sup.slots,
             len(sup.stages),
@@ -315,6 +336,7 @@ class Session:
     def on_message(self, msg: agent_pb2.SchedulerMessage) -> None:
         """Act on one message down the work stream."""
         self.healthy = True
+        self._heard = time.monotonic()
         sup = self.supervisor
         for a in msg.assignments:
             sup.start(a)
@@ -339,8 +361,18 @@ class Session:
     # ------------------------------------------------------------------ heartbeats
 
     async def _heartbeats(self) -> None:
+        self._heard = time.monotonic()
         while True:
             await asyncio.sleep(self.heartbeat_interval * random.uniform(0.9, 1.0))
+            silent = time.monotonic() - self._heard
+            if silent > SILENT_BEATS * self.heartbeat_interval:
+                # Every heartbeat is answered: a scheduler that stays silent is paused, hung or
+                # cut off, while the connection looks alive (docs/ha.md). Dial again (the next
+                # address, if there are several), before the leases lapse.
+                log.warning("no word from scheduler %s for %.1fs; connecting again", self.targets.current, silent)
+                self.targets.fail()
+                self.reconnect()
+                return
             self.uplink.heartbeat(self.make_heartbeat(self.uplink.unsent_heartbeat))
 
     def beat_now(self) -> None:

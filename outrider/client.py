@@ -34,6 +34,7 @@ from outrider import errors
 from outrider.artifacts import Receiver, pack_dir, upload_chunks
 from outrider.certdates import check_dates
 from outrider.config import load_toml
+from outrider.targets import Targets, leader_hint
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials, pki_paths
 from outrider.v1 import (
     artifact_pb2,
@@ -77,6 +78,8 @@ class ConnectionFailed(errors.OutriderError):
 RECONNECT_FOR_S = 300.0
 #: Between tries: from the first delay, doubling up to the last (with jitter).
 RECONNECT_BACKOFF_S = (0.2, 5.0)
+#: How long a unary call keeps trying the scheduler addresses while none is the leader (a failover).
+FAILOVER_FOR_S = 30.0
 
 
 def _translate(exc: grpc.RpcError) -> errors.OutriderError:
@@ -93,6 +96,13 @@ def _translate(exc: grpc.RpcError) -> errors.OutriderError:
     err = errors.OutriderError(f"{code.name}: {details}")
     err.code = code.name  # UNKNOWN, INTERNAL, UNIMPLEMENTED, CANCELLED, ALREADY_EXISTS, OUT_OF_RANGE
     return err
+
+
+def _stub_method_name(method: Any) -> str:
+    """The name of a stub's method (``Submit``) from its multi-callable."""
+    full = getattr(method, "_method", b"")
+    text = full.decode() if isinstance(full, bytes) else str(full)
+    return text.rpartition("/")[2]
 
 
 def _unavailable(exc: errors.OutriderError) -> bool:
@@ -159,9 +169,14 @@ class Client:
     """A connection to one scheduler. Thread-safe; close it (or use ``with``) when done."""
 
     def __init__(self, scheduler: str, ca: str, cert: str, key: str, *, timeout: float = 60.0) -> None:
-        self.target = scheduler
+        try:
+            #: ``HOST:PORT`` or several, comma-separated (high availability: docs/ha.md)
+            self.targets = Targets(scheduler)
+        except ValueError as exc:
+            raise errors.ConfigError(f"scheduler: {exc}") from None
+        self.target = self.targets.current
         self.timeout = timeout
-        creds = channel_credentials(ca, cert, key)
+        self._creds = channel_credentials(ca, cert, key)
         # An expired (or not yet valid) certificate: say so now, not "UNAVAILABLE" at the first call.
         check_dates(
             cert,
@@ -169,11 +184,30 @@ class Client:
             expired_hint="ask an admin for a new one (`outrider pki issue DIR ROLE NAME --force`)",
             early_hint="this machine's clock is probably wrong (check NTP / time sync)",
         )
-        self._channel = grpc.secure_channel(scheduler, creds, options=DEFAULT_CHANNEL_OPTIONS)
+        self._open(self.target)
+
+    def _open(self, target: str) -> None:
+        self.target = target
+        self._channel = grpc.secure_channel(target, self._creds, options=DEFAULT_CHANNEL_OPTIONS)
         self.control = control_pb2_grpc.ControlServiceStub(self._channel)
         self.artifacts = artifact_pb2_grpc.ArtifactServiceStub(self._channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self.identity = identity_pb2_grpc.IdentityServiceStub(self._channel)
+
+    def _fail_over(self, exc: grpc.RpcError) -> bool:
+        """After ``UNAVAILABLE``: move to the leader a standby named, else (with several
+        addresses) to the next one. Whether the target changed (the call may be tried again)."""
+        if not isinstance(exc, grpc.Call) or exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        hint = leader_hint(exc.trailing_metadata())
+        before = self.target
+        after = self.targets.fail(hint)
+        if after == before:
+            return False
+        old = self._channel
+        self._open(after)
+        old.close()
+        return True
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
@@ -190,10 +224,26 @@ class Client:
         self.close()
 
     def _call(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
-        try:
-            return method(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
+        """One unary call. With several scheduler addresses (or a standby naming the leader), an
+        ``UNAVAILABLE`` moves to the next (or the named) one and tries again, with a short
+        backoff once every address was tried, for up to :data:`FAILOVER_FOR_S`."""
+        give_up = time.monotonic() + FAILOVER_FOR_S
+        tried = 0
+        while True:
+            try:
+                return method(request, timeout=timeout or self.timeout)
+            except grpc.RpcError as exc:
+                moved = self._fail_over(exc)
+                if not moved or time.monotonic() >= give_up:
+                    raise _translate(exc) from None
+                name = _stub_method_name(method)
+                method = next(getattr(s, name) for s in self._stubs() if hasattr(s, name))
+                tried += 1
+                if tried % len(self.targets.addresses) == 0:
+                    time.sleep(min(1.0, 0.1 * tried))
+
+    def _stubs(self) -> tuple[Any, ...]:
+        return (self.control, self.artifacts, self.audit, self.identity)
 
     def _stream(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Iterator[Any]:
         """Iterate a server stream so that Ctrl-C still works.
@@ -228,6 +278,7 @@ class Client:
                 else:
                     if value.code() == grpc.StatusCode.CANCELLED:
                         return
+                    self._fail_over(value)  # the next call (a resumed watch) goes to the leader
                     raise _translate(value) from None
         finally:
             call.cancel()

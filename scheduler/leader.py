@@ -80,6 +80,7 @@ class Leadership:
         host = socket.gethostname()
         self.epoch = await asyncio.to_thread(self.session.claim, self.advertise, os.getpid(), host, time.time())
         self.store.fence = self.epoch  # set before any state is loaded or written
+        await asyncio.to_thread(self.store.sync_chain)  # after the last record the old leader wrote
         self._last_ok = time.monotonic()
         log.info("leading at epoch %d (advertised as %s)", self.epoch, self.advertise)
 

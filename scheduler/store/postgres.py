@@ -305,7 +305,7 @@ class PostgresStore(Store):
         self._conn = self._connect()
         try:
             self._migrate()
-            last = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            self.sync_chain()
         except BaseException:
             self._conn.close()
             raise
@@ -315,6 +315,11 @@ class PostgresStore(Store):
         #: write transaction checks it first (``outrider_fence``). None: no check (a store opened
         #: outside a scheduler, as tests and tools do).
         self.fence: int | None = None
+
+    def sync_chain(self) -> None:
+        """Take the audit chain's head from the last record on file (at start, and again when a
+        standby takes over: the records the previous leader wrote come before ours)."""
+        last = self._conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         if last is not None:
             self.chain.rewind((last["seq"], last["hash"]))
             self.chain.commit()

@@ -1,0 +1,141 @@
+"""High availability end to end (docs/ha.md): three scheduler replicas on one real PostgreSQL,
+one shared artifact and log directory, two agents and a client given the list of addresses.
+
+The leader is SIGKILLed mid-run, the next one SIGSTOPped (a paused leader: once another took
+over it is continued, and its first write fails the fencing check or its lock session is
+found gone: it exits 75 having committed nothing), then the third SIGKILLed; each time the
+replica is started again, as systemd would, and comes back as a standby. Then: every run
+completes, every submitted run is there with all its tasks and their outputs (in the database
+and in the shared artifact store), no task ran twice at once (each stage records its start
+and end, with its pid, in a shared file), and the epoch grew by one per leader.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from outrider.localcluster import LocalCluster
+from outrider.pipeline import Pipeline
+from scheduler.store.base import EXIT_DEPOSED
+from tests.helpers.backends import PostgresBackend
+from tests.helpers.ha import Replicas
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+LEASE_TTL = "4s"
+WIDTH = 4  # parallel tasks per run, then a join over their outputs
+
+
+def pipeline(name: str, journal: Path) -> Pipeline:
+    stamp = f'echo "%s $OUTRIDER_RUN_ID $OUTRIDER_TASK $OUTRIDER_ATTEMPT $$ $(date +%%s.%%N)" >> {journal}'
+    p = Pipeline(name)
+    for i in range(WIDTH):
+        p.task(
+            f"t{i}",
+            run=f"{stamp % 'start'}; sleep 1.5; echo {name}-{i} > $OUTRIDER_OUTPUTS/out; {stamp % 'end'}",
+            outputs=["out"],
+        )
+    p.task(
+        "join",
+        run=f"{stamp % 'start'}; cat $OUTRIDER_INPUTS/* > $OUTRIDER_OUTPUTS/out; {stamp % 'end'}",
+        inputs={f"i{i}": f"t{i}.out" for i in range(WIDTH)},
+        outputs=["out"],
+    )
+    return p
+
+
+def intervals(journal: Path) -> dict[tuple[str, str], list[tuple[float, float, str]]]:
+    """(run, task) -> [(start, end, pid)] from the stages' shared journal."""
+    starts: dict[tuple[str, str, str, str], float] = {}
+    out: dict[tuple[str, str], list[tuple[float, float, str]]] = {}
+    for line in journal.read_text().splitlines():
+        what, run, task, attempt, pid, ts = line.split()
+        key = (run, task, attempt, pid)
+        if what == "start":
+            starts[key] = float(ts)
+        else:
+            out.setdefault((run, task), []).append((starts.pop(key), float(ts), pid))
+    for (run, task, _, pid), t0 in starts.items():  # started, never ended (killed): open-ended
+        out.setdefault((run, task), []).append((t0, float("inf"), pid))
+    return out
+
+
+def wait_started(journal: Path, run_id: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (journal.exists() and f"start {run_id} " in journal.read_text()):
+        assert time.monotonic() < deadline, f"no task of {run_id} started"
+        time.sleep(0.05)
+
+
+def test_failovers_lose_nothing_run_nothing_twice_and_fence_the_deposed(
+    cluster: LocalCluster, pg_backend: PostgresBackend, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"  # one directory for every replica (NFS in production)
+    journal = tmp_path / "stages.log"
+    reps = Replicas(cluster, pg_backend.server, pg_backend.dbname, shared, count=3)
+    try:
+        for i in range(3):
+            reps.start(i)
+        leader = reps.leader()
+        cluster.address = reps.addresses  # the agents and the client get the whole list
+        cluster.add_agent("a", slots=2)
+        cluster.add_agent("b", slots=2)
+        cluster.wait_agents(["a", "b"])
+        runs: list[str] = []
+        timings: list[tuple[str, float]] = []
+        with cluster.client() as client:
+            for round_, how in enumerate(("SIGKILL", "SIGSTOP", "SIGKILL")):
+                runs.append(client.submit(pipeline(f"r{round_}", journal)).run_id)
+                wait_started(journal, runs[-1])
+                old = reps.daemons[leader]
+                t0 = time.monotonic()
+                if how == "SIGKILL":
+                    old.kill()
+                    leader = reps.leader(exclude=(leader,))
+                    timings.append((how, time.monotonic() - t0))
+                else:
+                    os.kill(old.pid, signal.SIGSTOP)
+                    deposed = leader
+                    leader = reps.leader(timeout=40, exclude=(deposed,))
+                    timings.append((how, time.monotonic() - t0))
+                    os.kill(old.pid, signal.SIGCONT)
+                    assert old.wait(20) == EXIT_DEPOSED, old.tail()
+                    runs.append(client.submit(pipeline(f"r{round_}b", journal)).run_id)  # on the new leader
+                    assert "no longer the leader" in old.tail(), old.tail()
+                    assert reps.leader() == leader  # the deposed one never served again
+                reps.start(next(i for i, d in reps.daemons.items() if d is old))  # back, as a standby
+            runs.append(client.submit(pipeline("last", journal)).run_id)
+            deadline = time.monotonic() + 120
+            for run_id in runs:
+                while (status := client.get_run(run_id)).state not in ("succeeded", "failed", "cancelled"):
+                    assert time.monotonic() < deadline, f"{run_id} did not end: {status}"
+                    time.sleep(0.1)
+                assert status.state == "succeeded", status
+                assert {t.name: t.state for t in status.tasks} == {
+                    **{f"t{i}": "succeeded" for i in range(WIDTH)},
+                    "join": "succeeded",
+                }
+            print("failover (kill/stop -> a new leader serving):", [(h, round(s, 2)) for h, s in timings])
+        # Nothing acknowledged is lost: every run with all its tasks and their outputs, whose
+        # bytes are in the shared artifact store.
+        for run_id in runs:
+            outs = pg_backend.read("SELECT task, digest FROM outputs WHERE run_id=?", (run_id,))
+            assert {t for t, _ in outs} == {*(f"t{i}" for i in range(WIDTH)), "join"}, run_id
+            for _, digest in outs:
+                assert (shared / "artifacts" / "sha256" / digest[:2] / digest).is_file()
+        # No task ran twice at once.
+        for (run, task), spans in intervals(journal).items():
+            spans.sort()
+            for (_s0, e0, p0), (s1, _, p1) in itertools.pairwise(spans):
+                assert s1 >= e0, f"{run}/{task} ran twice at once: pid {p0} until {e0}, pid {p1} from {s1}"
+        # One epoch per leader: the first, and one for each takeover.
+        assert pg_backend.read("SELECT epoch FROM leader") == [(4,)]
+    finally:
+        for d in cluster.agents.values():
+            d.stop()
+        reps.stop()
