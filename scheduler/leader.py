@@ -21,9 +21,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from scheduler.store.base import Store, deposed
-from scheduler.store.pglock import LEADER_TIMEOUT_S, LockSession
+
+if TYPE_CHECKING:  # psycopg is loaded only when the database is PostgreSQL
+    from scheduler.store.pglock import LockSession
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +57,14 @@ class SingleNode:
 class Leadership:
     """One PostgreSQL replica's campaign for the lead, and its hold on it once won."""
 
-    def __init__(self, store: Store, advertise: str, timeout_s: float = LEADER_TIMEOUT_S) -> None:
+    def __init__(self, store: Store, advertise: str) -> None:
+        from scheduler.store.pglock import LEADER_TIMEOUT_S
         from scheduler.store.postgres import PostgresStore
 
         assert isinstance(store, PostgresStore)
         self.store = store
         self.advertise = advertise
-        self.timeout_s = timeout_s
+        self.timeout_s = LEADER_TIMEOUT_S
         self.session: LockSession = store.lock_session()
         self.epoch = 0
         self._last_ok = 0.0

@@ -4,6 +4,7 @@ and scheduler.artifacts.ArtifactStore (verified uploads).
 Invariant 6: every artifact's bytes match its digest wherever it is read, so a
 mismatch anywhere is DataLoss and leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -140,7 +141,7 @@ def test_place_copies_files_and_unpacks_dirs(tmp_path: Path) -> None:
     blob.write_bytes(b"data")
     place(blob, "file", tmp_path / "copy")
     (tmp_path / "copy").write_bytes(b"changed")  # a stage writing to its input...
-    assert blob.read_bytes() == b"data"           # ...never changes the cached blob
+    assert blob.read_bytes() == b"data"  # ...never changes the cached blob
     root = make_tree(tmp_path / "src")
     pack_dir(root, tmp_path / "t.tar")
     place(tmp_path / "t.tar", "dir", tmp_path / "dir")
@@ -214,7 +215,7 @@ def test_receiver_publishes_verified_bytes(tmp_path: Path) -> None:
     dest = tmp_path / "cache" / "blob"
     r = Receiver(sha(data), dest)
     for i in range(0, len(data), 1000):
-        r.write(data[i:i + 1000])
+        r.write(data[i : i + 1000])
     assert not dest.exists()  # nothing visible before it is verified
     assert r.finish() == dest
     assert dest.read_bytes() == data and r.size == len(data)
@@ -263,7 +264,7 @@ def test_store_upload_with_right_digest_is_stored_and_readable(tmp_path: Path) -
     digest = sha(data)
     up = store.writer(digest, len(data))
     for i in range(0, len(data), 65536):
-        up.write(data[i:i + 65536])
+        up.write(data[i : i + 65536])
     assert not store.exists(digest)  # not before commit
     up.commit()
     assert store.exists(digest)
@@ -284,8 +285,8 @@ def test_store_empty_artifact(tmp_path: Path) -> None:
     ("declared_digest", "declared_size", "sent"),
     [
         (sha(b"the real thing"), len(b"the real thing"), b"the fake thing"),  # wrong digest, same size
-        (sha(b"the real thing"), 99, b"the real thing"),                       # right digest, wrong size
-        (sha(b"the real thing"), len(b"the real thing"), b"the real"),         # truncated
+        (sha(b"the real thing"), 99, b"the real thing"),  # right digest, wrong size
+        (sha(b"the real thing"), len(b"the real thing"), b"the real"),  # truncated
     ],
     ids=["digest", "size", "truncated"],
 )
@@ -521,3 +522,40 @@ def test_unpack_dir_refuses_contents_above_the_ceiling_and_too_many_entries(tmp_
     with pytest.raises(DataLoss, match=r"ceiling of 1048576"):
         place(archive, "dir", tmp_path / "placed", declared_size=archive.stat().st_size, max_bytes=1 << 20)
     assert list((tmp_path / "placed").iterdir()) == []
+
+
+def test_two_replicas_writing_one_blob_at_once_store_it_once_and_whole(tmp_path: Path) -> None:
+    """High availability (docs/ha.md): two schedulers on one shared artifact dir (two stores on
+    one root) upload the same blob at the same moment, many times over; every commit succeeds,
+    the blob is whole, and no temporary file is left."""
+    import hashlib
+    import threading
+
+    from scheduler.artifacts import ArtifactStore as Blobs
+
+    root = tmp_path / "shared"
+    replicas = [Blobs(root), Blobs(root)]
+    errors: list[BaseException] = []
+    for round_ in range(20):
+        data = f"blob {round_} ".encode() * 50_000
+        digest = hashlib.sha256(data).hexdigest()
+        start = threading.Barrier(2)
+
+        def upload(store: Blobs, data: bytes = data, digest: str = digest, start: threading.Barrier = start) -> None:
+            try:
+                w = store.writer(digest, len(data))
+                start.wait()
+                for i in range(0, len(data), 65536):
+                    w.write(data[i : i + 65536])
+                w.commit()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=upload, args=(s,)) for s in replicas]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert replicas[1].path(digest).read_bytes() == data
+    assert list((root / "tmp").iterdir()) == []
