@@ -101,6 +101,38 @@ def test_output_comes_from_files_and_a_clean_work_dir_is_reused(tmp_rig: Rig) ->
     run(scenario)
 
 
+def test_a_task_without_outputs_may_replace_its_outputs_dir_but_its_work_dir_is_not_reused(
+    tmp_rig: Rig, tmp_path: Path
+) -> None:
+    """A task that declares no outputs has nothing published, so its outputs dir is not
+    resolved (no realpath per task); one whose stage swapped that dir for a link succeeds,
+    and its work dir is removed (the link, not what it points to), never recycled."""
+    away = tmp_path / "away"
+    away.mkdir()
+    (away / "keep").write_text("x")
+
+    async def scenario() -> None:
+        rig = tmp_rig
+        try:
+            st = rig.stage([f'rm -r "$OUTRIDER_OUTPUTS" && ln -s {away} "$OUTRIDER_OUTPUTS"'], shell=True)
+            c = await rig.runner.run(st)
+            assert (c.outcome, c.exit_code) == ("succeeded", 0), c.error
+            used = st.workdir
+            assert used is not None and (used / ".outrider" / "outputs").is_symlink()
+            rig.runner.done(st)
+            assert used not in rig.runner.workdirs._ready  # not recycled: the next stage gets a fresh one
+            deadline = asyncio.get_running_loop().time() + 10
+            while used.exists() or used.is_symlink():  # removed in the background
+                assert asyncio.get_running_loop().time() < deadline, "the work dir was not removed"
+                await asyncio.sleep(0.01)
+            assert (away / "keep").read_text() == "x"  # the link's target is untouched
+            assert rig.faults == []
+        finally:
+            await rig.close()
+
+    run(scenario)
+
+
 def test_a_wrong_command_is_the_tasks_fault(tmp_rig: Rig) -> None:
     async def scenario() -> None:
         rig = tmp_rig
