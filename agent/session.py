@@ -286,7 +286,9 @@ class Session:
         sup = self.supervisor
         req = self.register_request()
         t0 = req.client_time
-        resp = await stub.Register(req, timeout=REGISTER_TIMEOUT_S)
+        # With several schedulers, one that does not answer soon (paused) is left for the next.
+        wait = max(5.0, SILENT_BEATS * self.heartbeat_interval) if self.targets.several else REGISTER_TIMEOUT_S
+        resp = await stub.Register(req, timeout=min(wait, REGISTER_TIMEOUT_S))
         self.caps_sent = req.capabilities
         self.clock.observe_scheduler(t0, resp.server_time, self._wall())
         self.heartbeat_interval = resp.heartbeat_interval_s or self.heartbeat_interval

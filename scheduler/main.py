@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT the other replicas name as this one's when it leads (PostgreSQL, docs/ha.md); default the "
         "listen address, or this machine's name and the port when listening on 0.0.0.0",
     )
-    p.add_argument("--ready-file", help="write HOST:PORT here once serving (as the leader, or as a standby)")
+    p.add_argument("--ready-file", help="write HOST:PORT here once serving (a standby: once it leads)")
     p.add_argument("--lease-ttl", help="lease time-to-live, e.g. 15s")
     p.add_argument("--heartbeat-interval", help="how often agents renew leases, e.g. 3s")
     p.add_argument("--placement-wait", help="how long a task may wait for a clearly better agent, e.g. 5s")

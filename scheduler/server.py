@@ -299,7 +299,6 @@ class Scheduler:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._write_ready()
         log.info("standing by on %s (advertised as %s)", self.address, self.leadership.advertise)
         try:
             await self.leadership.campaign(gate.set_leader)
