@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench bench-placement bench-keeper bench-store protos check-protos sysdeps clean
+.PHONY: install demo test test-fast lint bench bench-placement bench-keeper bench-store bench-scale protos check-protos sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ bench-keeper: install
 
 bench-store: install
 	$(PY) bench/store.py
+
+# 100, 500 and 2000 agents against one scheduler, SQLite and PostgreSQL (bench/scale.py --help).
+bench-scale: install
+	$(PY) bench/scale.py
 
 protos: install
 	$(PY) scripts/gen_protos.py

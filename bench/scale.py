@@ -57,12 +57,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from outrider import pki  # noqa: E402
-from outrider.client import Client  # noqa: E402
-from outrider.errors import OutriderError  # noqa: E402
-from outrider.localcluster import Daemon, wait_for  # noqa: E402
-from outrider.pipeline import Pipeline  # noqa: E402
-from outrider.tls import pki_paths  # noqa: E402
+from outrider import pki
+from outrider.client import Client
+from outrider.errors import OutriderError
+from outrider.localcluster import Daemon, wait_for
+from outrider.pipeline import Pipeline
+from outrider.tls import pki_paths
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "scale-"
@@ -311,8 +311,7 @@ def run_row(backend: Backend, agents: int, args: argparse.Namespace, pki_dir: Pa
             dispatch_p50_ms=round(pct(lat, 0.5), 2),
             dispatch_p99_ms=round(pct(lat, 0.99), 2),
             undispatched=undispatched,
-            scheduler_cpu_pct=round(
-                100 * ((cpu_b.user + cpu_b.system) - (cpu_a.user + cpu_a.system)) / window, 1),
+            scheduler_cpu_pct=round(100 * ((cpu_b.user + cpu_b.system) - (cpu_a.user + cpu_a.system)) / window, 1),
             client_cpu_pct=round(100 * (ccpu_b - ccpu_a) / window, 1),
             client_lag_p99_ms=round(max(m["lag_p99_ms"] for m in b), 1),
             rpc_errors=rpc_errors,
@@ -359,19 +358,17 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             ("dispatch p50 ms", "dispatch_p50_ms"), ("dispatch p99 ms", "dispatch_p99_ms"),
             ("sched CPU %", "scheduler_cpu_pct"), ("client lag p99 ms", "client_lag_p99_ms"),
             ("errors", "errors")]  # fmt: skip
-    cells = [[h for h, _ in cols]] + [
-        [r[k] if isinstance(r[k], str) else fmt(r, k) for _, k in cols] for r in rows
-    ]
+    cells = [[h for h, _ in cols]] + [[r[k] if isinstance(r[k], str) else fmt(r, k) for _, k in cols] for r in rows]
     widths = [max(len(str(c[i])) for c in cells) for i in range(len(cols))]
     for c in cells:
-        print("  ".join(str(v).rjust(w) for v, w in zip(c, widths)))
+        print("  ".join(str(v).rjust(w) for v, w in zip(c, widths, strict=True)))
 
 
 def parse_counts(text: str) -> list[int]:
     try:
         counts = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"--agents {text!r}: give a comma-separated list of agent counts, e.g. 100,500,2000")
+        raise SystemExit(f"--agents {text!r}: give a comma-separated list of agent counts, e.g. 100,500,2000") from None
     if not counts or any(n < 1 or n > 99999 for n in counts):
         raise SystemExit(f"--agents {text!r}: each count must be between 1 and 99999")
     return counts

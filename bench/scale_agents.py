@@ -29,10 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grpc  # noqa: E402
+import grpc
 
-from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials, pki_paths  # noqa: E402
-from outrider.v1 import agent_pb2, agent_pb2_grpc, common_pb2  # noqa: E402
+from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials, pki_paths
+from outrider.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 #: Agents registering at once (each a TLS handshake on both sides).
 CONNECT_CONCURRENCY = 32
