@@ -77,6 +77,9 @@ bench-keeper: install
 bench-store: install
 	$(PY) bench/store.py
 
+bench-failover: install
+	$(PY) bench/failover.py
+
 # 100, 500 and 2000 agents against one scheduler, SQLite and PostgreSQL (bench/scale.py --help).
 bench-scale: install
 	$(PY) bench/scale.py
