@@ -30,6 +30,8 @@ starts one heartbeat interval after every agent's stream is open:
                              scheduler's wall clock, from the run's events in the database) ->
                              the assignment received by an agent (wall clock, same machine)
   scheduler_cpu_pct          the scheduler process's CPU over the window (100 = one core)
+  scheduler_cpu_us_per_hb    that CPU per heartbeat answered (the window's dispatches included)
+  client_cpu_pct             the client processes' CPU over the window, together
   client_lag_p99_ms          how late the client processes' event loops woke up (a busy client
                              loop delays its heartbeats: then the clients, not the scheduler, bend)
   errors                     failed Register/Connect, RPC failures, streams ended by the
@@ -76,6 +78,8 @@ SPREAD_KEYS = (
     "dispatch_p50_ms",
     "dispatch_p99_ms",
     "scheduler_cpu_pct",
+    "scheduler_cpu_us_per_hb",
+    "client_cpu_pct",
     "client_lag_p99_ms",
     "connect_s",
 )
@@ -294,12 +298,14 @@ def run_row(backend: Backend, agents: int, args: argparse.Namespace, pki_dir: Pa
         undispatched = sum(1 for r in submitted if (r, "t") not in got)
 
         streams = summed(b, "streams")
+        hb_acked = summed(b, "hb_acked") - summed(a, "hb_acked")
+        sched_cpu = (cpu_b.user + cpu_b.system) - (cpu_a.user + cpu_a.system)
         rtts = [x for m in b for x in m["rtt_ms"]]
         rpc_errors = summed(b, "rpc_errors") + summed(b, "disconnects")
         row.update(
             streams=streams,
             connect_failed=failed,
-            heartbeats_per_s=round((summed(b, "hb_acked") - summed(a, "hb_acked")) / window, 1),
+            heartbeats_per_s=round(hb_acked / window, 1),
             heartbeats_sent_per_s=round((summed(b, "hb_sent") - summed(a, "hb_sent")) / window, 1),
             heartbeats_expected_per_s=round(streams / (MEAN_BEAT_FACTOR * args.heartbeat_interval), 1),
             hb_rtt_p50_ms=round(pct(rtts, 0.5), 2),
@@ -311,8 +317,11 @@ def run_row(backend: Backend, agents: int, args: argparse.Namespace, pki_dir: Pa
             dispatch_p50_ms=round(pct(lat, 0.5), 2),
             dispatch_p99_ms=round(pct(lat, 0.99), 2),
             undispatched=undispatched,
-            scheduler_cpu_pct=round(100 * ((cpu_b.user + cpu_b.system) - (cpu_a.user + cpu_a.system)) / window, 1),
+            scheduler_cpu_pct=round(100 * sched_cpu / window, 1),
             client_cpu_pct=round(100 * (ccpu_b - ccpu_a) / window, 1),
+            # The scheduler's CPU over the window per heartbeat answered (the window's few
+            # dispatches included): what one more agent costs, and so where one core runs out.
+            scheduler_cpu_us_per_hb=round(1e6 * sched_cpu / max(1, hb_acked), 1),
             client_lag_p99_ms=round(max(m["lag_p99_ms"] for m in b), 1),
             rpc_errors=rpc_errors,
             submit_errors=submit_errors,
@@ -356,7 +365,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             ("hb/s answered", "heartbeats_per_s"), ("hb/s expected", "heartbeats_expected_per_s"),
             ("hb rtt p99 ms", "hb_rtt_p99_ms"), ("RSS/agent KiB", "rss_per_agent_kb"),
             ("dispatch p50 ms", "dispatch_p50_ms"), ("dispatch p99 ms", "dispatch_p99_ms"),
-            ("sched CPU %", "scheduler_cpu_pct"), ("client lag p99 ms", "client_lag_p99_ms"),
+            ("sched CPU %", "scheduler_cpu_pct"), ("sched CPU us/hb", "scheduler_cpu_us_per_hb"),
+            ("client CPU %", "client_cpu_pct"), ("client lag p99 ms", "client_lag_p99_ms"),
             ("errors", "errors")]  # fmt: skip
     cells = [[h for h, _ in cols]] + [[r[k] if isinstance(r[k], str) else fmt(r, k) for _, k in cols] for r in rows]
     widths = [max(len(str(c[i])) for c in cells) for i in range(len(cols))]
