@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 
 from outrider.localcluster import LocalCluster
 from outrider.pipeline import Pipeline
+from outrider.v1 import control_pb2
 from scheduler.store.base import EXIT_DEPOSED
 from tests.helpers.backends import PostgresBackend
 from tests.helpers.ha import Replicas
@@ -88,9 +90,14 @@ def test_failovers_lose_nothing_run_nothing_twice_and_fence_the_deposed(
         cluster.wait_agents(["a", "b"])
         runs: list[str] = []
         timings: list[tuple[str, float]] = []
-        with cluster.client() as client:
+        watched: list[control_pb2.RunEvent] = []
+        watcher: threading.Thread | None = None
+        with cluster.client() as client, cluster.client() as watching:
             for round_, how in enumerate(("SIGKILL", "SIGSTOP", "SIGKILL")):
                 runs.append(client.submit(pipeline(f"r{round_}", journal)).run_id)
+                if watcher is None:  # a watch of the first run, across the failovers
+                    watcher = threading.Thread(target=lambda r=runs[0]: watched.extend(watching.follow(r)))
+                    watcher.start()
                 wait_started(journal, runs[-1])
                 old = reps.daemons[leader]
                 t0 = time.monotonic()
@@ -121,6 +128,14 @@ def test_failovers_lose_nothing_run_nothing_twice_and_fence_the_deposed(
                     "join": "succeeded",
                 }
             print("failover (kill/stop -> a new leader serving):", [(h, round(s, 2)) for h, s in timings])
+            assert watcher is not None
+            watcher.join(60)
+            assert not watcher.is_alive(), "the watch did not end with its run"
+        # The watch resumed where it was each time: its events in seq order, none twice, ending
+        # with the run's success.
+        seqs = [ev.seq for ev in watched if ev.seq]
+        assert seqs == sorted(set(seqs)) and seqs, seqs
+        assert [ev.state for ev in watched if not ev.task][-1] == "succeeded"
         # Nothing acknowledged is lost: every run with all its tasks and their outputs, whose
         # bytes are in the shared artifact store.
         for run_id in runs:

@@ -10,7 +10,9 @@ ended by the server; the epoch grows by one per claim.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -131,3 +133,31 @@ def test_targets_parse_follow_the_hint_and_rotate() -> None:
     assert leader_hint([(LEADER_METADATA_KEY, "h:7443")]) == "h:7443"
     assert leader_hint([(LEADER_METADATA_KEY, "nonsense")]) == ""
     assert leader_hint(None) == ""
+
+
+def test_the_ha_settings_are_checked_and_paths_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from outrider.errors import ConfigError
+    from scheduler.main import load_config
+    from scheduler.server import advertised
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(["--artifact-dir", "shared/a", "--log-dir", "shared/l", "--advertise", "s1.example:7443"])
+    assert (cfg.artifact_dir, cfg.log_dir) == (str(tmp_path / "shared/a"), str(tmp_path / "shared/l"))
+    assert cfg.advertise == "s1.example:7443"
+    conf = tmp_path / "etc" / "s.toml"
+    conf.parent.mkdir()
+    conf.write_text('artifact_dir = "art"\nadvertise = "h:1"\n')
+    assert load_config(["--config", str(conf)]).artifact_dir == str(tmp_path / "etc" / "art")
+    assert load_config([]).artifact_dir == ""  # STATE_DIR/artifacts, as before
+    for bad, why in (("nohost", "advertise: expected HOST:PORT"), ("h:0", "port 0")):
+        with pytest.raises(ConfigError, match=why):
+            load_config(["--advertise", bad])
+    assert advertised("10.0.0.5", 7443) == "10.0.0.5:7443"
+    assert advertised("0.0.0.0", 7443) == f"{socket.gethostname()}:7443"
+
+
+def test_a_standby_refusal_names_the_leader() -> None:
+    from scheduler.api.standby import refusal
+
+    assert refusal("a:7443") == "not the leader; the leader is a:7443"
+    assert "no leader is known yet" in refusal("")
