@@ -402,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         args.hold, args.rate, args.heartbeat_interval = 3.0, 5.0, 1.0
     counts = parse_counts(args.agents)
     if args.heartbeat_interval <= 0 or args.hold <= 0 or args.rate <= 0 or args.repeat < 1 or args.client_procs < 0:
-        raise SystemExit("--heartbeat-interval, --hold and --rate must be positive, --repeat at least 1")
+        raise SystemExit(
+            "--heartbeat-interval, --hold and --rate must be positive, --repeat at least 1, --client-procs 0 or more"
+        )
     out: dict[str, Any] = {"rows": [], "skipped": []}
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     work = Path(tempfile.mkdtemp(prefix="outrider-scale-", dir=args.work_dir or None))
