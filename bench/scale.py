@@ -14,6 +14,8 @@ completed at once (no process spawned: the point is the scheduler's load).
     python bench/scale.py --json                # one object: {"rows": [...], ...}
     python bench/scale.py --quick --backend sqlite
     python bench/scale.py --repeat 3            # the whole matrix 3 times: median [min-max]
+    python bench/scale.py --pki-dir /tmp/scale-pki --backend sqlite --agents 2000 --heartbeat-interval 1
+                                                # more heartbeat load; certificates kept for the next run
 
 Figures, each row (one backend, one agent count), over a window of ``--hold`` seconds that
 starts one heartbeat interval after every agent's stream is open:
@@ -396,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-procs", type=int, default=0, help="agent client processes (0: one per 1000 agents)")
     ap.add_argument("--repeat", type=int, default=1, help="run the whole matrix this many times")
     ap.add_argument("--work-dir", default="", help="where the temp dir goes (default: the system's)")
+    ap.add_argument(
+        "--pki-dir",
+        default="",
+        help="keep the CA and agent certificates here, for the next run (default: in the temp dir)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.agents = "20,50" if args.agents == ap.get_default("agents") else args.agents
@@ -410,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="outrider-scale-", dir=args.work_dir or None))
     pg = None
     try:
-        pki_dir = work / "pki"
+        pki_dir = Path(args.pki_dir).resolve() if args.pki_dir else work / "pki"
         issued, secs = ensure_certs(pki_dir, max(counts))
         out["certs_issued"], out["cert_issue_s"] = issued, round(secs, 1)
         say(f"issued {issued} agent certificates in {secs:.1f}s (cached in {pki_dir})")
