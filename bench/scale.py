@@ -452,8 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(out, sort_keys=True))
-    else:
+    elif out["rows"]:
         print_table(out["rows"])
+    else:
+        print("no rows: no backend could run (see above)")
     return 0
 
 
