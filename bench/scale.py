@@ -243,7 +243,11 @@ def start_scheduler(root: Path, pki_dir: Path, backend: Backend, interval: float
             raise RuntimeError(f"the scheduler exited ({d.proc.returncode if d.proc else '?'}):\n{d.tail()}")
         return ready.read_text().strip() if ready.exists() else ""
 
-    return d, str(wait_for(is_ready, 60, "the scheduler's ready file"))
+    try:
+        return d, str(wait_for(is_ready, 60, "the scheduler's ready file"))
+    except BaseException:
+        d.stop()
+        raise
 
 
 def run_row(backend: Backend, agents: int, args: argparse.Namespace, pki_dir: Path, work: Path) -> dict[str, Any]:
@@ -333,6 +337,9 @@ def run_row(backend: Backend, agents: int, args: argparse.Namespace, pki_dir: Pa
         if first:
             row["first_errors"] = first[:5]
         return row
+    except BaseException:
+        print(f"{backend.name}, {agents} agents failed; the scheduler's log ends:\n{sched.tail()}", file=sys.stderr)
+        raise
     finally:
         if clients is not None:
             clients.stop()
