@@ -239,7 +239,7 @@ class Session:
             return False
         before = self.targets.current
         hint = leader_hint(exc.trailing_metadata())
-        after = self.targets.fail(hint)
+        after = self.targets.fail(hint, silent=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
         return bool(hint) and after != before
 
     @property
@@ -290,6 +290,7 @@ class Session:
         wait = max(5.0, SILENT_BEATS * self.heartbeat_interval) if self.targets.several else REGISTER_TIMEOUT_S
         resp = await stub.Register(req, timeout=min(wait, REGISTER_TIMEOUT_S))
         self.caps_sent = req.capabilities
+        self.targets.ok()
         self.clock.observe_scheduler(t0, resp.server_time, self._wall())
         self.heartbeat_interval = resp.heartbeat_interval_s or self.heartbeat_interval
         sup.lease_ttl = resp.lease_ttl_s or sup.lease_ttl
@@ -372,7 +373,7 @@ class Session:
                 # cut off, while the connection looks alive (docs/ha.md). Dial again (the next
                 # address, if there are several), before the leases lapse.
                 log.warning("no word from scheduler %s for %.1fs; connecting again", self.targets.current, silent)
-                self.targets.fail()
+                self.targets.fail(silent=True)
                 self.reconnect()
                 return
             self.uplink.heartbeat(self.make_heartbeat(self.uplink.unsent_heartbeat))

@@ -58,6 +58,9 @@ class Targets:
     def __init__(self, value: str) -> None:
         self.addresses = parse_targets(value)
         self._index = 0
+        #: An address left because it stopped answering (paused, hung): a standby may still name
+        #: it as the leader until the takeover, so such a hint is passed over until :meth:`ok`.
+        self.avoid = ""
 
     @property
     def current(self) -> str:
@@ -67,10 +70,15 @@ class Targets:
     def several(self) -> bool:
         return len(self.addresses) > 1
 
-    def fail(self, hint: str = "") -> str:
+    def fail(self, hint: str = "", *, silent: bool = False) -> str:
         """After a refusal or a failed connection: the leader ``hint`` names if any, else the
-        next address. Returns the address to use now."""
-        if hint and hint != self.current:
+        next address. ``silent``: the current one stopped answering (see :attr:`avoid`).
+        Returns the address to use now."""
+        if silent and len(self.addresses) > 1:
+            self.avoid = self.current
+        if hint and hint == self.avoid and len(self.addresses) == 2:
+            return self.current  # the other one names the silent one: ask it again later
+        if hint and hint != self.current and hint != self.avoid:
             if hint not in self.addresses:
                 if len(self.addresses) >= MAX_TARGETS:
                     return self.current
@@ -78,7 +86,13 @@ class Targets:
             self._index = self.addresses.index(hint)
         elif len(self.addresses) > 1:
             self._index = (self._index + 1) % len(self.addresses)
+            if self.current == self.avoid and len(self.addresses) > 2:
+                self._index = (self._index + 1) % len(self.addresses)
         return self.current
+
+    def ok(self) -> None:
+        """The current address answered as the leader: no address is passed over any more."""
+        self.avoid = ""
 
     def __str__(self) -> str:
         return ",".join(self.addresses)

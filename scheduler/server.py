@@ -224,14 +224,16 @@ class Scheduler:
 
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
-        listen = self.cfg.listen
+        listen, standby = self.cfg.listen, None
         if isinstance(self.leadership, Leadership):
-            listen = await self._stand_by()  # returns once this replica leads
+            listen, standby = await self._stand_by()  # returns once this replica leads
         self.leadership.hold()
         self._build_engine()
-        self.engine.load()
+        self.engine.load()  # the standby's listener still refuses calls meanwhile
         self.store.start(loop)
         self.engine.start(loop)
+        if standby is not None:
+            await standby.stop(grace=None)  # the port is free for the leader's server below
         domain = trust_domain_of(self.pki_dir)
         auth = AuthInterceptor(domain, lambda: self.tls.ca_pem, self.engine.revocations.refusal)
         self.tls.listeners.append(lambda m: auth.streams.recheck(m.ca_pem))  # a dropped CA's streams end
@@ -282,10 +284,11 @@ class Scheduler:
                 fh.write(self.address + "\n")
             os.replace(tmp, self.cfg.ready_file)  # atomic: readers never see half a line
 
-    async def _stand_by(self) -> str:
+    async def _stand_by(self) -> tuple[str, grpc.aio.Server]:
         """High availability (docs/ha.md): serve as a standby (health: the overall entry SERVING,
         the services NOT_SERVING; every other call refused naming the leader) until this replica
-        wins the lead; returns the address to serve on as the leader (the same port)."""
+        wins the lead; returns the address to serve on as the leader (the same port) and the
+        standby's server, which keeps refusing (naming this replica now) until it is stopped."""
         assert isinstance(self.leadership, Leadership)
         gate = StandbyGate()
         server = grpc.aio.server(options=server_options(self.cfg))
@@ -302,9 +305,11 @@ class Scheduler:
         log.info("standing by on %s (advertised as %s)", self.address, self.leadership.advertise)
         try:
             await self.leadership.campaign(gate.set_leader)
-        finally:
+        except BaseException:
             await server.stop(grace=None)
-        return self.address
+            raise
+        gate.set_leader(self.leadership.advertise)  # until the state is loaded and this one serves
+        return self.address, server
 
     async def _start_enrolment(self, scheduler_port: int) -> None:
         """The enrolment port: EnrollService and health only, over TLS that asks for no client

@@ -380,6 +380,8 @@ class PostgresStore(Store):
     def load(self) -> Loaded:
         with self._conn.transaction():  # one snapshot for the whole load
             self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # Mapping a big state's rows between the reads may take a while: not "idle" here.
+            self._conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             return rows.load(lambda sql: self._conn.execute(sql.encode()).fetchall())
 
     def events(self, run_id: str, after: int = 0, limit: int = 0) -> list[EventRow]:

@@ -127,6 +127,16 @@ def test_targets_parse_follow_the_hint_and_rotate() -> None:
     assert t.fail("d:4") == "d:4" and t.addresses[-1] == "d:4"  # one not in the list is added
     assert t.fail() == "a:1"  # and the rotation wraps
     assert not Targets("x:9").several and Targets("x:9").fail() == "x:9"
+    # One that stopped answering is passed over, even when a standby still names it, until ok().
+    t = Targets("a:1,b:2,c:3")
+    assert t.fail(silent=True) == "b:2" and t.avoid == "a:1"
+    assert t.fail("a:1") == "c:3"  # the hint names the silent one: the next instead
+    assert t.fail() == "b:2"  # the rotation skips it too
+    t.ok()
+    assert t.fail("a:1") == "a:1"
+    two = Targets("a:1,b:2")
+    assert two.fail(silent=True) == "b:2"
+    assert two.fail("a:1") == "b:2"  # two addresses: stay, and ask again after the backoff
     for bad, why in (("", "HOST:PORT"), ("a:1,,b:2", "empty address"), ("a:0", "port 0"), ("a", "HOST:PORT")):
         with pytest.raises(ValueError, match=why):
             parse_targets(bad)
