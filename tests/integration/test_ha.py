@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from outrider.errors import OutriderError
 from outrider.localcluster import LocalCluster
 from outrider.pipeline import Pipeline
 from outrider.v1 import control_pb2
@@ -153,4 +154,30 @@ def test_failovers_lose_nothing_run_nothing_twice_and_fence_the_deposed(
     finally:
         for d in cluster.agents.values():
             d.stop()
+        reps.stop()
+
+
+def test_a_leader_whose_epoch_moved_commits_nothing_and_exits_75(
+    cluster: LocalCluster, pg_backend: PostgresBackend, tmp_path: Path
+) -> None:
+    """The fencing check end to end: the leader row's epoch moves on (as when another replica
+    took over while this one was cut off, its lock session still open); the leader's next write,
+    a submission, is refused whole by its fencing check: the client gets no acknowledgement, the
+    run is not in the database, and the process exits 75 saying why."""
+    reps = Replicas(cluster, pg_backend.server, pg_backend.dbname, tmp_path / "shared", count=1)
+    try:
+        reps.start(0)
+        assert reps.leader() == 0
+        cluster.address = reps.addresses
+        with cluster.client() as client:
+            first = client.submit(pipeline("before", tmp_path / "j.log")).run_id
+            pg_backend.execute("UPDATE leader SET epoch = epoch + 1")  # another leader's claim
+            with pytest.raises(OutriderError):
+                client.submit(pipeline("after", tmp_path / "j.log"))
+        old = reps.daemons[0]
+        assert old.wait(20) == EXIT_DEPOSED, old.tail()
+        assert "fenced: the leader epoch is 2, this scheduler led at epoch 1" in old.tail(), old.tail()
+        assert pg_backend.read("SELECT pipeline FROM runs") == [("before",)]
+        assert pg_backend.read("SELECT count(*) FROM runs WHERE run_id=?", (first,)) == [(1,)]
+    finally:
         reps.stop()
