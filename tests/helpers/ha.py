@@ -61,14 +61,15 @@ class Replicas:
         self.daemons[i] = d
         return d
 
-    def status(self, i: int) -> int | None:
-        """The health status of the control service on replica ``i`` (None: no answer)."""
+    def status(self, i: int, service: str = CONTROL) -> int | None:
+        """The health status of ``service`` (default: the control service) on replica ``i``
+        (None: no answer)."""
         ch = self._channels.get(i)
         if ch is None:
             creds = channel_credentials(self.ca, self.cert, self.key)
             ch = self._channels[i] = grpc.secure_channel(f"127.0.0.1:{self.ports[i]}", creds)
         try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=CONTROL), timeout=0.5)
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=0.5)
         except grpc.RpcError:
             return None
         return int(resp.status)

@@ -19,11 +19,15 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
+from outrider.client import Client
 from outrider.errors import OutriderError
 from outrider.localcluster import LocalCluster
 from outrider.pipeline import Pipeline
+from outrider.protocol import LEADER_METADATA_KEY
 from outrider.v1 import control_pb2
 from scheduler.store.base import EXIT_DEPOSED
 from tests.helpers.backends import PostgresBackend
@@ -85,6 +89,26 @@ def test_failovers_lose_nothing_run_nothing_twice_and_fence_the_deposed(
         for i in range(3):
             reps.start(i)
         leader = reps.leader()
+        standby = next(i for i in range(3) if i != leader)
+        # A standby: health SERVING overall, the services NOT_SERVING, every call refused naming the leader.
+        deadline = time.monotonic() + 30
+        while reps.status(standby, "") is None:  # still starting
+            assert time.monotonic() < deadline, reps.daemons[standby].tail()
+            time.sleep(0.05)
+        assert reps.status(standby, "") == health_pb2.HealthCheckResponse.SERVING
+        assert reps.status(standby, "outrider.v1.AgentService") == health_pb2.HealthCheckResponse.NOT_SERVING
+        where = f"127.0.0.1:{reps.ports[leader]}"
+        deadline = time.monotonic() + 10  # the standby reads who leads every 0.5 s
+        with Client(f"127.0.0.1:{reps.ports[standby]}", reps.ca, reps.cert, reps.key) as direct:
+            while True:
+                with pytest.raises(grpc.RpcError) as refused:
+                    direct.control.ListAgents(control_pb2.ListAgentsRequest(), timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                if where in (refused.value.details() or "") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        assert refused.value.details() == f"not the leader; the leader is {where}"
+        assert (LEADER_METADATA_KEY, where) in tuple(refused.value.trailing_metadata())
         cluster.address = reps.addresses  # the agents and the client get the whole list
         cluster.add_agent("a", slots=2)
         cluster.add_agent("b", slots=2)
