@@ -197,15 +197,22 @@ class Client:
     def _fail_over(self, exc: grpc.RpcError) -> bool:
         """After ``UNAVAILABLE``: move to the leader a standby named, else (with several
         addresses) to the next one. Whether the target changed (the call may be tried again)."""
-        if not isinstance(exc, grpc.Call) or exc.code() != grpc.StatusCode.UNAVAILABLE:
+        if not isinstance(exc, grpc.Call):
             return False
-        hint = leader_hint(exc.trailing_metadata())
-        before = self.target
-        after = self.targets.fail(hint)
-        if after == before:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self.targets.several:
+            # No answer in time (a paused leader keeps its connections open): the next call goes
+            # elsewhere; this one is not tried again (it may have been carried out).
+            self._switch(self.targets.fail(silent=True))
+            return False
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        return self._switch(self.targets.fail(leader_hint(exc.trailing_metadata())))
+
+    def _switch(self, target: str) -> bool:
+        if target == self.target:
             return False
         old = self._channel
-        self._open(after)
+        self._open(target)
         old.close()
         return True
 
@@ -231,7 +238,9 @@ class Client:
         tried = 0
         while True:
             try:
-                return method(request, timeout=timeout or self.timeout)
+                answer = method(request, timeout=timeout or self.timeout)
+                self.targets.ok()
+                return answer
             except grpc.RpcError as exc:
                 moved = self._fail_over(exc)
                 if not moved or time.monotonic() >= give_up:
