@@ -346,6 +346,9 @@ class PostgresStore(Store):
 
     def lock_session(self) -> LockSession:
         """A dedicated connection for leader election (scheduler.leader), to the same database."""
+        version = self._conn.info.server_version
+        if version < 140000:  # idle_session_timeout ends a paused leader's session (docs/ha.md)
+            raise ConfigError(f"{self.where}: PostgreSQL 14 or newer is needed (this server is {version // 10000})")
         try:
             return LockSession(self._conninfo, self._password)
         except psycopg.Error as exc:
