@@ -205,3 +205,31 @@ def test_a_leader_whose_epoch_moved_commits_nothing_and_exits_75(
         assert pg_backend.read("SELECT count(*) FROM runs WHERE run_id=?", (first,)) == [(1,)]
     finally:
         reps.stop()
+
+
+def test_sigterm_stops_a_standby_and_hands_the_lead_over(
+    cluster: LocalCluster, pg_backend: PostgresBackend, tmp_path: Path
+) -> None:
+    """A standby stops cleanly on SIGTERM; a leader stopped so (systemctl stop or restart)
+    finishes its commits and releases the lock, and the other replica leads."""
+    reps = Replicas(cluster, pg_backend.server, pg_backend.dbname, tmp_path / "shared", count=2)
+    try:
+        reps.start(0)
+        reps.start(1)
+        leader = reps.leader()
+        standby = 1 - leader
+        deadline = time.monotonic() + 30
+        while reps.status(standby, "") is None:
+            assert time.monotonic() < deadline, reps.daemons[standby].tail()
+            time.sleep(0.05)
+        assert reps.daemons[leader].stop() == 0
+        assert reps.leader(exclude=(leader,)) == standby
+        reps.start(leader)  # back, as a standby now
+        while reps.status(leader, "") is None:
+            assert time.monotonic() < deadline, reps.daemons[leader].tail()
+            time.sleep(0.05)
+        assert reps.daemons[leader].stop() == 0
+        assert "stopping (a standby)" in reps.daemons[leader].tail()
+        assert pg_backend.read("SELECT epoch FROM leader") == [(2,)]
+    finally:
+        reps.stop()
