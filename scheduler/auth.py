@@ -19,6 +19,7 @@ message"), for unary and streaming RPCs alike, where gRPC would answer ``UNKNOWN
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -256,6 +257,12 @@ def _leaf(context: grpc.aio.ServicerContext) -> bytes:
     return bytes((context.auth_context().get("x509_pem_cert") or (b"",))[0])
 
 
+def _track(trust: Trust, context: grpc.aio.ServicerContext) -> contextlib.AbstractContextManager[OpenCall]:
+    """Track a streaming call in ``trust.streams``, with when its certificate expires."""
+    leaf = _leaf(context)
+    return trust.streams.track(leaf, svid.expiry(leaf, trust.ca_pem) if leaf else None)
+
+
 async def _ended(context: grpc.aio.ServicerContext, call: OpenCall) -> NoReturn:
     """A streaming call's handler was cancelled: by :meth:`OpenStreams.recheck` (its certificate is
     refused now: ``UNAUTHENTICATED`` saying why), or by gRPC (the caller went away: cancelled on)."""
@@ -292,7 +299,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], tr
 
         async def stream_unary(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             await _authorize(context, method, roles, trust)
-            with trust.streams.track(_leaf(context)) as call:
+            with _track(trust, context) as call:
                 try:
                     return await inner_su(_parsed(request_iterator, parse), context)
                 except Undecodable as exc:
@@ -312,7 +319,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], tr
 
         async def streaming_gen(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             await _authorize(context, method, roles, trust)
-            with trust.streams.track(_leaf(context)) as call:
+            with _track(trust, context) as call:
                 try:
                     async for item in inner(request_of(raw), context):
                         yield item
@@ -325,7 +332,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, roles: frozenset[str], tr
 
     async def streaming(raw: Any, context: grpc.aio.ServicerContext) -> Any:
         await _authorize(context, method, roles, trust)
-        with trust.streams.track(_leaf(context)) as call:
+        with _track(trust, context) as call:
             try:
                 return await inner(request_of(raw), context)
             except Undecodable as exc:

@@ -101,3 +101,9 @@ def check(leaf_pem: bytes, ca_pem: bytes, now: datetime.datetime | None = None) 
         raise SvidError(f"the certificate is not valid before {not_before:%Y-%m-%d %H:%M:%S}Z")
     if now > not_after:
         raise SvidError(f"the certificate expired at {not_after:%Y-%m-%d %H:%M:%S}Z")
+
+
+def expiry(leaf_pem: bytes, ca_pem: bytes) -> datetime.datetime:
+    """When the leaf ``leaf_pem`` expires (memoised with the per-call check, so right after one
+    it costs a lookup)."""
+    return _parsed(leaf_pem, ca_pem)[2]

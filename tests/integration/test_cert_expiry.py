@@ -135,4 +135,4 @@ def test_a_certificate_expiring_while_connected_ends_its_stream_and_the_agent_ex
     assert "registered with" in out and "expired at" in out and "outrider-agent join" in out, out
     assert "checked again while its stream was open" in out  # the scheduler ended the stream
     log = (cluster.root / "logs" / "scheduler.log").read_text()
-    assert "ended 1 open stream(s) whose certificate is refused now" in log
+    assert "ended 1 open stream(s) whose certificate expired" in log

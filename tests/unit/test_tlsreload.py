@@ -1,5 +1,6 @@
 """TLS material and CA bundles: outrider.certdates (dates without cryptography), outrider.cabundle,
 scheduler.tlsreload (what a reload accepts), the SVID check against a bundle, load_ca from a bundle."""
+
 from __future__ import annotations
 
 import datetime
@@ -31,18 +32,34 @@ def cas(tmp_path: Path) -> tuple[Path, Path]:
 def test_dates_read_without_cryptography_match_cryptographys(cas: tuple[Path, Path], tmp_path: Path) -> None:
     old, _ = cas
     far = datetime.datetime(2061, 3, 4, 5, 6, 7, tzinfo=UTC)  # after 2049: a GeneralizedTime
-    cert, _ = badcerts.leaf(old, tmp_path, "far", ["spiffe://acme.ml/agent/far"],
-                            not_before=datetime.datetime(1999, 1, 2, 3, 4, 5, tzinfo=UTC), not_after=far)
+    cert, _ = badcerts.leaf(
+        old,
+        tmp_path,
+        "far",
+        ["spiffe://acme.ml/agent/far"],
+        not_before=datetime.datetime(1999, 1, 2, 3, 4, 5, tzinfo=UTC),
+        not_after=far,
+    )
     for path in (old / "ca.crt", old / "scheduler.crt", cert):
         want = x509.load_pem_x509_certificate(path.read_bytes())
         got = certdates.read_dates(path)
         assert (got.serial, got.not_before, got.not_after) == (
-            want.serial_number, want.not_valid_before_utc, want.not_valid_after_utc)
+            want.serial_number,
+            want.not_valid_before_utc,
+            want.not_valid_after_utc,
+        )
     assert certdates.read_dates(cert).not_after == far
 
 
-@pytest.mark.parametrize("content", [b"", b"hello", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-                                     b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"hello",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+    ],
+)
 def test_an_unreadable_certificate_is_a_config_error_naming_the_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.crt"
     path.write_bytes(content)
@@ -74,7 +91,8 @@ def test_a_bundle_is_written_once_per_ca_in_order_and_holds_cas_only(cas: tuple[
     written = cabundle.write_bundle(out, [old / "ca.crt", new / "ca.crt", old / "ca.crt"])
     assert len(written) == 2 and written[0].source == str(old / "ca.crt")
     assert [c.serial_number for c in x509.load_pem_x509_certificates(out.read_bytes())] == [
-        x509.load_pem_x509_certificate((d / "ca.crt").read_bytes()).serial_number for d in (old, new)]
+        x509.load_pem_x509_certificate((d / "ca.crt").read_bytes()).serial_number for d in (old, new)
+    ]
     assert out.stat().st_mode & 0o777 == 0o644
     with pytest.raises(InvalidArgument, match="already exists"):
         cabundle.write_bundle(out, [new / "ca.crt"])
@@ -147,8 +165,9 @@ def test_a_reload_takes_good_files_and_keeps_the_old_on_bad_ones(
     assert f"serial {m.serial:x}" in caplog.text and "expires" in caplog.text
 
     now = datetime.datetime.now(UTC)
-    crt, key = scheduler_cert(new, tmp_path / "late", not_before=now - datetime.timedelta(days=2),
-                              not_after=now - datetime.timedelta(days=1))
+    crt, key = scheduler_cert(
+        new, tmp_path / "late", not_before=now - datetime.timedelta(days=2), not_after=now - datetime.timedelta(days=1)
+    )
     install(crt, old / "scheduler.crt")
     install(key, old / "scheduler.key")
     assert not tls.reload() and tls.current is m
@@ -212,3 +231,62 @@ def test_an_agent_checks_a_certificate_issued_by_any_ca_of_the_bundle_it_is_sent
     assert check_issued(crt.read_bytes(), key, bundle).serial_number == certdates.read_dates(crt).serial
     with pytest.raises(FailedPrecondition, match="does not check out"):
         check_issued(crt.read_bytes(), key, (old / "ca.crt").read_bytes())
+
+
+def test_the_expiry_pass_compares_recorded_dates_and_parses_nothing(
+    cas: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every 5 s the open streams are checked for expired certificates: from the expiry each
+    recorded when it opened, without parsing (bench/scale.py: parsing 4,097 streams' certificates,
+    past the svid parse cache, held the event loop 0.6 s every pass). A call that recorded no
+    expiry is checked in full."""
+    import asyncio
+
+    from scheduler import openstreams
+    from scheduler.openstreams import OpenStreams
+
+    old, _ = cas
+    leaf = pki.issue(old, "agent", "x")[0].read_bytes()
+    ca_pem = (old / "ca.crt").read_bytes()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hour = datetime.timedelta(hours=1)
+    streams = OpenStreams()
+
+    async def serve(not_after: datetime.datetime | None, out: list[str]) -> None:
+        with streams.track(leaf, not_after) as call:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                out.append(call.refusal or "cancelled by someone else")
+
+    def no_parse(*_: object) -> None:
+        raise AssertionError("the expiry pass parsed a certificate whose expiry it had")
+
+    async def dated() -> tuple[list[str], list[str], int]:
+        past: list[str] = []
+        future: list[str] = []
+        a, b = asyncio.ensure_future(serve(now - hour, past)), asyncio.ensure_future(serve(now + hour, future))
+        await asyncio.sleep(0)
+        with monkeypatch.context() as m:
+            m.setattr(openstreams.svid, "check", no_parse)
+            ended = streams.expire(ca_pem, now)
+        await a
+        b.cancel()
+        await b
+        return past, future, ended
+
+    past, future, ended = asyncio.run(dated())
+    assert ended == 1 and future == ["cancelled by someone else"]
+    assert "checked again while its stream was open" in past[0] and "the certificate expired at" in past[0]
+
+    async def undated() -> tuple[list[str], int, int]:
+        out: list[str] = []
+        task = asyncio.ensure_future(serve(None, out))
+        await asyncio.sleep(0)
+        kept = streams.expire(ca_pem, now)
+        ended = streams.expire(ca_pem, now + datetime.timedelta(days=3650))  # past the leaf's own expiry
+        await task
+        return out, kept, ended
+
+    out, kept, ended = asyncio.run(undated())
+    assert kept == 0 and ended == 1 and "the certificate expired at" in out[0]
