@@ -23,7 +23,7 @@ from sklearn.neural_network import MLPClassifier
 from _stage import context, env_float, env_int, fail, input_path, log, output_path
 
 try:
-    from outrider import checkpoint
+    import outrider.checkpoint as checkpoint
 except ImportError:  # outrider is not installed where this stage runs: no checkpoints
     checkpoint = None
 
