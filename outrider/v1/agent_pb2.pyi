@@ -36,7 +36,7 @@ class RegisterResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., server_time: _Optional[float] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_ttl_s: _Optional[float] = ..., lost: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("leases", "clock", "client_time", "free_slots", "capabilities", "unhealthy", "draining")
+    __slots__ = ("leases", "clock", "client_time", "free_slots", "capabilities", "unhealthy", "draining", "figures")
     LEASES_FIELD_NUMBER: _ClassVar[int]
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class HeartbeatRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     UNHEALTHY_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
     leases: _containers.RepeatedCompositeFieldContainer[_common_pb2.LeaseRef]
     clock: _containers.RepeatedCompositeFieldContainer[_common_pb2.ClockSample]
     client_time: float
@@ -51,7 +52,8 @@ class HeartbeatRequest(_message.Message):
     capabilities: _common_pb2.Capabilities
     unhealthy: str
     draining: bool
-    def __init__(self, leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., client_time: _Optional[float] = ..., free_slots: _Optional[int] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., unhealthy: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+    figures: AgentFigures
+    def __init__(self, leases: _Optional[_Iterable[_Union[_common_pb2.LeaseRef, _Mapping]]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., client_time: _Optional[float] = ..., free_slots: _Optional[int] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., unhealthy: _Optional[str] = ..., draining: _Optional[bool] = ..., figures: _Optional[_Union[AgentFigures, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("server_time", "lost", "lease_ttl_s", "client_time")
@@ -214,3 +216,35 @@ class ReportCheckpointRequest(_message.Message):
 class ReportCheckpointResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AgentFigures(_message.Message):
+    __slots__ = ("stage_cpu_seconds", "stage_cpu_percent", "stage_rss_bytes", "gpus", "disk_free_bytes", "disk_total_bytes", "cache_bytes", "outbox_depth")
+    STAGE_CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    stage_cpu_seconds: float
+    stage_cpu_percent: float
+    stage_rss_bytes: int
+    gpus: _containers.RepeatedCompositeFieldContainer[GpuFigures]
+    disk_free_bytes: int
+    disk_total_bytes: int
+    cache_bytes: int
+    outbox_depth: int
+    def __init__(self, stage_cpu_seconds: _Optional[float] = ..., stage_cpu_percent: _Optional[float] = ..., stage_rss_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuFigures, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ..., disk_total_bytes: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., outbox_depth: _Optional[int] = ...) -> None: ...
+
+class GpuFigures(_message.Message):
+    __slots__ = ("index", "utilization_percent", "memory_used_bytes", "memory_total_bytes")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    utilization_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    def __init__(self, index: _Optional[int] = ..., utilization_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ...) -> None: ...
