@@ -49,6 +49,7 @@ from agent import slurm, stageuser
 from agent.cache import BlobCache
 from agent.checkpoints import Checkpoints, CheckpointStore
 from agent.config import AgentConfig
+from agent.figures import FigureSampler
 from agent.health import CHECK_INTERVAL_S, SelfCheck
 from agent.instance import load_or_create
 from agent.journal import Journal
@@ -190,6 +191,13 @@ class Agent:
             on_revoked=self._revoked,
         )
         self.supervisor.on_change = self.session.beat_now
+        self.session.figures = FigureSampler(
+            self.state_dir,
+            stage_pids=lambda: [s.pid for s in self.supervisor.stages.values()],
+            cache_bytes=lambda: self.cache.total,
+            outbox_depth=lambda: len(self.supervisor.outbox),
+            gpus=len(caps.gpus),
+        )
         if self.slurm is not None:
             slurm_executor = self.slurm
             self.session.queued_jobs = lambda: slurm_executor.queued

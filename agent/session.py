@@ -45,6 +45,7 @@ from agent.cache import BlobCache
 from agent.checkpoints import Checkpoints
 from agent.clock import ClockTracker
 from agent.config import AgentConfig
+from agent.figures import FigureSampler
 from agent.link import LinkMeter
 from agent.supervisor import Supervisor
 from agent.transfers import Transfers
@@ -126,6 +127,8 @@ class Session:
         self.base_caps = caps
         self.instance_id = instance_id
         self.checkpoints = checkpoints
+        #: this agent's own figures for the scheduler's /metrics, sampled once per heartbeat (agent/figures.py)
+        self.figures: FigureSampler | None = None
         self.on_drain = on_drain
         self.on_revoked = on_revoked
         #: The scheduler's refusal once it revoked this agent ("" until then).
@@ -406,6 +409,8 @@ class Session:
             )
             hb.capabilities.CopyFrom(caps)
             self.caps_sent = caps
+        if self.figures is not None:
+            hb.figures.CopyFrom(self.figures.sample(self.heartbeat_interval))
         return hb
 
     def capabilities(self) -> common_pb2.Capabilities:

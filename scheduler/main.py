@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--agent-cert-ttl", help="lifetime of the agent certificates this scheduler signs; default 24h")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        help="keep Prometheus metrics and serve them on the HTTP server's /metrics (default on; TOML metrics = true)",
+    )
+    p.add_argument(
+        "--alert-disk-used", help="alert when an agent's state dir disk is past this fraction used; default 0.9"
+    )
+    p.add_argument("--alert-disk-free", help="alert when an agent's state dir disk has less free, e.g. 1GiB (default)")
     return p
 
 
@@ -132,6 +141,7 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
             f"(under the largest gRPC message, {MAX_MESSAGE_BYTES >> 20}MiB), got {merged['max_pipeline_bytes']}"
         )
     merged["agent_zones"] = agent_zones(merged["agent_zones"], source)
+    observability(merged, source)
     if not isinstance(merged["require_attested_zones"], bool):
         raise ConfigError(f"{source}: require_attested_zones must be true or false")
     try:
@@ -157,6 +167,44 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
     if not 2.0 <= merged["agent_cert_ttl"] <= 366 * 86400:
         raise ConfigError(f"{source}: agent_cert_ttl must be from 2s to 366d, got {merged['agent_cert_ttl']:g}s")
     return SchedulerConfig(**merged)
+
+
+def observability(merged: dict[str, Any], source: str) -> None:
+    """``metrics`` (true/false, or on/off from the flag) and the disk alert's thresholds, checked in place."""
+    switch = {"on": True, "off": False, True: True, False: False}
+    if not isinstance(merged["metrics"], (str, bool)) or merged["metrics"] not in switch:
+        raise ConfigError(f"{source}: metrics must be true or false (--metrics on|off), got {merged['metrics']!r}")
+    merged["metrics"] = switch[merged["metrics"]]
+    used = merged["alert_disk_used"]
+    try:
+        used = float(used) if not isinstance(used, bool) else None
+    except (TypeError, ValueError):
+        used = None
+    if used is None or not 0.0 < used <= 1.0:
+        raise ConfigError(
+            f"{source}: alert_disk_used must be a fraction above 0 and at most 1, like 0.9, "
+            f"got {merged['alert_disk_used']!r}"
+        )
+    merged["alert_disk_used"] = used
+    try:
+        merged["alert_disk_free"] = parse_bytes(merged["alert_disk_free"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: alert_disk_free: {exc}") from None
+
+
+def http_listen(value: Any, source: str) -> str:
+    """``http_listen``: empty (no HTTP server), HOST:PORT, or :PORT (loopback); ConfigError otherwise."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: http_listen must be a HOST:PORT string (empty: no dashboard)")
+    if not value:
+        return ""
+    if value.startswith(":"):
+        value = "127.0.0.1" + value
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: http_listen: {exc}") from None
+    return value
 
 
 def agent_zones(value: Any, source: str) -> dict[str, list[str]]:

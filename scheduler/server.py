@@ -46,12 +46,15 @@ from scheduler.api.identity import EnrollServicer, IdentityServicer
 from scheduler.api.standby import StandbyGate
 from scheduler.artifacts import ArtifactStore
 from scheduler.auth import AuthInterceptor, EnrollGate
+from scheduler.core.alerts import AlertRules, Alerts
 from scheduler.core.audit import Verdict
 from scheduler.core.engine import Engine
 from scheduler.core.zones import ZoneRules
 from scheduler.enrolment import Enrolment
 from scheduler.leader import Leadership, SingleNode
 from scheduler.logs import LogStore
+from scheduler.metrics import Metrics
+from scheduler.metrics_collect import HaStatus, StateCollector
 from scheduler.openstreams import watch_expiry
 from scheduler.signer import Signer
 from scheduler.store.select import is_postgres, open_store
@@ -104,6 +107,11 @@ class SchedulerConfig:
     log_dir: str = ""  # stage logs; shared like artifact_dir; empty: STATE_DIR/logs
     #: HOST:PORT the other replicas name as the leader's; empty: the listen address (hostname if 0.0.0.0)
     advertise: str = ""
+    #: Prometheus metrics on the HTTP server's /metrics (docs/operations.md); false: none are kept
+    metrics: bool = True
+    #: an agent's state dir disk is "nearly full" past this fraction used, or under alert_disk_free bytes free
+    alert_disk_used: float = 0.9
+    alert_disk_free: int = 1 << 30
 
 
 def server_options(cfg: SchedulerConfig) -> list[tuple[str, int]]:
@@ -200,6 +208,7 @@ class Scheduler:
         self.server: grpc.aio.Server | None = None
         self._expiry: asyncio.Future[None] | None = None
         self.health = HealthServicer()  # grpc's, with List
+        self._observe()  # Prometheus metrics (scheduler/metrics.py) and alerts (scheduler/core/alerts.py)
         self.address = ""
 
     def _build_engine(self) -> None:
@@ -221,6 +230,11 @@ class Scheduler:
             ),
         )
         self.enrolment = Enrolment(self.engine, self.signer)
+        self.alerts = Alerts(self.engine, AlertRules(cfg.alert_disk_used, cfg.alert_disk_free))
+        if self.ha is not None:
+            self.ha.leader = True
+        if self.metrics is not None:
+            self.metrics.add_state(StateCollector(self.engine, self.alerts, self.ha))
 
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
@@ -238,7 +252,8 @@ class Scheduler:
         auth = AuthInterceptor(domain, lambda: self.tls.ca_pem, self.engine.revocations.refusal)
         self.tls.listeners.append(lambda m: auth.streams.recheck(m.ca_pem))  # a dropped CA's streams end
         self._expiry = asyncio.ensure_future(watch_expiry(auth.streams, lambda: self.tls.ca_pem))  # and expired ones
-        server = grpc.aio.server(interceptors=[auth], options=server_options(self.cfg))
+        rpcs = [self.metrics.interceptor()] if self.metrics is not None else []  # outermost: sees refusals too
+        server = grpc.aio.server(interceptors=[*rpcs, auth], options=server_options(self.cfg))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.engine), server)
         control = ControlServicer(
             self.engine, max_pipeline_tasks=self.cfg.max_pipeline_tasks, max_pipeline_bytes=self.cfg.max_pipeline_bytes
@@ -304,7 +319,7 @@ class Scheduler:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("standing by on %s (advertised as %s)", self.address, self.leadership.advertise)
         try:
-            await self.leadership.campaign(gate.set_leader)
+            await self.leadership.campaign(lambda leader: self._leader_seen(gate, leader))
         except BaseException:
             await server.stop(grace=None)
             raise
@@ -341,6 +356,32 @@ class Scheduler:
         self.enroll_address = f"{self.cfg.enroll_listen.rpartition(':')[0] or '0.0.0.0'}:{port}"
         await self.health.set(ENROLL_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info("enrolment serving on %s (agent certificates last %gs)", self.enroll_address, self.cfg.agent_cert_ttl)
+
+    def _observe(self) -> None:
+        """Prometheus metrics, unless ``metrics = false``: the registry, the core's hooks, the
+        store's commit times; leadership where high availability is on (a standby's too)."""
+        self.ha = HaStatus() if isinstance(self.leadership, Leadership) else None
+        self.metrics = Metrics() if self.cfg.metrics else None
+        if self.metrics is None:
+            Metrics.uninstall()
+            return
+        self.metrics.install()
+        self.metrics.watch_store(self.store)
+        self.metrics.add_state(StateCollector(None, None, self.ha))  # until this replica leads
+
+    def _leader_seen(self, gate: StandbyGate, leader: str) -> None:
+        """A standby heard who leads ("": no replica does): its refusals name it, and the
+        standby-without-leader alert (a standby has no engine and writes nothing: a log line
+        and a metric)."""
+        gate.set_leader(leader)
+        assert self.ha is not None
+        if self.ha.leader_known and not leader:
+            log.warning("alert standby_without_leader: no replica leads (this one keeps campaigning)")
+            if self.metrics is not None:
+                self.metrics.alerts_raised.labels("standby_without_leader").inc()
+        elif leader and not self.ha.leader_known:
+            log.info("alert standby_without_leader cleared: %s leads", leader)
+        self.ha.leader_known = bool(leader)
 
     def _reload_signer(self, _: object) -> None:
         """After a TLS reload: enrolment and renewal sign with the CA key in pki_dir now (and send
@@ -392,6 +433,7 @@ class Scheduler:
             self.leadership.check()
             try:
                 self.engine.tick()
+                self.alerts.check()
             except Exception:
                 log.exception("tick failed")
             await asyncio.sleep(TICK_S)

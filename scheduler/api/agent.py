@@ -87,6 +87,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         lost = self.engine.heartbeat(
             name, hb.leases, hb.clocks, hb.caps, unhealthy=hb.unhealthy, draining=hb.draining, cert_zones=cert_zones
         )
+        if hb.figures is not None:  # kept for /metrics and the disk alert (memory only, the latest)
+            self.engine.agents[name].figures = hb.figures
         return self._reply(lost, hb.client_time)
 
     @unary

@@ -19,6 +19,7 @@ from scheduler.api.access import Access
 from scheduler.api.status import streaming, unary
 from scheduler.artifacts import ArtifactStore
 from scheduler.core.engine import Engine
+from scheduler.core.instruments import I
 
 PROBE_MAX_BYTES = 64 << 20
 _FILLER = bytes(range(256)) * 4096  # 1 MiB; gRPC does not compress by default
@@ -49,6 +50,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
                     upload = self.store.writer(header.digest, header.size)
                 if upload is not None and chunk.data:
                     upload.write(chunk.data)
+                    I.artifact_bytes.labels("in").inc(len(chunk.data))
             if header is None:
                 raise InvalidArgument("empty upload: no header received")
             if upload is not None:
@@ -76,6 +78,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
                 msg.info.CopyFrom(artifact_pb2.ArtifactInfo(digest=request.digest, size=size, exists=True))
                 first = False
             offset += len(data)
+            I.artifact_bytes.labels("out").inc(len(data))
             yield msg
         if first:  # empty artifact: still say what it is
             yield artifact_pb2.DownloadChunk(

@@ -19,6 +19,7 @@ from outrider.protocol import OUTCOMES, Outcome
 from outrider.spec import parse_ref, validate_proto
 from outrider.v1 import agent_pb2, common_pb2, control_pb2
 from scheduler.api import bounds
+from scheduler.api.figures import figures_from_proto
 from scheduler.core.channel import Outbound
 from scheduler.core.messages import (
     Ack,
@@ -401,6 +402,7 @@ def heartbeat_from_proto(hb: agent_pb2.HeartbeatRequest, field: str = "") -> Hea
         unhealthy=bounds.clip(hb.unhealthy, bounds.MAX_REASON),
         draining=hb.draining,
         client_time=hb.client_time,
+        figures=figures_from_proto(hb.figures, f"{at}figures") if hb.HasField("figures") else None,
     )
 
 

@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable
 
 from outrider.errors import ResourceExhausted
@@ -27,6 +28,7 @@ from scheduler import matcher
 from scheduler.core.channel import Channel
 from scheduler.core.delay import DelayScheduler, Worse
 from scheduler.core.fairness import FairShare
+from scheduler.core.instruments import I
 from scheduler.core.leases import LeaseTable, lease_ref
 from scheduler.core.lifecycle import StateMachine
 from scheduler.core.messages import ArtifactRef, Assignment
@@ -109,7 +111,7 @@ class Dispatcher:
         channels = channels[self._rr :] + channels[: self._rr]
         txn = Txn()
         sends: list[tuple[Channel, list[Assignment]]] = []
-        wall, mono = self._wall(), self._clock()
+        wall, mono, began = self._wall(), self._clock(), time.perf_counter()
         for ch in channels:
             if not self._queues.count:
                 break
@@ -143,6 +145,7 @@ class Dispatcher:
             ch.inflight += len(out)
 
         def deliver() -> None:
+            I.dispatch_latency.observe(time.perf_counter() - began)
             for ch, out in sends:
                 ch.inflight -= len(out)
                 ch.push(assignments=out)

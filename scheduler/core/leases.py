@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from outrider.errors import NotFound, StaleEpoch
 from scheduler.core import audit
+from scheduler.core.instruments import I
 from scheduler.core.messages import LeaseRef
 from scheduler.core.model import Attempt, AttemptState, Task, TaskState
 from scheduler.core.txn import Txn
@@ -76,6 +77,7 @@ class LeaseTable:
     def refusal(ref: LeaseRef, agent: str, t: Task | None) -> NotFound | StaleEpoch:
         if t is None:
             return NotFound(f"no task {ref.task!r} in run {ref.run_id!r}")
+        I.stale_rejections.inc()
         return StaleEpoch(
             f"lease {ref.run_id}/{ref.task} epoch {ref.epoch} held by {agent} is stale: "
             f"the task is {t.state.value} at epoch {t.attempts}" + (f" on {t.agent}" if t.agent else "")
@@ -90,6 +92,9 @@ class LeaseTable:
     def grant(self, txn: Txn, t: Task, agent: str, uncertainty: float, wall: float, mono: float) -> None:
         """Start a new attempt of ``t`` on ``agent``: the next epoch, recorded with the attempt
         and the checkpoint it resumes from (the latest accepted, if any)."""
+        I.lease_grants.inc()
+        if t.ready_at:
+            I.queue_wait.observe(max(0.0, mono - t.ready_at))
         t.attempts += 1
         t.agent = agent
         t.started_at = wall

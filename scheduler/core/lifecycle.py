@@ -322,6 +322,14 @@ class StateMachine:
             ev = RunEvent(run.run_id, task, kind.value, attempt, agent, message, ts, seq=seq)
             txn.after(lambda: self._watchers.publish(run, ev))
 
+    def note_apart(self, txn: Txn, state: str, agent: str, message: str) -> None:
+        """A run-independent event (an alert: scheduler/core/alerts.py): ``run_id`` and ``task``
+        empty, in the one global order."""
+        ts = self._wall()
+        self.event_seq += 1
+        seq = self.event_seq
+        txn.changes.event(seq, ts, "", "", state, 0, agent, message)
+
     def note(self, txn: Txn, run: Run, t: Task, kind: EventKind, message: str) -> None:
         """An event about a task that changes none of its state (a checkpoint was accepted)."""
         self._emit(txn, run, t.name, kind, t.attempts, t.agent, message)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from outrider.errors import OutriderError
 from outrider.protocol import Outcome
+from scheduler.core.figures import AgentFigures
 from scheduler.core.spec import TaskSpec
 
 
@@ -166,6 +167,7 @@ class Heartbeat:
     unhealthy: str
     draining: bool
     client_time: float
+    figures: AgentFigures | None = None  # what it measured of itself (None: sent none)
 
 
 @dataclass(frozen=True, slots=True)

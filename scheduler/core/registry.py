@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from outrider.errors import FailedPrecondition, InvalidArgument
 from scheduler.core.channel import Channel
+from scheduler.core.figures import AgentFigures
 from scheduler.core.messages import Capabilities, ClockSample
 from scheduler.core.model import Needs, Output, Task
 from scheduler.core.views import AgentInfo
@@ -53,6 +54,7 @@ class AgentState:
     draining_reported: bool = False  # its last heartbeat said it is draining
     drain_requested: bool = False  # an admin asked it to drain; cleared once it reports draining
     heard_at: float = float("-inf")  # monotonic time of its last sign of life (register, heartbeat, credit)
+    figures: AgentFigures | None = None  # the latest it sent with a heartbeat (scheduler/metrics_collect.py)
 
     @property
     def connected(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Protocol
 from outrider.protocol import ARTIFACT_KINDS, Outcome, is_digest
 from scheduler.core import audit
 from scheduler.core.fairness import FairShare
+from scheduler.core.instruments import I
 from scheduler.core.leases import LeaseStatus, LeaseTable, lease_ref
 from scheduler.core.lifecycle import StateMachine
 from scheduler.core.messages import Capabilities, ClockSample, Completion, LeaseRef, LogChunk
@@ -268,6 +269,7 @@ class Reports:
     def expire(self, t: Task, why: str) -> None:
         """A lease ended without a report: requeue as a new attempt (no retry used)."""
         run = self._sm.runs[t.run_id]
+        I.lease_expiries.inc()
         txn = Txn()
         target = audit.target_of(t.run_id, t.name, t.attempts)
         audit.record(txn, self._wall(), audit.SCHEDULER, audit.Action.LEASE_EXPIRY, target, detail=why)

@@ -38,7 +38,8 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -207,6 +208,8 @@ class Store(abc.ABC):
         #: Commits done and changes grouped into them, for metrics and the benchmark.
         self.commits = 0
         self.grouped = 0
+        #: told (seconds, groups) after each commit, on the writer thread (scheduler/metrics.py)
+        self.on_commit: Callable[[float, int], None] | None = None
         #: Changes refused for their values (see the module docstring).
         self.refused = 0
         #: The audit chain's head: a backend sets it from its last record, and its writer
@@ -300,9 +303,12 @@ class Store(abc.ABC):
                 groups, self._queue = self._queue, []
             # Commit outside the lock: while this sync runs, the event loop keeps
             # queueing changes, and they all go into the next transaction.
+            began = time.perf_counter()
             outcomes = self._commit_groups(groups)
             self.commits += 1
             self.grouped += len(groups)
+            if self.on_commit is not None:
+                self.on_commit(time.perf_counter() - began, len(groups))
             assert self._loop is not None
             try:
                 self._loop.call_soon_threadsafe(_resolve_all, [fut for _, fut in groups], outcomes)
