@@ -29,6 +29,9 @@ sysdeps:
 	@command -v openssl >/dev/null 2>&1 || { \
 	  echo "installing openssl (for the openssl s_client tests)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (its promtool checks /metrics and the alert rules: tests/integration/test_metrics.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing postgresql (the store tests run on PostgreSQL too: tests/helpers/pgserver.py)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
