@@ -419,3 +419,54 @@ def test_the_metrics_route_serves_the_exposition_or_says_metrics_are_off(metrics
             await metrics_off(None)
 
     asyncio.run(go())
+
+
+class FakeNvml:
+    """pynvml as the sampler uses it: two GPUs, or a driver that stops answering."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.inits = 0
+
+    def nvmlInit(self) -> None:
+        if self.broken:
+            raise RuntimeError("NVML_ERROR_DRIVER_NOT_LOADED")
+        self.inits += 1
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        if self.broken:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> object:
+        return type("Mem", (), {"used": (h + 1) << 30, "total": 80 << 30})()
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> object:
+        return type("Util", (), {"gpu": 40 + h})()
+
+
+def test_sampler_reads_gpus_through_nvml_and_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nv = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nv)
+    clock = [0.0]
+    sampler = FigureSampler(
+        tmp_path, stage_pids=list, cache_bytes=lambda: 0, outbox_depth=lambda: 0, gpus=2, clock=lambda: clock[0]
+    )
+    f = sampler.sample(1.0)
+    got = [(g.index, g.utilization_percent, g.memory_used_bytes) for g in f.gpus]
+    assert got == [(0, 40, 1 << 30), (1, 41, 2 << 30)]
+    nv.broken = True  # the driver goes away: no GPU figures, and no exception
+    clock[0] += 1.0
+    assert not sampler.sample(1.0).gpus
+    clock[0] += 1.0
+    assert not sampler.sample(1.0).gpus  # not asked again within a minute
+    nv.broken = False
+    clock[0] += 60.0
+    assert len(sampler.sample(1.0).gpus) == 2
+    assert nv.inits == 2
