@@ -18,6 +18,7 @@ of this: the hooks stay no-ops and ``/metrics`` answers 404.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -144,7 +145,9 @@ class Metrics:
         return RpcMetrics(self)
 
 
-def _code_name(context: Any, failed: bool) -> str:
+def _code_name(context: Any, ended: str) -> str:
+    """The call's final status: the code it was ended with, else how it ended (``ended``:
+    "OK", "CANCELLED" for a call the client went away from, "UNKNOWN" for an exception)."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
@@ -152,7 +155,7 @@ def _code_name(context: Any, failed: bool) -> str:
         for c in grpc.StatusCode:
             if c.value[0] == code:
                 return str(c.name)
-    return "UNKNOWN" if failed else "OK"
+    return ended
 
 
 class RpcMetrics(grpc.aio.ServerInterceptor):
@@ -178,21 +181,24 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             timer = self._timers[method] = self.metrics.rpc_seconds.labels(method)
         rpcs = self.metrics.rpcs
 
-        def done(context: Any, began: float, failed: bool) -> None:
+        def done(context: Any, began: float, ended: str) -> None:
             timer.observe(time.perf_counter() - began)
-            rpcs.labels(method, _code_name(context, failed)).inc()
+            rpcs.labels(method, _code_name(context, ended)).inc()
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def call(request: Any, context: Any) -> Any:
-                began, failed = time.perf_counter(), True
+                began, ended = time.perf_counter(), "UNKNOWN"
                 try:
                     result = await inner(request, context)
-                    failed = False
+                    ended = "OK"
                     return result
+                except asyncio.CancelledError:
+                    ended = "CANCELLED"
+                    raise
                 finally:
-                    done(context, began, failed)
+                    done(context, began, ended)
 
             if handler.unary_unary:
                 return handler._replace(unary_unary=call)
@@ -200,21 +206,27 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def written(request: Any, context: Any) -> None:  # a handler that writes with context.write
-            began, failed = time.perf_counter(), True
+            began, ended = time.perf_counter(), "UNKNOWN"
             try:
                 await inner_stream(request, context)
-                failed = False
+                ended = "OK"
+            except asyncio.CancelledError:
+                ended = "CANCELLED"
+                raise
             finally:
-                done(context, began, failed)
+                done(context, began, ended)
 
         async def generated(request: Any, context: Any) -> Any:  # a handler that yields its responses
-            began, failed = time.perf_counter(), True
+            began, ended = time.perf_counter(), "UNKNOWN"
             try:
                 async for item in inner_stream(request, context):
                     yield item
-                failed = False
+                ended = "OK"
+            except (asyncio.CancelledError, GeneratorExit):
+                ended = "CANCELLED"
+                raise
             finally:
-                done(context, began, failed)
+                done(context, began, ended)
 
         stream = generated if inspect.isasyncgenfunction(inner_stream) else written
         if handler.unary_stream:
