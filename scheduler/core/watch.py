@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from scheduler.core.events import EventFeed
 from scheduler.core.model import TERMINAL_RUN_EVENTS, Run
 from scheduler.core.views import LogLine, RunEvent, run_status
 
@@ -45,6 +46,7 @@ class Watchers:
     def __init__(self) -> None:
         self._runs: dict[str, set[Watcher]] = {}
         self._logs: dict[tuple[str, str], set[LogFollower]] = {}
+        self.feed = EventFeed()  # readers of every run's events (outrider events)
 
     # -- runs
 
@@ -64,12 +66,14 @@ class Watchers:
         """Does anyone watch this run for such an event? (Events are built only if so.)"""
         ws = self._runs.get(run_id)
         if not ws:
-            return False
-        return not task_event or any(not w.run_only for w in ws)
+            return bool(self.feed)
+        return bool(self.feed) or not task_event or any(not w.run_only for w in ws)
 
     def publish(self, run: Run, ev: RunEvent) -> None:
         """Hand a durable event to the run's watchers; the run's last event carries its outcome."""
-        if not ev.task and run.terminal:
+        if self.feed:
+            self.feed.publish(ev)
+        if not ev.task and run.terminal and run.run_id in self._runs:
             ev.snapshot = run_status(run)
         for w in self._runs.get(run.run_id, ()):
             if w.run_only and ev.task:
