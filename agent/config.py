@@ -22,6 +22,7 @@ class AgentConfig:
     ntp_servers: list[str] = field(default_factory=list)
     kill_grace: float = 5.0
     log_level: str = "info"
+    log_format: str = "auto"  # auto (json unless stderr is a terminal), json or text (outrider.logfmt)
     # Data-residency zones this agent sits in (it may process data tagged with them).
     zones: list[str] = field(default_factory=list)
     # Bytes of the start-up bandwidth probe against the scheduler; 0: no probe.

@@ -7,7 +7,6 @@ file given with ``--config``; flags win over the file.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import argparse
 
+from outrider import logfmt
 from outrider.config import (
     absolute_paths,
     load_toml,
@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-grace", help="time between SIGTERM and SIGKILL when stopping a stage, e.g. 5s")
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        help="json lines, readable text, or auto: json unless stderr is a terminal (the default)",
+    )
+    p.add_argument(
         "--drain-grace", help="when draining, how long a stage has after SIGTERM to checkpoint and exit, e.g. 60s"
     )
     p.add_argument(
@@ -134,6 +139,7 @@ def load_config(argv: list[str] | None = None) -> Any:
         cfg["labels"] = parse_labels(cfg["labels"])
     if not isinstance(cfg["labels"], dict) or not all(isinstance(v, str) for v in cfg["labels"].values()):
         raise ConfigError(f"{source}: labels must be a table of strings")
+    cfg["log_format"] = logfmt.check_format(cfg["log_format"], source)
     for key in ("kill_grace", "drain_grace"):
         try:
             cfg[key] = parse_duration(cfg[key])
@@ -274,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutriderError as exc:
         print(f"outrider-agent: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logfmt.setup(cfg.log_format, cfg.log_level)
     import asyncio
 
     from agent.daemon import Agent

@@ -32,6 +32,7 @@ How an attempt ends, as the runner reports it::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -47,6 +48,7 @@ from agent.slurm import SlurmExecutor
 from agent.stage import AgentFault, Stage, StopReason
 from agent.stageuser import StageUser, hand_over
 from agent.workdirs import WorkdirPool
+from outrider import logfmt
 from outrider.errors import InvalidArgument
 from outrider.protocol import Outcome
 from outrider.v1 import agent_pb2, common_pb2
@@ -151,7 +153,13 @@ class Runner:
     # ------------------------------------------------------------------ one attempt
 
     async def run(self, stage: Stage) -> agent_pb2.Completion:
-        """Prepare, start and watch a stage, then say how it ended."""
+        """Prepare, start and watch a stage, then say how it ended (logged about its attempt)."""
+        with _about(stage):
+            c = await self._attempt(stage)
+            log.info("%s/%s attempt %d ended: %s", c.lease.run_id, c.lease.task, c.lease.epoch, c.outcome or "?")
+            return c
+
+    async def _attempt(self, stage: Stage) -> agent_pb2.Completion:
         a = stage.assignment
         stage.started_at = stage.started_at or time.time()
         completion = agent_pb2.Completion(lease=a.lease, started_at=stage.started_at)
@@ -163,6 +171,7 @@ class Runner:
             except OSError as exc:
                 raise AgentFault(f"cannot make a work dir in {self.work_root}: {exc.strerror or exc}") from None
             await self._prepare(a, stage)
+            completion.fetched_at = time.time()  # (trace: the transfer span in)
             if stage.stop_reason is not None:
                 return self._stopped(completion, stage, stage.stop_reason)
             await self.hooks.before_start(stage, stage.checkpoint_dir)
@@ -171,8 +180,11 @@ class Runner:
                 stage.resume_dir = None
             if self.stage_user is not None:
                 await self._hand_over(stage.workdir, self.stage_user)
+            spawn_at = time.time()
             if not await self._start(stage):
                 return self._stopped(completion, stage, stage.stop_reason)  # type: ignore[arg-type]
+            completion.exec_started_at = spawn_at  # (trace: the execution span)
+            log.info("started %s/%s attempt %d (pid %s)", a.lease.run_id, a.lease.task, a.lease.epoch, stage.pid or "?")
             return await self._finish(stage, completion)
         except Exception as exc:
             return self._broken(stage, completion, exc)
@@ -181,7 +193,13 @@ class Runner:
 
     async def reattach(self, stage: Stage) -> agent_pb2.Completion:
         """Watch a stage a previous agent process started (the keeper still has it), to its end."""
+        with _about(stage):
+            return await self._reattach(stage)
+
+    async def _reattach(self, stage: Stage) -> agent_pb2.Completion:
+        # (a previous process started it: its execution span runs from the attempt's start)
         completion = agent_pb2.Completion(lease=stage.lease, started_at=stage.started_at)
+        completion.exec_started_at = stage.started_at
         try:
             self._watch(stage, resume=True)
             return await self._finish(stage, completion)
@@ -230,6 +248,7 @@ class Runner:
         except OSError as exc:
             rc = self._spawn_failed(stage, exc)
         completion.exit_code = rc
+        completion.exec_exited_at = time.time()
         await self.hooks.ended(stage, stage.checkpoint_dir)
         reason = stage.stop_reason
         draining = reason is StopReason.DRAINING
@@ -263,6 +282,7 @@ class Runner:
             completion.outcome = Outcome.FAILED.value
             completion.error = "$OUTRIDER_OUTPUTS was replaced by a symlink; outputs must be written into it"
             return completion
+        completion.upload_started_at = time.time()  # (trace: the transfer span out)
         for name in a.spec.outputs:
             try:
                 completion.outputs.append(await self.publish(name, outputs / name))
@@ -486,3 +506,11 @@ def reap_orphans(work_root: Path, keep: tuple[Path, ...] = ()) -> int:
     if killed:
         log.warning("killed %d stage process(es) left running by a previous agent", killed)
     return killed
+
+
+def _about(stage: Stage) -> contextlib.AbstractContextManager[None]:
+    """Log records inside are about this attempt (its run, task, attempt and trace: outrider.logfmt)."""
+    a = stage.assignment
+    return logfmt.context(
+        run_id=a.lease.run_id, task=a.lease.task, attempt=a.lease.epoch, trace_id=logfmt.trace_of(a.traceparent)
+    )

@@ -510,12 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--extract", action="store_true", help="unpack a directory artifact into OUTPUT")
     sp.set_defaults(func=cmd_artifact_get)
 
-    from outrider import cli_audit, cli_pki, cli_revoke, cli_token
+    from outrider import cli_audit, cli_pki, cli_revoke, cli_token, cli_trace
 
     cli_audit.add_parser(sub, conn)
     cli_revoke.add_parser(sub, conn)
     cli_token.add_parser(sub, conn)
     cli_pki.add_parser(sub)
+    cli_trace.add_parser(sub, conn)
     return p
 
 

@@ -132,6 +132,7 @@ class LocalCluster:
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
         log_level: str = "info",
+        log_format: str = "text",
     ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,9 @@ class LocalCluster:
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.log_level = log_level
+        #: The daemons' --log-format: readable lines in its log files by default (people and tests
+        #: read them); "json" for structured lines (outrider.logfmt).
+        self.log_format = log_format
         self.scheduler: Daemon | None = None
         self.agents: dict[str, Daemon] = {}
         self.address = ""
@@ -193,6 +197,8 @@ class LocalCluster:
             self.heartbeat_interval,
             "--log-level",
             self.log_level,
+            "--log-format",
+            self.log_format,
             *extra_args,
         ]
         self.scheduler = Daemon("scheduler", argv, self.root / "logs" / "scheduler.log", self.env)
@@ -248,6 +254,8 @@ class LocalCluster:
             str(state_dir if state_dir is not None else self.root / "agents" / handle),
             "--log-level",
             self.log_level,
+            "--log-format",
+            self.log_format,
         ]
         if labels:
             argv += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]

@@ -94,6 +94,7 @@ RULES: dict[str, Rule] = {
     _C + "Explain": Rule(USERS, RUN),
     _C + "DrainAgent": Rule(ADMIN),
     _C + "RevokeAgent": Rule(ADMIN),
+    _C + "GetTrace": Rule(USERS, RUN),  # a run's trace (spans): its owner's, or an admin's
     "/outrider.v1.AuditService/ListAudit": Rule(ADMIN),  # the audit log
     "/outrider.v1.AuditService/VerifyAudit": Rule(ADMIN),
     "/outrider.v1.IdentityService/CreateToken": Rule(ADMIN),  # join tokens

@@ -11,16 +11,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
 import sys
 from typing import Any
 
+from outrider import logfmt
 from outrider.certzones import validate_zones
 from outrider.config import absolute_paths, load_toml, merge_config, parse_address, parse_bytes, parse_duration
 from outrider.errors import ConfigError, InvalidArgument, OutriderError
 from outrider.pki import validate_name
 from outrider.tls import MAX_MESSAGE_BYTES
+from scheduler import otlp
 from scheduler.server import Scheduler, SchedulerConfig
 from scheduler.store.select import is_postgres
 from scheduler.store.select import normalise as normalise_database
@@ -80,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--agent-cert-ttl", help="lifetime of the agent certificates this scheduler signs; default 24h")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        help="json lines, readable text, or auto: json unless stderr is a terminal (the default)",
+    )
+    p.add_argument("--tracing", choices=("on", "off"), help="record each run's trace (default on; TOML tracing)")
+    p.add_argument(
+        "--otlp-endpoint",
+        help="also export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 "
+        "(needs the otel extra: pip install 'outrider[otel]'); default: empty, no export",
+    )
     p.add_argument(
         "--metrics",
         choices=("on", "off"),
@@ -142,6 +154,8 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
         )
     merged["agent_zones"] = agent_zones(merged["agent_zones"], source)
     observability(merged, source)
+    merged["log_format"] = logfmt.check_format(merged["log_format"], source)
+    otlp.check_options(merged, source)
     if not isinstance(merged["require_attested_zones"], bool):
         raise ConfigError(f"{source}: require_attested_zones must be true or false")
     try:
@@ -230,10 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutriderError as exc:
         print(f"outrider-scheduler: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logfmt.setup(cfg.log_format, cfg.log_level)
     try:
         asyncio.run(Scheduler(cfg).run())
     except OutriderError as exc:

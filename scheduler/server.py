@@ -37,6 +37,7 @@ from outrider.v1 import (
     identity_pb2,
     identity_pb2_grpc,
 )
+from scheduler import otlp
 from scheduler.api.agent import AgentServicer
 from scheduler.api.artifact import ArtifactServicer
 from scheduler.api.audit import AuditServicer, caller_id
@@ -94,6 +95,9 @@ class SchedulerConfig:
     max_pipeline_tasks: int = 100_000  # refuse a pipeline (plan, submit) with more tasks
     max_pipeline_bytes: int = 32 << 20  # refuse a pipeline whose encoded spec is larger
     log_level: str = "info"
+    log_format: str = "auto"  # auto (json unless stderr is a terminal), json or text (outrider.logfmt)
+    tracing: bool = True  # record each run's trace (scheduler.core.tracing); false: none
+    otlp_endpoint: str = ""  # export traces over OTLP/gRPC to this collector (needs outrider[otel]); empty: none
     #: agent name -> the zones the configuration gives it (``[agent_zones]``); its certificate's win
     agent_zones: dict[str, list[str]] = field(default_factory=dict)
     require_attested_zones: bool = False  # refuse zones only the agent itself declares
@@ -230,6 +234,11 @@ class Scheduler:
             ),
         )
         self.enrolment = Enrolment(self.engine, self.signer)
+        # Traces (scheduler.core.tracing): the dispatcher's tracer records with the completions too.
+        tracer = self.engine.reports.tracer = self.engine.dispatcher.tracer
+        tracer.enabled = cfg.tracing  # (the bench compares throughput with it off)
+        self._otlp = otlp.Exporter(cfg.otlp_endpoint) if cfg.otlp_endpoint else None
+        tracer.sink = self._otlp
         self.alerts = Alerts(self.engine, AlertRules(cfg.alert_disk_used, cfg.alert_disk_free))
         if self.ha is not None:
             self.ha.leader = True
@@ -446,6 +455,11 @@ class Scheduler:
             await self.enroll_server.stop(grace=1.0)
         if self.server is not None:
             await self.server.stop(grace=2.0)
+        if hasattr(self, "engine"):  # (a standby that never led has none)
+            self.engine.dispatcher.tracer.flush()  # commit spans' ends still waiting for a transaction
         self.store.close()
+        exporter = getattr(self, "_otlp", None)
+        if exporter is not None:
+            exporter.close()
         self.leadership.close()  # after the last commit: a standby takes over from here
         self.lock.release()

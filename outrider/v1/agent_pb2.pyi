@@ -88,7 +88,7 @@ class Assignment(_message.Message):
     def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., code_digest: _Optional[str] = ..., pipeline: _Optional[str] = ..., traceparent: _Optional[str] = ..., lease_ttl_s: _Optional[float] = ..., resume_from: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("lease", "outcome", "exit_code", "error", "outputs", "started_at", "finished_at")
+    __slots__ = ("lease", "outcome", "exit_code", "error", "outputs", "started_at", "finished_at", "fetched_at", "exec_started_at", "exec_exited_at", "upload_started_at")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,10 @@ class Completion(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXEC_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXEC_EXITED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     lease: _common_pb2.LeaseRef
     outcome: str
     exit_code: int
@@ -103,7 +107,11 @@ class Completion(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
     started_at: float
     finished_at: float
-    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
+    fetched_at: float
+    exec_started_at: float
+    exec_exited_at: float
+    upload_started_at: float
+    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., fetched_at: _Optional[float] = ..., exec_started_at: _Optional[float] = ..., exec_exited_at: _Optional[float] = ..., upload_started_at: _Optional[float] = ...) -> None: ...
 
 class CompletionAck(_message.Message):
     __slots__ = ("lease", "code", "message")

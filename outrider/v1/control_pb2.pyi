@@ -374,3 +374,48 @@ class LogLine(_message.Message):
     data: bytes
     ts: float
     def __init__(self, attempt: _Optional[int] = ..., stream: _Optional[str] = ..., data: _Optional[bytes] = ..., ts: _Optional[float] = ...) -> None: ...
+
+class GetTraceRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class TraceSpan(_message.Message):
+    __slots__ = ("span_id", "parent_span_id", "name", "start", "end", "task", "attempt", "agent", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    span_id: str
+    parent_span_id: str
+    name: str
+    start: float
+    end: float
+    task: str
+    attempt: int
+    agent: str
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, span_id: _Optional[str] = ..., parent_span_id: _Optional[str] = ..., name: _Optional[str] = ..., start: _Optional[float] = ..., end: _Optional[float] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GetTraceResponse(_message.Message):
+    __slots__ = ("run_id", "trace_id", "spans")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    trace_id: str
+    spans: _containers.RepeatedCompositeFieldContainer[TraceSpan]
+    def __init__(self, run_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ...) -> None: ...

@@ -99,6 +99,11 @@ class ControlServiceStub:
                 request_serializer=outrider_dot_v1_dot_control__pb2.RevokeAgentRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_control__pb2.RevokeAgentResponse.FromString,
                 _registered_method=True)
+        self.GetTrace = channel.unary_unary(
+                '/outrider.v1.ControlService/GetTrace',
+                request_serializer=outrider_dot_v1_dot_control__pb2.GetTraceRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.GetTraceResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -197,6 +202,14 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrace(self, request, context):
+        """A run's trace: its spans (queueing, transfer, execution, commit per attempt) with
+        W3C ids and clock-corrected times (scheduler wall clock).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +277,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.RevokeAgent,
                     request_deserializer=outrider_dot_v1_dot_control__pb2.RevokeAgentRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_control__pb2.RevokeAgentResponse.SerializeToString,
+            ),
+            'GetTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrace,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.GetTraceRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.GetTraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +635,33 @@ class ControlService:
             '/outrider.v1.ControlService/RevokeAgent',
             outrider_dot_v1_dot_control__pb2.RevokeAgentRequest.SerializeToString,
             outrider_dot_v1_dot_control__pb2.RevokeAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrider.v1.ControlService/GetTrace',
+            outrider_dot_v1_dot_control__pb2.GetTraceRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.GetTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,

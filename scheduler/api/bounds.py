@@ -182,6 +182,8 @@ def check_completion(field: str, c: agent_pb2.Completion) -> None:
     check_lease(f"{field}.lease", c.lease)
     number(f"{field}.started_at", c.started_at)
     number(f"{field}.finished_at", c.finished_at)
+    for name in ("fetched_at", "exec_started_at", "exec_exited_at", "upload_started_at"):
+        number(f"{field}.{name}", getattr(c, name))
     count(f"{field}.outputs", c.outputs, MAX_OUTPUTS)
     for i, o in enumerate(c.outputs):
         text(f"{field}.outputs[{i}].name", o.name)

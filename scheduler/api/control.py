@@ -17,9 +17,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from outrider.errors import InvalidArgument
+from outrider.errors import InvalidArgument, NotFound
 from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc
-from scheduler.api import bounds, wire
+from scheduler.api import bounds, traces, wire
 from scheduler.api.access import Access
 from scheduler.api.status import streaming, unary
 from scheduler.auth import current_identity
@@ -162,6 +162,14 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self.access.run(request.run_id)
         await self.engine.barrier()
         return wire.explanation_to_proto(self.engine.explain(request.run_id, request.task))
+
+    @unary
+    async def GetTrace(self, request: control_pb2.GetTraceRequest, context: Any) -> control_pb2.GetTraceResponse:
+        self.access.run(request.run_id)
+        run = self.engine.runs.get(request.run_id)
+        if run is None:
+            raise NotFound(f"no run {request.run_id[:200]!r}")
+        return traces.trace_to_proto(run.run_id, run.trace_id, await self.engine.dispatcher.tracer.trace(run))
 
     @unary
     async def ListAgents(self, request: control_pb2.ListAgentsRequest, context: Any) -> control_pb2.ListAgentsResponse:

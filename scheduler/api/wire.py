@@ -329,6 +329,10 @@ def completion_from_proto(c: agent_pb2.Completion, field: str = "completion") ->
         outputs=tuple(ArtifactRef(o.name, o.digest, o.size, o.kind) for o in c.outputs),
         started_at=c.started_at,
         finished_at=c.finished_at,
+        fetched_at=c.fetched_at,
+        exec_started_at=c.exec_started_at,
+        exec_exited_at=c.exec_exited_at,
+        upload_started_at=c.upload_started_at,
     )
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from collections.abc import Callable
 
+from outrider import logfmt
 from outrider.errors import ResourceExhausted
 from scheduler import matcher
+from scheduler.core import tracing
 from scheduler.core.channel import Channel
 from scheduler.core.delay import DelayScheduler, Worse
 from scheduler.core.fairness import FairShare
@@ -35,6 +36,7 @@ from scheduler.core.messages import ArtifactRef, Assignment
 from scheduler.core.model import Placement, Run, Task, TaskState
 from scheduler.core.queues import ReadyQueues
 from scheduler.core.registry import AgentRegistry, AgentState
+from scheduler.core.tracing import Tracer
 from scheduler.core.txn import Journal, Txn
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class Dispatcher:
         self._journal = journal
         self._clock = clock
         self._wall = wall
+        self.tracer = Tracer(journal, wall=wall, clock=clock, find=sm.find)  # one trace per run (core/tracing.py)
         self.max_queue_depth = max_queue_depth  # admission control; 0: no limit
         self.infeasible_timeout = infeasible_timeout  # fail tasks no agent can run after this long
         self.silent_after = silent_after  # an agent not heard from for this long gets no new work
@@ -201,6 +204,7 @@ class Dispatcher:
         self._leases.grant(txn, t, agent.name, agent.clock_uncertainty, wall, mono)
         t.wait_for, t.wait_until = "", 0.0
         self._fairness.hold(run, t.needs)
+        self.tracer.granted(t, wall, mono)
         self._sm.transition(txn, run, t, TaskState.RUNNING)
         return self._assignment(run, t)
 
@@ -215,7 +219,7 @@ class Dispatcher:
             inputs=tuple(inputs),
             code_digest=run.spec.code_digest,
             pipeline=run.pipeline,
-            traceparent=f"00-{run.trace_id}-{os.urandom(8).hex()}-01",
+            traceparent=tracing.traceparent(run.trace_id, t.name, t.attempts),
             lease_ttl_s=self._leases.ttl,
             resume_from=t.resumed_from,  # the latest checkpoint accepted from an earlier attempt
         )
@@ -236,6 +240,6 @@ class Dispatcher:
         why = "; ".join(matcher.suggest(t.needs, self._registry.views())[:3])
         txn = Txn()
         error = f"no agent could run this task for {self.infeasible_timeout:g}s: {why}"
-        log.warning("%s/%s failed: %s", t.run_id, t.name, error)
+        log.warning("%s/%s failed: %s", t.run_id, t.name, error, extra=logfmt.about(t.run_id, t.name, 0, run.trace_id))
         self._sm.fail(txn, run, t, error)
         self._journal.commit(txn)

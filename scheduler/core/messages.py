@@ -100,6 +100,11 @@ class Completion:
     outputs: tuple[ArtifactRef, ...] = ()
     started_at: float = 0.0
     finished_at: float = 0.0
+    # Trace span times, on the agent's clock (0: not reached; scheduler.core.tracing).
+    fetched_at: float = 0.0
+    exec_started_at: float = 0.0
+    exec_exited_at: float = 0.0
+    upload_started_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

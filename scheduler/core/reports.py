@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from outrider import logfmt
 from outrider.protocol import ARTIFACT_KINDS, Outcome, is_digest
 from scheduler.core import audit
 from scheduler.core.fairness import FairShare
@@ -25,6 +26,7 @@ from scheduler.core.messages import Capabilities, ClockSample, Completion, Lease
 from scheduler.core.model import AttemptState, Output, Task, TaskState
 from scheduler.core.registry import AgentRegistry, AgentState
 from scheduler.core.residency import ResidencyIndex
+from scheduler.core.tracing import Tracer
 from scheduler.core.txn import Journal, Txn
 from scheduler.core.views import LogLine
 from scheduler.core.watch import Watchers
@@ -95,6 +97,8 @@ class Reports:
         self._artifact_exists = artifact_exists
         self.log_sink = log_sink
         self._kick = kick
+        #: The dispatcher's (scheduler.core.tracing), set by the composition root (scheduler/server.py).
+        self.tracer: Tracer | None = None
 
     # ------------------------------------------------------------------ agents
 
@@ -212,6 +216,8 @@ class Reports:
         now = self._wall()
         t.exit_code = c.exit_code
         agent = self._registry.get(agent_name)
+        if self.tracer is not None:  # its transfer, execution and commit spans ride this transaction
+            self.tracer.completed(txn, run, t, c, agent.sched_offset if agent is not None else 0.0, now)
         if agent is not None and c.started_at and c.finished_at:
             # The agent's wall clock, corrected by its measured offset to ours, so a
             # run's timeline is consistent across machines.
@@ -275,7 +281,8 @@ class Reports:
         audit.record(txn, self._wall(), audit.SCHEDULER, audit.Action.LEASE_EXPIRY, target, detail=why)
         self.end_lease(txn, t, AttemptState.LOST, self._wall(), 0, why)
         self.push_cancel(t.agent, [lease_ref(t)])
-        log.warning("lease %s/%s epoch %d on %s lost: %s", t.run_id, t.name, t.attempts, t.agent, why)
+        about = logfmt.about(t.run_id, t.name, t.attempts, run.trace_id)
+        log.warning("lease %s/%s epoch %d on %s lost: %s", t.run_id, t.name, t.attempts, t.agent, why, extra=about)
         self._sm.lose_attempt(txn, run, t, why)
         self._journal.commit(txn)
 

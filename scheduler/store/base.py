@@ -173,6 +173,25 @@ class EventRow:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class SpanRow:
+    """An attempt's recorded trace times (scheduler wall clock; 0: not reached or not known)."""
+
+    task: str
+    attempt: int
+    agent: str
+    queued_at: float
+    granted_at: float
+    fetch_start: float
+    fetch_end: float
+    exec_start: float
+    exec_end: float
+    upload_start: float
+    upload_end: float
+    received_at: float
+    durable_at: float
+
+
 @dataclass
 class Loaded:
     """Everything the core needs to rebuild its memory after a restart."""
@@ -226,6 +245,10 @@ class Store(abc.ABC):
     def events(self, run_id: str, after: int = 0, limit: int = 0) -> list[EventRow]:
         """A run's recorded events with ``seq > after`` in order (at most ``limit``, 0: all);
         callable from any thread while the writer runs."""
+
+    @abc.abstractmethod
+    def spans(self, run_id: str) -> list[SpanRow]:
+        """A run's recorded trace times, one row per attempt, in (task, attempt) order."""
 
     @abc.abstractmethod
     def audit_rows(self, after_seq: int = 0) -> Iterator[AuditRecord]:

@@ -31,6 +31,10 @@ class Op(enum.Enum):
     INSERT_ARTIFACTS_MANY = "insert_artifacts"  #: [(digest, size, kind, created_at)], existing kept
     UPSERT_AGENT = "upsert_agent"  #: (name, identity, capabilities, registered_at, last_seen, instance_id)
     INSERT_EVENTS_MANY = "insert_events"  #: [(seq, ts, run_id, task, state, attempt, agent, detail)]
+    #: [(run_id, task, attempt, agent, queued_at, granted_at, fetch_start, fetch_end, exec_start, exec_end,
+    #: upload_start, upload_end, received_at, durable_at)]: an attempt's trace times (core/tracing.py)
+    UPSERT_SPANS_MANY = "upsert_spans"
+    SPANS_DURABLE_MANY = "spans_durable"  #: [(durable_at, run_id, task, attempt)]: its commit span's end
     UPSERT_CHECKPOINT = "upsert_checkpoint"  #: (run_id, task, epoch, seq, digest, size, kind, created_at,
     #: residency): the latest accepted checkpoint of a task
     INSERT_AUDIT = "insert_audit"  #: (ts_us, identity, action, target, outcome, detail): the writer gives it
@@ -172,6 +176,17 @@ class Changes:
         self, seq: int, ts: float, run_id: str, task: str, state: str, attempt: int, agent: str, detail: str
     ) -> None:
         self.records.append((Op.INSERT_EVENTS_MANY, [(seq, ts, run_id, task, state, attempt, agent, detail)]))
+
+    def spans(self, row: tuple[Any, ...]) -> None:
+        """An attempt's trace times (:mod:`scheduler.core.tracing`), scheduler wall clock, 0 where
+        not reached: (run_id, task, attempt, agent, queued_at, granted_at, fetch_start, fetch_end,
+        exec_start, exec_end, upload_start, upload_end, received_at, durable_at); replaces its row."""
+        self.records.append((Op.UPSERT_SPANS_MANY, [row]))
+
+    def spans_durable(self, rows: list[tuple[float, str, str, int]]) -> None:
+        """When attempts' completions became durable: (durable_at, run_id, task, attempt) each."""
+        if rows:
+            self.records.append((Op.SPANS_DURABLE_MANY, rows))
 
     def upsert_token(self, row: tuple[str, str, float, str, float, int, str, str]) -> None:
         """A join token: (token_id, secret_hash, created_at, created_by, expires_at, uses_left, labels, zones)."""

@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 from outrider.errors import ConfigError
 from scheduler.core.auditchain import AuditRecord
 from scheduler.store import rows
-from scheduler.store.base import Deposed, EventRow, Loaded, Store, TokenRow, log
+from scheduler.store.base import Deposed, EventRow, Loaded, SpanRow, Store, TokenRow, log
 from scheduler.store.changes import Op, Record
 from scheduler.store.pglock import LEADER_TIMEOUT_S, LockSession
 
@@ -213,6 +213,27 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$
     """,
+    # 11: trace times per attempt (scheduler.core.tracing): queueing, transfer, execution and commit,
+    # clock-corrected to the scheduler's wall clock; one row, written with the attempt's completion
+    """
+    CREATE TABLE spans (
+        run_id       TEXT NOT NULL,
+        task         TEXT NOT NULL,
+        attempt      INTEGER NOT NULL,
+        agent        TEXT NOT NULL,
+        queued_at    real_t NOT NULL DEFAULT 0,
+        granted_at   real_t NOT NULL DEFAULT 0,
+        fetch_start  real_t NOT NULL DEFAULT 0,
+        fetch_end    real_t NOT NULL DEFAULT 0,
+        exec_start   real_t NOT NULL DEFAULT 0,
+        exec_end     real_t NOT NULL DEFAULT 0,
+        upload_start real_t NOT NULL DEFAULT 0,
+        upload_end   real_t NOT NULL DEFAULT 0,
+        received_at  real_t NOT NULL DEFAULT 0,
+        durable_at   real_t NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, task, attempt)
+    );
+    """,
 )
 
 #: How many audit records one read takes (a whole-chain verify streams in such chunks).
@@ -257,7 +278,28 @@ SQL: dict[Op, str] = {
     Op.DELETE_TOKEN: "DELETE FROM join_tokens WHERE token_id=%s",
     Op.INSERT_REVOKED: "INSERT INTO revoked_agents(name, revoked_at, revoked_by, reason) VALUES (%s,%s,%s,%s)",
 }
-_MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
+SQL[Op.UPSERT_SPANS_MANY] = (
+    "INSERT INTO spans(run_id, task, attempt, agent, queued_at, granted_at, fetch_start, fetch_end,"
+    " exec_start, exec_end, upload_start, upload_end, received_at, durable_at)"
+    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    " ON CONFLICT (run_id, task, attempt) DO UPDATE SET agent=EXCLUDED.agent"
+    ", queued_at=EXCLUDED.queued_at, granted_at=EXCLUDED.granted_at"
+    ", fetch_start=EXCLUDED.fetch_start, fetch_end=EXCLUDED.fetch_end"
+    ", exec_start=EXCLUDED.exec_start, exec_end=EXCLUDED.exec_end"
+    ", upload_start=EXCLUDED.upload_start, upload_end=EXCLUDED.upload_end"
+    ", received_at=EXCLUDED.received_at, durable_at=EXCLUDED.durable_at"
+)
+SQL[Op.SPANS_DURABLE_MANY] = "UPDATE spans SET durable_at=%s WHERE run_id=%s AND task=%s AND attempt=%s"
+_MANY = frozenset(
+    {
+        Op.INSERT_TASKS_MANY,
+        Op.UPSERT_OUTPUTS_MANY,
+        Op.INSERT_ARTIFACTS_MANY,
+        Op.INSERT_EVENTS_MANY,
+        Op.UPSERT_SPANS_MANY,
+        Op.SPANS_DURABLE_MANY,
+    }
+)
 assert set(SQL) == set(Op), "every kind of write needs its statement"
 
 
@@ -405,6 +447,10 @@ class PostgresStore(Store):
                 # next one connects again. Writes have no such second chance (crash-only).
                 self._reader.close()
                 raise
+
+    def spans(self, run_id: str) -> list[SpanRow]:
+        sql = "SELECT * FROM spans WHERE run_id=%s ORDER BY task, attempt"
+        return [rows.span_row(r) for r in self._read(sql, (run_id,))]
 
     def join_tokens(self) -> list[TokenRow]:
         sql = "SELECT token_id, secret_hash, created_at, created_by, expires_at, uses_left, labels, zones"

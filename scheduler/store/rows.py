@@ -22,6 +22,7 @@ from scheduler.store.base import (
     OutputRow,
     RevokedRow,
     RunRow,
+    SpanRow,
     TaskRow,
 )
 from scheduler.store.changes import Op, zones_of
@@ -148,6 +149,25 @@ def _attempt(r: Row) -> AttemptRow:
 
 def event_row(r: Row) -> EventRow:
     return EventRow(r["seq"], r["ts"], r["run_id"], r["task"], r["state"], r["attempt"], r["agent"], r["detail"])
+
+
+def span_row(r: Row) -> SpanRow:
+    return SpanRow(r["task"], r["attempt"], r["agent"], *(r[c] for c in SPAN_TIMES))
+
+
+#: The time columns of the spans table, in SpanRow's order.
+SPAN_TIMES = (
+    "queued_at",
+    "granted_at",
+    "fetch_start",
+    "fetch_end",
+    "exec_start",
+    "exec_end",
+    "upload_start",
+    "upload_end",
+    "received_at",
+    "durable_at",
+)
 
 
 def audit_record(r: Row) -> AuditRecord:

@@ -18,7 +18,7 @@ from typing import Any
 
 from scheduler.core.auditchain import AuditRecord
 from scheduler.store import rows
-from scheduler.store.base import EventRow, Loaded, Store, TokenRow, log
+from scheduler.store.base import EventRow, Loaded, SpanRow, Store, TokenRow, log
 from scheduler.store.changes import Op, Record
 
 # Numbered migrations: append only, never edit a released one.
@@ -178,6 +178,27 @@ MIGRATIONS: tuple[str, ...] = (
         since   REAL NOT NULL
     );
     """,
+    # 11: trace times per attempt (scheduler.core.tracing): queueing, transfer, execution and commit,
+    # clock-corrected to the scheduler's wall clock; one row, written with the attempt's completion
+    """
+    CREATE TABLE spans (
+        run_id       TEXT NOT NULL,
+        task         TEXT NOT NULL,
+        attempt      INTEGER NOT NULL,
+        agent        TEXT NOT NULL,
+        queued_at    REAL NOT NULL DEFAULT 0,
+        granted_at   REAL NOT NULL DEFAULT 0,
+        fetch_start  REAL NOT NULL DEFAULT 0,
+        fetch_end    REAL NOT NULL DEFAULT 0,
+        exec_start   REAL NOT NULL DEFAULT 0,
+        exec_end     REAL NOT NULL DEFAULT 0,
+        upload_start REAL NOT NULL DEFAULT 0,
+        upload_end   REAL NOT NULL DEFAULT 0,
+        received_at  REAL NOT NULL DEFAULT 0,
+        durable_at   REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, task, attempt)
+    ) WITHOUT ROWID;
+    """,
 )
 
 #: How many audit records one read takes (a whole-chain verify streams in such chunks).
@@ -216,7 +237,22 @@ SQL: dict[Op, str] = {
     Op.DELETE_TOKEN: "DELETE FROM join_tokens WHERE token_id=?",
     Op.INSERT_REVOKED: "INSERT INTO revoked_agents(name, revoked_at, revoked_by, reason) VALUES (?,?,?,?)",
 }
-_MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
+SQL[Op.UPSERT_SPANS_MANY] = (
+    "INSERT OR REPLACE INTO spans(run_id, task, attempt, agent, queued_at, granted_at, fetch_start, fetch_end,"
+    " exec_start, exec_end, upload_start, upload_end, received_at, durable_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+SQL[Op.SPANS_DURABLE_MANY] = "UPDATE spans SET durable_at=? WHERE run_id=? AND task=? AND attempt=?"
+_MANY = frozenset(
+    {
+        Op.INSERT_TASKS_MANY,
+        Op.UPSERT_OUTPUTS_MANY,
+        Op.INSERT_ARTIFACTS_MANY,
+        Op.INSERT_EVENTS_MANY,
+        Op.UPSERT_SPANS_MANY,
+        Op.SPANS_DURABLE_MANY,
+    }
+)
 assert set(SQL) == set(Op), "every kind of write needs its statement"
 
 
@@ -286,6 +322,10 @@ class SqliteStore(Store):
             if self._reader is None:
                 self._reader = self._connect()
             return self._reader.execute(sql, params).fetchall()
+
+    def spans(self, run_id: str) -> list[SpanRow]:
+        sql = "SELECT * FROM spans WHERE run_id=? ORDER BY task, attempt"
+        return [rows.span_row(r) for r in self._read(sql, (run_id,))]
 
     def join_tokens(self) -> list[TokenRow]:
         sql = "SELECT token_id, secret_hash, created_at, created_by, expires_at, uses_left, labels, zones"
