@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # System packages the tests use: systemd-analyze (unit-file checks); openssl (the s_client
-# tests of tests/integration/test_tls_handshake.py); postgresql (its initdb and pg_ctl: the store
-# and engine tests start a throwaway server, tests/helpers/pgserver.py); slurm-wlm and munge (a
-# real single-node Slurm for tests/integration/test_slurm.py, as root); ip, tc (iproute2) and
-# nft (nftables) for the fault suite's network lab (tests/faults, which needs root: without
-# it those tests skip, so nothing is installed for them either).
+# tests of tests/integration/test_tls_handshake.py); chromium (tests/integration/test_dashboard.py
+# drives it headless); postgresql (its initdb and pg_ctl: the store and engine tests start a
+# throwaway server, tests/helpers/pgserver.py); slurm-wlm and munge (a real single-node Slurm for
+# tests/integration/test_slurm.py, as root); ip, tc (iproute2) and nft (nftables) for the fault
+# suite's network lab (tests/faults, which needs root: without it those tests skip, so nothing is
+# installed for them either).
 sysdeps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  echo "installing systemd (for systemd-analyze)"; \
@@ -32,6 +33,9 @@ sysdeps:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing prometheus (its promtool checks /metrics and the alert rules: tests/integration/test_metrics.py)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (the dashboard test drives it headless: tests/integration/test_dashboard.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  echo "installing postgresql (the store tests run on PostgreSQL too: tests/helpers/pgserver.py)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }

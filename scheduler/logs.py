@@ -20,12 +20,15 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from outrider.errors import OutriderError
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<dBI")
+#: The bytes of each record's header (ts, stream, length) before its data.
+HEADER_BYTES = _HEADER.size
 _STREAMS = {"stdout": 1, "stderr": 2}
 _NAMES = {v: k for k, v in _STREAMS.items()}
 #: At most one warning about dropped chunks per this many seconds.
@@ -99,3 +102,54 @@ class LogStore:
             pos += _HEADER.size
             yield ts, _NAMES.get(stream, "stdout"), blob[pos : pos + n]
             pos += n
+
+    def tail(
+        self, run_id: str, task: str, attempt: int, offset: int, limit: int = 64 * 1024
+    ) -> tuple[list[tuple[float, str, bytes]], int]:
+        """The records of one attempt's log from byte ``offset`` (a record boundary this method
+        returned before; a negative one, or one past the end: the last ``limit`` bytes' worth), at most
+        ``limit`` bytes of data, and the offset to ask from next time. Reads only what it returns (the
+        dashboard's live log polls this on a worker thread); a record still being written waits.
+        """
+        path = self._path(run_id, task, attempt)
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError:
+            return [], 0
+        except (OSError, ValueError) as exc:
+            log.warning("log of %.80s/%.80s attempt %d cannot be read: %.300s", run_id, task, attempt, exc)
+            raise LogUnreadable(f"the log of task {task[:80]!r} attempt {attempt} cannot be read") from None
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if offset < 0 or offset > size:
+                offset = self._tail_start(fh, size, limit)
+            fh.seek(offset)
+            out: list[tuple[float, str, bytes]] = []
+            taken = 0
+            while offset + _HEADER.size <= size and taken < limit:
+                head = fh.read(_HEADER.size)
+                if len(head) < _HEADER.size:
+                    break
+                ts, stream, n = _HEADER.unpack(head)
+                if offset + _HEADER.size + n > size:
+                    break  # a record being written: next time
+                out.append((ts, _NAMES.get(stream, "stdout"), fh.read(n)))
+                offset += _HEADER.size + n
+                taken += n
+            return out, offset
+
+    @staticmethod
+    def _tail_start(fh: Any, size: int, limit: int) -> int:
+        """The offset of the first record of the last ``limit`` bytes (walks the headers only)."""
+        starts: list[tuple[int, int]] = []  # (offset, data bytes before it)
+        pos = total = 0
+        while pos + _HEADER.size <= size:
+            fh.seek(pos)
+            _, _, n = _HEADER.unpack(fh.read(_HEADER.size))
+            starts.append((pos, total))
+            total += n
+            pos += _HEADER.size + n
+        for start, before in starts:
+            if total - before <= limit:
+                return start
+        return starts[-1][0] if starts else 0

@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT of the enrolment port, where `outrider-agent join` trades a join token for a certificate "
         "(TLS without client certificates; needs pki_dir/ca.key); default: empty, no enrolment",
     )
+    p.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the read-only web dashboard (docs/dashboard.md); :PORT alone means 127.0.0.1:PORT. "
+        "Loopback: plain HTTP, the local operator sees every run; any other address: HTTPS requiring a client "
+        "certificate of our CA (admin: every run, submitter: its own). Default: empty, no HTTP server",
+    )
     p.add_argument("--agent-cert-ttl", help="lifetime of the agent certificates this scheduler signs; default 24h")
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument(
@@ -178,6 +184,7 @@ def load_config(argv: list[str] | None = None) -> SchedulerConfig:
             raise ConfigError(f"{source}: advertise: {exc}") from None
         if port == 0:
             raise ConfigError(f"{source}: advertise: port 0 is not an address others can dial")
+    merged["http_listen"] = http_listen(merged["http_listen"], source)
     if not 2.0 <= merged["agent_cert_ttl"] <= 366 * 86400:
         raise ConfigError(f"{source}: agent_cert_ttl must be from 2s to 366d, got {merged['agent_cert_ttl']:g}s")
     return SchedulerConfig(**merged)

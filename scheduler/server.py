@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -54,12 +56,15 @@ from scheduler.core.zones import ZoneRules
 from scheduler.enrolment import Enrolment
 from scheduler.leader import Leadership, SingleNode
 from scheduler.logs import LogStore
-from scheduler.metrics import Metrics
+from scheduler.metrics import Metrics, metrics_off, serve_metrics
 from scheduler.metrics_collect import HaStatus, StateCollector
 from scheduler.openstreams import watch_expiry
 from scheduler.signer import Signer
 from scheduler.store.select import is_postgres, open_store
 from scheduler.tlsreload import TlsMaterial
+
+if TYPE_CHECKING:
+    from scheduler.web.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,9 @@ class SchedulerConfig:
     log_dir: str = ""  # stage logs; shared like artifact_dir; empty: STATE_DIR/logs
     #: HOST:PORT the other replicas name as the leader's; empty: the listen address (hostname if 0.0.0.0)
     advertise: str = ""
+    #: HOST:PORT of the dashboard's HTTP server (scheduler/web, docs/dashboard.md); empty: none. Loopback:
+    #: plain HTTP for the local operator; any other address: HTTPS requiring a client certificate of our CA
+    http_listen: str = ""
     #: Prometheus metrics on the HTTP server's /metrics (docs/operations.md); false: none are kept
     metrics: bool = True
     #: an agent's state dir disk is "nearly full" past this fraction used, or under alert_disk_free bytes free
@@ -212,6 +220,7 @@ class Scheduler:
         self.server: grpc.aio.Server | None = None
         self._expiry: asyncio.Future[None] | None = None
         self.health = HealthServicer()  # grpc's, with List
+        self.http: HttpServer | None = None  # the dashboard (http_listen), started first: a standby serves it too
         self._observe()  # Prometheus metrics (scheduler/metrics.py) and alerts (scheduler/core/alerts.py)
         self.address = ""
 
@@ -248,6 +257,8 @@ class Scheduler:
     async def start(self) -> str:
         loop = asyncio.get_running_loop()
         listen, standby = self.cfg.listen, None
+        if self.cfg.http_listen:
+            await self._start_http()
         if isinstance(self.leadership, Leadership):
             listen, standby = await self._stand_by()  # returns once this replica leads
         self.leadership.hold()
@@ -255,6 +266,8 @@ class Scheduler:
         self.engine.load()  # the standby's listener still refuses calls meanwhile
         self.store.start(loop)
         self.engine.start(loop)
+        if self.http is not None:
+            self.http.serve(self.engine)
         if standby is not None:
             await standby.stop(grace=None)  # the port is free for the leader's server below
         domain = trust_domain_of(self.pki_dir)
@@ -315,6 +328,8 @@ class Scheduler:
         standby's server, which keeps refusing (naming this replica now) until it is stopped."""
         assert isinstance(self.leadership, Leadership)
         gate = StandbyGate()
+        if self.http is not None:
+            self.http.leader_hint = lambda: gate.leader
         server = grpc.aio.server(options=server_options(self.cfg))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         server.add_generic_rpc_handlers((gate,))
@@ -392,6 +407,16 @@ class Scheduler:
             log.info("alert standby_without_leader cleared: %s leads", leader)
         self.ha.leader_known = bool(leader)
 
+    async def _start_http(self) -> None:
+        """The dashboard's HTTP server (scheduler/web/server.py), in this event loop."""
+        from scheduler.web.server import HttpServer  # aiohttp is imported only when asked for
+
+        self.http = HttpServer(self.cfg.http_listen, self.tls, trust_domain_of(self.pki_dir), self.logs)
+        # More routes (``/metrics``) are added here, before it starts: self.http.add_route(path, handler).
+        m = self.metrics
+        self.http.add_route("/metrics", functools.partial(serve_metrics, m) if m is not None else metrics_off)
+        await self.http.start()
+
     def _reload_signer(self, _: object) -> None:
         """After a TLS reload: enrolment and renewal sign with the CA key in pki_dir now (and send
         the new bundle); one that cannot be read leaves the signer as it was."""
@@ -455,6 +480,8 @@ class Scheduler:
             await self.enroll_server.stop(grace=1.0)
         if self.server is not None:
             await self.server.stop(grace=2.0)
+        if self.http is not None:
+            await self.http.stop()
         if hasattr(self, "engine"):  # (a standby that never led has none)
             self.engine.dispatcher.tracer.flush()  # commit spans' ends still waiting for a transaction
         self.store.close()
