@@ -324,11 +324,15 @@ class StateMachine:
 
     def note_apart(self, txn: Txn, state: str, agent: str, message: str) -> None:
         """A run-independent event (an alert: scheduler/core/alerts.py): ``run_id`` and ``task``
-        empty, in the one global order."""
+        empty, in the one global order; readers of every run's events get it once durable."""
         ts = self._wall()
         self.event_seq += 1
         seq = self.event_seq
         txn.changes.event(seq, ts, "", "", state, 0, agent, message)
+        feed = self._watchers.feed
+        if feed:
+            ev = RunEvent("", "", state, 0, agent, message, ts, seq=seq)
+            txn.after(lambda: feed.publish(ev))
 
     def note(self, txn: Txn, run: Run, t: Task, kind: EventKind, message: str) -> None:
         """An event about a task that changes none of its state (a checkpoint was accepted)."""

@@ -274,8 +274,11 @@ def test_alerts_raise_and_clear_as_events_and_metrics(h: Harness, metrics: Metri
     h.connect("skewed", credits=0, uncertainty=5.0)  # past max_clock_offset (1s)
     h.run(_submit_settle(h, wide(1)))
     e.agents["a1"].figures = AgentFigures(disk_free_bytes=GiB // 2, disk_total_bytes=100 * GiB)
+    live = e.watchers.feed.subscribe()  # an `outrider events --follow` reader
     alerts.check()
     h.run(h.settle())
+    heard = [live.queue.get_nowait() for _ in range(live.queue.qsize())]
+    assert sorted((ev.run_id, ev.state, ev.agent) for ev in heard) == [("", "alert", "a1"), ("", "alert", "skewed")]
     kinds = {(k, s) for k, s in alerts.active}
     assert kinds == {(A.CLOCK_SUSPECT, "skewed"), (A.DISK_NEARLY_FULL, "a1")}
     ev = alert_events(h)
