@@ -22,8 +22,9 @@ An attempt's times are written with its completion, in the completion's own tran
 never a round trip of their own per span. The scheduler keeps when each running attempt
 became ready in memory until then (an attempt lost, or running across a scheduler restart,
 has no queueing span). The commit span's end is known only once the completion is durable:
-it rides the next completion's transaction, or a small one of its own a second later
-(:data:`FLUSH_S`). ``Tracer.enabled = False`` records nothing (the bench compares
+the ends are written together, a second later (:data:`FLUSH_S`), one small transaction for
+every completion of that second (each span row's pages are written once more per second, not
+once more per completion). ``Tracer.enabled = False`` records nothing (the bench compares
 throughput with and without).
 """
 
@@ -49,7 +50,7 @@ FETCH = "transfer.fetch"
 EXECUTE = "execute"
 UPLOAD = "transfer.upload"
 COMMIT = "commit"
-#: How long a commit span's end waits for a transaction to ride before it gets its own.
+#: How long commit spans' ends are gathered before they are written, in one transaction.
 FLUSH_S = 1.0
 #: Ready times kept past this many are pruned of attempts that ended without a completion.
 PRUNE_AT = 65536
@@ -180,7 +181,6 @@ class Tracer:
             0.0,
         )
         txn.changes.spans(row)
-        txn.changes.spans_durable(self._take())
 
         def durable() -> None:
             end = self._wall()
@@ -192,8 +192,6 @@ class Tracer:
         txn.after(durable)
 
     def _take(self) -> list[Durable]:
-        """The commit ends waiting, to ride the transaction at hand (a timer already set finds
-        nothing then: cheaper than cancelling it for every completion)."""
         pending, self._pending = self._pending, []
         return pending
 

@@ -9,7 +9,7 @@ from typing import Any
 from outrider.protocol import Outcome
 from scheduler.core import tracing
 from scheduler.core.messages import Completion, LeaseRef
-from scheduler.core.model import Attempt, AttemptState
+from scheduler.core.model import Attempt, AttemptState, TaskState
 from scheduler.core.tracing import Tracer, agent_spans, corrected
 from scheduler.store.base import SpanRow
 from scheduler.store.changes import Changes, Op
@@ -128,7 +128,7 @@ def test_an_attempt_records_queue_transfer_execute_commit_and_builds_one_tree() 
         assert (by_name["queue"].start, by_name["queue"].end) == (997.0, 1000.0)
         assert (by_name["transfer.fetch"].start, by_name["transfer.fetch"].end) == (1000.5, 1001.0)
         assert (by_name["execute"].start, by_name["execute"].end) == (1001.0, 1005.0)
-        # The commit's end (durable) comes from memory until it rides a transaction...
+        # The commit's end (durable) comes from memory until it is written...
         assert (by_name["commit"].start, by_name["commit"].end) == (1006.0, 1006.25)
         assert journal.store.rows[("r1", "a", 1)][-1] == 0.0
         attempt = by_name["attempt"]
@@ -136,7 +136,7 @@ def test_an_attempt_records_queue_transfer_execute_commit_and_builds_one_tree() 
         assert attempt.parent_span_id == by_name["run"].span_id == tracing.root_id(run.trace_id)
         assert all(by_name[n].parent_span_id == attempt.span_id for n in ("queue", "execute", "commit"))
         assert all(s.trace_id == run.trace_id for s in spans)
-        # ... which is the flush a second later at most (or the next completion's transaction).
+        # ... with the other ends of that second, in one transaction of their own.
         tracer.flush()
         assert journal.store.rows[("r1", "a", 1)][-1] == 1006.25
         assert await tracer.trace(run) == spans
@@ -144,7 +144,7 @@ def test_an_attempt_records_queue_transfer_execute_commit_and_builds_one_tree() 
     asyncio.run(go())
 
 
-def test_a_commit_end_rides_the_next_completion() -> None:
+def test_the_commit_ends_of_a_second_are_written_together() -> None:
     from scheduler.core.txn import Txn
 
     async def go() -> None:
@@ -159,12 +159,29 @@ def test_a_commit_end_rides_the_next_completion() -> None:
             txn = Txn()
             tracer.completed(txn, run, t, Completion(LeaseRef("r4", name, 1), Outcome.SUCCEEDED), 0.0, 6.0)
             journal.commit(txn)
-        assert journal.commits == 2  # b's transaction wrote a's commit end
-        assert journal.store.rows[("r4", "a", 1)][-1] == 7.0 and journal.store.rows[("r4", "b", 1)][-1] == 0.0
+        assert journal.commits == 2  # the completions' own: their times rode them
+        assert journal.store.rows[("r4", "a", 1)][-1] == 0.0 == journal.store.rows[("r4", "b", 1)][-1]
+        assert tracer._flush is not None  # (the timer that writes them, FLUSH_S later)
         tracer.flush()
-        assert journal.commits == 3 and journal.store.rows[("r4", "b", 1)][-1] == 7.0
+        assert journal.commits == 3  # one transaction for both ends
+        assert journal.store.rows[("r4", "a", 1)][-1] == 7.0 == journal.store.rows[("r4", "b", 1)][-1]
 
     asyncio.run(go())
+
+
+def test_ready_times_of_attempts_that_never_completed_are_pruned(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    run = _run("r5")
+    a, b = run.tasks["a"], run.tasks["b"]
+    tracer = Tracer(_Journal(), wall=lambda: 1.0, clock=lambda: 1.0, find=lambda r, n: run.tasks.get(n))  # type: ignore[arg-type]
+    monkeypatch.setattr(tracing, "PRUNE_AT", 2)
+    a.attempts, a.state = 1, TaskState.RUNNING
+    tracer.granted(a, 1.0, 1.0)
+    b.attempts, b.state = 1, TaskState.RUNNING
+    tracer.granted(b, 1.0, 1.0)
+    b.state = TaskState.FAILED  # its lease was lost, say: no completion will come
+    a.attempts = 2  # and a runs again
+    tracer.granted(a, 1.0, 1.0)  # past PRUNE_AT: b's entry goes, a's new one stays
+    assert tracer._queued == {("r5", "a"): (2, 1.0)}
 
 
 def test_tracing_off_records_nothing() -> None:
