@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from outrider import cli_agents, cli_errors
+from outrider import cli_agents, cli_errors, cli_observe
 from outrider.errors import OutriderError
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -145,9 +145,8 @@ def print_run(run: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from outrider.client import Client
-
-    return Client.from_env(scheduler=args.scheduler, ca=args.ca, cert=args.cert, key=args.key, config=args.config)
+    """A client, with the verb's RUN and DIGEST arguments made whole if given as unique prefixes."""
+    return cli_observe.connect(args)
 
 
 def _load(path: str) -> Any:
@@ -359,6 +358,13 @@ def _watch(client: Any, run_id: str, as_json: bool, quiet: bool = False, events:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        if sys.stdout.isatty() and not args.json:  # a person at a terminal: the live view
+            from outrider.cli_watchview import run_live
+
+            final = run_live(client, args.run)
+            print()
+            print_run(final)
+            return cli_errors.EXIT_OK if final.state == "succeeded" else cli_errors.EXIT_FAILED
         return _watch(client, args.run, args.json)
 
 
@@ -462,6 +468,7 @@ def _connection_flags() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     conn = _connection_flags()
     p = cli_errors.Parser(prog="outrider", description="Outrider: run ML pipelines across GPU, HPC and edge.")
+    p.add_argument("--version", action="version", version=cli_observe.version_text(), help="show the version and exit")
     # Every verb's parser is a Parser too (argparse makes subparsers of the parent's class).
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
@@ -516,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_revoke.add_parser(sub, conn)
     cli_token.add_parser(sub, conn)
     cli_pki.add_parser(sub)
+    cli_observe.add_parser(sub, conn)
     cli_trace.add_parser(sub, conn)
     return p
 

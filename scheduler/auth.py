@@ -94,6 +94,9 @@ RULES: dict[str, Rule] = {
     _C + "Explain": Rule(USERS, RUN),
     _C + "DrainAgent": Rule(ADMIN),
     _C + "RevokeAgent": Rule(ADMIN),
+    _C + "WatchEvents": Rule(USERS, RUN),  # a submitter: its own runs' events only
+    _C + "Lineage": Rule(USERS, RUN),  # a submitter: through its own runs only
+    _C + "Resolve": Rule(USERS, RUN),  # a submitter: its own runs' ids and artifacts only
     _C + "GetTrace": Rule(USERS, RUN),  # a run's trace (spans): its owner's, or an admin's
     "/outrider.v1.AuditService/ListAudit": Rule(ADMIN),  # the audit log
     "/outrider.v1.AuditService/VerifyAudit": Rule(ADMIN),

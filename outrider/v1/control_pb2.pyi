@@ -208,7 +208,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., run_only: _Optional[bool] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "task", "state", "attempt", "agent", "message", "ts", "snapshot", "warnings", "seq")
+    __slots__ = ("run_id", "task", "state", "attempt", "agent", "message", "ts", "snapshot", "warnings", "seq", "score")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,7 @@ class RunEvent(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     task: str
     state: str
@@ -229,7 +230,8 @@ class RunEvent(_message.Message):
     snapshot: RunStatus
     warnings: _containers.RepeatedScalarFieldContainer[str]
     seq: int
-    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., message: _Optional[str] = ..., ts: _Optional[float] = ..., snapshot: _Optional[_Union[RunStatus, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., seq: _Optional[int] = ...) -> None: ...
+    score: float
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[str] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., message: _Optional[str] = ..., ts: _Optional[float] = ..., snapshot: _Optional[_Union[RunStatus, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., seq: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -419,3 +421,81 @@ class GetTraceResponse(_message.Message):
     trace_id: str
     spans: _containers.RepeatedCompositeFieldContainer[TraceSpan]
     def __init__(self, run_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[TraceSpan, _Mapping]]] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("after_seq", "run_id", "follow")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    run_id: str
+    follow: bool
+    def __init__(self, after_seq: _Optional[int] = ..., run_id: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class LineageRequest(_message.Message):
+    __slots__ = ("digest", "down", "max_depth", "max_steps")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DOWN_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    down: bool
+    max_depth: int
+    max_steps: int
+    def __init__(self, digest: _Optional[str] = ..., down: _Optional[bool] = ..., max_depth: _Optional[int] = ..., max_steps: _Optional[int] = ...) -> None: ...
+
+class LineageStep(_message.Message):
+    __slots__ = ("run_id", "pipeline", "task", "attempt", "agent", "command", "code_digest", "inputs", "outputs", "depth", "finished_at", "state")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    CODE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    pipeline: str
+    task: str
+    attempt: int
+    agent: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    code_digest: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
+    outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]
+    depth: int
+    finished_at: float
+    state: str
+    def __init__(self, run_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., agent: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., code_digest: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., depth: _Optional[int] = ..., finished_at: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
+
+class LineageResponse(_message.Message):
+    __slots__ = ("digest", "direction", "steps", "raw_inputs", "truncated")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    RAW_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    direction: str
+    steps: _containers.RepeatedCompositeFieldContainer[LineageStep]
+    raw_inputs: _containers.RepeatedScalarFieldContainer[str]
+    truncated: str
+    def __init__(self, digest: _Optional[str] = ..., direction: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[LineageStep, _Mapping]]] = ..., raw_inputs: _Optional[_Iterable[str]] = ..., truncated: _Optional[str] = ...) -> None: ...
+
+class ResolveRequest(_message.Message):
+    __slots__ = ("prefix", "kind")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    kind: str
+    def __init__(self, prefix: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class ResolveResponse(_message.Message):
+    __slots__ = ("full",)
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    full: str
+    def __init__(self, full: _Optional[str] = ...) -> None: ...

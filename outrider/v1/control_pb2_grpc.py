@@ -104,6 +104,21 @@ class ControlServiceStub:
                 request_serializer=outrider_dot_v1_dot_control__pb2.GetTraceRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_control__pb2.GetTraceResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/outrider.v1.ControlService/WatchEvents',
+                request_serializer=outrider_dot_v1_dot_control__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.RunEvent.FromString,
+                _registered_method=True)
+        self.Lineage = channel.unary_unary(
+                '/outrider.v1.ControlService/Lineage',
+                request_serializer=outrider_dot_v1_dot_control__pb2.LineageRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.LineageResponse.FromString,
+                _registered_method=True)
+        self.Resolve = channel.unary_unary(
+                '/outrider.v1.ControlService/Resolve',
+                request_serializer=outrider_dot_v1_dot_control__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.ResolveResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -210,6 +225,30 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Every recorded event the caller may see (a submitter: its own runs'; an admin: all), in
+        seq order after after_seq, from the durable history; with follow, then live ones as they
+        are recorded, without end. Placements (state "running") carry the winning score.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Lineage(self, request, context):
+        """Which tasks made an artifact and from what (up), or what was made from it (down).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resolve(self, request, context):
+        """A run id or artifact digest from a unique prefix (as git does); an ambiguous prefix is
+        INVALID_ARGUMENT naming candidates, one matching nothing the caller may see NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +321,21 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetTrace,
                     request_deserializer=outrider_dot_v1_dot_control__pb2.GetTraceRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_control__pb2.GetTraceResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.WatchEventsRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.RunEvent.SerializeToString,
+            ),
+            'Lineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lineage,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.LineageRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.LineageResponse.SerializeToString,
+            ),
+            'Resolve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resolve,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.ResolveRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.ResolveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -662,6 +716,87 @@ class ControlService:
             '/outrider.v1.ControlService/GetTrace',
             outrider_dot_v1_dot_control__pb2.GetTraceRequest.SerializeToString,
             outrider_dot_v1_dot_control__pb2.GetTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/outrider.v1.ControlService/WatchEvents',
+            outrider_dot_v1_dot_control__pb2.WatchEventsRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrider.v1.ControlService/Lineage',
+            outrider_dot_v1_dot_control__pb2.LineageRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.LineageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resolve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrider.v1.ControlService/Resolve',
+            outrider_dot_v1_dot_control__pb2.ResolveRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.ResolveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,7 @@ from outrider.errors import InvalidArgument, NotFound
 from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc
 from scheduler.api import bounds, traces, wire
 from scheduler.api.access import Access
+from scheduler.api.insight import Insight
 from scheduler.api.status import streaming, unary
 from scheduler.auth import current_identity
 from scheduler.core.engine import Engine
@@ -39,6 +40,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> None:
         self.engine = engine
         self.access = Access(engine)
+        self.insight = Insight(engine, self.access)  # events, lineage, prefixes
         self.max_pipeline_tasks = max_pipeline_tasks
         self.max_pipeline_bytes = max_pipeline_bytes
 
@@ -203,3 +205,18 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         finally:
             if follower is not None:
                 self.engine.unfollow_logs(follower)
+
+    @streaming
+    async def WatchEvents(
+        self, request: control_pb2.WatchEventsRequest, context: Any
+    ) -> AsyncIterator[control_pb2.RunEvent]:
+        async for ev in self.insight.watch_events(request):
+            yield ev
+
+    @unary
+    async def Lineage(self, request: control_pb2.LineageRequest, context: Any) -> control_pb2.LineageResponse:
+        return await self.insight.lineage(request)
+
+    @unary
+    async def Resolve(self, request: control_pb2.ResolveRequest, context: Any) -> control_pb2.ResolveResponse:
+        return await self.insight.resolve(request)

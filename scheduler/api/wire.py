@@ -21,6 +21,7 @@ from outrider.v1 import agent_pb2, common_pb2, control_pb2
 from scheduler.api import bounds
 from scheduler.api.figures import figures_from_proto
 from scheduler.core.channel import Outbound
+from scheduler.core.events import placement_score
 from scheduler.core.messages import (
     Ack,
     ArtifactRef,
@@ -515,6 +516,7 @@ def run_event_to_proto(ev: RunEvent) -> control_pb2.RunEvent:
         ts=ev.ts,
         warnings=ev.warnings,
         seq=ev.seq,
+        score=placement_score(ev.state, ev.message),
     )
     if ev.snapshot is not None:
         msg.snapshot.CopyFrom(run_status_to_proto(ev.snapshot))

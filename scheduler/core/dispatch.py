@@ -28,6 +28,7 @@ from scheduler import matcher
 from scheduler.core import tracing
 from scheduler.core.channel import Channel
 from scheduler.core.delay import DelayScheduler, Worse
+from scheduler.core.events import placement_message
 from scheduler.core.fairness import FairShare
 from scheduler.core.instruments import I
 from scheduler.core.leases import LeaseTable, lease_ref
@@ -205,7 +206,7 @@ class Dispatcher:
         t.wait_for, t.wait_until = "", 0.0
         self._fairness.hold(run, t.needs)
         self.tracer.granted(t, wall, mono)
-        self._sm.transition(txn, run, t, TaskState.RUNNING)
+        self._sm.transition(txn, run, t, TaskState.RUNNING, message=placement_message(t.placement, agent.view))
         return self._assignment(run, t)
 
     def _assignment(self, run: Run, t: Task) -> Assignment:

@@ -260,6 +260,16 @@ class Store(abc.ABC):
         """Up to ``limit`` audit records with ``seq > after_seq``, ``ts_us >= since_ts_us`` and,
         if given, this ``identity``, in seq order."""
 
+    def all_events(self, after: int, limit: int) -> list[EventRow]:
+        """Every run's recorded events with ``seq > after``, in order, at most ``limit``
+        (``outrider events``); callable from any thread while the writer runs."""
+        raise NotImplementedError
+
+    def with_prefix(self, kind: str, prefix: str, after: str, limit: int) -> list[str]:
+        """Run ids (``kind`` "run") or artifact digests ("artifact") starting with ``prefix``,
+        greater than ``after``, in order, at most ``limit``: a range on the primary key."""
+        raise NotImplementedError
+
     def join_tokens(self) -> list[TokenRow]:
         """The join tokens on record (read once, when the core is built; a backend without them has none)."""
         return []
@@ -409,3 +419,14 @@ def _resolve_all(waiters: list[asyncio.Future[None]], outcomes: list[BaseExcepti
             fut.set_result(None)
         else:
             fut.set_exception(WriteRefused(f"the database refused this change ({why}); nothing was recorded"))
+
+
+#: What :meth:`with_prefix` reads: (table, primary key) per kind.
+PREFIX_TABLES = {"run": ("runs", "run_id"), "artifact": ("artifacts", "digest")}
+
+
+def prefix_range(prefix: str) -> tuple[str, str]:
+    """The primary-key range ``[low, high)`` that holds every key starting with ``prefix``
+    (a non-empty ASCII prefix). A collation other than bytewise (PostgreSQL's default may be
+    one) can put other keys in it too: the caller keeps only keys that start with ``prefix``."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)

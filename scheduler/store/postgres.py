@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 from outrider.errors import ConfigError
 from scheduler.core.auditchain import AuditRecord
 from scheduler.store import rows
-from scheduler.store.base import Deposed, EventRow, Loaded, SpanRow, Store, TokenRow, log
+from scheduler.store.base import PREFIX_TABLES, Deposed, EventRow, Loaded, SpanRow, Store, TokenRow, log, prefix_range
 from scheduler.store.changes import Op, Record
 from scheduler.store.pglock import LEADER_TIMEOUT_S, LockSession
 
@@ -435,6 +435,16 @@ class PostgresStore(Store):
         sql = "SELECT * FROM events WHERE run_id=%s AND seq>%s ORDER BY seq" + (" LIMIT %s" if limit else "")
         params: tuple[Any, ...] = (run_id, after, limit) if limit else (run_id, after)
         return [rows.event_row(r) for r in self._read(sql, params)]
+
+    def all_events(self, after: int, limit: int) -> list[EventRow]:
+        sql = "SELECT * FROM events WHERE seq>%s ORDER BY seq LIMIT %s"
+        return [rows.event_row(r) for r in self._read(sql, (after, limit))]
+
+    def with_prefix(self, kind: str, prefix: str, after: str, limit: int) -> list[str]:
+        table, key = PREFIX_TABLES[kind]
+        low, high = prefix_range(prefix)
+        sql = f"SELECT {key} FROM {table} WHERE {key} >= %s AND {key} < %s AND {key} > %s ORDER BY {key} LIMIT %s"
+        return [r[key] for r in self._read(sql, (low, high, after, limit))]
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._reader_lock:

@@ -18,7 +18,7 @@ from typing import Any
 
 from scheduler.core.auditchain import AuditRecord
 from scheduler.store import rows
-from scheduler.store.base import EventRow, Loaded, SpanRow, Store, TokenRow, log
+from scheduler.store.base import PREFIX_TABLES, EventRow, Loaded, SpanRow, Store, TokenRow, log, prefix_range
 from scheduler.store.changes import Op, Record
 
 # Numbered migrations: append only, never edit a released one.
@@ -316,6 +316,16 @@ class SqliteStore(Store):
         sql = "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq" + (" LIMIT ?" if limit else "")
         params: tuple[Any, ...] = (run_id, after, limit) if limit else (run_id, after)
         return [rows.event_row(r) for r in self._read(sql, params)]
+
+    def all_events(self, after: int, limit: int) -> list[EventRow]:
+        sql = "SELECT * FROM events WHERE seq>? ORDER BY seq LIMIT ?"
+        return [rows.event_row(r) for r in self._read(sql, (after, limit))]
+
+    def with_prefix(self, kind: str, prefix: str, after: str, limit: int) -> list[str]:
+        table, key = PREFIX_TABLES[kind]
+        low, high = prefix_range(prefix)
+        sql = f"SELECT {key} FROM {table} WHERE {key} >= ? AND {key} < ? AND {key} > ? ORDER BY {key} LIMIT ?"
+        return [r[key] for r in self._read(sql, (low, high, after, limit))]
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         with self._reader_lock:
