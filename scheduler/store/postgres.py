@@ -278,28 +278,9 @@ SQL: dict[Op, str] = {
     Op.DELETE_TOKEN: "DELETE FROM join_tokens WHERE token_id=%s",
     Op.INSERT_REVOKED: "INSERT INTO revoked_agents(name, revoked_at, revoked_by, reason) VALUES (%s,%s,%s,%s)",
 }
-SQL[Op.UPSERT_SPANS_MANY] = (
-    "INSERT INTO spans(run_id, task, attempt, agent, queued_at, granted_at, fetch_start, fetch_end,"
-    " exec_start, exec_end, upload_start, upload_end, received_at, durable_at)"
-    " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-    " ON CONFLICT (run_id, task, attempt) DO UPDATE SET agent=EXCLUDED.agent"
-    ", queued_at=EXCLUDED.queued_at, granted_at=EXCLUDED.granted_at"
-    ", fetch_start=EXCLUDED.fetch_start, fetch_end=EXCLUDED.fetch_end"
-    ", exec_start=EXCLUDED.exec_start, exec_end=EXCLUDED.exec_end"
-    ", upload_start=EXCLUDED.upload_start, upload_end=EXCLUDED.upload_end"
-    ", received_at=EXCLUDED.received_at, durable_at=EXCLUDED.durable_at"
-)
-SQL[Op.SPANS_DURABLE_MANY] = "UPDATE spans SET durable_at=%s WHERE run_id=%s AND task=%s AND attempt=%s"
-_MANY = frozenset(
-    {
-        Op.INSERT_TASKS_MANY,
-        Op.UPSERT_OUTPUTS_MANY,
-        Op.INSERT_ARTIFACTS_MANY,
-        Op.INSERT_EVENTS_MANY,
-        Op.UPSERT_SPANS_MANY,
-        Op.SPANS_DURABLE_MANY,
-    }
-)
+SQL.update(rows.spans_sql("%s"))  # trace spans (core/tracing.py)
+_MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
+_MANY = _MANY | {Op.UPSERT_SPANS_MANY, Op.SPANS_DURABLE_MANY}
 assert set(SQL) == set(Op), "every kind of write needs its statement"
 
 

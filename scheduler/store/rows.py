@@ -170,5 +170,17 @@ SPAN_TIMES = (
 )
 
 
+def spans_sql(mark: str) -> dict[Op, str]:
+    """The writes of trace spans (:mod:`scheduler.core.tracing`), the same on both backends but
+    for the placeholder (``mark``): an attempt's row (replacing one written before), its end."""
+    cols = ("agent", *SPAN_TIMES)
+    upsert = (
+        f"INSERT INTO spans(run_id, task, attempt, {', '.join(cols)}) VALUES ({','.join([mark] * (3 + len(cols)))})"
+        " ON CONFLICT (run_id, task, attempt) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in cols)
+    )
+    durable = f"UPDATE spans SET durable_at={mark} WHERE run_id={mark} AND task={mark} AND attempt={mark}"
+    return {Op.UPSERT_SPANS_MANY: upsert, Op.SPANS_DURABLE_MANY: durable}
+
+
 def audit_record(r: Row) -> AuditRecord:
     return AuditRecord(*(r[f] for f in AUDIT_FIELDS))

@@ -237,22 +237,9 @@ SQL: dict[Op, str] = {
     Op.DELETE_TOKEN: "DELETE FROM join_tokens WHERE token_id=?",
     Op.INSERT_REVOKED: "INSERT INTO revoked_agents(name, revoked_at, revoked_by, reason) VALUES (?,?,?,?)",
 }
-SQL[Op.UPSERT_SPANS_MANY] = (
-    "INSERT OR REPLACE INTO spans(run_id, task, attempt, agent, queued_at, granted_at, fetch_start, fetch_end,"
-    " exec_start, exec_end, upload_start, upload_end, received_at, durable_at)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-SQL[Op.SPANS_DURABLE_MANY] = "UPDATE spans SET durable_at=? WHERE run_id=? AND task=? AND attempt=?"
-_MANY = frozenset(
-    {
-        Op.INSERT_TASKS_MANY,
-        Op.UPSERT_OUTPUTS_MANY,
-        Op.INSERT_ARTIFACTS_MANY,
-        Op.INSERT_EVENTS_MANY,
-        Op.UPSERT_SPANS_MANY,
-        Op.SPANS_DURABLE_MANY,
-    }
-)
+SQL.update(rows.spans_sql("?"))  # trace spans (core/tracing.py)
+_MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
+_MANY = _MANY | {Op.UPSERT_SPANS_MANY, Op.SPANS_DURABLE_MANY}
 assert set(SQL) == set(Op), "every kind of write needs its statement"
 
 
