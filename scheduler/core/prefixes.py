@@ -66,10 +66,13 @@ async def resolve(
     are greater than ``after``, in order (off the event loop).
     """
     prefix = normalise(kind, text)
+    # The range is read without a trailing dash: a collation that ignores punctuation (glibc's
+    # en_US, a PostgreSQL default) would put keys past "run-1a2b-" after the bound "run-1a2b.".
+    low = prefix.rstrip("-")
     found: list[str] = []
     after = ""
     for _ in range(PAGES):
-        page = await lookup(prefix, after, PAGE)
+        page = await lookup(low, after, PAGE)
         found.extend(k for k in page if k.startswith(prefix) and visible(k))
         if len(page) < PAGE or len(found) > SHOWN:
             break

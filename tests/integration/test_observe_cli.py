@@ -233,3 +233,23 @@ def test_watch_on_a_terminal_draws_the_live_view(setup: Setup) -> None:
     assert re.search(r"make\s+succeeded\s+a\s+1", last) and re.search(r"use\s+succeeded\s+a\s+1", last), last
     assert "transfers:" in last and "2/2 tasks done" in last
     assert f"run {run_id}  pipeline lineage-demo  SUCCEEDED" in last  # the summary, as when piped
+
+
+def test_a_retry_is_an_event_with_its_reason(setup: Setup) -> None:
+    spec = setup.tmp / "flaky.yaml"
+    spec.write_text("""\
+name: flaky
+tasks:
+  once:
+    run: 'test "$OUTRIDER_ATTEMPT" -gt 1 || exit 7'
+    retries: {max: 1, backoff: 0.1s}
+""")
+    run_id = ok(setup.alice, "submit", str(spec)).strip()
+    cli(setup.alice, "watch", run_id, "--json", timeout=90)
+    evs = [json.loads(x) for x in ok(setup.alice, "events", "--run", run_id[:-1], "--json").splitlines()]
+    kinds = [(e["task"], e["kind"], e["attempt"]) for e in evs]
+    assert kinds == [("", "running", 0), ("once", "ready", 0), ("once", "running", 1), ("once", "retrying", 1),
+                     ("once", "running", 2), ("once", "succeeded", 2), ("", "succeeded", 0)], kinds
+    retry = evs[3]
+    assert "exit" in retry["message"] and "attempt 2 of 2" in retry["message"], retry
+    assert [e["score"] is not None for e in evs] == [False, False, True, False, True, False, False]

@@ -226,6 +226,17 @@ def test_resolve_unique_ambiguous_unseen_and_too_many() -> None:
     assert go(prefixes.resolve("artifact", "abce", _lookup(keys), lambda k: k != keys[1])) == keys[2]
     with pytest.raises(NotFound, match="no artifact 'abce'"):
         go(prefixes.resolve("artifact", "abce", _lookup(keys), lambda k: False))
+    runs = ["run-18f3a-abcdef", "run-18f3a-abcd00", "run-18f3b-000000"]
+    asked: list[str] = []
+
+    async def lookup(prefix: str, after: str, limit: int) -> list[str]:
+        asked.append(prefix)
+        return await _lookup(runs)(prefix, after, limit)
+
+    assert go(prefixes.resolve("run", "18f3a-abcde", lookup, lambda k: True)) == runs[0]
+    with pytest.raises(InvalidArgument, match="ambiguous: 2 match"):
+        go(prefixes.resolve("run", "run-18f3a-", lookup, lambda k: True))
+    assert asked[-1] == "run-18f3a"  # read without the trailing dash, filtered with it
     many = [f"abcd{i:060x}" for i in range(prefixes.PAGE * prefixes.PAGES + 5)]
     with pytest.raises(InvalidArgument, match="more than 2000"):
         go(prefixes.resolve("artifact", "abcd", _lookup(many), lambda k: k == many[-1]))
