@@ -4,6 +4,7 @@ A stage gets a fresh work dir holding a copy of the pipeline's code bundle and
 this environment: ``OUTRIDER_INPUTS`` (each declared input under its name),
 ``OUTRIDER_OUTPUTS`` (where it writes each declared output),
 ``OUTRIDER_CHECKPOINT_DIR`` (where it saves checkpoints: :mod:`outrider.checkpoint`),
+``OUTRIDER_METRICS_FILE`` (where it records figures: :mod:`outrider.metrics`),
 ``OUTRIDER_PIPELINE``, ``OUTRIDER_RUN_ID``, ``OUTRIDER_TASK``, ``OUTRIDER_ATTEMPT`` (1-based),
 ``TRACEPARENT`` (W3C trace context), plus the task's own ``env`` and ``secret_env``.
 
@@ -42,6 +43,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+from agent import stagemetrics
 from agent.keeper_client import KeeperClient, KeeperLost
 from agent.logtail import LogSink, LogTail
 from agent.slurm import SlurmExecutor
@@ -249,6 +251,7 @@ class Runner:
             rc = self._spawn_failed(stage, exc)
         completion.exit_code = rc
         completion.exec_exited_at = time.time()
+        stagemetrics.attach(completion, await asyncio.to_thread(stagemetrics.read, stage.workdir))
         await self.hooks.ended(stage, stage.checkpoint_dir)
         reason = stage.stop_reason
         draining = reason is StopReason.DRAINING
@@ -342,6 +345,7 @@ class Runner:
             OUTRIDER_INPUTS=odir + "inputs",
             OUTRIDER_OUTPUTS=odir + "outputs",
             OUTRIDER_CHECKPOINT_DIR=odir + "checkpoint",
+            OUTRIDER_METRICS_FILE=odir + stagemetrics.FILE,
             OUTRIDER_RUN_ID=a.lease.run_id,
             OUTRIDER_TASK=a.lease.task,
             OUTRIDER_ATTEMPT=str(a.lease.epoch),

@@ -9,7 +9,6 @@ Exit status 0 when the run succeeded.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -88,13 +87,16 @@ def main(argv: list[str] | None = None) -> int:
                 secs = (t.finished_at - t.started_at) if t.started_at and t.finished_at else 0.0
                 say(f"    {t.name:<10} {t.agent or '-':<8} {t.attempts:<9} {secs:6.2f}s  {outs}")
             tasks = {t.name: t for t in final.tasks}
-            metrics = next((o for o in tasks.get("evaluate", final.tasks[0]).outputs if o.name == "metrics"), None)
-            if metrics is not None:
-                path = client.download(metrics.digest, root / "metrics.json")
-                acc = json.loads(path.read_text()).get("accuracy")
+            # What the stages recorded (outrider.metrics.log), stored with each attempt by the scheduler.
+            recorded = {(m.task, m.name): m for m in client.stage_metrics([res.run_id])[0].metrics}
+            acc = recorded.get(("evaluate", "accuracy"))
+            if acc is not None:
                 say()
-                say(f"==> model accuracy on the held-out digits: {acc:.3f}  (metrics artifact {metrics.digest[:12]},"
-                    " downloaded and verified)")
+                say(f"==> model accuracy on the held-out digits: {acc.value:.3f}  (logged by the evaluate stage;"
+                    f" `outrider status {res.run_id}` shows it, `outrider metrics RUN...` compares runs)")
+                loss = recorded.get(("train", "loss"))
+                if loss is not None:
+                    say(f"    final training loss: {loss.value:.4f} at epoch {loss.step}")
             say()
             say("==> lineage (artifact <- task <- inputs):")
             digest_of = {f"{t.name}.{o.name}": o.digest for t in final.tasks for o in t.outputs}

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from outrider import cli_agents, cli_errors, cli_observe
+from outrider import cli_agents, cli_errors, cli_metrics, cli_observe
 from outrider.errors import OutriderError
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -300,10 +300,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         run = client.get_run(args.run)
+        recorded = client.stage_metrics([run.run_id])[0]  # what its stages logged (outrider.cli_metrics)
     if args.json:
-        _json(run_json(run))
+        _json(cli_metrics.status_json(run_json(run), recorded))
     else:
         print_run(run)
+        cli_metrics.print_status(recorded)
     return 0
 
 
@@ -524,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_token.add_parser(sub, conn)
     cli_pki.add_parser(sub)
     cli_observe.add_parser(sub, conn)
+    cli_metrics.add_parser(sub, conn)
     cli_trace.add_parser(sub, conn)
     return p
 

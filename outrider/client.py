@@ -468,6 +468,11 @@ class Client:
         (``known`` false) may be revoked too."""
         return self._call(self.control.RevokeAgent, control_pb2.RevokeAgentRequest(agent=agent, reason=reason))
 
+    def stage_metrics(self, run_ids: list[str]) -> list[control_pb2.RunStageMetrics]:
+        """What the stages of these runs recorded (:mod:`outrider.metrics`), in the order asked."""
+        resp = self._call(self.control.GetStageMetrics, control_pb2.GetStageMetricsRequest(run_ids=run_ids))
+        return list(resp.runs)
+
     def create_token(
         self, labels: dict[str, str], zones: list[str] | None, ttl_s: float, uses: int
     ) -> identity_pb2.CreateTokenResponse:

@@ -98,6 +98,7 @@ RULES: dict[str, Rule] = {
     _C + "Lineage": Rule(USERS, RUN),  # a submitter: through its own runs only
     _C + "Resolve": Rule(USERS, RUN),  # a submitter: its own runs' ids and artifacts only
     _C + "GetTrace": Rule(USERS, RUN),  # a run's trace (spans): its owner's, or an admin's
+    _C + "GetStageMetrics": Rule(USERS, RUN),  # what stages recorded: each run named its owner's, or an admin's
     "/outrider.v1.AuditService/ListAudit": Rule(ADMIN),  # the audit log
     "/outrider.v1.AuditService/VerifyAudit": Rule(ADMIN),
     "/outrider.v1.IdentityService/CreateToken": Rule(ADMIN),  # join tokens

@@ -5,8 +5,8 @@ For each task, in dependency order, this:
   * makes a fresh work dir holding a copy of the `code:` directory (./stages),
   * fills an inputs dir with copies of the upstream outputs, each under its input name,
   * sets OUTRIDER_INPUTS / OUTRIDER_OUTPUTS / OUTRIDER_CHECKPOINT_DIR (one per task, kept
-    across its attempts, so a retry resumes) / OUTRIDER_RUN_ID / OUTRIDER_TASK /
-    OUTRIDER_ATTEMPT / TRACEPARENT plus the task's `env:`,
+    across its attempts, so a retry resumes) / OUTRIDER_METRICS_FILE / OUTRIDER_RUN_ID /
+    OUTRIDER_TASK / OUTRIDER_ATTEMPT / TRACEPARENT plus the task's `env:`,
   * runs `run:` (a string via /bin/sh -c, a list exec'd directly) with the task's timeout,
   * retries up to `retries:` times, and fails the task if a declared output is missing.
 
@@ -50,6 +50,13 @@ DEMO_CPUS = 2
 
 class SpecError(Exception):
     pass
+
+
+def read_metrics(path: Path):  # -> outrider.metrics.FileSummary (imported when run)
+    """The stage's metrics file as an agent reads it (outrider.metrics: bounded, last value per name)."""
+    from outrider.metrics import read_file
+
+    return read_file(path)
 
 
 def load_spec(path: Path) -> dict:
@@ -127,6 +134,7 @@ def run_task(name: str, t: dict, *, root: Path, code_dir: Path, artifacts: dict,
             # previous attempt's checkpoint, as an agent would restore it.
             "OUTRIDER_CHECKPOINT_DIR": str(root / name / "checkpoint"),
             "OUTRIDER_INPUTS": str(inputs), "OUTRIDER_OUTPUTS": str(outputs),
+            "OUTRIDER_METRICS_FILE": str(base / "metrics.jsonl"),  # read as an agent reads it, below
             "OUTRIDER_RUN_ID": run_id, "OUTRIDER_TASK": name, "OUTRIDER_ATTEMPT": str(attempt),
             "TRACEPARENT": f"00-{trace_id}-{secrets.token_hex(8)}-01",
             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
@@ -148,6 +156,11 @@ def run_task(name: str, t: dict, *, root: Path, code_dir: Path, artifacts: dict,
         for line in out.splitlines():
             print(f"   │ {line}")
         dt = time.monotonic() - t0
+        recorded = read_metrics(base / "metrics.jsonl")  # what an agent would report with the attempt
+        if recorded.points or recorded.skipped:
+            print("   metrics: " + ", ".join(
+                f"{p.name}={p.value:.4g}" + (f"@{p.step}" if p.step is not None else "") for p in recorded.points)
+                + (f"; {recorded.skipped} line(s) skipped: {recorded.reason}" if recorded.skipped else ""))
         missing = [o for o in t["outputs"] if not (outputs / o).exists()]
         if rc == 0 and not missing:
             for o in t["outputs"]:

@@ -88,7 +88,7 @@ class Assignment(_message.Message):
     def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., spec: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., code_digest: _Optional[str] = ..., pipeline: _Optional[str] = ..., traceparent: _Optional[str] = ..., lease_ttl_s: _Optional[float] = ..., resume_from: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("lease", "outcome", "exit_code", "error", "outputs", "started_at", "finished_at", "fetched_at", "exec_started_at", "exec_exited_at", "upload_started_at")
+    __slots__ = ("lease", "outcome", "exit_code", "error", "outputs", "started_at", "finished_at", "fetched_at", "exec_started_at", "exec_exited_at", "upload_started_at", "metrics", "metrics_skipped")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,8 @@ class Completion(_message.Message):
     EXEC_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     EXEC_EXITED_AT_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     lease: _common_pb2.LeaseRef
     outcome: str
     exit_code: int
@@ -111,7 +113,9 @@ class Completion(_message.Message):
     exec_started_at: float
     exec_exited_at: float
     upload_started_at: float
-    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., fetched_at: _Optional[float] = ..., exec_started_at: _Optional[float] = ..., exec_exited_at: _Optional[float] = ..., upload_started_at: _Optional[float] = ...) -> None: ...
+    metrics: _containers.RepeatedCompositeFieldContainer[StageMetric]
+    metrics_skipped: StageMetricsSkipped
+    def __init__(self, lease: _Optional[_Union[_common_pb2.LeaseRef, _Mapping]] = ..., outcome: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ArtifactRef, _Mapping]]] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., fetched_at: _Optional[float] = ..., exec_started_at: _Optional[float] = ..., exec_exited_at: _Optional[float] = ..., upload_started_at: _Optional[float] = ..., metrics: _Optional[_Iterable[_Union[StageMetric, _Mapping]]] = ..., metrics_skipped: _Optional[_Union[StageMetricsSkipped, _Mapping]] = ...) -> None: ...
 
 class CompletionAck(_message.Message):
     __slots__ = ("lease", "code", "message")
@@ -256,3 +260,25 @@ class GpuFigures(_message.Message):
     memory_used_bytes: int
     memory_total_bytes: int
     def __init__(self, index: _Optional[int] = ..., utilization_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ...) -> None: ...
+
+class StageMetric(_message.Message):
+    __slots__ = ("name", "value", "step", "ts", "count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    step: int
+    ts: float
+    count: int
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., step: _Optional[int] = ..., ts: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
+
+class StageMetricsSkipped(_message.Message):
+    __slots__ = ("count", "reason")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    reason: str
+    def __init__(self, count: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...

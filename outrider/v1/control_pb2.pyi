@@ -499,3 +499,57 @@ class ResolveResponse(_message.Message):
     FULL_FIELD_NUMBER: _ClassVar[int]
     full: str
     def __init__(self, full: _Optional[str] = ...) -> None: ...
+
+class GetStageMetricsRequest(_message.Message):
+    __slots__ = ("run_ids",)
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    run_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AttemptMetric(_message.Message):
+    __slots__ = ("task", "attempt", "name", "value", "step", "ts", "count")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    attempt: int
+    name: str
+    value: float
+    step: int
+    ts: float
+    count: int
+    def __init__(self, task: _Optional[str] = ..., attempt: _Optional[int] = ..., name: _Optional[str] = ..., value: _Optional[float] = ..., step: _Optional[int] = ..., ts: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
+
+class AttemptMetricsSkipped(_message.Message):
+    __slots__ = ("task", "attempt", "count", "reason")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    attempt: int
+    count: int
+    reason: str
+    def __init__(self, task: _Optional[str] = ..., attempt: _Optional[int] = ..., count: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RunStageMetrics(_message.Message):
+    __slots__ = ("run_id", "metrics", "skipped", "truncated")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    metrics: _containers.RepeatedCompositeFieldContainer[AttemptMetric]
+    skipped: _containers.RepeatedCompositeFieldContainer[AttemptMetricsSkipped]
+    truncated: bool
+    def __init__(self, run_id: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[AttemptMetric, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[AttemptMetricsSkipped, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class GetStageMetricsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunStageMetrics]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunStageMetrics, _Mapping]]] = ...) -> None: ...

@@ -119,6 +119,11 @@ class ControlServiceStub:
                 request_serializer=outrider_dot_v1_dot_control__pb2.ResolveRequest.SerializeToString,
                 response_deserializer=outrider_dot_v1_dot_control__pb2.ResolveResponse.FromString,
                 _registered_method=True)
+        self.GetStageMetrics = channel.unary_unary(
+                '/outrider.v1.ControlService/GetStageMetrics',
+                request_serializer=outrider_dot_v1_dot_control__pb2.GetStageMetricsRequest.SerializeToString,
+                response_deserializer=outrider_dot_v1_dot_control__pb2.GetStageMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -249,6 +254,14 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStageMetrics(self, request, context):
+        """What the stages of runs recorded about themselves (outrider.metrics): per task and
+        name, the last value of each attempt; a submitter only of its own runs (at most 32).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +349,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.Resolve,
                     request_deserializer=outrider_dot_v1_dot_control__pb2.ResolveRequest.FromString,
                     response_serializer=outrider_dot_v1_dot_control__pb2.ResolveResponse.SerializeToString,
+            ),
+            'GetStageMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStageMetrics,
+                    request_deserializer=outrider_dot_v1_dot_control__pb2.GetStageMetricsRequest.FromString,
+                    response_serializer=outrider_dot_v1_dot_control__pb2.GetStageMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -797,6 +815,33 @@ class ControlService:
             '/outrider.v1.ControlService/Resolve',
             outrider_dot_v1_dot_control__pb2.ResolveRequest.SerializeToString,
             outrider_dot_v1_dot_control__pb2.ResolveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStageMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outrider.v1.ControlService/GetStageMetrics',
+            outrider_dot_v1_dot_control__pb2.GetStageMetricsRequest.SerializeToString,
+            outrider_dot_v1_dot_control__pb2.GetStageMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ from typing import Any
 
 from outrider.errors import InvalidArgument, NotFound
 from outrider.v1 import common_pb2, control_pb2, control_pb2_grpc
-from scheduler.api import bounds, traces, wire
+from scheduler.api import bounds, stagemetrics, traces, wire
 from scheduler.api.access import Access
 from scheduler.api.insight import Insight
 from scheduler.api.status import streaming, unary
@@ -220,3 +220,16 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @unary
     async def Resolve(self, request: control_pb2.ResolveRequest, context: Any) -> control_pb2.ResolveResponse:
         return await self.insight.resolve(request)
+
+    @unary
+    async def GetStageMetrics(
+        self, request: control_pb2.GetStageMetricsRequest, context: Any
+    ) -> control_pb2.GetStageMetricsResponse:
+        """What the stages of up to 32 runs recorded (``outrider status``, ``outrider metrics``)."""
+        run_ids = stagemetrics.run_ids(request)
+        for run_id in run_ids:
+            self.access.run(run_id)  # another's run reads as one that does not exist
+            if run_id not in self.engine.runs:
+                raise NotFound(f"no run {run_id!r}")
+        found = await stagemetrics.gather(self.engine.stage_metrics.read, run_ids)
+        return await offload(sum(len(f[1]) for f in found) > INLINE_TASKS, stagemetrics.response, found)

@@ -18,7 +18,7 @@ from outrider.errors import InvalidArgument, OutriderError
 from outrider.protocol import OUTCOMES, Outcome
 from outrider.spec import parse_ref, validate_proto
 from outrider.v1 import agent_pb2, common_pb2, control_pb2
-from scheduler.api import bounds
+from scheduler.api import bounds, stagemetrics
 from scheduler.api.figures import figures_from_proto
 from scheduler.core.channel import Outbound
 from scheduler.core.events import placement_score
@@ -334,6 +334,7 @@ def completion_from_proto(c: agent_pb2.Completion, field: str = "completion") ->
         exec_started_at=c.exec_started_at,
         exec_exited_at=c.exec_exited_at,
         upload_started_at=c.upload_started_at,
+        **stagemetrics.completion_fields(c, field),
     )
 
 

@@ -55,6 +55,7 @@ from scheduler.core.reports import LogSink, Reports
 from scheduler.core.residency import ResidencyIndex
 from scheduler.core.revocation import Revocations
 from scheduler.core.spec import PipelineSpec
+from scheduler.core.stagemetrics import StageMetrics
 from scheduler.core.txn import Journal, Txn
 from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan, run_status
 from scheduler.core.watch import LogFollower, Watcher, Watchers, replay_then_follow
@@ -155,6 +156,7 @@ class Engine:
         )
         self.revocations = Revocations(self.journal, self.registry, self.reports, self.sm, wall, lambda: self.caller())
         self._last_infeasible_check = 0.0
+        self.stage_metrics = StageMetrics(self.journal)  # what stages record (core/stagemetrics.py)
         self._reserved: set[str] = set()  # run ids handed out to submissions still being built
 
     # ------------------------------------------------------------------ state, for reading

@@ -90,6 +90,18 @@ class Capabilities:
 
 
 @dataclass(frozen=True, slots=True)
+class StageMetric:
+    """The last value a stage logged for ``name`` in an attempt (``ts`` on the agent's clock;
+    ``step`` None: logged without one; ``count``: how many values the name had)."""
+
+    name: str
+    value: float
+    step: int | None
+    ts: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """The end of an attempt, as its agent reports it (times on the agent's clock)."""
 
@@ -105,6 +117,10 @@ class Completion:
     exec_started_at: float = 0.0
     exec_exited_at: float = 0.0
     upload_started_at: float = 0.0
+    # What the stage recorded about itself (outrider.metrics): last value per name, lines skipped.
+    metrics: tuple[StageMetric, ...] = ()
+    metrics_skipped: int = 0
+    metrics_skipped_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from outrider import logfmt
 from outrider.protocol import ARTIFACT_KINDS, Outcome, is_digest
-from scheduler.core import audit
+from scheduler.core import audit, stagemetrics
 from scheduler.core.fairness import FairShare
 from scheduler.core.instruments import I
 from scheduler.core.leases import LeaseStatus, LeaseTable, lease_ref
@@ -216,6 +216,7 @@ class Reports:
         now = self._wall()
         t.exit_code = c.exit_code
         agent = self._registry.get(agent_name)
+        stagemetrics.record(txn, t, c, agent.sched_offset if agent is not None else 0.0)  # on this transaction
         if self.tracer is not None:  # its transfer, execution and commit spans ride this transaction
             self.tracer.completed(txn, run, t, c, agent.sched_offset if agent is not None else 0.0, now)
         if agent is not None and c.started_at and c.finished_at:

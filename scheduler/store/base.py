@@ -192,6 +192,30 @@ class SpanRow:
     durable_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class MetricRow:
+    """The last value a stage logged for one name in an attempt (``ts``: scheduler wall clock;
+    ``step`` None: logged without one; ``count``: values the name had in the attempt)."""
+
+    task: str
+    attempt: int
+    name: str
+    value: float
+    step: int | None
+    ts: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSkipRow:
+    """Lines of an attempt's metrics file not stored, and why the first was not."""
+
+    task: str
+    attempt: int
+    count: int
+    reason: str
+
+
 @dataclass
 class Loaded:
     """Everything the core needs to rebuild its memory after a restart."""
@@ -268,6 +292,11 @@ class Store(abc.ABC):
     def with_prefix(self, kind: str, prefix: str, after: str, limit: int) -> list[str]:
         """Run ids (``kind`` "run") or artifact digests ("artifact") starting with ``prefix``,
         greater than ``after``, in order, at most ``limit``: a range on the primary key."""
+        raise NotImplementedError
+
+    def stage_metrics(self, run_id: str, limit: int) -> tuple[list[MetricRow], list[MetricSkipRow]]:
+        """A run's stage metrics and skipped lines (at most ``limit`` of each), in (task, attempt,
+        name) order; callable from any thread while the writer runs."""
         raise NotImplementedError
 
     def join_tokens(self) -> list[TokenRow]:

@@ -44,6 +44,9 @@ class Op(enum.Enum):
     UPDATE_TOKEN_USES = "update_token_uses"  #: (uses_left, token_id)
     DELETE_TOKEN = "delete_token"  #: (token_id,)
     INSERT_REVOKED = "insert_revoked"  #: (name, revoked_at, revoked_by, reason): an agent name revoked for good
+    UPSERT_STAGE_METRICS_MANY = "upsert_stage_metrics"  #: [(run_id, task, attempt, name, value, step, ts,
+    #: count)]: the last value of each name a stage logged (scheduler.core.stagemetrics)
+    UPSERT_METRICS_SKIPPED = "upsert_metrics_skipped"  #: (run_id, task, attempt, count, reason)
 
 
 Record = tuple[Op, Any]
@@ -201,6 +204,16 @@ class Changes:
     def insert_revoked(self, name: str, revoked_at: float, revoked_by: str, reason: str) -> None:
         """An agent name on the deny-list (:mod:`scheduler.core.revocation`); never removed."""
         self.records.append((Op.INSERT_REVOKED, (name, revoked_at, revoked_by, reason)))
+
+    def stage_metrics(self, rows: list[tuple[str, str, int, str, float, int | None, float, int]]) -> None:
+        """What an attempt's stage logged (:mod:`scheduler.core.stagemetrics`): (run_id, task, attempt,
+        name, value, step, ts, count) each; a name written again for the attempt is replaced."""
+        if rows:
+            self.records.append((Op.UPSERT_STAGE_METRICS_MANY, rows))
+
+    def metrics_skipped(self, run_id: str, task: str, attempt: int, count: int, reason: str) -> None:
+        """Lines of an attempt's metrics file not stored, and why the first was not."""
+        self.records.append((Op.UPSERT_METRICS_SKIPPED, (run_id, task, attempt, count, reason)))
 
     def audit(self, ts_us: int, identity: str, action: str, target: str, outcome: str, detail: str) -> None:
         """An audit record (see :mod:`scheduler.core.audit`); chained as it is written."""

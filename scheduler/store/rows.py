@@ -19,6 +19,8 @@ from scheduler.store.base import (
     CheckpointRow,
     EventRow,
     Loaded,
+    MetricRow,
+    MetricSkipRow,
     OutputRow,
     RevokedRow,
     RunRow,
@@ -184,3 +186,42 @@ def spans_sql(mark: str) -> dict[Op, str]:
 
 def audit_record(r: Row) -> AuditRecord:
     return AuditRecord(*(r[f] for f in AUDIT_FIELDS))
+
+
+# --------------------------------------------------------------------------- stage metrics
+#: Their writes (:mod:`scheduler.core.stagemetrics`), as both backends run them: ``?`` placeholders,
+#: which PostgreSQL's statements spell ``%s`` (``mark``).
+STAGE_METRICS_SQL: dict[Op, str] = {
+    Op.UPSERT_STAGE_METRICS_MANY: "INSERT INTO stage_metrics(run_id, task, attempt, name, value, step, ts, count)"
+    " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (run_id, task, attempt, name) DO UPDATE SET value=excluded.value,"
+    " step=excluded.step, ts=excluded.ts, count=excluded.count",
+    Op.UPSERT_METRICS_SKIPPED: "INSERT INTO stage_metrics_skipped(run_id, task, attempt, count, reason)"
+    " VALUES (?,?,?,?,?) ON CONFLICT (run_id, task, attempt) DO UPDATE SET count=excluded.count,"
+    " reason=excluded.reason",
+}
+_METRICS = (
+    "SELECT task, attempt, name, value, step, ts, count FROM stage_metrics WHERE run_id=?"
+    " ORDER BY task, attempt, name LIMIT ?"
+)
+_SKIPS = "SELECT task, attempt, count, reason FROM stage_metrics_skipped WHERE run_id=? ORDER BY task, attempt LIMIT ?"
+
+
+#: A run's stage metrics and the skipped lines of its attempts (``Store.stage_metrics``).
+MetricsFound = tuple[list[MetricRow], list[MetricSkipRow]]
+
+
+def stage_metrics_sql(mark: str) -> dict[Op, str]:
+    """:data:`STAGE_METRICS_SQL` with the backend's placeholder."""
+    return {op: sql.replace("?", mark) for op, sql in STAGE_METRICS_SQL.items()}
+
+
+def stage_metrics(
+    read: Callable[[str, tuple[Any, ...]], Iterable[Row]], run_id: str, limit: int, mark: str = "?"
+) -> MetricsFound:
+    """A run's stage metrics (at most ``limit``) and skipped lines, read with ``read(sql, params)``."""
+    found = [
+        MetricRow(r["task"], r["attempt"], r["name"], r["value"], r["step"], r["ts"], r["count"])
+        for r in read(_METRICS.replace("?", mark), (run_id, limit))
+    ]
+    skips = read(_SKIPS.replace("?", mark), (run_id, limit))
+    return found, [MetricSkipRow(r["task"], r["attempt"], r["count"], r["reason"]) for r in skips]

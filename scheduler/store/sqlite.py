@@ -199,6 +199,28 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, task, attempt)
     ) WITHOUT ROWID;
     """,
+    # 12: what stages record (outrider.metrics): per attempt, each name's last value; lines not stored
+    """
+    CREATE TABLE stage_metrics (
+        run_id  TEXT NOT NULL,
+        task    TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        name    TEXT NOT NULL,
+        value   REAL NOT NULL,
+        step    INTEGER,
+        ts      REAL NOT NULL,
+        count   INTEGER NOT NULL,
+        PRIMARY KEY (run_id, task, attempt, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE stage_metrics_skipped (
+        run_id  TEXT NOT NULL,
+        task    TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        count   INTEGER NOT NULL,
+        reason  TEXT NOT NULL,
+        PRIMARY KEY (run_id, task, attempt)
+    ) WITHOUT ROWID;
+    """,
 )
 
 #: How many audit records one read takes (a whole-chain verify streams in such chunks).
@@ -240,6 +262,8 @@ SQL: dict[Op, str] = {
 SQL.update(rows.spans_sql("?"))  # trace spans (core/tracing.py)
 _MANY = frozenset({Op.INSERT_TASKS_MANY, Op.UPSERT_OUTPUTS_MANY, Op.INSERT_ARTIFACTS_MANY, Op.INSERT_EVENTS_MANY})
 _MANY = _MANY | {Op.UPSERT_SPANS_MANY, Op.SPANS_DURABLE_MANY}
+SQL.update(rows.stage_metrics_sql("?"))  # stage metrics (core/stagemetrics.py)
+_MANY = _MANY | {Op.UPSERT_STAGE_METRICS_MANY}
 assert set(SQL) == set(Op), "every kind of write needs its statement"
 
 
@@ -323,6 +347,9 @@ class SqliteStore(Store):
     def spans(self, run_id: str) -> list[SpanRow]:
         sql = "SELECT * FROM spans WHERE run_id=? ORDER BY task, attempt"
         return [rows.span_row(r) for r in self._read(sql, (run_id,))]
+
+    def stage_metrics(self, run_id: str, limit: int) -> rows.MetricsFound:
+        return rows.stage_metrics(self._read, run_id, limit)
 
     def join_tokens(self) -> list[TokenRow]:
         sql = "SELECT token_id, secret_hash, created_at, created_by, expires_at, uses_left, labels, zones"

@@ -66,7 +66,7 @@ _AGENT = {
     _A + "Complete": grpc.StatusCode.ABORTED, _A + "ReportCheckpoint": grpc.StatusCode.ABORTED,
     **{_C + m: DENIED for m in ("Plan", "Submit", "SubmitAndWatch", "GetRun", "ListRuns", "WatchRun", "CancelRun",
                                 "RetryRun", "ListAgents", "GetLogs", "Explain", "DrainAgent", "RevokeAgent",
-                                "GetTrace", "WatchEvents", "Lineage", "Resolve")},
+                                "GetStageMetrics", "GetTrace", "WatchEvents", "Lineage", "Resolve")},
     _L + "ListAudit": DENIED, _L + "VerifyAudit": DENIED,
     _F + "Upload": OK, _F + "Download": OK, _F + "Stat": OK, _F + "Probe": OK,
     _H + "Check": OK, _H + "Watch": OK, _H + "List": OK, _R + "ServerReflectionInfo": OK,
@@ -77,7 +77,7 @@ _AGENT = {
 _OWNER = {
     **{m: DENIED for m in _AGENT if m.startswith(_A)},
     **{_C + m: OK for m in ("Plan", "Submit", "SubmitAndWatch", "GetRun", "ListRuns", "WatchRun", "CancelRun",
-                            "RetryRun", "ListAgents", "GetLogs", "Explain", "GetTrace",
+                            "RetryRun", "ListAgents", "GetLogs", "Explain", "GetStageMetrics", "GetTrace",
                             "WatchEvents", "Lineage", "Resolve")},
     _C + "DrainAgent": DENIED, _C + "RevokeAgent": DENIED,
     **{m: code for m, code in _AGENT.items() if not m.startswith((_A, _C, _L))},
@@ -86,8 +86,9 @@ _OWNER = {
 }
 # Another submitter: the target run and its code bundle do not exist, as far as it can tell.
 _OTHER = {**_OWNER, **{_C + m: NOT_FOUND for m in ("GetRun", "WatchRun", "CancelRun", "RetryRun", "GetLogs",
-                                                   "Explain", "GetTrace", "WatchEvents", "Lineage",
-                                                   "Resolve")}, _F + "Download": NOT_FOUND}
+                                                   "Explain", "GetStageMetrics", "GetTrace", "WatchEvents",
+                                                   "Lineage", "Resolve")},
+          _F + "Download": NOT_FOUND}
 # Everything (there is no agent "nope" to drain; a name never seen may be revoked).
 _ADMIN = {**_OWNER, _C + "DrainAgent": NOT_FOUND, _C + "RevokeAgent": OK, _L + "ListAudit": OK, _L + "VerifyAudit": OK,
           _I + "CreateToken": OK, _I + "ListTokens": OK, _I + "RevokeToken": NOT_FOUND}  # no token "nope"
@@ -204,6 +205,8 @@ def _calls(target: Target) -> dict[str, tuple[Callable[[grpc.Channel], Any], Any
         _C + "ListAgents": (lambda c: control(c).ListAgents, control_pb2.ListAgentsRequest()),
         _C + "GetLogs": (lambda c: control(c).GetLogs, control_pb2.GetLogsRequest(run_id=run, task="t")),
         _C + "Explain": (lambda c: control(c).Explain, control_pb2.ExplainRequest(run_id=run, task="t")),
+        _C + "GetStageMetrics": (lambda c: control(c).GetStageMetrics,
+                                 control_pb2.GetStageMetricsRequest(run_ids=[run])),
         _C + "GetTrace": (lambda c: control(c).GetTrace, control_pb2.GetTraceRequest(run_id=run)),
         _C + "WatchEvents": (lambda c: control(c).WatchEvents, control_pb2.WatchEventsRequest(run_id=run)),
         _C + "Lineage": (lambda c: control(c).Lineage, control_pb2.LineageRequest(digest=target.code)),

@@ -116,6 +116,8 @@ def test_a_stage_runs_as_a_slurm_job(hpc: LocalCluster, slurm: SlurmCluster, tmp
         '      echo "on $SLURM_JOB_PARTITION as job $SLURM_JOB_ID with $SLURM_CPUS_PER_TASK cpu(s)"\n'
         f"      while [ ! -e {go} ]; do sleep 0.1; done\n"
         '      echo "$GREETING from slurm" > "$OUTRIDER_OUTPUTS/out"\n'
+        # A stage's own figures, written on the compute node into the shared work dir (outrider.metrics).
+        "      echo '{\"name\": \"nodes\", \"value\": 1, \"step\": 7}' >> \"$OUTRIDER_METRICS_FILE\"\n"
         "    outputs: [out]\n"
         "    env: {GREETING: hello}\n"
         "    requires: {cpus: 1, memory: 64MiB}\n",
@@ -133,6 +135,8 @@ def test_a_stage_runs_as_a_slurm_job(hpc: LocalCluster, slurm: SlurmCluster, tmp
     _cli(hpc, "artifact", "get", status["tasks"]["make"]["outputs"]["out"], "-o", str(out))
     assert out.read_text() == "hello from slurm\n"
     assert _job_state(slurm, run_id, "make") == "COMPLETED"
+    recorded = status["tasks"]["make"]["metrics"]["nodes"]
+    assert (recorded["value"], recorded["step"], recorded["attempt"]) == (1, 7, 1), status["tasks"]["make"]
 
 
 def test_a_failing_job_reports_its_exit_code(hpc: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> None:

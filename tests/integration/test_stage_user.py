@@ -70,6 +70,7 @@ def test_stages_run_as_stage_user_and_cannot_read_the_agent_state(
             f"{{ try cat {pki}/a.key; try ls {state}/journal; try ls {state}; try cat {state}/instance_id\n"
             f"try python3 -c 'import socket; socket.socket(socket.AF_UNIX).connect(\"{state}/keeper.sock\")'\n"
             "} > $OUTRIDER_OUTPUTS/access\n"
+            "echo '{\"name\": \"as_user\", \"value\": 1}' >> $OUTRIDER_METRICS_FILE\n"  # its own file: read
         ),
         outputs=["uid", "cwd", "access"],
     )
@@ -79,6 +80,8 @@ def test_stages_run_as_stage_user_and_cannot_read_the_agent_state(
         assert status.state == "succeeded", status
         outputs = {o.name: o.digest for o in status.tasks[0].outputs}
         got = {name: client.download(d, tmp_path / name).read_text() for name, d in outputs.items()}
+        recorded = client.stage_metrics([run_id])[0].metrics
+    assert [(m.task, m.name, m.value) for m in recorded] == [("probe", "as_user", 1.0)]
     assert got["uid"].strip() == str(stage_user.pw_uid)
     assert got["cwd"].strip() == "ok"
     lines = got["access"].splitlines()

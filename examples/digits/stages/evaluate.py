@@ -10,6 +10,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from _stage import env_float, fail, input_path, log, output_path
 
+try:
+    from outrider import metrics as recorded  # `outrider status` shows these; `outrider metrics` compares runs
+except ImportError:  # outrider is not installed where this stage runs: the metrics artifact only
+    recorded = None
+
 min_acc = env_float("MIN_ACCURACY", 0.0)
 with open(input_path("model"), "rb") as f:
     bundle = pickle.load(f)
@@ -31,6 +36,9 @@ metrics = {
     "model": {"epochs": bundle.get("epochs"), "hidden": bundle.get("hidden")},
 }
 output_path("metrics").write_text(json.dumps(metrics, indent=2) + "\n")
+if recorded is not None:
+    recorded.log("accuracy", acc)
+    recorded.log("macro_f1", metrics["macro_f1"])
 
 worst = int(np.argmin(per_class))
 log(f"test samples={len(y)} macro_f1={metrics['macro_f1']:.3f} "

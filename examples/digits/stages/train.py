@@ -24,8 +24,9 @@ from _stage import context, env_float, env_int, fail, input_path, log, output_pa
 
 try:
     import outrider.checkpoint as checkpoint
+    import outrider.metrics as recorded
 except ImportError:  # outrider is not installed where this stage runs: no checkpoints
-    checkpoint = None
+    checkpoint = recorded = None
 
 ctx = context()
 epochs = env_int("EPOCHS", 40)
@@ -66,6 +67,9 @@ with warnings.catch_warnings():
         if epoch % every == 0 or epoch == epochs:
             acc = clf.score(X, y)
             log(f"epoch {epoch:3d}/{epochs} loss={clf.loss_:.4f} train_acc={acc:.3f}")
+            if recorded is not None:  # the curve, per epoch: `outrider status` shows the last point
+                recorded.log("loss", clf.loss_, step=epoch)
+                recorded.log("train_accuracy", acc, step=epoch)
         if checkpoint is not None:
             # The whole estimator (weights and optimizer state): training goes on where it was.
             checkpoint.save({"epoch": epoch, "model": clf})
