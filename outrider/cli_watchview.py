@@ -9,8 +9,10 @@ Ctrl-C included. When the run ends the last frame stays, and the run's summary f
 as when piped.
 
 Agents report no transfer progress while a transfer runs (it is not on the wire); the
-transfer line says what is known: the bytes of the outputs recorded so far, and the
-inputs of the tasks running now.
+transfer line says what is known: the bytes of the outputs recorded so far, how many tasks
+are running, and, from the run's trace (``GetTrace``, asked again at most once a second
+after an attempt ends), how many fetches and uploads finished attempts did and how long
+they took in all.
 
 :class:`View` folds events into state and :func:`render` draws it: both pure, for tests.
 """
@@ -59,6 +61,19 @@ class View:
     rows: dict[str, Row] = field(default_factory=dict)
     last: str = ""  # the latest event, in words
     note: str = ""  # a connection note (reconnecting)
+    fetches: tuple[int, float] = (0, 0.0)  # finished attempts' input fetches: how many, seconds in all
+    uploads: tuple[int, float] = (0, 0.0)  # and their output uploads
+    ended: int = 0  # events that ended an attempt: the trace has news
+
+    def apply_trace(self, trace: Any) -> None:
+        """Fold a run's trace (a ``GetTraceResponse``) in: its finished transfer spans, summed."""
+        sums = {"transfer.fetch": [0, 0.0], "transfer.upload": [0, 0.0]}
+        for span in trace.spans:
+            if span.name in sums and span.end >= span.start > 0:
+                sums[span.name][0] += 1
+                sums[span.name][1] += span.end - span.start
+        self.fetches = (int(sums["transfer.fetch"][0]), float(sums["transfer.fetch"][1]))
+        self.uploads = (int(sums["transfer.upload"][0]), float(sums["transfer.upload"][1]))
 
     def apply(self, ev: Any) -> None:
         """Fold one watch event (a ``RunEvent``) in: a snapshot, a task's or the run's event."""
@@ -75,6 +90,8 @@ class View:
             self.last = f"{when} run {ev.state}"
             return
         row = self.rows.setdefault(ev.task, Row(ev.task))
+        if ev.state in TASK_DONE or ev.state in ("retrying", "lost", "released"):
+            self.ended += 1
         row.state = ev.state if ev.state not in REQUEUED else ("pending" if ev.state == "pending" else "ready")
         if ev.state == "running":
             row.agent, row.attempt, row.started, row.finished = ev.agent, ev.attempt, ev.ts, 0.0
@@ -149,8 +166,12 @@ def render(view: View, now: float, width: int = 100, height: int = 40) -> list[s
         lines.append(f"… and {len(rows) - len(shown)} more tasks")
     made = sum(r.output_bytes for r in rows)
     running = counts.get("running", 0)
+    done_transfers = ""
+    if view.fetches[0] or view.uploads[0]:
+        (nf, sf), (nu, su) = view.fetches, view.uploads
+        done_transfers = f"{nf} fetch(es) {sf:.1f}s, {nu} upload(s) {su:.1f}s done; "
     lines.append(
-        f"transfers: {_bytes(made)} of outputs recorded, {running} task(s) running "
+        f"transfers: {done_transfers}{_bytes(made)} of outputs recorded, {running} task(s) running "
         "(per-transfer progress is not on the wire)"
     )
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 4)))
@@ -181,9 +202,12 @@ def watch_live(
     clock: Callable[[], float] = time.time,
     size: Callable[[], tuple[int, int]] | None = None,
     view: View | None = None,
+    trace: Callable[[], Any] | None = None,
 ) -> View:
     """Draw the run's live view from ``events`` (a watch, snapshot first) until it ends;
-    returns the final view. The cursor is shown again however this returns."""
+    returns the final view. The cursor is shown again however this returns. ``trace()``
+    (optional) answers the run's trace, asked when an attempt has ended (at most once a
+    second, and once at the end); if it fails it is not asked again."""
     view = view or View(run_id)
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
 
@@ -197,6 +221,7 @@ def watch_live(
 
     threading.Thread(target=pump, name="outrider-watch-view", daemon=True).start()
     screen = Screen(out)
+    seen, asked_at = 0, float("-inf")
     out.write(HIDE)
     try:
         while True:
@@ -210,6 +235,12 @@ def watch_live(
                 view.apply(item)
                 while not q.empty() and q.queue[0][0] == "event":  # draw once per burst
                     view.apply(q.get_nowait()[1])
+            if trace is not None and view.ended > seen and (kind == "end" or time.monotonic() - asked_at >= 1.0):
+                seen, asked_at = view.ended, time.monotonic()
+                try:
+                    view.apply_trace(trace())
+                except Exception:  # an older scheduler, tracing off: the line says what it knows
+                    trace = None
             width, height = size() if size is not None else shutil.get_terminal_size((100, 40))
             screen.draw(render(view, clock(), width, height))
             if kind == "end":
@@ -227,5 +258,8 @@ def run_live(client: Any, run_id: str, out: TextIO = sys.stdout) -> Any:
     def reconnecting(tries: int, exc: Exception) -> None:
         view.note = f"connection lost ({exc}); reconnecting (try {tries})"
 
-    watch_live(client.follow(run_id, on_reconnect=reconnecting), run_id, out, view=view)
+    from outrider.cli_trace import get_trace
+
+    events = client.follow(run_id, on_reconnect=reconnecting)
+    watch_live(events, run_id, out, view=view, trace=lambda: get_trace(client, run_id))
     return client.get_run(run_id)

@@ -231,7 +231,8 @@ def test_watch_on_a_terminal_draws_the_live_view(setup: Setup) -> None:
     assert any(re.search(r"use\s+running\s+a\s+1\s+\d", f) for f in frames), out  # live: use running on a, attempt 1
     last = frames[-1]
     assert re.search(r"make\s+succeeded\s+a\s+1", last) and re.search(r"use\s+succeeded\s+a\s+1", last), last
-    assert "transfers:" in last and "2/2 tasks done" in last
+    assert re.search(r"transfers: 2 fetch\(es\) [0-9.]+s, 2 upload\(s\) [0-9.]+s done; ", last), last  # the trace's
+    assert "2/2 tasks done" in last
     assert f"run {run_id}  pipeline lineage-demo  SUCCEEDED" in last  # the summary, as when piped
 
 

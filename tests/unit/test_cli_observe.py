@@ -87,6 +87,34 @@ def test_the_live_view_redraws_in_place_and_restores_the_cursor() -> None:
     assert out.getvalue().endswith(cli_watchview.SHOW)  # Ctrl-C: the cursor comes back
 
 
+def test_the_transfer_line_sums_the_finished_transfers_of_the_trace() -> None:
+    view = cli_watchview.View(RUN, state="running", created=1.0)
+    trace = control_pb2.GetTraceResponse(run_id=RUN)
+    trace.spans.add(name="transfer.fetch", start=10.0, end=10.5)
+    trace.spans.add(name="transfer.fetch", start=20.0, end=20.25)
+    trace.spans.add(name="transfer.upload", start=11.0, end=11.125)
+    trace.spans.add(name="execute", start=10.5, end=11.0)
+    trace.spans.add(name="transfer.upload", start=30.0, end=0.0)  # not ended: not counted
+    view.apply_trace(trace)
+    line = cli_watchview.render(view, now=2.0, width=200)[-2]
+    assert line.startswith("transfers: 2 fetch(es) 0.8s, 1 upload(s) 0.1s done; 0 B of outputs recorded"), line
+
+    asked: list[int] = []
+
+    def fetch() -> Any:
+        asked.append(1)
+        if len(asked) > 1:
+            raise RuntimeError("UNIMPLEMENTED")
+        return trace
+
+    events = [snapshot(100.0), ev(5, "train", "succeeded", 101.0, "a2", 1), ev(6, "eval", "failed", 101.5, "a2", 1),
+              ev(7, "", "failed", 102.0)]
+    out = io.StringIO()
+    view = cli_watchview.watch_live(iter(events), RUN, out, clock=lambda: 103.0, size=lambda: (150, 30), trace=fetch)
+    assert view.fetches == (2, 0.75) and 1 <= len(asked) <= 2  # asked when attempts ended; a failure: no more
+    assert "2 fetch(es) 0.8s" in out.getvalue()
+
+
 def test_event_lines_and_json() -> None:
     e = ev(42, "train", "running", 0.0, "a2", 1, "placed with score 2.500 (load 0.500)")
     assert cli_observe.event_json(e) == {"seq": 42, "time": 0.0, "run_id": RUN, "task": "train", "attempt": 1,
