@@ -248,6 +248,8 @@ class Agent:
             tasks.append(asyncio.ensure_future(self._ntp_loop()))
         if self.cfg.preemption_file:
             tasks.append(asyncio.ensure_future(self._preemption_loop(Path(self.cfg.preemption_file))))
+        if self.slurm is not None:
+            tasks.append(asyncio.ensure_future(self._partition_loop()))
         try:
             await self.session.run()
         finally:
@@ -306,6 +308,20 @@ class Agent:
                 self.supervisor.set_healthy()
             else:
                 self.supervisor.set_unhealthy(problem)
+
+    async def _partition_loop(self) -> None:
+        """The Slurm partition's capacity, read again every :data:`agent.slurm.CAPACITY_REFRESH_S`:
+        nodes drained, down or added change what this agent advertises (sent as a capability change)."""
+        while True:
+            await asyncio.sleep(slurm.CAPACITY_REFRESH_S)
+            try:
+                cap = await slurm.partition_capacity(self.cfg.slurm_partition)
+            except OSError as exc:  # slurmctld away, or every node down: keep the last figures
+                log.warning("cannot read partition %s: %s", self.cfg.slurm_partition, exc)
+                continue
+            if slurm.refresh_capacity(self.session.base_caps, cap, self.cfg.slots):
+                log.info("partition %s now: %s", self.cfg.slurm_partition, cap)
+                self.session.beat_now()
 
     async def _preemption_loop(self, notice: Path) -> None:
         while not notice.exists():

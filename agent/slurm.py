@@ -24,7 +24,8 @@ Slurm's own commands are the interface (nothing here re-implements what Slurm do
   so the stage can checkpoint; a plain ``scancel`` after the grace), and a timeout: the
   executor counts ``timeout`` from the job's start (queue time is not run time) and
   cancels it then, to the second, before Slurm's minute-granular ``--time`` would.
-- ``sinfo`` gives the partition's capacity (:func:`partition_capacity`).
+- ``sinfo`` gives the partition's capacity (:func:`partition_capacity`), read at start and
+  again every :data:`CAPACITY_REFRESH_S` (the agent advertises it in place of the login node's).
 
 How a job's end becomes a task's (:func:`verdict`)::
 
@@ -65,7 +66,9 @@ from agent.slurmcmd import (
     advertise,
     parse_scontrol_jobs,
     parse_squeue,
+    partition_capacity,
     probe_partition,
+    refresh_capacity,
     run_command,
     sbatch_args,
     verdict,
@@ -75,19 +78,25 @@ from outrider.protocol import Outcome
 from outrider.v1 import agent_pb2
 
 __all__ = [
+    "CAPACITY_REFRESH_S",
     "POLL_S",
     "Capacity",
     "SlurmExecutor",
     "SlurmSettings",
     "advertise",
     "held_stages",
+    "partition_capacity",
     "probe_partition",
+    "refresh_capacity",
 ]
 
 log = logging.getLogger(__name__)
 
 #: How often the agent's jobs are looked at (one ``squeue`` call for all of them).
 POLL_S = 1.0
+
+#: How often the partition's capacity is read again (``sinfo``): nodes drained, down or added.
+CAPACITY_REFRESH_S = 60.0
 #: The job's id, in its work dir's ``.outrider``.
 JOB_FILE = "slurm.job"
 

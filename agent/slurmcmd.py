@@ -34,6 +34,7 @@ __all__ = [
     "parse_squeue",
     "partition_capacity",
     "probe_partition",
+    "refresh_capacity",
     "run_command",
     "sbatch_args",
     "time_limit",
@@ -322,6 +323,13 @@ def probe_partition(partition: str) -> Capacity:
     if cap.nodes == 0:
         raise OSError(f"Slurm partition {partition!r} has no node that can take jobs (sinfo lists none up)")
     return cap
+
+
+def refresh_capacity(caps: common_pb2.Capabilities, cap: Capacity, slots: int) -> bool:
+    """:func:`advertise` a capacity read again; whether what is advertised changed."""
+    before = caps.SerializeToString(deterministic=True)
+    advertise(caps, cap, slots)
+    return caps.SerializeToString(deterministic=True) != before
 
 
 def advertise(caps: common_pb2.Capabilities, cap: Capacity, slots: int) -> None:

@@ -23,6 +23,7 @@ import random
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,7 +310,10 @@ class Client:
 
     def submit(self, pipeline: Any, strict: bool = False) -> SubmitResult:
         """Submit; ``strict`` refuses a pipeline with a task no registered agent can run."""
-        resp = self._call(self.control.Submit, control_pb2.SubmitRequest(pipeline=self._spec(pipeline), strict=strict))
+        # One request id per submission, the same on every failover retry of it: a retry whose first try
+        # was committed before its answer was lost finds that run instead of starting a second one.
+        req = control_pb2.SubmitRequest(pipeline=self._spec(pipeline), strict=strict, request_id=uuid.uuid4().hex)
+        resp = self._call(self.control.Submit, req)
         return SubmitResult(resp.run_id, list(resp.warnings))
 
     def submit_and_watch(
@@ -325,12 +329,14 @@ class Client:
         ``warnings``) is the durable acknowledgement; events follow until the run ends.
 
         With ``reconnect_for`` > 0, a connection lost after the acknowledgement is resumed
-        as :meth:`follow` does (a connection lost before it raises: the submission may or
-        may not have been recorded)."""
-        req = control_pb2.SubmitAndWatchRequest(pipeline=self._spec(pipeline), run_only=run_only, strict=strict)
-        events = self._stream(self.control.SubmitAndWatch, req, timeout)
+        as :meth:`follow` does, and one lost before it is submitted again with the same
+        request id (so the scheduler answers with the run if the first try made one)."""
+        req = control_pb2.SubmitAndWatchRequest(
+            pipeline=self._spec(pipeline), run_only=run_only, strict=strict, request_id=uuid.uuid4().hex
+        )
         if reconnect_for <= 0:
-            return events
+            return self._stream(self.control.SubmitAndWatch, req, timeout)
+        events = _until_acknowledged(self, req, timeout, reconnect_for, on_reconnect)
         return self._resumed(events, run_only, reconnect_for, on_reconnect)
 
     def _resumed(
@@ -553,3 +559,30 @@ class Client:
         except BaseException:
             recv.abort()
             raise
+
+
+def _until_acknowledged(
+    client: Client,
+    req: control_pb2.SubmitAndWatchRequest,
+    timeout: float | None,
+    reconnect_for: float,
+    on_reconnect: Callable[[int, errors.OutriderError], None] | None,
+) -> Iterator[control_pb2.RunEvent]:
+    """SubmitAndWatch, tried again (same request id) while no acknowledgement came and the
+    scheduler is unreachable, for up to ``reconnect_for`` seconds."""
+    give_up = time.monotonic() + reconnect_for
+    tries = 0
+    while True:
+        acked = False
+        try:
+            for ev in client._stream(client.control.SubmitAndWatch, req, timeout):
+                acked = True
+                yield ev
+            return
+        except errors.OutriderError as exc:
+            if acked or not _unavailable(exc) or time.monotonic() >= give_up:
+                raise
+            tries += 1
+            if on_reconnect is not None:
+                on_reconnect(tries, exc)
+            time.sleep(min(1.0, 0.1 * tries))  # a backoff between tries, not a wait for a condition

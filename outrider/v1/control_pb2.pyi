@@ -82,12 +82,14 @@ class Candidate(_message.Message):
     def __init__(self, agent: _Optional[str] = ..., score: _Optional[float] = ..., breakdown: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("pipeline", "strict")
+    __slots__ = ("pipeline", "strict", "request_id")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     pipeline: _common_pb2.PipelineSpec
     strict: bool
-    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., strict: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., strict: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("run_id", "warnings")
@@ -98,14 +100,16 @@ class SubmitResponse(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitAndWatchRequest(_message.Message):
-    __slots__ = ("pipeline", "run_only", "strict")
+    __slots__ = ("pipeline", "run_only", "strict", "request_id")
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     RUN_ONLY_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     pipeline: _common_pb2.PipelineSpec
     run_only: bool
     strict: bool
-    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., run_only: _Optional[bool] = ..., strict: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., run_only: _Optional[bool] = ..., strict: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

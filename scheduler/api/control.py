@@ -28,6 +28,7 @@ from scheduler.core.engine import Engine
 from scheduler.core.model import Run, RunState
 from scheduler.core.pacing import INLINE_TASKS, offload
 from scheduler.core.spec import PipelineSpec
+from scheduler.core.stagemetrics import StageMetrics
 from scheduler.core.views import RunEvent, RunStatus, run_status
 from scheduler.core.watch import Watcher
 
@@ -41,6 +42,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         self.engine = engine
         self.access = Access(engine)
         self.insight = Insight(engine, self.access)  # events, lineage, prefixes
+        self.stage_metrics = StageMetrics(engine.journal)  # what stages record (core/stagemetrics.py)
         self.max_pipeline_tasks = max_pipeline_tasks
         self.max_pipeline_bytes = max_pipeline_bytes
 
@@ -79,7 +81,9 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @unary
     async def Submit(self, request: control_pb2.SubmitRequest, context: Any) -> control_pb2.SubmitResponse:
         spec = await self._pipeline(request.pipeline)
-        run_id, warnings = await self.engine.submit(spec, current_identity().spiffe_id, request.strict)
+        run_id, warnings = await self.engine.submit(
+            spec, current_identity().spiffe_id, request.strict, request.request_id
+        )
         return control_pb2.SubmitResponse(run_id=run_id, warnings=warnings)
 
     @streaming
@@ -88,7 +92,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     ) -> AsyncIterator[control_pb2.RunEvent]:
         spec = await self._pipeline(request.pipeline)
         run, warnings, watcher = await self.engine.submit_and_watch(
-            spec, current_identity().spiffe_id, request.run_only, request.strict
+            spec, current_identity().spiffe_id, request.run_only, request.strict, request.request_id
         )
         try:
             # The submission is durable (submit awaited its commit): this is the ack.
@@ -231,5 +235,5 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             self.access.run(run_id)  # another's run reads as one that does not exist
             if run_id not in self.engine.runs:
                 raise NotFound(f"no run {run_id!r}")
-        found = await stagemetrics.gather(self.engine.stage_metrics.read, run_ids)
+        found = await stagemetrics.gather(self.stage_metrics.read, run_ids)
         return await offload(sum(len(f[1]) for f in found) > INLINE_TASKS, stagemetrics.response, found)

@@ -20,6 +20,7 @@ Where each concern lives (see docs/architecture.md for the whole map):
 * :mod:`~scheduler.core.zones`: which zones an agent sits in (its certificate, the configuration);
 * :mod:`~scheduler.core.checkpoints`: which checkpoint each task resumes from;
 * :mod:`~scheduler.core.revocation`: revoked agents (the deny-list) and revoking one.
+* :mod:`~scheduler.core.submission`: submit, with run ids and idempotency keys (request ids).
 
 An expired lease requeues the task as a new attempt without counting it against
 the task's retries: losing an agent is not the task's fault.
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -47,15 +47,14 @@ from scheduler.core.leases import LeaseTable, lease_ref
 from scheduler.core.lifecycle import StateMachine
 from scheduler.core.messages import Capabilities, Checkpoint, ClockSample, Completion, LeaseRef, LogChunk
 from scheduler.core.model import AttemptState, Run, RunState, Task, TaskState
-from scheduler.core.pacing import INLINE_TASKS, Pacer, offload
-from scheduler.core.planner import Planner, static_needs
+from scheduler.core.planner import Planner
 from scheduler.core.queues import ReadyQueues
 from scheduler.core.registry import AgentRegistry, AgentState
 from scheduler.core.reports import LogSink, Reports
 from scheduler.core.residency import ResidencyIndex
 from scheduler.core.revocation import Revocations
 from scheduler.core.spec import PipelineSpec
-from scheduler.core.stagemetrics import StageMetrics
+from scheduler.core.submission import Submissions
 from scheduler.core.txn import Journal, Txn
 from scheduler.core.views import AgentInfo, Explanation, LogLine, RunEvent, RunStatus, TaskPlan, run_status
 from scheduler.core.watch import LogFollower, Watcher, Watchers, replay_then_follow
@@ -156,8 +155,7 @@ class Engine:
         )
         self.revocations = Revocations(self.journal, self.registry, self.reports, self.sm, wall, lambda: self.caller())
         self._last_infeasible_check = 0.0
-        self.stage_metrics = StageMetrics(self.journal)  # what stages record (core/stagemetrics.py)
-        self._reserved: set[str] = set()  # run ids handed out to submissions still being built
+        self.submissions = Submissions(self)  # submit, with idempotency keys
 
     # ------------------------------------------------------------------ state, for reading
 
@@ -191,6 +189,7 @@ class Engine:
         self.revocations.restore(loaded.revoked)
         for output in self.sm.restore(loaded, self.queues.intern):
             self.residency.note(output)
+        self.submissions.restore(self.sm.runs)
         for run in self.sm.runs.values():
             for t in run.tasks.values():
                 if t.state is TaskState.RUNNING:
@@ -219,11 +218,7 @@ class Engine:
     # ------------------------------------------------------------------ submissions
 
     def new_run_id(self) -> str:
-        """Time-sortable and unique: milliseconds, then random bits, redrawn on a clash."""
-        while True:
-            run_id = f"run-{int(self.wall() * 1000):x}-{self.rng.getrandbits(24):06x}"
-            if run_id not in self.sm.runs and run_id not in self._reserved:
-                return run_id
+        return self.submissions.new_run_id()
 
     def check_code(self, spec: PipelineSpec) -> None:
         """A pipeline's code bundle must have been uploaded before the pipeline is accepted."""
@@ -241,56 +236,19 @@ class Engine:
         self.check_code(spec)
         return await self.planner.plan_paced(spec)
 
-    async def submit(self, spec: PipelineSpec, submitter: str, strict: bool = False) -> tuple[str, list[str]]:
+    async def submit(
+        self, spec: PipelineSpec, submitter: str, strict: bool = False, request_id: str = ""
+    ) -> tuple[str, list[str]]:
         """Record a run durably and queue its root tasks; returns (run id, warnings)."""
-        run, warnings, _ = await self._submit(spec, submitter, None, strict)
+        run, warnings, _ = await self.submissions.submit(spec, submitter, None, strict, request_id)
         return run.run_id, warnings
 
     async def submit_and_watch(
-        self, spec: PipelineSpec, submitter: str, run_only: bool, strict: bool = False
+        self, spec: PipelineSpec, submitter: str, run_only: bool, strict: bool = False, request_id: str = ""
     ) -> tuple[Run, list[str], Watcher]:
         """Submit, with a watcher registered before any of the run's events exist."""
-        run, warnings, watcher = await self._submit(spec, submitter, run_only, strict)
+        run, warnings, watcher = await self.submissions.submit(spec, submitter, run_only, strict, request_id)
         assert watcher is not None
-        return run, warnings, watcher
-
-    async def _submit(
-        self, spec: PipelineSpec, submitter: str, watch: bool | None, strict: bool
-    ) -> tuple[Run, list[str], Watcher | None]:
-        self.check_code(spec)
-        self.dispatcher.admit(len(spec.tasks))
-        # A big pipeline's pure work (its static needs, its tasks) is done on a worker thread,
-        # so that the loop keeps serving everyone else (scheduler.core.pacing).
-        big = len(spec.tasks) > INLINE_TASKS
-        intern = self.queues.intern
-        base = {ts.name: intern(ts.requires) for ts in spec.tasks}
-        static, conflicts = await offload(big, static_needs, spec, base)
-        warnings = self.planner.warnings_of(static, conflicts)
-        if strict and warnings:
-            raise FailedPrecondition("refused (strict): " + " | ".join(warnings))
-        run_id = self.new_run_id()
-        self._reserved.add(run_id)
-        try:
-            trace_id = os.urandom(16).hex()
-            run = await offload(big, StateMachine.build, run_id, spec, submitter, self.wall(), trace_id, 0, intern)
-        finally:
-            self._reserved.discard(run_id)
-        self.dispatcher.admit(len(spec.tasks))  # again: other submissions may have come in meanwhile
-        run.seq = self.sm.seq + 1
-        watcher = None if watch is None else self.watchers.watch(run.run_id, watch)
-        txn = Txn()
-        audit.record(txn, self.wall(), submitter, Action.SUBMIT, run.run_id)
-        roots = self.sm.create(txn, run, queue=not big)
-        try:
-            durable = self.journal.commit(txn)
-            if big:  # queued after the run's insert, so every grant is committed after it too;
-                # shielded: a submitter that hangs up must not leave tasks out of the queues
-                await asyncio.shield(asyncio.ensure_future(_queue_paced(self.queues, run, roots)))
-            await durable
-        except BaseException:
-            if watcher is not None:
-                self.watchers.unwatch(watcher)
-            raise
         return run, warnings, watcher
 
     async def cancel(self, run_id: str) -> Run:
@@ -469,11 +427,3 @@ class Engine:
         if mono - self._last_infeasible_check >= INFEASIBLE_CHECK_S:
             self._last_infeasible_check = mono
             self.dispatcher.fail_infeasible(mono)
-
-
-async def _queue_paced(queues: ReadyQueues, run: Run, roots: list[Task]) -> None:
-    pacer = Pacer()
-    for t in roots:
-        if t.state is TaskState.READY:  # still (a cancel may have come in between)
-            queues.put(run, t)
-        await pacer.step()

@@ -347,6 +347,7 @@ class StateMachine:
             run = self.build(row.run_id, row.spec, row.submitter, row.created_at, row.trace_id, row.seq, needs)
             run.state = RunState(row.state)
             run.finished_at = row.finished_at
+            run.submit_key = row.submit_key
             run.state_seq = loaded.run_event_seq.get(row.run_id, 0)
             self.runs[run.run_id] = run
             self.seq = max(self.seq, run.seq)

@@ -229,6 +229,7 @@ class Run:
     # Ready tasks, one FIFO per distinct Needs: a poll checks each Needs once.
     queues: dict[Needs, deque[Task]] = field(default_factory=dict)
     queued: int = 0
+    submit_key: str = ""  # the submitter's idempotency key (its request id), '' if none
 
     @property
     def terminal(self) -> bool:

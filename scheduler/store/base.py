@@ -81,6 +81,7 @@ class RunRow:
     trace_id: str
     created_at: float
     finished_at: float
+    submit_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from scheduler.core.model import AttemptState, Run, Task
 class Op(enum.Enum):
     """Kinds of write. ``*_MANY`` carry a list of rows, the others one row."""
 
-    INSERT_RUN = "insert_run"  #: (run_id, seq, pipeline, spec, state, submitter, trace_id, created_at)
+    INSERT_RUN = "insert_run"  #: (run_id, seq, pipeline, spec, state, submitter, trace_id, created_at, submit_key)
     INSERT_TASKS_MANY = "insert_tasks"  #: [(run_id, name, state)]
     UPDATE_RUN = "update_run"  #: (state, finished_at, run_id)
     UPDATE_TASK = "update_task"  #: (state, attempts, failures, agent, error, exit_code, started_at,
@@ -93,6 +93,7 @@ class Changes:
                     run.submitter,
                     run.trace_id,
                     run.created_at,
+                    run.submit_key,
                 ),
             )
         )

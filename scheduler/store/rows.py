@@ -64,6 +64,7 @@ def load(q: Query) -> Loaded:
                 r["trace_id"],
                 r["created_at"],
                 r["finished_at"],
+                r["submit_key"],
             )
             for r in q("SELECT * FROM runs ORDER BY seq")
         ],

@@ -178,6 +178,12 @@ MIGRATIONS: tuple[str, ...] = (
         since   REAL NOT NULL
     );
     """,
+    # 10: a submission's idempotency key (the client's request id): a submit retried after a failover that
+    # lost its answer finds the run it made (scheduler.core.engine); '' for runs submitted without one
+    """
+    ALTER TABLE runs ADD COLUMN submit_key TEXT NOT NULL DEFAULT '';
+    CREATE UNIQUE INDEX runs_submit_key ON runs(submitter, submit_key) WHERE submit_key != '';
+    """,
     # 11: trace times per attempt (scheduler.core.tracing): queueing, transfer, execution and commit,
     # clock-corrected to the scheduler's wall clock; one row, written with the attempt's completion
     """
@@ -232,8 +238,8 @@ _AUDIT_INSERT = (
 
 #: One statement per kind of write; ``*_MANY`` kinds run with executemany.
 SQL: dict[Op, str] = {
-    Op.INSERT_RUN: "INSERT INTO runs(run_id, seq, pipeline, spec, state, submitter, trace_id, created_at)"
-    " VALUES (?,?,?,?,?,?,?,?)",
+    Op.INSERT_RUN: "INSERT INTO runs(run_id, seq, pipeline, spec, state, submitter, trace_id, created_at, submit_key)"
+    " VALUES (?,?,?,?,?,?,?,?,?)",
     Op.INSERT_TASKS_MANY: "INSERT INTO tasks(run_id, name, state) VALUES (?,?,?)",
     Op.UPDATE_RUN: "UPDATE runs SET state=?, finished_at=? WHERE run_id=?",
     Op.UPDATE_TASK: "UPDATE tasks SET state=?, attempts=?, failures=?, agent=?, error=?, exit_code=?,"

@@ -43,8 +43,9 @@ class WireEngine:
     def append_logs(self, name: str, chunks: Iterable[agent_pb2.LogChunk]) -> None:
         self.core.append_logs(name, wire.logs_from_proto(chunks))
 
-    async def submit(self, spec: common_pb2.PipelineSpec, submitter: str, strict: bool = False) -> tuple[str, list[str]]:
-        return await self.core.submit(wire.check_pipeline(spec), submitter, strict)
+    async def submit(self, spec: common_pb2.PipelineSpec, submitter: str, strict: bool = False,
+                     request_id: str = "") -> tuple[str, list[str]]:
+        return await self.core.submit(wire.check_pipeline(spec), submitter, strict, request_id)
 
     def plan(self, spec: common_pb2.PipelineSpec) -> list[control_pb2.TaskPlan]:
         return [wire.task_plan_to_proto(p) for p in self.core.plan(wire.check_pipeline(spec))]

@@ -120,6 +120,11 @@ def test_failovers_lose_nothing_run_nothing_twice_and_fence_the_deposed(
         with cluster.client() as client, cluster.client() as watching:
             for round_, how in enumerate(("SIGKILL", "SIGSTOP", "SIGKILL")):
                 runs.append(client.submit(pipeline(f"r{round_}", journal)).run_id)
+                if round_ == 0:  # a submit whose answer the client "lost" just before the leader died
+                    lost = control_pb2.SubmitRequest(
+                        pipeline=client._spec(pipeline("lost-answer", journal)), request_id="lost-answer-1"
+                    )
+                    runs.append(client._call(client.control.Submit, lost).run_id)
                 if watcher is None:  # a watch of the first run, across the failovers
                     watcher = threading.Thread(target=lambda r=runs[0]: watched.extend(watching.follow(r)))
                     watcher.start()
@@ -140,6 +145,8 @@ def test_failovers_lose_nothing_run_nothing_twice_and_fence_the_deposed(
                     runs.append(client.submit(pipeline(f"r{round_}b", journal)).run_id)  # on the new leader
                     assert "no longer the leader" in old.tail(), old.tail()
                     assert reps.leader() == leader  # the deposed one never served again
+                if round_ == 0:  # its retry on the new leader answers with the run the first try made
+                    assert client._call(client.control.Submit, lost).run_id == runs[1]
                 reps.start(next(i for i, d in reps.daemons.items() if d is old))  # back, as a standby
             runs.append(client.submit(pipeline("last", journal)).run_id)
             deadline = time.monotonic() + 120

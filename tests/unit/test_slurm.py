@@ -450,3 +450,15 @@ def test_an_agent_on_slurm_advertises_the_partition_and_uses_the_shared_work_dir
         assert a.work_root == shared and a.runner.keeper is a.slurm
     finally:
         a.lock.release()
+
+
+def test_a_partition_read_again_changes_what_is_advertised_only_when_it_changed() -> None:
+    from agent.slurmcmd import Capacity, refresh_capacity
+
+    caps = common_pb2.Capabilities(labels={"site": "hpc"})
+    assert refresh_capacity(caps, Capacity(2, 64, 2 * 2**37, 4, 2), 0)  # first read
+    assert (caps.cpu_cores, caps.slots, len(caps.gpus), caps.labels["site"]) == (64, 64, 2, "hpc")
+    assert not refresh_capacity(caps, Capacity(2, 64, 2 * 2**37, 4, 2), 0)  # the same: nothing to send
+    assert refresh_capacity(caps, Capacity(1, 32, 2**37, 2, 2), 0)  # a node drained
+    assert (caps.cpu_cores, caps.memory_bytes, caps.slots) == (32, 2**37, 32)
+    assert refresh_capacity(caps, Capacity(1, 32, 2**37, 2, 2), 8) and caps.slots == 8  # a configured cap
