@@ -34,7 +34,8 @@ def record(txn: Txn, t: Task, c: Completion, offset: float) -> None:
 
 
 class StageMetrics:
-    """Reads stage metrics back (after the journal's barrier: never a state a crash could take back)."""
+    """Reads stage metrics back (after the journal's barrier: never a state a crash could take back);
+    the control service holds one (not the engine: its class is at its size limit)."""
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
