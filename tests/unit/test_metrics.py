@@ -473,3 +473,26 @@ def test_sampler_reads_gpus_through_nvml_and_never_raises(tmp_path: Path, monkey
     clock[0] += 60.0
     assert len(sampler.sample(1.0).gpus) == 2
     assert nv.inits == 2
+
+
+def test_a_standby_that_sees_no_leader_raises_the_alert_once_and_clears_it() -> None:
+    from types import SimpleNamespace
+
+    from scheduler.api.standby import StandbyGate
+    from scheduler.server import Scheduler
+
+    m = Metrics()
+    ha = HaStatus()
+    m.add_state(StateCollector(None, None, ha))
+    me = SimpleNamespace(ha=ha, metrics=m)
+    gate = StandbyGate()
+    raised = ("outrider_alerts_raised_total", (("alert", "standby_without_leader"),))
+    Scheduler._leader_seen(me, gate, "sched-1:7443")  # type: ignore[arg-type]
+    assert scrape(m)[("outrider_standby_without_leader", ())] == 0
+    Scheduler._leader_seen(me, gate, "")  # type: ignore[arg-type]
+    Scheduler._leader_seen(me, gate, "")  # type: ignore[arg-type]  # still none: raised once
+    s = scrape(m)
+    assert s[("outrider_standby_without_leader", ())] == 1 and s[raised] == 1
+    Scheduler._leader_seen(me, gate, "sched-2:7443")  # type: ignore[arg-type]
+    assert scrape(m)[("outrider_standby_without_leader", ())] == 0
+    assert gate.leader == "sched-2:7443"
