@@ -165,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
                 sched_off = psutil.Process(off.scheduler.pid) if off.scheduler is not None else None
                 sched_off_cpu0 = cpu_s(sched_off) if sched_off is not None else 0.0
                 keepers_cpu0 = sum(cpu_s(k) for k in keeps)
-                if off_client is not None:  # warm it up as the latency runs warmed up the first
-                    assert off_client.run(one_task()).state == "succeeded"
+                if off_client is not None:
+                    # As many one-task runs as the first cluster's latency runs: both start the
+                    # throughput runs warm and holding the same history (runs in memory, rows).
+                    for _ in range(args.latency_runs + 10):
+                        assert off_client.run(one_task()).state == "succeeded"
                 for i in range(args.repeat):
                     # "on" and "off" alternate (and take turns going first), so that a busier
                     # moment of a shared machine does not fall on one side only; the CPU
