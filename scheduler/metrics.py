@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 
 from scheduler.core.instruments import I
 
@@ -49,6 +49,9 @@ class Metrics:
     """The registry and every counter and histogram of one scheduler process."""
 
     def __init__(self) -> None:
+        # No `*_created` sample beside each counter and histogram: Prometheus reads a counter's reset from its
+        # drop, and the extra series would double what every scrape stores.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.queue_wait = Histogram(

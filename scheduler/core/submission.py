@@ -15,9 +15,10 @@ first and answers with its run (or fails as it failed).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from outrider.errors import FailedPrecondition, InvalidArgument
 from scheduler.core import audit
@@ -38,6 +39,7 @@ __all__ = ["MAX_REQUEST_ID", "Submissions", "check_request_id"]
 #: The longest request id accepted; a UUID's hex form is 32 characters.
 MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
+_V = TypeVar("_V")
 
 
 def check_request_id(request_id: str) -> str:
@@ -107,7 +109,7 @@ class Submissions:
             if run_id is None or run_id not in self.engine.sm.runs:
                 return None
             run = self.engine.sm.runs[run_id]
-        if run.spec != spec:
+        if _canonical(run.spec) != _canonical(spec):
             raise FailedPrecondition(
                 f"request_id {key[1]} was already used for run {run.run_id} with a different pipeline; "
                 "a new submission needs a new request id"
@@ -154,6 +156,20 @@ class Submissions:
                 e.watchers.unwatch(watcher)
             raise
         return run, warnings, watcher
+
+
+def _canonical(spec: PipelineSpec) -> PipelineSpec:
+    """``spec`` with the parts that come from protobuf maps (inputs, env, secret env) in name
+    order: a map's order on the wire is arbitrary, so one pipeline decodes in several orders."""
+
+    def by_name(pairs: tuple[tuple[str, _V], ...]) -> tuple[tuple[str, _V], ...]:
+        return tuple(sorted(pairs, key=lambda kv: kv[0]))
+
+    tasks = tuple(
+        dataclasses.replace(t, inputs=by_name(t.inputs), env=by_name(t.env), secret_env=by_name(t.secret_env))
+        for t in spec.tasks
+    )
+    return dataclasses.replace(spec, tasks=tasks)
 
 
 async def _queue_paced(queues: ReadyQueues, run: Run, roots: list[Task]) -> None:

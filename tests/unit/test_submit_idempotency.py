@@ -3,11 +3,14 @@ whose answer was lost in a failover must not start a second run). On both store 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from outrider.errors import FailedPrecondition, InvalidArgument
 from outrider.pipeline import Pipeline
+from scheduler.api import wire
+from scheduler.core.spec import PipelineSpec
 from tests.unit.test_engine import Harness, h  # noqa: F401  (h: fixture)
 
 
@@ -89,3 +92,27 @@ def test_the_key_survives_a_restart(h: Harness) -> None:
         assert len(h.engine.runs) == 1
 
     h.run(after())
+
+
+def test_a_retry_whose_maps_arrive_in_another_order_is_the_same_pipeline(h: Harness) -> None:
+    """Protobuf maps (inputs, env) have no order: the spec of a retry decoded from its request
+    may list them in another order than the run's (decoded from the store after a failover)."""
+
+    def spec(order: list[int]) -> PipelineSpec:
+        p = Pipeline("p")
+        for i in range(4):
+            p.task(f"t{i}", run="true", outputs=["o"])
+        p.task("join", run="true", inputs={f"i{i}": f"t{i}.o" for i in range(4)}, env={f"E{i}": "v" for i in range(4)})
+        s = wire.check_pipeline(p.to_proto())
+        join = s.tasks[-1]
+        join = dataclasses.replace(
+            join, inputs=tuple(join.inputs[i] for i in order), env=tuple(join.env[i] for i in order)
+        )
+        return dataclasses.replace(s, tasks=(*s.tasks[:-1], join))
+
+    async def body() -> None:
+        first, _ = await h.engine.core.submit(spec([0, 1, 2, 3]), "alice", False, "maps")
+        again, _ = await h.engine.core.submit(spec([3, 1, 0, 2]), "alice", False, "maps")
+        assert again == first and len(h.engine.runs) == 1
+
+    h.run(body())
