@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from _stage import env_float, fail, input_path, log, output_path
 
 try:
-    from outrider import metrics as recorded  # `outrider status` shows these; `outrider metrics` compares runs
+    import outrider.metrics as recorded  # `outrider status` shows these; `outrider metrics` compares runs
 except ImportError:  # outrider is not installed where this stage runs: the metrics artifact only
     recorded = None
 
