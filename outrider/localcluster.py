@@ -199,6 +199,8 @@ class LocalCluster:
             self.log_level,
             "--log-format",
             self.log_format,
+            "--http-listen",  # none unless extra_args ask (a later --http-listen wins): tests start many
+            "off",
             *extra_args,
         ]
         self.scheduler = Daemon("scheduler", argv, self.root / "logs" / "scheduler.log", self.env)

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-listen",
         help="HOST:PORT of the read-only web dashboard (docs/dashboard.md); :PORT alone means 127.0.0.1:PORT. "
         "Loopback: plain HTTP, the local operator sees every run; any other address: HTTPS requiring a client "
-        "certificate of our CA (admin: every run, submitter: its own). Default: empty, no HTTP server",
+        "certificate of our CA (admin: every run, submitter: its own). Default: auto, 127.0.0.1:7480 when that "
+        "port is free (a warning when not); off or empty: no HTTP server",
     )
     p.add_argument("--agent-cert-ttl", help="lifetime of the agent certificates this scheduler signs; default 24h")
     p.add_argument("--log-level", help="debug, info, warning or error")
@@ -214,11 +215,14 @@ def observability(merged: dict[str, Any], source: str) -> None:
 
 
 def http_listen(value: Any, source: str) -> str:
-    """``http_listen``: empty (no HTTP server), HOST:PORT, or :PORT (loopback); ConfigError otherwise."""
+    """``http_listen``: "auto" (the default: 127.0.0.1:7480 if free), empty or "off" (no HTTP server),
+    HOST:PORT, or :PORT (loopback); ConfigError otherwise."""
     if not isinstance(value, str):
         raise ConfigError(f"{source}: http_listen must be a HOST:PORT string (empty: no dashboard)")
-    if not value:
+    if value in ("", "off"):
         return ""
+    if value == "auto":
+        return value
     if value.startswith(":"):
         value = "127.0.0.1" + value
     try:

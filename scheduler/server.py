@@ -68,6 +68,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Where the dashboard and /metrics are served when http_listen is not set ("auto"): loopback only.
+DEFAULT_HTTP_LISTEN = "127.0.0.1:7480"
+
 SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     control_pb2.DESCRIPTOR.services_by_name["ControlService"].full_name,
@@ -117,8 +120,9 @@ class SchedulerConfig:
     #: HOST:PORT the other replicas name as the leader's; empty: the listen address (hostname if 0.0.0.0)
     advertise: str = ""
     #: HOST:PORT of the dashboard's HTTP server (scheduler/web, docs/dashboard.md); empty: none. Loopback:
-    #: plain HTTP for the local operator; any other address: HTTPS requiring a client certificate of our CA
-    http_listen: str = ""
+    #: plain HTTP for the local operator; any other address: HTTPS requiring a client certificate of our CA.
+    #: "auto" (the default): DEFAULT_HTTP_LISTEN if that port is free, else none (a warning says so)
+    http_listen: str = "auto"
     #: Prometheus metrics on the HTTP server's /metrics (docs/operations.md); false: none are kept
     metrics: bool = True
     #: an agent's state dir disk is "nearly full" past this fraction used, or under alert_disk_free bytes free
@@ -408,14 +412,24 @@ class Scheduler:
         self.ha.leader_known = bool(leader)
 
     async def _start_http(self) -> None:
-        """The dashboard's HTTP server (scheduler/web/server.py), in this event loop."""
+        """The dashboard's HTTP server (scheduler/web/server.py), in this event loop. On the default
+        address (``http_listen = "auto"``) a port in use (another scheduler on this host) is a
+        warning, not a reason to stop: only an address asked for must be served."""
         from scheduler.web.server import HttpServer  # aiohttp is imported only when asked for
 
-        self.http = HttpServer(self.cfg.http_listen, self.tls, trust_domain_of(self.pki_dir), self.logs)
+        auto = self.cfg.http_listen == "auto"
+        listen = DEFAULT_HTTP_LISTEN if auto else self.cfg.http_listen
+        self.http = HttpServer(listen, self.tls, trust_domain_of(self.pki_dir), self.logs)
         # More routes (``/metrics``) are added here, before it starts: self.http.add_route(path, handler).
         m = self.metrics
         self.http.add_route("/metrics", functools.partial(serve_metrics, m) if m is not None else metrics_off)
-        await self.http.start()
+        try:
+            await self.http.start()
+        except ConfigError as exc:
+            if not auto:
+                raise
+            self.http = None
+            log.warning('%s: no dashboard or /metrics (set http_listen to a free HOST:PORT, or "" for none)', exc)
 
     def _reload_signer(self, _: object) -> None:
         """After a TLS reload: enrolment and renewal sign with the CA key in pki_dir now (and send

@@ -57,3 +57,53 @@ def test_the_state_dir_is_free_again_once_the_scheduler_stopped(cluster: LocalCl
     cluster.scheduler.kill()  # SIGKILL: the kernel drops the lock with the process
     cluster.start_scheduler()
     assert cluster.scheduler.alive()
+
+
+def test_the_dashboard_is_on_loopback_by_default_and_a_port_in_use_there_is_only_a_warning(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Without http_listen the scheduler serves /metrics and the dashboard on 127.0.0.1:7480; when
+    that port is taken (another scheduler on the host) it serves on without them, saying so."""
+    import socket
+    import urllib.request
+
+    from scheduler.server import DEFAULT_HTTP_LISTEN
+    from outrider.localcluster import wait_for as wait_until
+
+    host, _, port = DEFAULT_HTTP_LISTEN.rpartition(":")
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind((host, int(port)))
+    except OSError:
+        pytest.skip(f"{DEFAULT_HTTP_LISTEN} is in use by another program on this machine")
+    holder.listen()
+    cluster.init_pki()
+    argv = [sys.executable, "-m", "scheduler.main", "--listen", "127.0.0.1:0", "--pki-dir", str(cluster.pki)]
+    ready = tmp_path / "ready"
+    log = tmp_path / "taken.log"
+    try:
+        with open(log, "w") as out:
+            taken = subprocess.Popen([*argv, "--state-dir", str(tmp_path / "a"), "--ready-file", str(ready)],
+                                     stdout=out, stderr=subprocess.STDOUT, env=cluster.env)
+        try:
+            wait_until(ready.exists, 30, "the scheduler to serve beside a taken dashboard port")
+            assert taken.poll() is None
+            text = log.read_text()
+            assert "warning" in text.lower() and DEFAULT_HTTP_LISTEN in text and "no dashboard or /metrics" in text, text
+        finally:
+            taken.terminate()
+            taken.wait(20)
+    finally:
+        holder.close()
+    ready.unlink()
+    with open(tmp_path / "free.log", "w") as out:
+        free = subprocess.Popen([*argv, "--state-dir", str(tmp_path / "b"), "--ready-file", str(ready)],
+                                stdout=out, stderr=subprocess.STDOUT, env=cluster.env)
+    try:
+        wait_until(ready.exists, 30, "the scheduler to serve")
+        with urllib.request.urlopen(f"http://{DEFAULT_HTTP_LISTEN}/metrics", timeout=10) as answer:
+            assert answer.status == 200 and b"outrider_" in answer.read()
+    finally:
+        free.terminate()
+        free.wait(20)

@@ -75,9 +75,11 @@ def test_the_log_tail_reads_from_an_offset_and_bounds_the_first_read(tmp_path: P
     assert logs.tail("r", "t", 2, -1) == ([], 0)  # no such attempt's log yet
 
 
-def test_http_listen_is_off_by_default_and_a_bare_port_means_loopback(tmp_path: Path) -> None:
+def test_http_listen_is_loopback_by_default_and_a_bare_port_means_loopback(tmp_path: Path) -> None:
     base = ["--state-dir", str(tmp_path), "--pki-dir", str(tmp_path)]
-    assert load_config(base).http_listen == ""
+    assert load_config(base).http_listen == "auto"  # 127.0.0.1:7480 if free (scheduler.server)
+    assert load_config([*base, "--http-listen", "off"]).http_listen == ""
+    assert load_config([*base, "--http-listen", ""]).http_listen == ""
     assert load_config([*base, "--http-listen", ":7480"]).http_listen == "127.0.0.1:7480"
     with pytest.raises(ConfigError, match="http_listen"):
         load_config([*base, "--http-listen", "nohost"])
