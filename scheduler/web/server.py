@@ -75,6 +75,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_name(header: str) -> str:
+    """The name in a Host header: ``[::1]:7480`` -> ``::1``, ``127.0.0.1:7480`` -> ``127.0.0.1``."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.partition(":")[0]
+
+
 def tls_context(pki_dir: Path, m: Material) -> ssl.SSLContext:
     """HTTPS that requires a client certificate from one of the CAs in ``m``'s bundle."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -176,6 +183,10 @@ class HttpServer:
     def viewer(self, request: web.Request) -> data.Viewer:
         """Who makes ``request``; raises :class:`Refused` (401/403) saying why not allowed."""
         if self.loopback:
+            # DNS rebinding: a page from elsewhere whose name a resolver points at 127.0.0.1 would be
+            # let in as the operator; a browser sends that name as Host, so only loopback names pass.
+            if not is_loopback(host_name(request.host or "")):
+                raise Refused(403, f"Host {(request.host or '')[:100]!r} is not a loopback name (use 127.0.0.1)")
             return data.Viewer("local operator (loopback)", "operator")
         transport = request.transport
         sslobj = transport.get_extra_info("ssl_object") if transport is not None else None

@@ -186,6 +186,11 @@ def test_bad_paths_and_ids_are_bounded_answers(loopback: tuple[LocalCluster, str
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=10)
     assert info.value.code == 405
+    # DNS rebinding: a name from elsewhere that resolves to loopback is not the local operator.
+    req = urllib.request.Request(base + "/api/overview", headers={"Host": "evil.example:7480"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 403 and "not a loopback name" in info.value.read().decode()
 
 
 @pytest.fixture(scope="module")

@@ -166,3 +166,13 @@ def test_https_follows_a_tls_reload_that_adds_a_ca(tmp_path: Path) -> None:
     assert agent == 403
     assert isinstance(new_before, str) and new_before.startswith("refused")
     assert new_after == 503
+
+
+def test_on_loopback_only_loopback_host_names_are_let_in() -> None:
+    """DNS rebinding: a page from another site whose name resolves to 127.0.0.1 sends that name as Host."""
+    from scheduler.web.server import host_name
+
+    assert [host_name(h) for h in ("127.0.0.1:7480", "[::1]:7480", "[::1]", "localhost", "evil.example:7480")] == [
+        "127.0.0.1", "::1", "::1", "localhost", "evil.example"]
+    assert all(is_loopback(host_name(h)) for h in ("127.0.0.1:7480", "[::1]:7480", "localhost:7480", "127.0.0.2"))
+    assert not any(is_loopback(host_name(h)) for h in ("evil.example:7480", "", "10.0.0.1:7480"))
