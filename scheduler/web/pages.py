@@ -273,6 +273,17 @@ def task_page(viewer: Viewer, t: dict[str, Any]) -> str:
         f"<li>{e(o['name'])}: {artifact_link(o['digest'])} ({o['size']} bytes)</li>" for o in t["outputs"]
     )
     attempt = t["attempts"]
+    figures = "".join(
+        f"<tr><td>{m['attempt']}</td><td>{e(m['name'])}</td><td class=num>{m['value']:.6g}</td>"
+        f"<td>{'' if m['step'] is None else m['step']}</td><td>{m['count']}</td></tr>"
+        for m in t.get("metrics", ())
+    )
+    recorded = (
+        "<section><h2>Recorded by the stage</h2><table><thead><tr><th>attempt</th><th>name</th><th>last value</th>"
+        f"<th>step</th><th>values</th></tr></thead><tbody>{figures}</tbody></table></section>"
+        if figures
+        else ""
+    )
     body = (
         f'<p><a href="/runs/{q(rid)}">← run {e(rid)}</a></p>'
         f"<section class=facts><div>state <span id=task-state>{state(t['state'])}</span></div>"
@@ -282,7 +293,7 @@ def task_page(viewer: Viewer, t: dict[str, Any]) -> str:
         f"<section><h2>Attempts</h2><table><thead><tr><th>#</th><th>agent</th><th>state</th><th>started</th>"
         f"<th>duration</th><th>exit</th><th>error</th></tr></thead><tbody>{history}</tbody></table></section>"
         f"<section><h2>Inputs and outputs</h2><ul>{inputs or '<li class=note>no inputs</li>'}</ul>"
-        f"<ul>{outputs or '<li class=note>no outputs yet</li>'}</ul></section>"
+        f"<ul>{outputs or '<li class=note>no outputs yet</li>'}</ul></section>{recorded}"
         f'<section><h2>Log <span class=note id=log-attempt data-attempt="{attempt}">attempt {attempt}</span></h2>'
         f'<pre id=log class=log data-log="/api/runs/{q(rid)}/tasks/{q(name)}/log"></pre></section>'
     )

@@ -36,6 +36,7 @@ from outrider.pki import identity_from_pem
 from scheduler import svid
 from scheduler.core.engine import Engine
 from scheduler.core.model import Run, Task
+from scheduler.core.stagemetrics import StageMetrics
 from scheduler.logs import HEADER_BYTES, LogStore
 from scheduler.tlsreload import CERT_FILE, KEY_FILE, Material, TlsMaterial
 from scheduler.web import data, pages
@@ -43,6 +44,8 @@ from scheduler.web import data, pages
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+#: The most stage-metric rows of a run a task page reads (outrider.metrics; every task's, then filtered).
+STAGE_METRICS_ROWS = 5000
 #: The log tail returns at most this many bytes of output per request.
 LOG_CHUNK = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -280,7 +283,14 @@ class HttpServer:
         run, t = data.visible_task(
             self._engine, request[VIEWER], request.match_info["run_id"], request.match_info["task"]
         )
-        return self._html(pages.task_page(request[VIEWER], data.task_detail(self._engine, run, t)))
+        detail = data.task_detail(self._engine, run, t)
+        rows, _ = await StageMetrics(self._engine.journal).read(run.run_id, STAGE_METRICS_ROWS)
+        detail["metrics"] = [
+            {"attempt": m.attempt, "name": m.name, "value": m.value, "step": m.step, "count": m.count}
+            for m in rows
+            if m.task == t.name
+        ]
+        return self._html(pages.task_page(request[VIEWER], detail))
 
     async def lineage_page(self, request: web.Request) -> web.Response:
         return self._html(pages.lineage_page(request[VIEWER], self._lineage(request)))

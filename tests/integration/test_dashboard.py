@@ -55,7 +55,9 @@ def waiting(marks: Path) -> Pipeline:
     p = Pipeline("dash")
     p.task(
         "prep",
-        run="echo 'prep <img src=x onerror=\"window.pwned=1\"> done'; echo data > \"$OUTRIDER_OUTPUTS/o\"",
+        run="echo 'prep <img src=x onerror=\"window.pwned=1\"> done'; echo data > \"$OUTRIDER_OUTPUTS/o\"; "
+        # a figure the stage records (outrider.metrics' file, written directly as any stage may)
+        "echo '{\"name\": \"rows_kept\", \"value\": 0.875, \"step\": 3}' >> \"$OUTRIDER_METRICS_FILE\"",
         outputs=["o"],
     )
     p.task(
@@ -151,6 +153,7 @@ def test_the_run_page_follows_the_run_live_in_chromium(loopback: tuple[LocalClus
             assert page.locator("#log img").count() == 0
             assert page.evaluate("() => window.pwned === undefined")
             assert "finished" in page.inner_text("#explain")
+            assert "rows_kept" in page.inner_text("main") and "0.875" in page.inner_text("main")  # recorded
             page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
 
             # The output's lineage: made by prep of this run.

@@ -176,3 +176,16 @@ def test_on_loopback_only_loopback_host_names_are_let_in() -> None:
         "127.0.0.1", "::1", "::1", "localhost", "evil.example"]
     assert all(is_loopback(host_name(h)) for h in ("127.0.0.1:7480", "[::1]:7480", "localhost:7480", "127.0.0.2"))
     assert not any(is_loopback(host_name(h)) for h in ("evil.example:7480", "", "10.0.0.1:7480"))
+
+
+def test_the_task_page_shows_what_the_stage_recorded_escaped() -> None:
+    task = {"run_id": "run-1", "name": "t", "state": "succeeded", "agent": "a", "attempts": 1, "history": [],
+            "inputs": [], "outputs": [], "explain": {"reason": "finished", "message": "done", "until": 0,
+                                                     "agents_considered": 1, "feasible_agents": [], "rejections": {},
+                                                     "suggestions": []},
+            "metrics": [{"attempt": 1, "name": "acc<b>", "value": 0.9375, "step": 7, "count": 3}]}
+    html = pages.task_page(VIEWER, task)
+    assert "Recorded by the stage" in html and "acc&lt;b&gt;" in html and "acc<b>" not in html
+    assert "<td class=num>0.9375</td><td>7</td><td>3</td>" in html
+    del task["metrics"]
+    assert "Recorded by the stage" not in pages.task_page(VIEWER, task)
