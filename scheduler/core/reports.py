@@ -240,6 +240,17 @@ class Reports:
         else:
             error = problem or c.error or f"{c.outcome.value} (exit code {c.exit_code})"
             how = AttemptState(c.outcome.value) if problem is None else AttemptState.FAILED
+            about = logfmt.about(t.run_id, t.name, t.attempts, run.trace_id)
+            log.warning(
+                "%s/%s attempt %d on %s %s: %s",
+                t.run_id,
+                t.name,
+                t.attempts,
+                agent_name,
+                how.value,
+                error[:500],
+                extra=about,
+            )
             self.end_lease(txn, t, how, now, c.exit_code, error)
             self._sm.fail_attempt(txn, run, t, error)
         self._kick()

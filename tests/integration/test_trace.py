@@ -145,3 +145,17 @@ def test_daemons_log_json_lines_about_runs_tasks_attempts_and_traces(cluster: Lo
     lines = wait_for(lambda: len(about_it()) >= 2 and about_it(), 20, "the agent's lines about the attempt")
     assert {r["msg"].split()[0] for r in lines} >= {"started", f"{run_id}/only"}, lines
     assert all(r["task"] == "only" and r["attempt"] == 1 and r["trace_id"] == trace_id for r in lines), lines
+
+
+def test_the_scheduler_logs_a_failed_attempt_with_its_run_task_attempt_and_trace(cluster: LocalCluster) -> None:
+    p = Pipeline("fails")
+    p.task("broken", run="exit 3")
+    with cluster.client() as client:
+        run_id = client.submit(p).run_id
+        assert client.wait(run_id, timeout=60).state == "failed"
+    trace_id = _trace(cluster, run_id)["trace_id"]
+    lines = [r for r in _records(cluster.root / "logs" / "scheduler.log") if r.get("run_id") == run_id]
+    failed = [r for r in lines if r["level"] == "warning" and "failed" in r["msg"]]
+    assert failed, lines
+    assert all((r["task"], r["attempt"], r["trace_id"]) == ("broken", 1, trace_id) for r in failed), failed
+    assert "exit code 3" in failed[0]["msg"], failed
