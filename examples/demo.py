@@ -2,8 +2,10 @@
 
 Makes a throwaway CA, starts a scheduler and three agents on loopback (labelled
 like a GPU node, an HPC node and an edge box), submits examples/digits, watches
-it live, then prints where each task ran, the model's accuracy and the lineage
-of every artifact. Everything it started is stopped on exit, Ctrl-C included.
+it live, then prints where each task ran, the model's accuracy (as its stages
+recorded it), the lineage of every artifact, and, from the scheduler, the run's
+trace across the machines (`outrider trace`) and the final bundle's lineage
+(`outrider lineage`). Everything it started is stopped on exit, Ctrl-C included.
 Exit status 0 when the run succeeded.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -107,6 +110,22 @@ def main(argv: list[str] | None = None) -> int:
                 for o in t.outputs:
                     say(f"    {o.digest[:12]} ({o.kind}, {o.size} B) <- {name}@{t.agent} <- {ins}")
             say(f"    code bundle: {final.code_digest[:12]}")
+            # The same, and more, from the scheduler: the run's trace across the machines, and the
+            # lineage of the final bundle as `outrider lineage` walks it.
+            env = cluster.client_env("demo-user")
+            bundle = tasks["package"].outputs[0].digest if tasks["package"].outputs else ""
+            for title, argv in (
+                ("the run's trace across machines (outrider trace RUN)", ["trace", res.run_id]),
+                ("the bundle's lineage (outrider lineage DIGEST)", ["lineage", bundle[:12]] if bundle else []),
+            ):
+                if not argv:
+                    continue
+                done = subprocess.run([sys.executable, "-m", "outrider.cli", *argv], env=env,
+                                      capture_output=True, text=True, timeout=60)
+                say()
+                say(f"==> {title}:")
+                for line in (done.stdout or done.stderr).rstrip().splitlines():
+                    say(f"    {line}")
             return 0 if final.state == "succeeded" else 1
     except KeyboardInterrupt:
         say("\n==> interrupted; stopping everything")

@@ -175,7 +175,8 @@ def lineage_lines(resp: Any) -> list[str]:
         cmd = " ".join(s.command)
         if len(cmd) > 100:
             cmd = cmd[:99] + "…"
-        out.append(f"{pad}{arrow} {s.task} ({s.state}) run {s.run_id} attempt {s.attempt} on {s.agent or '-'}")
+        link = _linked(resp.steps, s, up)
+        out.append(f"{pad}{arrow} {s.task} ({s.state}) run {s.run_id} attempt {s.attempt} on {s.agent or '-'}{link}")
         out.append(f"{pad}     command: {cmd or '-'}")
         out.append(f"{pad}     code bundle: {s.code_digest[:12] or '-'}")
         for a in s.inputs:
@@ -190,6 +191,19 @@ def lineage_lines(resp: Any) -> list[str]:
     if resp.truncated:
         out.append(f"note: {resp.truncated} (--max-depth, --max-steps)")
     return out
+
+
+def _linked(steps: Any, s: Any, up: bool) -> str:
+    """Which steps one level nearer the artifact ``s`` is tied to (a walk visits a step once, so
+    indentation alone cannot say it): up, the ones that used what it made; down, the ones that
+    made what it used."""
+    if s.depth <= 1:
+        return ""
+    mine = {a.digest for a in (s.outputs if up else s.inputs)}
+    near = [
+        p.task for p in steps if p.depth == s.depth - 1 and mine & {a.digest for a in (p.inputs if up else p.outputs)}
+    ]
+    return f" ({'for' if up else 'from'} {', '.join(dict.fromkeys(near))})" if near else ""
 
 
 def _q(s: str) -> str:

@@ -222,3 +222,17 @@ def test_follow_events_resumes_after_the_last_seq_seen() -> None:
             break
     # Each reconnect resumes after the last event shown; the count of tries restarts once one arrives.
     assert got == [11, 12, 13, 14, 15, 16] and client.asked == [10, 12, 14] and tries == [1, 1]
+
+
+def test_a_deeper_step_names_the_steps_it_is_tied_to() -> None:
+    """Visited once, a step sits under whichever step came before it: the text says which it fed."""
+    ref = common_pb2.ArtifactRef
+    resp = _lineage()
+    resp.steps.append(control_pb2.LineageStep(run_id=RUN, task="prep", attempt=1, depth=2, state="succeeded",
+                                              outputs=[ref(name="data", digest="d" * 64, size=5, kind="file")]))
+    resp.steps.append(control_pb2.LineageStep(run_id=RUN, task="other", attempt=1, depth=2, state="succeeded",
+                                              outputs=[ref(name="x", digest="e" * 64, size=5, kind="file")]))
+    text = "\n".join(cli_observe.lineage_lines(resp))
+    assert f"<- prep (succeeded) run {RUN} attempt 1 on - (for train)" in text
+    assert f"<- other (succeeded) run {RUN} attempt 1 on -\n" in text  # tied to nothing one level up
+    assert "(for" not in text.split("<- train")[1].split("\n")[0]  # the first level: the artifact itself
