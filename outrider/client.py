@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import queue
-import random
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from outrider import errors
 from outrider.artifacts import Receiver, pack_dir, upload_chunks
 from outrider.certdates import check_dates
 from outrider.config import load_toml
+from outrider.reconnect import Reconnects
 from outrider.targets import Targets, leader_hint
 from outrider.tls import DEFAULT_CHANNEL_OPTIONS, channel_credentials, pki_paths
 from outrider.v1 import (
@@ -77,8 +77,6 @@ class ConnectionFailed(errors.OutriderError):
 
 #: A watch that lost its connection tries again for this long before it gives up.
 RECONNECT_FOR_S = 300.0
-#: Between tries: from the first delay, doubling up to the last (with jitter).
-RECONNECT_BACKOFF_S = (0.2, 5.0)
 #: How long a unary call keeps trying the scheduler addresses while none is the leader (a failover).
 FAILOVER_FOR_S = 30.0
 
@@ -415,16 +413,15 @@ class Client:
         once ``reconnect_for`` seconds pass without a connection; ``on_reconnect(tries,
         error)`` is called before each try.
         """
-        last, tries = after_seq, 0
-        delay, cap = RECONNECT_BACKOFF_S
-        given_up_at = 0.0
+        last = after_seq
+        backoff = Reconnects(reconnect_for, on_reconnect, _unavailable)
         while True:
             try:
                 ended = False  # what this connection last said of the run
                 for ev in self.watch(run_id, run_only, after_seq=last):
                     if ev.seq and ev.seq <= last:
                         continue  # already shown (the scheduler never sends these; belt and braces)
-                    tries, given_up_at, delay = 0, 0.0, RECONNECT_BACKOFF_S[0]
+                    backoff.connected()
                     last = max(last, ev.seq)
                     if not ev.task:
                         ended = ev.state in TERMINAL_RUN_STATES
@@ -435,17 +432,7 @@ class Client:
                 # cancels its streams). Resume like after any lost connection.
                 raise ConnectionFailed("the watch ended before the run did", "UNAVAILABLE")
             except errors.OutriderError as exc:
-                if not _unavailable(exc):
-                    raise
-                now = time.monotonic()
-                given_up_at = given_up_at or now + reconnect_for
-                if now >= given_up_at:
-                    raise
-                tries += 1
-                if on_reconnect is not None:
-                    on_reconnect(tries, exc)
-                time.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, given_up_at - now)))
-                delay = min(cap, delay * 2)
+                backoff.lost(exc)
 
     def wait(self, run_id: str, timeout: float | None = None) -> control_pb2.RunStatus:
         """Block until the run ends; return its final status."""
@@ -570,8 +557,7 @@ def _until_acknowledged(
 ) -> Iterator[control_pb2.RunEvent]:
     """SubmitAndWatch, tried again (same request id) while no acknowledgement came and the
     scheduler is unreachable, for up to ``reconnect_for`` seconds."""
-    give_up = time.monotonic() + reconnect_for
-    tries = 0
+    backoff = Reconnects(reconnect_for, on_reconnect, _unavailable)
     while True:
         acked = False
         try:
@@ -580,9 +566,6 @@ def _until_acknowledged(
                 yield ev
             return
         except errors.OutriderError as exc:
-            if acked or not _unavailable(exc) or time.monotonic() >= give_up:
+            if acked:  # past the acknowledgement: the caller resumes it as a watch
                 raise
-            tries += 1
-            if on_reconnect is not None:
-                on_reconnect(tries, exc)
-            time.sleep(min(1.0, 0.1 * tries))  # a backoff between tries, not a wait for a condition
+            backoff.lost(exc)

@@ -10,9 +10,7 @@ its size limit)::
 
 from __future__ import annotations
 
-import random
 import re
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -63,29 +61,19 @@ def follow_events(
     it reconnects with a backoff (0.2 s doubling to 5 s, jittered) and resumes after the last
     event it yielded, as :meth:`Client.follow` does for one run; it gives up once
     ``reconnect_for`` seconds pass without a connection."""
-    from outrider.client import RECONNECT_BACKOFF_S, ConnectionFailed, _unavailable
+    from outrider.client import ConnectionFailed, _unavailable
+    from outrider.reconnect import Reconnects
 
-    last, tries = after_seq, 0
-    delay, cap = RECONNECT_BACKOFF_S
-    given_up_at = 0.0
+    last = after_seq
+    backoff = Reconnects(reconnect_for, on_reconnect, _unavailable)
     while True:
         try:
             for ev in events(client, last, run_id, follow=True):
                 if ev.seq <= last:
                     continue
-                tries, given_up_at, delay = 0, 0.0, RECONNECT_BACKOFF_S[0]
+                backoff.connected()
                 last = ev.seq
                 yield ev
             raise ConnectionFailed("the event stream ended", "UNAVAILABLE")
         except errors.OutriderError as exc:
-            if not _unavailable(exc):
-                raise
-            now = time.monotonic()
-            given_up_at = given_up_at or now + reconnect_for
-            if now >= given_up_at:
-                raise
-            tries += 1
-            if on_reconnect is not None:
-                on_reconnect(tries, exc)
-            time.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, given_up_at - now)))
-            delay = min(cap, delay * 2)
+            backoff.lost(exc)

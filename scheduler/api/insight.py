@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Iterable
 
 from outrider.errors import NotFound
 from outrider.v1 import common_pb2, control_pb2
-from scheduler.api import bounds
+from scheduler.api import bounds, wire
 from scheduler.api.access import Access, owns, sees_all
 from scheduler.auth import current_identity
 from scheduler.core import lineage, prefixes
 from scheduler.core.engine import Engine
-from scheduler.core.events import event_stream, placement_score
+from scheduler.core.events import event_stream
 from scheduler.core.lineage import Artifact as LineageArtifact
 from scheduler.core.lineage import Lineage
 from scheduler.core.model import Run
@@ -130,17 +130,9 @@ def _reachable(runs: Iterable[Run]) -> set[str]:
 
 def event_to_proto(ev: RunEvent) -> control_pb2.RunEvent:
     """One event of ``WatchEvents``: as in a run's watch, without a run snapshot."""
-    return control_pb2.RunEvent(
-        run_id=ev.run_id,
-        task=ev.task,
-        state=ev.state,
-        attempt=ev.attempt,
-        agent=ev.agent,
-        message=ev.message,
-        ts=ev.ts,
-        seq=ev.seq,
-        score=placement_score(ev.state, ev.message),
-    )
+    msg = wire.run_event_to_proto(ev)
+    msg.ClearField("snapshot")
+    return msg
 
 
 def _lineage_refs(arts: list[LineageArtifact]) -> list[common_pb2.ArtifactRef]:
