@@ -33,6 +33,7 @@ class Replicas:
         self.uri = pg.uri(dbname)
         self.shared = shared
         self.ports = [free_port() for _ in range(count)]
+        self.http_ports = [free_port() for _ in range(count)]  # each replica's dashboard and /metrics
         self.daemons: dict[int, Daemon] = {}
         cluster.init_pki()
         self.ca, self.cert, self.key = (str(p) for p in cluster.issue("admin", "ha-probe"))
@@ -54,12 +55,24 @@ class Replicas:
             "--log-dir", str(self.shared / "logs"),
             "--lease-ttl", self.cluster.lease_ttl,
             "--heartbeat-interval", self.cluster.heartbeat_interval,
+            "--http-listen", f"127.0.0.1:{self.http_ports[i]}",
         ]  # fmt: skip
         env = {**self.cluster.env, "PGPASSWORD": self.pg.password}
         d = Daemon(f"scheduler-{i}", argv, self.cluster.root / "logs" / f"scheduler-{i}.log", env)
         d.start()
         self.daemons[i] = d
         return d
+
+    def http(self, i: int, path: str) -> tuple[int, str]:
+        """GET ``path`` from replica ``i``'s HTTP server (loopback): status and body."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_ports[i]}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def status(self, i: int, service: str = CONTROL) -> int | None:
         """The health status of ``service`` (default: the control service) on replica ``i``

@@ -109,6 +109,13 @@ def test_failovers_lose_nothing_run_nothing_twice_and_fence_the_deposed(
                 time.sleep(0.05)
         assert refused.value.details() == f"not the leader; the leader is {where}"
         assert (LEADER_METADATA_KEY, where) in tuple(refused.value.trailing_metadata())
+        # Each replica's HTTP server: the leader's /metrics says it leads, a standby's that it does not
+        # (and that it sees a leader); a standby's dashboard names the leader instead of a page.
+        assert "outrider_leader 1.0" in reps.http(leader, "/metrics")[1]
+        standby_metrics = reps.http(standby, "/metrics")[1]
+        assert "outrider_leader 0.0" in standby_metrics and "outrider_standby_without_leader 0.0" in standby_metrics
+        status, page = reps.http(standby, "/")
+        assert status == 503 and where in page, (status, page)
         cluster.address = reps.addresses  # the agents and the client get the whole list
         cluster.add_agent("a", slots=2)
         cluster.add_agent("b", slots=2)
