@@ -196,6 +196,7 @@ class Agent:
             stage_pids=lambda: [s.pid for s in self.supervisor.stages.values()],
             cache_bytes=lambda: self.cache.total,
             outbox_depth=lambda: len(self.supervisor.outbox),
+            transfers=self.transfers.progress,
             gpus=len(caps.gpus),
         )
         if self.slurm is not None:

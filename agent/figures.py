@@ -13,7 +13,9 @@ sooner, on a change of health or drain, carries the last sample again):
   GPUs; never raises (a driver that stops answering leaves the list empty, and is asked
   again at most once a minute);
 * the free and total bytes of the state dir's file system, the cache's bytes and the
-  outbox's depth (from memory).
+  outbox's depth (from memory);
+* the artifact transfers in flight, bytes done of bytes in all (``Transfers.progress``; the
+  progress line of ``outrider watch``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from outrider.v1 import agent_pb2
+from outrider.v1 import agent_pb2, common_pb2
 
 __all__ = ["FigureSampler"]
 
@@ -45,6 +47,7 @@ class FigureSampler:
         stage_pids: Callable[[], Iterable[int]],
         cache_bytes: Callable[[], int],
         outbox_depth: Callable[[], int],
+        transfers: Callable[[], Iterable[common_pb2.TransferProgress]] = tuple,
         gpus: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -52,6 +55,7 @@ class FigureSampler:
         self._stage_pids = stage_pids
         self._cache_bytes = cache_bytes
         self._outbox_depth = outbox_depth
+        self._transfers = transfers
         self._gpus = gpus  # how many the start-up probe found; 0: NVML is never loaded
         self._clock = clock
         self._last: agent_pb2.AgentFigures | None = None
@@ -74,6 +78,7 @@ class FigureSampler:
             log.debug("disk usage of %s unreadable: %s", self.state_dir, exc)
         elapsed = now - self._last_at if self._last is not None else 0.0
         self._stages(f, elapsed)
+        f.transfers.extend(self._transfers())
         if self._gpus:
             f.gpus.extend(self._gpu_figures(now))
         self._last, self._last_at = f, now

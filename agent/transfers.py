@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +37,8 @@ __all__ = ["PROBE_TIMEOUT_S", "RETRY_INTERVAL_S", "Transfers"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Transfers in flight reported with the heartbeat figures, at most (the largest first).
+MAX_REPORTED_TRANSFERS = 32
 #: Status codes of a broken link (not of a refused request): retried within the lease TTL.
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
 #: The start-up bandwidth probe gives up after this long (what arrived still counts).
@@ -78,6 +80,22 @@ class Transfers:
         self._stub: Any = None
         self._fetching: dict[str, asyncio.Future[Path]] = {}
         self._probed = probe_bytes <= 0
+        #: (direction, digest) -> [bytes done, bytes in all (0: not known yet)] of each transfer in flight
+        self._inflight: dict[tuple[str, str], list[int]] = {}
+
+    def progress(self) -> list[common_pb2.TransferProgress]:
+        """The transfers in flight, the largest first (at most :data:`MAX_REPORTED_TRANSFERS`), for
+        the heartbeat figures (agent/figures.py) and so for ``outrider watch``."""
+        items = sorted(self._inflight.items(), key=lambda kv: -max(kv[1]))[:MAX_REPORTED_TRANSFERS]
+        return [
+            common_pb2.TransferProgress(digest=digest, direction=way, done_bytes=done, total_bytes=total)
+            for (way, digest), (done, total) in items
+        ]
+
+    def _track(self, direction: str, digest: str, total: int) -> list[int]:
+        """Count a transfer in flight (a try of it: a retry starts from zero); untrack it when done."""
+        entry = self._inflight[(direction, digest)] = [0, total]
+        return entry
 
     # ------------------------------------------------------------------ the link
 
@@ -196,16 +214,21 @@ class Transfers:
             nonlocal kind
             recv = Receiver(digest, blob)
             timer = TransferTimer()
+            moved = self._track("in", digest, 0)
             try:
                 async for chunk in stub.Download(artifact_pb2.DownloadRequest(digest=digest)):
-                    if not kind and chunk.HasField("info"):
-                        kind = chunk.info.kind
+                    if chunk.HasField("info"):
+                        kind = kind or chunk.info.kind
+                        moved[1] = max(0, chunk.info.size)
                     timer.chunk(len(chunk.data))
                     recv.write(chunk.data)
+                    moved[0] += len(chunk.data)
                 path = await asyncio.to_thread(recv.finish)
             except BaseException:
                 recv.abort()
                 raise
+            finally:
+                self._inflight.pop(("in", digest), None)
             self.link.observe_transfer(*timer.result())
             self.cache.add(digest, recv.size, kind)
             return path
@@ -247,7 +270,7 @@ class Transfers:
             info = await stub.Stat(artifact_pb2.StatRequest(digest=digest))
             if not info.exists:
                 t0 = time.monotonic()
-                await stub.Upload(_aiter(upload_chunks(upload_from, digest, size, kind)))
+                await self._upload(stub, upload_chunks(upload_from, digest, size, kind), digest, size)
                 self.link.observe_transfer(size, time.monotonic() - t0)
 
         try:
@@ -269,10 +292,24 @@ class Transfers:
             info = await stub.Stat(artifact_pb2.StatRequest(digest=digest))
             if not info.exists:
                 t0 = time.monotonic()
-                await stub.Upload(_aiter(upload_chunks(path, digest, size, kind)))
+                await self._upload(stub, upload_chunks(path, digest, size, kind), digest, size)
                 self.link.observe_transfer(size, time.monotonic() - t0)
 
         await self._with_scheduler(what, push)
+
+    async def _upload(self, stub: Any, chunks: Iterable[Any], digest: str, size: int) -> None:
+        """One try of an upload, its bytes counted as they go (:meth:`progress`)."""
+        moved = self._track("out", digest, size)
+
+        def counted() -> Iterator[Any]:
+            for chunk in chunks:
+                moved[0] += len(chunk.data)
+                yield chunk
+
+        try:
+            await stub.Upload(_aiter(counted()))
+        finally:
+            self._inflight.pop(("out", digest), None)
 
     def _stash_output(self, name: str, path: Path) -> tuple[str, int, str, Path | None, Path]:
         """(digest, size, kind, temporary copy inside the cache or None, original) of an output.

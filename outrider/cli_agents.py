@@ -50,6 +50,10 @@ def agent_json(a: Any) -> dict[str, Any]:
         "revoked": a.revoked,
         "revoked_at": a.revoked_at,
         "revoked_by": a.revoked_by,
+        "transfers": [
+            {"digest": t.digest, "direction": t.direction, "done_bytes": t.done_bytes, "total_bytes": t.total_bytes}
+            for t in a.transfers
+        ],
         "capabilities": {
             "cpu_cores": c.cpu_cores,
             "arch": c.arch,

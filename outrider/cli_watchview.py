@@ -8,11 +8,12 @@ screen, cursor hidden while drawing; no curses), and restores the cursor on ever
 Ctrl-C included. When the run ends the last frame stays, and the run's summary follows,
 as when piped.
 
-Agents report no transfer progress while a transfer runs (it is not on the wire); the
-transfer line says what is known: the bytes of the outputs recorded so far, how many tasks
-are running, and, from the run's trace (``GetTrace``, asked again at most once a second
-after an attempt ends), how many fetches and uploads finished attempts did and how long
-they took in all.
+The transfer line shows the artifact transfers in flight on the agents running the run's
+tasks, bytes done of bytes in all (each agent sends them with its heartbeat figures, so
+they move once per heartbeat interval; ``ListAgents``, asked at most every 2 s while a task
+runs), then the bytes of the outputs recorded so far and, from the run's trace
+(``GetTrace``, asked again at most once a second after an attempt ends), how many fetches
+and uploads finished attempts did and how long they took in all.
 
 :class:`View` folds events into state and :func:`render` draws it: both pure, for tests.
 """
@@ -64,6 +65,14 @@ class View:
     fetches: tuple[int, float] = (0, 0.0)  # finished attempts' input fetches: how many, seconds in all
     uploads: tuple[int, float] = (0, 0.0)  # and their output uploads
     ended: int = 0  # events that ended an attempt: the trace has news
+    moving: list[tuple[str, str, int, int]] = field(default_factory=list)  # (agent, direction, done, total)
+
+    def apply_agents(self, agents: Iterable[Any]) -> None:
+        """Fold ``ListAgents``' answer in: the transfers in flight on the agents running this run's tasks."""
+        ours = {r.agent for r in self.rows.values() if r.state == "running" and r.agent}
+        self.moving = [
+            (a.name, t.direction, t.done_bytes, t.total_bytes) for a in agents if a.name in ours for t in a.transfers
+        ]
 
     def apply_trace(self, trace: Any) -> None:
         """Fold a run's trace (a ``GetTraceResponse``) in: its finished transfer spans, summed."""
@@ -170,9 +179,16 @@ def render(view: View, now: float, width: int = 100, height: int = 40) -> list[s
     if view.fetches[0] or view.uploads[0]:
         (nf, sf), (nu, su) = view.fetches, view.uploads
         done_transfers = f"{nf} fetch(es) {sf:.1f}s, {nu} upload(s) {su:.1f}s done; "
+    moving = ", ".join(
+        f"{agent} {'↓' if way == 'in' else '↑'} {_bytes(done)}"
+        + (f"/{_bytes(total)} {100 * done // total}%" if total else "")
+        for agent, way, done, total in view.moving[:4]
+    )
+    if len(view.moving) > 4:
+        moving += f" and {len(view.moving) - 4} more"
     lines.append(
-        f"transfers: {done_transfers}{_bytes(made)} of outputs recorded, {running} task(s) running "
-        "(per-transfer progress is not on the wire)"
+        f"transfers: {moving + '; ' if moving else ''}{done_transfers}{_bytes(made)} of outputs recorded, "
+        f"{running} task(s) running"
     )
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 4)))
     last = f"  ·  last: {view.last}" if view.last else ""
@@ -203,11 +219,14 @@ def watch_live(
     size: Callable[[], tuple[int, int]] | None = None,
     view: View | None = None,
     trace: Callable[[], Any] | None = None,
+    agents: Callable[[], Iterable[Any]] | None = None,
 ) -> View:
     """Draw the run's live view from ``events`` (a watch, snapshot first) until it ends;
     returns the final view. The cursor is shown again however this returns. ``trace()``
     (optional) answers the run's trace, asked when an attempt has ended (at most once a
-    second, and once at the end); if it fails it is not asked again."""
+    second, and once at the end); if it fails it is not asked again. ``agents()`` (optional)
+    answers ``ListAgents``, asked at most every 2 s while a task runs (for transfers in flight);
+    if it fails it is not asked again."""
     view = view or View(run_id)
     q: queue.Queue[tuple[str, Any]] = queue.Queue()
 
@@ -221,7 +240,7 @@ def watch_live(
 
     threading.Thread(target=pump, name="outrider-watch-view", daemon=True).start()
     screen = Screen(out)
-    seen, asked_at = 0, float("-inf")
+    seen, asked_at, agents_at = 0, float("-inf"), float("-inf")
     out.write(HIDE)
     try:
         while True:
@@ -241,6 +260,13 @@ def watch_live(
                     view.apply_trace(trace())
                 except Exception:  # an older scheduler, tracing off: the line says what it knows
                     trace = None
+            running = any(r.state == "running" for r in view.rows.values())
+            if agents is not None and (running or view.moving) and time.monotonic() - agents_at >= 2.0:
+                agents_at = time.monotonic()
+                try:
+                    view.apply_agents(agents() if running else ())
+                except Exception:  # an older scheduler, a submitter not allowed: the line says the rest
+                    agents = None
             width, height = size() if size is not None else shutil.get_terminal_size((100, 40))
             screen.draw(render(view, clock(), width, height))
             if kind == "end":
@@ -261,5 +287,5 @@ def run_live(client: Any, run_id: str, out: TextIO = sys.stdout) -> Any:
     from outrider.cli_trace import get_trace
 
     events = client.follow(run_id, on_reconnect=reconnecting)
-    watch_live(events, run_id, out, view=view, trace=lambda: get_trace(client, run_id))
+    watch_live(events, run_id, out, view=view, trace=lambda: get_trace(client, run_id), agents=client.list_agents)
     return client.get_run(run_id)

@@ -230,7 +230,7 @@ class ReportCheckpointResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentFigures(_message.Message):
-    __slots__ = ("stage_cpu_seconds", "stage_cpu_percent", "stage_rss_bytes", "gpus", "disk_free_bytes", "disk_total_bytes", "cache_bytes", "outbox_depth")
+    __slots__ = ("stage_cpu_seconds", "stage_cpu_percent", "stage_rss_bytes", "gpus", "disk_free_bytes", "disk_total_bytes", "cache_bytes", "outbox_depth", "transfers")
     STAGE_CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STAGE_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     STAGE_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,7 @@ class AgentFigures(_message.Message):
     DISK_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
     stage_cpu_seconds: float
     stage_cpu_percent: float
     stage_rss_bytes: int
@@ -247,7 +248,8 @@ class AgentFigures(_message.Message):
     disk_total_bytes: int
     cache_bytes: int
     outbox_depth: int
-    def __init__(self, stage_cpu_seconds: _Optional[float] = ..., stage_cpu_percent: _Optional[float] = ..., stage_rss_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuFigures, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ..., disk_total_bytes: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., outbox_depth: _Optional[int] = ...) -> None: ...
+    transfers: _containers.RepeatedCompositeFieldContainer[_common_pb2.TransferProgress]
+    def __init__(self, stage_cpu_seconds: _Optional[float] = ..., stage_cpu_percent: _Optional[float] = ..., stage_rss_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[GpuFigures, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ..., disk_total_bytes: _Optional[int] = ..., cache_bytes: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[_common_pb2.TransferProgress, _Mapping]]] = ...) -> None: ...
 
 class GpuFigures(_message.Message):
     __slots__ = ("index", "utilization_percent", "memory_used_bytes", "memory_total_bytes")

@@ -254,3 +254,15 @@ class Power(_message.Message):
     on_battery: bool
     battery_percent: float
     def __init__(self, has_battery: _Optional[bool] = ..., on_battery: _Optional[bool] = ..., battery_percent: _Optional[float] = ...) -> None: ...
+
+class TransferProgress(_message.Message):
+    __slots__ = ("digest", "direction", "done_bytes", "total_bytes")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DONE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    direction: str
+    done_bytes: int
+    total_bytes: int
+    def __init__(self, digest: _Optional[str] = ..., direction: _Optional[str] = ..., done_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...

@@ -254,7 +254,7 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "identity", "state", "capabilities", "clock", "last_seen", "running", "free_slots", "registered_at", "clock_suspect", "clock_skew_s", "draining", "unhealthy", "instance_id", "revoked", "revoked_at", "revoked_by")
+    __slots__ = ("name", "identity", "state", "capabilities", "clock", "last_seen", "running", "free_slots", "registered_at", "clock_suspect", "clock_skew_s", "draining", "unhealthy", "instance_id", "revoked", "revoked_at", "revoked_by", "transfers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +272,7 @@ class AgentInfo(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     identity: str
     state: str
@@ -289,7 +290,8 @@ class AgentInfo(_message.Message):
     revoked: bool
     revoked_at: float
     revoked_by: str
-    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., state: _Optional[str] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., last_seen: _Optional[float] = ..., running: _Optional[int] = ..., free_slots: _Optional[int] = ..., registered_at: _Optional[float] = ..., clock_suspect: _Optional[bool] = ..., clock_skew_s: _Optional[float] = ..., draining: _Optional[bool] = ..., unhealthy: _Optional[str] = ..., instance_id: _Optional[str] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[float] = ..., revoked_by: _Optional[str] = ...) -> None: ...
+    transfers: _containers.RepeatedCompositeFieldContainer[_common_pb2.TransferProgress]
+    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., state: _Optional[str] = ..., capabilities: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., clock: _Optional[_Iterable[_Union[_common_pb2.ClockSample, _Mapping]]] = ..., last_seen: _Optional[float] = ..., running: _Optional[int] = ..., free_slots: _Optional[int] = ..., registered_at: _Optional[float] = ..., clock_suspect: _Optional[bool] = ..., clock_skew_s: _Optional[float] = ..., draining: _Optional[bool] = ..., unhealthy: _Optional[str] = ..., instance_id: _Optional[str] = ..., revoked: _Optional[bool] = ..., revoked_at: _Optional[float] = ..., revoked_by: _Optional[str] = ..., transfers: _Optional[_Iterable[_Union[_common_pb2.TransferProgress, _Mapping]]] = ...) -> None: ...
 
 class DrainAgentRequest(_message.Message):
     __slots__ = ("agent",)

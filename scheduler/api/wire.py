@@ -571,6 +571,12 @@ def agent_info_to_proto(a: AgentInfo) -> control_pb2.AgentInfo:
         revoked=a.revoked,
         revoked_at=a.revoked_at,
         revoked_by=a.revoked_by,
+        transfers=[
+            common_pb2.TransferProgress(
+                digest=t.digest, direction=t.direction, done_bytes=t.done_bytes, total_bytes=t.total_bytes
+            )
+            for t in a.transfers
+        ],
     )
 
 

@@ -20,6 +20,16 @@ class GpuFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class Transfer:
+    """An artifact transfer in flight on an agent: ``direction`` "in" (download) or "out" (upload)."""
+
+    digest: str
+    direction: str
+    done_bytes: int
+    total_bytes: int  # 0: not known yet
+
+
+@dataclass(frozen=True, slots=True)
 class AgentFigures:
     stage_cpu_seconds: float = 0.0  # CPU seconds used so far by the running stages' process trees
     stage_cpu_cores: float = 0.0  # their CPU use over the last interval, in cores busy
@@ -29,6 +39,7 @@ class AgentFigures:
     disk_total_bytes: int = 0  # 0: the agent could not read its disk
     cache_bytes: int = 0
     outbox_depth: int = 0
+    transfers: tuple[Transfer, ...] = ()  # in flight when sampled, the largest first
 
 
 def disk_nearly_full(f: AgentFigures, used_ratio: float, min_free: int) -> bool:

@@ -170,6 +170,7 @@ class AgentRegistry:
                 draining=a.draining,
                 unhealthy=a.unhealthy,
                 instance_id=a.instance_id,
+                transfers=a.figures.transfers if a.figures is not None and a.connected else (),
             )
             for a in sorted(self.agents.values(), key=lambda a: a.name)
         ]

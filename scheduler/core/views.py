@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scheduler.core.figures import Transfer
 from scheduler.core.messages import Capabilities, Checkpoint, ClockSample
 from scheduler.core.model import Attempt, Output, Run, Task
 from scheduler.matcher.scores import Candidate
@@ -149,3 +150,4 @@ class AgentInfo:
     revoked: bool = False  # its name is revoked (scheduler.core.revocation): every call of it is refused
     revoked_at: float = 0.0  # wall time of the revocation
     revoked_by: str = ""  # the admin's SPIFFE ID
+    transfers: tuple[Transfer, ...] = ()  # artifact transfers in flight, as its last heartbeat said

@@ -41,9 +41,14 @@ def test_the_view_folds_events_and_renders_a_frame() -> None:
     assert rows["prep"] == ["prep", "succeeded", "a1", "1", "2.0s"]
     assert rows["train"] == ["train", "running", "a2", "1", "7.5s"]  # ticking: now - started
     assert rows["eval"] == ["eval", "pending", "-", "-", "-"]
-    assert lines[5] == (
-        "transfers: 3.0 MiB of outputs recorded, 1 task(s) running (per-transfer progress is not on the wire)"
-    )
+    assert lines[5] == "transfers: 3.0 MiB of outputs recorded, 1 task(s) running"
+    # Transfers in flight on the agents running this run's tasks (ListAgents), bytes done of all.
+    moving = common_pb2.TransferProgress(digest="d" * 64, direction="in", done_bytes=3 << 20, total_bytes=12 << 20)
+    elsewhere = common_pb2.TransferProgress(digest="e" * 64, direction="out", done_bytes=1, total_bytes=2)
+    view.apply_agents([control_pb2.AgentInfo(name="a2", transfers=[moving]),
+                       control_pb2.AgentInfo(name="a9", transfers=[elsewhere])])
+    lines = cli_watchview.render(view, now=110.5, width=120, height=20)
+    assert lines[5] == "transfers: a2 ↓ 3.0 MiB/12.0 MiB 25%; 3.0 MiB of outputs recorded, 1 task(s) running"
     assert lines[6].startswith("1/3 tasks done (1 running, 1 pending, 1 succeeded)")
     # A retry puts the task back, saying why; the run's end stops the clocks.
     view.apply(ev(6, "train", "retrying", 104.0, "a2", 1, "exit 1; attempt 2 of 3 in 1.0s"))

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.figures import FigureSampler
 from outrider.errors import ConfigError, InvalidArgument, StaleEpoch
 from outrider.pipeline import Pipeline
-from outrider.v1 import agent_pb2
+from outrider.v1 import agent_pb2, common_pb2
 from scheduler.api.figures import figures_from_proto
 from scheduler.core import alerts as A
 from scheduler.core.alerts import AlertRules, Alerts
@@ -218,6 +218,11 @@ def test_figures_from_proto_converts() -> None:
     assert [g.index for g in f.gpus] == [0, 1]
     assert f.gpus[0].utilization == 0.5
     assert (f.disk_free_bytes, f.disk_total_bytes, f.cache_bytes, f.outbox_depth) == (10, 100, 7, 1)
+    g = good_figures()
+    g.transfers.add(digest="d" * 64, direction="out", done_bytes=5, total_bytes=9)
+    g.transfers.add(digest="e" * 64, direction="in", done_bytes=5)  # its size not known yet
+    assert [(t.direction, t.done_bytes, t.total_bytes) for t in figures_from_proto(g).transfers] == [
+        ("out", 5, 9), ("in", 5, 0)]
 
 
 @pytest.mark.parametrize(
@@ -231,6 +236,12 @@ def test_figures_from_proto_converts() -> None:
         (lambda f: setattr(f.gpus[0], "utilization_percent", 101.0), "figures.gpus[0].utilization_percent"),
         (lambda f: setattr(f, "disk_free_bytes", 101), "figures.disk_free_bytes (101) exceeds"),
         (lambda f: setattr(f, "cache_bytes", 2**60), "figures.cache_bytes"),
+        (lambda f: f.transfers.add(digest="nope", direction="in"), "figures.transfers[0].digest"),
+        (lambda f: f.transfers.add(digest="d" * 64, direction="sideways"), "figures.transfers[0].direction"),
+        (lambda f: f.transfers.add(digest="d" * 64, direction="in", done_bytes=9, total_bytes=8),
+         "figures.transfers[0].done_bytes"),
+        (lambda f: f.transfers.extend(common_pb2.TransferProgress(digest="d" * 64, direction="in") for _ in range(65)),
+         "figures.transfers has 65"),
     ],
 )
 def test_figures_from_proto_refuses_what_no_real_agent_sends(spoil, names) -> None:  # type: ignore[no-untyped-def]

@@ -192,3 +192,46 @@ def test_fetch_bounds_a_directory_by_max_extract_bytes(tmp_path: Path, monkeypat
         assert (dest / "big").stat().st_size == 2 * MiB
 
     asyncio.run(scenario())
+
+
+def test_transfers_in_flight_are_counted_as_they_go_and_forgotten_when_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the heartbeat figures carry for `outrider watch`'s progress line: bytes done of bytes in all."""
+    from outrider.artifacts import CHUNK
+    from outrider.v1 import artifact_pb2
+
+    async def scenario() -> None:
+        agent = make_agent(tmp_path, monkeypatch)
+        data = b"y" * (3 * CHUNK)
+        digest = digest_of(data)
+        seen_up: list[tuple[str, int, int]] = []
+        seen_down: list[tuple[str, int, int]] = []
+
+        class FakeArtifacts:
+            async def Stat(self, req):  # type: ignore[no-untyped-def]
+                return SimpleNamespace(exists=False)
+
+            async def Upload(self, chunks):  # type: ignore[no-untyped-def]
+                async for _ in chunks:
+                    seen_up.extend((t.direction, t.done_bytes, t.total_bytes) for t in agent.transfers.progress())
+
+            async def Download(self, req):  # type: ignore[no-untyped-def]
+                for i in range(3):
+                    info = artifact_pb2.ArtifactInfo(digest=digest, size=len(data), kind="file") if i == 0 else None
+                    yield artifact_pb2.DownloadChunk(info=info, data=data[i * CHUNK:(i + 1) * CHUNK])
+                    seen_down.extend((t.direction, t.done_bytes, t.total_bytes) for t in agent.transfers.progress())
+
+        agent.transfers.attach(FakeArtifacts())
+        f = tmp_path / "out.bin"
+        f.write_bytes(data)
+        await agent.transfers.publish("o", f)
+        assert seen_up[-1] == ("out", len(data), len(data)) and ("out", CHUNK, len(data)) in seen_up
+        assert agent.transfers.progress() == []
+        agent.cache.discard(digest)
+        agent.cache.path(digest).unlink()
+        await agent.transfers.fetch(common_pb2.ArtifactRef(digest=digest, kind="file", size=len(data)), tmp_path / "i")
+        assert seen_down == [("in", CHUNK, len(data)), ("in", 2 * CHUNK, len(data)), ("in", 3 * CHUNK, len(data))]
+        assert agent.transfers.progress() == []
+
+    asyncio.run(scenario())
