@@ -50,7 +50,7 @@ from agent.slurm import SlurmExecutor
 from agent.stage import AgentFault, Stage, StopReason
 from agent.stageuser import StageUser, hand_over
 from agent.workdirs import WorkdirPool
-from outrider import logfmt
+from outrider import logfmt, metrics
 from outrider.errors import InvalidArgument
 from outrider.protocol import Outcome
 from outrider.v1 import agent_pb2, common_pb2
@@ -251,7 +251,7 @@ class Runner:
             rc = self._spawn_failed(stage, exc)
         completion.exit_code = rc
         completion.exec_exited_at = time.time()
-        stagemetrics.attach(completion, await asyncio.to_thread(stagemetrics.read, stage.workdir))
+        stagemetrics.attach(completion, await self._stage_metrics(stage.workdir))
         await self.hooks.ended(stage, stage.checkpoint_dir)
         reason = stage.stop_reason
         draining = reason is StopReason.DRAINING
@@ -299,6 +299,17 @@ class Runner:
                 raise
         completion.outcome = Outcome.SUCCEEDED.value
         return completion
+
+    async def _stage_metrics(self, workdir: Path) -> metrics.FileSummary:
+        """What the stage recorded (:mod:`agent.stagemetrics`): opened on the event loop (a
+        few opens of a local work dir: cheaper than a thread hand-off, and most stages record
+        nothing), read in a thread; a Slurm job's shared work dir is looked at in a thread."""
+        if isinstance(self.keeper, SlurmExecutor):
+            return await asyncio.to_thread(stagemetrics.read, workdir)
+        found = stagemetrics.open_file(workdir)
+        if isinstance(found, metrics.FileSummary):
+            return found
+        return await asyncio.to_thread(stagemetrics.read_open, found)
 
     @staticmethod
     def _stopped(c: agent_pb2.Completion, stage: Stage, reason: StopReason) -> agent_pb2.Completion:

@@ -20,7 +20,7 @@ from pathlib import Path
 from outrider import metrics
 from outrider.v1 import agent_pb2
 
-__all__ = ["FILE", "attach", "read"]
+__all__ = ["FILE", "attach", "open_file", "read", "read_open"]
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,20 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def read(workdir: Path) -> metrics.FileSummary:
     """The summary of ``workdir/.outrider/metrics.jsonl``; never raises."""
+    found = open_file(workdir)
+    return found if isinstance(found, metrics.FileSummary) else read_open(found)
+
+
+def open_file(workdir: Path) -> int | metrics.FileSummary:
+    """The metrics file of ``workdir`` opened (a descriptor for :func:`read_open`), or, if
+    there is none or it cannot be opened, its summary already. A few opens and no read:
+    the runner calls it on the event loop, and reads in a thread only a file that is there
+    (most stages record nothing: no thread hand-off for them). Never raises."""
     dirs: list[int] = []
     try:
         dirs.append(os.open(workdir, _DIR_FLAGS))
         dirs.append(os.open(".outrider", _DIR_FLAGS, dir_fd=dirs[-1]))
-        fd = os.open(FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirs[-1])
+        return os.open(FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirs[-1])
     except FileNotFoundError:
         return metrics.FileSummary()
     except OSError as exc:
@@ -45,6 +54,10 @@ def read(workdir: Path) -> metrics.FileSummary:
     finally:
         for d in dirs:
             os.close(d)
+
+
+def read_open(fd: int) -> metrics.FileSummary:
+    """The summary of the file :func:`open_file` opened (closed here); never raises."""
     try:
         return metrics.read_fd(fd)
     finally:
