@@ -9,7 +9,8 @@ per call and reuses it across its failover retries). The key is stored with the 
 start from the runs; a submission whose key names a run of the same submitter
 answers with that run instead of making another, and one whose pipeline differs from
 that run's is refused. Two submissions with one key at once: the second waits for the
-first and answers with its run (or fails as it failed).
+first and answers with its run; if the first made none (refused, or its caller hung up),
+the second tries itself.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Submissions:
         self.engine = engine
         self._reserved: set[str] = set()  # run ids handed out to submissions still being built
         self._keys: dict[tuple[str, str], str] = {}  # (submitter, request id) -> run id
-        self._pending: dict[tuple[str, str], asyncio.Future[Run]] = {}  # keys of submissions in flight
+        self._pending: dict[tuple[str, str], asyncio.Future[Run | None]] = {}  # keys of submissions in flight
 
     def restore(self, runs: dict[str, Run]) -> None:
         self._keys = {(r.submitter, r.submit_key): r.run_id for r in runs.values() if r.submit_key}
@@ -83,28 +84,23 @@ class Submissions:
             if earlier is not None:
                 w = None if watch is None else self.engine.watchers.watch(earlier.run_id, watch)
                 return earlier, [], w
-            future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Run | None] = asyncio.get_running_loop().create_future()
             self._pending[key] = future
         try:
-            run, warnings, watcher = await self._submit(spec, submitter, watch, strict, request_id)
-        except BaseException as exc:
-            if request_id:
+            return await self._submit(spec, submitter, watch, strict, request_id)
+        finally:
+            if request_id:  # waiters get the run (even if this caller hung up), or None: none was made
                 self._pending.pop(key, None)
-                future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                future.exception()  # retrieved: nobody may be waiting
-            raise
-        if request_id:
-            self._keys[key] = run.run_id
-            self._pending.pop(key, None)
-            future.set_result(run)
-        return run, warnings, watcher
+                made = self._keys.get(key)
+                future.set_result(None if made is None else self.engine.sm.runs.get(made))
 
     async def _earlier(self, key: tuple[str, str], spec: PipelineSpec) -> Run | None:
         """The run an earlier submission with this key made (waiting for one in flight), if any."""
-        pending = self._pending.get(key)
-        if pending is not None:
-            run = await asyncio.shield(pending)
-        else:
+        while (pending := self._pending.get(key)) is not None:
+            run: Run | None = await asyncio.shield(pending)
+            if run is not None:
+                break
+        else:  # none in flight (any more): one that made a run before, if any
             run_id = self._keys.get(key)
             if run_id is None or run_id not in self.engine.sm.runs:
                 return None
@@ -145,6 +141,8 @@ class Submissions:
         txn = Txn()
         audit.record(txn, e.wall(), submitter, Action.SUBMIT, run.run_id)
         roots = e.sm.create(txn, run, queue=not big)
+        if request_id:  # known from the moment the run is: a caller hanging up from here on leaves it made
+            self._keys[(submitter, request_id)] = run.run_id
         try:
             durable = e.journal.commit(txn)
             if big:  # queued after the run's insert, so every grant is committed after it too;

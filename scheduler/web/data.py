@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from outrider.errors import InvalidArgument, NotFound
+from outrider.protocol import is_digest
 from scheduler.core.engine import Engine
 from scheduler.core.lineage import walk
 from scheduler.core.model import Run, Task
@@ -32,7 +33,6 @@ MAX_ATTEMPTS_DRAWN = 2000
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TASK = re.compile(r"^[^\x00-\x1f/]{1,256}$")
-_DIGEST = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,10 @@ def task_arg(value: str) -> str:
 def digest_arg(value: str) -> str:
     """An artifact digest as the wire and the store carry it (64 lowercase hex characters; a
     ``sha256:`` prefix is accepted and dropped)."""
-    if not _DIGEST.match(value):
+    digest = value.removeprefix("sha256:")
+    if not is_digest(digest):
         raise InvalidArgument(f"not an artifact digest (64 lowercase hex characters of sha256): {value[:80]!r}")
-    return value.removeprefix("sha256:")
+    return digest
 
 
 def visible_run(engine: Engine, viewer: Viewer, run_id: str) -> Run:

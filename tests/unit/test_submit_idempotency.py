@@ -116,3 +116,44 @@ def test_a_retry_whose_maps_arrive_in_another_order_is_the_same_pipeline(h: Harn
         assert again == first and len(h.engine.runs) == 1
 
     h.run(body())
+
+
+def test_a_try_that_made_no_run_leaves_the_key_free(h: Harness) -> None:
+    """Refused (here: strict, with no agent that could run it), a submission records no key: the
+    next one with that key, made at once or later, makes the run."""
+
+    h.register("small", cpus=1)
+    big = Pipeline("p")
+    big.task("t", run="true", requires={"cpus": 8})
+
+    async def body() -> None:
+        refused, made = await asyncio.gather(
+            h.engine.submit(big.to_proto(), "alice", strict=True, request_id="k2"),
+            h.engine.submit(big.to_proto(), "alice", request_id="k2"),
+            return_exceptions=True,
+        )
+        assert isinstance(refused, FailedPrecondition) and "strict" in str(refused)
+        assert isinstance(made, tuple) and list(h.engine.runs) == [made[0]]
+        again, _ = await h.engine.submit(big.to_proto(), "alice", request_id="k2")
+        assert again == made[0]
+
+    h.run(body())
+
+
+def test_a_caller_hanging_up_mid_commit_leaves_its_run_to_the_retry_waiting(h: Harness) -> None:
+    """The first try's caller goes away while its run is being committed; the retry waiting on it
+    answers with that run (no second run, no second row under the key)."""
+
+    async def body() -> None:
+        first = asyncio.ensure_future(h.engine.submit(pipeline().to_proto(), "alice", request_id="k3"))
+        while not h.engine.runs:  # built and handed to the store: the first try awaits its commit
+            await asyncio.sleep(0)
+        retry = asyncio.ensure_future(h.engine.submit(pipeline().to_proto(), "alice", request_id="k3"))
+        await asyncio.sleep(0)
+        first.cancel()
+        (run_id, _), = await asyncio.gather(retry)
+        assert list(h.engine.runs) == [run_id]
+        await h.settle()
+        assert h.db_one("SELECT run_id FROM runs WHERE submit_key='k3'") == [(run_id,)]
+
+    h.run(body())
