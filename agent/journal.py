@@ -10,9 +10,9 @@ promises made here, so they are overridden: it evicts past 1 GB (here
 Nothing in it is pickled: keys are strings, values are bytes (serialized protobuf, or a
 small JSON header before them), so bytes that came over the network are never unpickled.
 
-Every commit is synced (FULL) before the write counts as done; it is made by the writer
-thread (on the event loop itself only while the disk syncs in a fraction of a
-millisecond and nothing waits in the thread), grouped as the scheduler groups its
+Every commit is synced (FULL) before the write counts as done; it is made on the event
+loop itself while the disk syncs within a millisecond and nothing waits in the writer
+thread, else by that thread, grouped as the scheduler groups its
 commits: what is queued while one transaction is being written goes into the next, so
 a burst of short stages costs one sync per batch, not one per result
 (:meth:`Journal.write`, :data:`FAST_S`). Rows go into diskcache's table directly, every
@@ -182,20 +182,22 @@ class _RowWriter:
 
 #: How long a write nobody waits for may wait for company.
 LATER_S = 0.2
-#: Where a commit is made. A handoff to the writer thread and back costs about 60 µs of CPU
-#: on the event loop's side alone (two thread wake-ups, the GIL, the loop's self-pipe),
-#: more than a commit on a disk that syncs in a tenth of a millisecond. But a commit on
-#: the loop blocks it for the whole sync, and every stage's events wait meanwhile: on this
-#: project's 2-core test machine a FULL commit took 0.35 ms idle and 0.7 ms under
-#: bench/core.py, and committing on the loop there cost 8 % of the benchmark's throughput
-#: (6 interleaved pairs, 5 won by the thread) although it saved agent CPU. So the event
-#: loop commits itself only while the disk syncs really fast (FAST_RUN consecutive thread
-#: commits under FAST_S, the thread idle); one commit on the loop slower than SLOW_S sends
-#: the following ones to the writer thread again (the thread measures for the loop: a slow
-#: disk never blocks the loop twice in a row). The guarantee is the same either way: FULL
-#: sync, on disk before the write's future resolves.
-FAST_S = 0.0003
-SLOW_S = 0.001
+#: Where a commit is made. A handoff to the writer thread and back costs CPU on both sides
+#: (two thread wake-ups, the GIL taken back from the event loop, the loop's self-pipe); a
+#: commit on the loop blocks it for the whole sync instead, and every stage's events wait
+#: meanwhile. On this project's 2-core test machine a FULL commit takes 0.35 ms idle and up
+#: to 0.7 ms under bench/core.py. There, committing on the loop saved 0.08 ms of agent CPU
+#: per task against the writer thread (0.99 -> 0.91, medians of 8 interleaved pairs, lower
+#: in every pair) at the same throughput (ratio 1.00, range 0.98-1.08); an earlier
+#: measurement (before the writer put its rows in one statement) had found the loop 8 %
+#: slower. So the event loop commits itself while the disk syncs within a millisecond
+#: (FAST_RUN consecutive thread commits under FAST_S, the thread idle); one commit on the
+#: loop slower than SLOW_S sends the following ones to the writer thread again (the thread
+#: measures for the loop: a slow disk, an SD card's 20 ms, never blocks the loop twice in a
+#: row). The guarantee is the same either way: FULL sync, on disk before the write's future
+#: resolves.
+FAST_S = 0.001
+SLOW_S = 0.002
 FAST_RUN = 16
 
 
@@ -256,6 +258,10 @@ class Journal:
         #: Writes handed to the writer thread whose end the event loop has not heard of yet.
         self._inflight = 0
         self._loop_writer: _RowWriter | None = None
+        #: Writes for the event loop to commit at its next turn, who waits for them, and that turn.
+        self._grouped: list[_Op] = []
+        self._grouped_waiters: list[asyncio.Future[None]] = []
+        self._group_handle: asyncio.Handle | None = None
         self._filed_keys: set[str] | None = None
 
     def exists(self) -> bool:
@@ -317,9 +323,10 @@ class Journal:
         with whatever else is queued). Called on the event loop.
 
         Where it is committed (see :data:`FAST_S`): on the event loop itself while the disk
-        syncs fast and the writer thread is idle (the future is then resolved on return),
-        else by the writer thread, grouped as the scheduler groups its commits: whatever
-        queues up while the writer is busy goes into its next transaction.
+        syncs fast and the writer thread is idle, with everything else written in the same
+        turn of the loop (the future is resolved at the start of the next turn), else by the
+        writer thread, grouped as the scheduler groups its commits: whatever queues up while
+        the writer is busy goes into its next transaction.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -345,7 +352,8 @@ class Journal:
             self._later_timer = loop.call_later(LATER_S, self.flush_later)
 
     def flush_later(self) -> None:
-        """Write what :meth:`write_later` holds now."""
+        """Write what :meth:`write_later` holds now (and what waits for the loop's next
+        turn: committed before this returns)."""
         ops = self._take_later()
         if ops:
             try:
@@ -353,6 +361,7 @@ class Journal:
             except RuntimeError:
                 loop = None
             self._write(loop, ops, None)
+        self._commit_grouped()
 
     def _take_later(self) -> list[_Op]:
         ops, self._later = self._later, []
@@ -363,7 +372,13 @@ class Journal:
 
     def _write(self, loop: asyncio.AbstractEventLoop | None, ops: list[_Op], fut: asyncio.Future[None] | None) -> None:
         if loop is not None and self._inline and not self._inflight:
-            self._commit_inline(ops, fut)
+            # On the loop: everything written in this turn of it is one transaction, made
+            # at the start of the next (a burst of results costs one sync, as in the thread).
+            self._grouped += ops
+            if fut is not None:
+                self._grouped_waiters.append(fut)
+            if self._group_handle is None:
+                self._group_handle = loop.call_soon(self._commit_grouped)
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._writer, name="journal", daemon=True)
@@ -372,9 +387,17 @@ class Journal:
             self._inflight += 1
         self._jobs.put((ops, fut, loop))
 
-    def _commit_inline(self, ops: list[_Op], fut: asyncio.Future[None] | None) -> None:
-        """Commit on the event loop (the writer thread is idle: nothing queued before this is
-        still unwritten, and nothing contends for the database)."""
+    def _commit_grouped(self) -> None:
+        """Commit on the event loop what was written for it (the writer thread is idle:
+        nothing queued before this is still unwritten, and nothing contends for the
+        database)."""
+        if self._group_handle is not None:
+            self._group_handle.cancel()
+            self._group_handle = None
+        ops, waiters = self._grouped, self._grouped_waiters
+        self._grouped, self._grouped_waiters = [], []
+        if not ops and not waiters:
+            return
         if self._loop_writer is None:
             self._loop_writer = _RowWriter(self._open(), self._filed())
         t0 = time.perf_counter()
@@ -385,13 +408,15 @@ class Journal:
             self.batches += 1
         except Exception as exc:
             log.error("journal write failed: %s", exc)
-            if fut is not None:
-                fut.set_exception(exc)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
             return
         finally:
             took = time.perf_counter() - t0
-        if fut is not None:
-            fut.set_result(None)
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
         if took > SLOW_S:
             self._inline, self._fast_run = False, 0
             log.info(

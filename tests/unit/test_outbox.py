@@ -178,12 +178,18 @@ def test_a_value_an_older_agent_kept_in_a_file_is_replaced_and_its_file_removed(
     asyncio.run(scenario())
 
 
+async def _next_turn() -> None:
+    """Let the event loop run one more turn (what was written for it in this one is committed)."""
+    await asyncio.sleep(0)
+
+
 def test_the_event_loop_commits_while_the_disk_is_fast_and_the_thread_when_it_is_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A handoff to the writer thread costs more CPU than a fast commit: once the thread has
-    seen FAST_RUN fast commits in a row, the loop commits itself (the write is on disk when
-    ``write`` returns); one slow commit on the loop sends the next ones to the thread again."""
+    seen FAST_RUN fast commits in a row, the loop commits itself (at its next turn, the write
+    on disk before its future resolves, no thread involved); one slow commit on the loop
+    sends the next ones to the thread again."""
     import agent.journal as journal_mod
 
     monkeypatch.setattr(journal_mod, "FAST_RUN", 3)
@@ -194,27 +200,55 @@ def test_the_event_loop_commits_while_the_disk_is_fast_and_the_thread_when_it_is
         j = Journal(tmp_path / "journal")
         for i in range(3):  # the thread's: the journal does not know the disk yet
             fut = j.write({f"t{i}": b"x"})
-            assert not fut.done()
+            assert j._inflight == 1
             await fut
         fut = j.write({"inline": b"y"}, deletes=["t0"])
+        assert j._inflight == 0 and j._group_handle is not None  # for the loop, not the thread
+        await _next_turn()
         assert fut.done() and fut.exception() is None  # committed on the loop, synced
-        assert j._thread is not None and j._inflight == 0
         j.write_later(deletes=["t1"])
-        j.flush_later()  # (on the loop too)
+        j.flush_later()  # (on the loop too, before it returns)
         cache = open_store(tmp_path / "journal")
         assert cache.get("inline") == b"y" and cache.get("t0") is None and cache.get("t1") is None
         cache.close()
         # The disk turns slow: that commit is still made (and synced), the next go to the thread.
         monkeypatch.setattr(journal_mod, "SLOW_S", -1.0)
-        assert j.write({"slow": b"z"}).done()
+        slow = j.write({"slow": b"z"})
+        await _next_turn()
+        assert slow.done() and not j._inline
         fut = j.write({"after": b"w"})
-        assert not fut.done()
+        assert j._inflight == 1
         await fut
         monkeypatch.setattr(journal_mod, "SLOW_S", 10.0)
         for i in range(3):
             await j.write({f"again{i}": b"x"})
-        assert j.write({"back": b"v"}).done()
+        back = j.write({"back": b"v"})
+        assert j._inflight == 0 and j._group_handle is not None
+        await back
         j.close()
+
+    asyncio.run(scenario())
+
+
+def test_writes_in_one_turn_of_the_loop_are_one_transaction(tmp_path: Path) -> None:
+    """On the loop as in the thread, a burst of results costs one sync: every write made in
+    one turn of the event loop is committed together at the start of the next, each future
+    resolved once that transaction is on disk (the issue's one sync per batch of results)."""
+
+    async def scenario() -> None:
+        j = Journal(tmp_path / "journal")
+        j._inline = True  # as if the disk were known fast
+        before = j.batches
+        futs = [j.write({f"r{i}": b"x"}) for i in range(20)]
+        j.write_later(deletes=["r0"])  # rides with the next write
+        futs.append(j.write({"last": b"y"}))
+        assert not any(f.done() for f in futs)
+        await asyncio.gather(*futs)
+        assert j.batches == before + 1 and j._thread is None
+        j.close()
+        cache = open_store(tmp_path / "journal")
+        assert cache.get("r0") is None and cache.get("r19") == b"x" and cache.get("last") == b"y"
+        cache.close()
 
     asyncio.run(scenario())
 
@@ -228,7 +262,7 @@ def test_a_write_on_the_loop_waits_for_the_threads_writes_before_it(tmp_path: Pa
         j._inline = True  # as if the disk were known fast
         j._inflight = 0
         first = j.write({"k": b"1"})  # on the loop
-        assert first.done()
+        await first
         j._inline = False
         second = j.write({"k": b"2"})  # in the thread
         j._inline = True
