@@ -186,9 +186,9 @@ LATER_S = 0.2
 #: (two thread wake-ups, the GIL taken back from the event loop, the loop's self-pipe); a
 #: commit on the loop blocks it for the whole sync instead, and every stage's events wait
 #: meanwhile. On this project's 2-core test machine a FULL commit takes 0.35 ms idle and up
-#: to 0.7 ms under bench/core.py. There, committing on the loop saved 0.08 ms of agent CPU
-#: per task against the writer thread (0.99 -> 0.91, medians of 8 interleaved pairs, lower
-#: in every pair) at the same throughput (ratio 1.00, range 0.98-1.08); an earlier
+#: to 0.7 ms under bench/core.py. There, committing on the loop (grouped per turn of it)
+#: saved 0.09 ms of agent CPU per task against the writer thread (0.96 -> 0.88, medians of
+#: 8 interleaved pairs, lower in every pair), throughput ratio 1.04 (0.97-1.16); an earlier
 #: measurement (before the writer put its rows in one statement) had found the loop 8 %
 #: slower. So the event loop commits itself while the disk syncs within a millisecond
 #: (FAST_RUN consecutive thread commits under FAST_S, the thread idle); one commit on the
