@@ -296,9 +296,9 @@ class LocalCluster:
         ca, cert, key = self.issue(role, name)
         return Client(self.address, str(ca), str(cert), str(key))
 
-    def client_env(self, name: str = "submitter") -> dict[str, str]:
-        """Environment for the ``outrider`` CLI to talk to this cluster."""
-        ca, cert, key = self.issue("submitter", name)
+    def client_env(self, name: str = "submitter", role: str = "submitter") -> dict[str, str]:
+        """Environment for the ``outrider`` CLI to talk to this cluster as ``name`` in ``role``."""
+        ca, cert, key = self.issue(role, name)
         return {
             **self.env,
             "OUTRIDER_SCHEDULER": self.address,

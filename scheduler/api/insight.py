@@ -14,14 +14,13 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from outrider.errors import NotFound
-from outrider.v1 import common_pb2, control_pb2
+from outrider.v1 import control_pb2
 from scheduler.api import bounds, wire
 from scheduler.api.access import Access, owns, sees_all
 from scheduler.auth import current_identity
 from scheduler.core import lineage, prefixes
 from scheduler.core.engine import Engine
 from scheduler.core.events import event_stream
-from scheduler.core.lineage import Artifact as LineageArtifact
 from scheduler.core.lineage import Lineage
 from scheduler.core.model import Run
 from scheduler.core.views import RunEvent
@@ -135,10 +134,6 @@ def event_to_proto(ev: RunEvent) -> control_pb2.RunEvent:
     return msg
 
 
-def _lineage_refs(arts: list[LineageArtifact]) -> list[common_pb2.ArtifactRef]:
-    return [common_pb2.ArtifactRef(name=a.name, digest=a.digest, size=a.size, kind=a.kind) for a in arts]
-
-
 def lineage_to_proto(lin: Lineage) -> control_pb2.LineageResponse:
     return control_pb2.LineageResponse(
         digest=lin.digest,
@@ -152,8 +147,8 @@ def lineage_to_proto(lin: Lineage) -> control_pb2.LineageResponse:
                 agent=s.agent,
                 command=list(s.command),
                 code_digest=s.code_digest,
-                inputs=_lineage_refs(s.inputs),
-                outputs=_lineage_refs(s.outputs),
+                inputs=[wire.ref_to_proto(a) for a in s.inputs],
+                outputs=[wire.ref_to_proto(a) for a in s.outputs],
                 depth=s.depth,
                 finished_at=s.finished_at,
                 state=s.state,

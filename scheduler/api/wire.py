@@ -269,7 +269,7 @@ def capabilities_to_proto(c: Capabilities) -> common_pb2.Capabilities:
         zones=c.zones,
         bandwidth_bps=c.bandwidth_bps,
         rtt_s=c.rtt_s,
-        cached=[common_pb2.ArtifactRef(name=a.name, digest=a.digest, size=a.size, kind=a.kind) for a in c.cached],
+        cached=[ref_to_proto(a) for a in c.cached],
         power=common_pb2.Power(
             has_battery=c.power.has_battery, on_battery=c.power.on_battery, battery_percent=c.power.battery_percent
         ),
@@ -379,9 +379,7 @@ def assignment_to_proto(a: Assignment) -> agent_pb2.Assignment:
         lease_ttl_s=a.lease_ttl_s,
     )
     if a.inputs:  # (an empty list costs as much to pass as a full one: see task_to_proto)
-        msg.inputs.extend(
-            common_pb2.ArtifactRef(name=i.name, digest=i.digest, size=i.size, kind=i.kind) for i in a.inputs
-        )
+        msg.inputs.extend(ref_to_proto(i) for i in a.inputs)
     if a.resume_from is not None:
         msg.resume_from.CopyFrom(checkpoint_to_proto(a.resume_from))
     return msg
@@ -440,8 +438,9 @@ def scheduler_message(out: Outbound) -> agent_pb2.SchedulerMessage:
 # --------------------------------------------------------------------------- what clients read
 
 
-def _output_proto(o: Output) -> common_pb2.ArtifactRef:
-    return common_pb2.ArtifactRef(name=o.name, digest=o.digest, size=o.size, kind=o.kind)
+def ref_to_proto(a: ArtifactRef | Output) -> common_pb2.ArtifactRef:
+    """An artifact reference (an input, an output, a cached or lineage artifact) on the wire."""
+    return common_pb2.ArtifactRef(name=a.name, digest=a.digest, size=a.size, kind=a.kind)
 
 
 #: Repeated fields of big answers are filled this many at a time: one C call that copies
@@ -478,7 +477,7 @@ def run_status_to_proto(s: RunStatus) -> control_pb2.RunStatus:
                 state=t.state,
                 attempts=t.attempts,
                 agent=t.agent,
-                outputs=[_output_proto(o) for o in t.outputs],
+                outputs=[ref_to_proto(o) for o in t.outputs],
                 error=t.error,
                 exit_code=t.exit_code,
                 started_at=t.started_at,

@@ -21,22 +21,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from outrider.errors import NotFound
+from scheduler.core.messages import ArtifactRef
 from scheduler.core.model import Run, Task
 
 DEFAULT_DEPTH = 32
 DEFAULT_STEPS = 500
 MAX_DEPTH = 256
 MAX_STEPS = 5000
-
-
-@dataclass(frozen=True, slots=True)
-class Artifact:
-    """An artifact where a step meets it: its name in that task, digest, size and kind."""
-
-    name: str
-    digest: str
-    size: int = 0
-    kind: str = ""
 
 
 @dataclass(slots=True)
@@ -50,8 +41,8 @@ class Step:
     agent: str
     command: tuple[str, ...]
     code_digest: str
-    inputs: list[Artifact]
-    outputs: list[Artifact]
+    inputs: list[ArtifactRef]
+    outputs: list[ArtifactRef]
     depth: int
     state: str = ""
     finished_at: float = 0.0
@@ -66,13 +57,13 @@ class Lineage:
     truncated: str = ""
 
 
-def _inputs(run: Run, t: Task) -> list[Artifact]:
+def _inputs(run: Run, t: Task) -> list[ArtifactRef]:
     out = []
     for name, ref in t.spec.inputs:
         up = run.tasks.get(ref.task)
         o = up.outputs.get(ref.output) if up is not None else None
         if o is not None:
-            out.append(Artifact(name, o.digest, o.size, o.kind))
+            out.append(ArtifactRef(name, o.digest, o.size, o.kind))
     return out
 
 
@@ -86,7 +77,7 @@ def _step(run: Run, t: Task, depth: int) -> Step:
         t.spec.argv,
         run.spec.code_digest,
         _inputs(run, t),
-        [Artifact(o.name, o.digest, o.size, o.kind) for o in t.outputs.values()],
+        [ArtifactRef(o.name, o.digest, o.size, o.kind) for o in t.outputs.values()],
         depth,
         t.state.value,
         t.finished_at,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from typing import Any
 
 import grpc
@@ -21,17 +20,14 @@ import pytest
 from outrider.localcluster import LocalCluster, wait_for
 from outrider.pipeline import Pipeline
 from outrider.v1 import agent_pb2
+from tests.helpers.cli import run_cli
 from tests.helpers.raw_agent import RawAgent, Stream, code_of
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def _cli(cluster: LocalCluster, name: str, role: str, *args: str) -> subprocess.CompletedProcess[str]:
-    ca, cert, key = cluster.issue(role, name)
-    env = {**cluster.env, "OUTRIDER_SCHEDULER": cluster.address, "OUTRIDER_CA": str(ca), "OUTRIDER_CERT": str(cert),
-           "OUTRIDER_KEY": str(key)}
-    return subprocess.run([sys.executable, "-m", "outrider.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+    return run_cli(cluster.client_env(name, role), *args)
 
 
 def _agents(cluster: LocalCluster) -> dict[str, dict[str, Any]]:

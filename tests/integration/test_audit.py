@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 from typing import Any
 
 import grpc
@@ -22,17 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from outrider import errors
 from outrider.localcluster import LocalCluster, wait_for
 from outrider.pipeline import Pipeline
+from tests.helpers.cli import run_cli
 from tests.helpers.raw_agent import RawAgent
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _cli(cluster: LocalCluster, name: str, role: str, *args: str) -> subprocess.CompletedProcess[str]:
-    ca, cert, key = cluster.issue(role, name)
-    env = {**cluster.env, "OUTRIDER_SCHEDULER": cluster.address, "OUTRIDER_CA": str(ca), "OUTRIDER_CERT": str(cert),
-           "OUTRIDER_KEY": str(key)}
-    return subprocess.run([sys.executable, "-m", "outrider.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+    return run_cli(cluster.client_env(name, role), *args)
 
 
 def _audit(cluster: LocalCluster, *args: str) -> list[dict[str, Any]]:

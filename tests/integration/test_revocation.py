@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from outrider.pipeline import Pipeline
 from outrider.protocol import REVOKED_METADATA_KEY
 from outrider.tls import channel_credentials
 from outrider.v1 import agent_pb2, agent_pb2_grpc
+from tests.helpers.cli import run_cli
 from tests.helpers.step_stage import alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -34,11 +34,7 @@ LEASE_TTL = "4s"  # (the cluster fixture, tests/integration/conftest.py)
 
 
 def _cli(cluster: LocalCluster, name: str, role: str, *args: str) -> subprocess.CompletedProcess[str]:
-    ca, cert, key = cluster.issue(role, name)
-    env = {**cluster.env, "OUTRIDER_SCHEDULER": cluster.address, "OUTRIDER_CA": str(ca), "OUTRIDER_CERT": str(cert),
-           "OUTRIDER_KEY": str(key)}
-    return subprocess.run([sys.executable, "-m", "outrider.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+    return run_cli(cluster.client_env(name, role), *args)
 
 
 def _json(res: subprocess.CompletedProcess[str]) -> Any:

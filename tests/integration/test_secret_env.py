@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from outrider.localcluster import LocalCluster
+from tests.helpers.cli import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -20,11 +19,7 @@ SECRET = "hunter2-b4c9e1f7-secret"
 
 def _cli(cluster: LocalCluster, *args: str, name: str = "submitter", role: str = "submitter", err: bool = False) -> str:
     """``outrider ARGS`` as ``name`` (which must succeed): its stdout (and stderr with ``err``)."""
-    ca, cert, key = cluster.issue(role, name)
-    env = {**cluster.env, "OUTRIDER_SCHEDULER": cluster.address, "OUTRIDER_CA": str(ca), "OUTRIDER_CERT": str(cert),
-           "OUTRIDER_KEY": str(key)}
-    res = subprocess.run([sys.executable, "-m", "outrider.cli", *args], env=env, capture_output=True, text=True,
-                         timeout=60, stdin=subprocess.DEVNULL)
+    res = run_cli(cluster.client_env(name, role), *args)
     assert res.returncode == 0, f"outrider {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
     assert SECRET not in res.stderr
     return res.stdout + (res.stderr if err else "")

@@ -6,8 +6,6 @@ a failing job each end as they should, and the agent advertises the partition's 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import pytest
 
 from outrider.localcluster import LocalCluster, wait_for
+from tests.helpers.cli import run_cli
 from tests.helpers.slurmcluster import NODE, NODE_MEMORY_MB, PARTITION, SlurmCluster, slurm_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -52,22 +51,7 @@ def hpc(cluster: LocalCluster, slurm: SlurmCluster, tmp_path: Path) -> LocalClus
 
 
 def _cli(cluster: LocalCluster, *args: str, role: str = "submitter") -> str:
-    ca, cert, key = cluster.issue(role, "submitter" if role == "submitter" else "root")
-    env = {
-        **cluster.env,
-        "OUTRIDER_SCHEDULER": cluster.address,
-        "OUTRIDER_CA": str(ca),
-        "OUTRIDER_CERT": str(cert),
-        "OUTRIDER_KEY": str(key),
-    }
-    res = subprocess.run(
-        [sys.executable, "-m", "outrider.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    res = run_cli(cluster.client_env("submitter" if role == "submitter" else "root", role), *args)
     assert res.returncode == 0, f"outrider {' '.join(args)} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
     return res.stdout + res.stderr
 

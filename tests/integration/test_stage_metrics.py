@@ -15,6 +15,7 @@ import pytest
 from outrider import metrics
 from outrider.localcluster import LocalCluster
 from outrider.pipeline import Pipeline
+from tests.helpers.cli import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,14 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def _cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "outrider.cli", *args],
-        env=cluster.client_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(cluster.client_env(), *args)
 
 
 def _ok(cluster: LocalCluster, *args: str) -> str:

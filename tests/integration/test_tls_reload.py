@@ -23,6 +23,7 @@ from outrider.client import Client, ConnectionFailed
 from outrider.localcluster import LocalCluster, wait_for
 from outrider.pipeline import Pipeline
 from tests.helpers import tlsprobe
+from tests.helpers.cli import run_cli
 from tests.helpers.tlsprobe import install, peer_certificate, scheduler_cert, serial_of, sighup_and_wait
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,8 +33,7 @@ REFUSED = "TLS reload refused"
 
 
 def _cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "outrider.cli", *args], env=cluster.env, capture_output=True,
-                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return run_cli(cluster.env, *args)
 
 
 def _serial(cluster: LocalCluster, name: str = "probe", ca: Path | None = None) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from outrider.localcluster import LocalCluster, wait_for
 from outrider.pipeline import Pipeline
+from tests.helpers.cli import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,13 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def _cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "outrider.cli", *args],
-        env=cluster.client_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(cluster.client_env(), *args)
 
 
 def _trace(cluster: LocalCluster, run_id: str) -> dict:
